@@ -1,0 +1,49 @@
+# Mercato: `make run` starts the platform on its embedded defaults; `make test` runs the
+# checks and the test suite against PostgreSQL and RabbitMQ. See README.md.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint typecheck check bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps make the second `make` skip pip; they are rebuilt when the pins change.
+$(VENV)/.run-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+install: $(VENV)/.run-installed
+install-dev: $(VENV)/.dev-installed
+
+run: $(VENV)/.run-installed
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/flask --app app mercato serve
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: $(VENV)/.dev-installed check
+	scripts/ensure-system-packages test
+	$(BIN)/pytest
+
+bench: $(VENV)/.dev-installed
+	scripts/ensure-system-packages bench
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""Mercato's application factory and the ``flask mercato`` commands.
+
+``create_app(config=None)`` reads ``MERCATO_*`` settings from the environment when no
+config is given; tests pass a :class:`cmw.config.Config` (or a mapping of its fields).
+Run the web process with ``flask --app app run`` or ``gunicorn 'app:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+
+from cmw import cli
+from cmw.accounts.auth import load_identity
+from cmw.api import spec
+from cmw.config import Config, ConfigError
+from cmw.db import configure_sqlite
+from cmw.extensions import csrf, db, migrate
+from cmw.health import bp as health_bp
+from marketplace.views import bp as pages_bp
+
+ROOT = Path(__file__).resolve().parent
+
+
+def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app: settings, extensions, blueprints, error handlers, commands."""
+    if config is None:
+        try:
+            config = Config.from_env()
+        except ConfigError as exc:
+            # A start-up error for the operator: one line naming the setting, no traceback.
+            print(f"mercato: configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    elif isinstance(config, Config):
+        config = config.resolved()  # idempotent: fills defaults a hand-built Config left empty
+    else:
+        config = Config(**dict(config)).resolved()
+    app = Flask(
+        "mercato",
+        root_path=str(ROOT),
+        template_folder=str(ROOT / "marketplace" / "templates"),
+        static_folder=str(ROOT / "marketplace" / "static"),
+    )
+    configure(app, config)
+    register_extensions(app)
+    register_blueprints(app)
+    register_commands(app)
+    return app
+
+
+def configure(app: Flask, config: Config) -> None:
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config.ensure_data_dirs()
+    app.config.update(
+        MERCATO=config,
+        SECRET_KEY=config.effective_secret_key(),
+        SQLALCHEMY_DATABASE_URI=config.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True} if not config.is_sqlite else {},
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=config.session_cookie_secure,
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(days=14),
+        # CSRF is enforced in load_identity, where we know whether a session is in play.
+        WTF_CSRF_CHECK_DEFAULT=False,
+        WTF_CSRF_TIME_LIMIT=None,
+        WTF_CSRF_HEADERS=["X-CSRF-Token", "X-CSRFToken"],
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        JSON_SORT_KEYS=False,
+        TESTING=config.env == "test",
+    )
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
+    csrf.init_app(app)
+    if app.config["MERCATO"].is_sqlite:
+        with app.app_context():
+            configure_sqlite(db.engine)
+    # Models are imported so metadata is complete for Alembic and create_all.
+    import_models()
+
+
+def import_models() -> sa.MetaData:
+    from cmw.accounts import models as _accounts  # noqa: F401
+    from cmw.events import models as _events  # noqa: F401
+    from cmw.marketplaces import models as _marketplaces  # noqa: F401
+
+    return db.metadata
+
+
+def register_blueprints(app: Flask) -> None:
+    app.before_request(load_identity)
+    app.register_blueprint(health_bp)
+    spec.register(app)
+    app.register_blueprint(pages_bp)
+
+
+def register_commands(app: Flask) -> None:
+    app.cli.add_command(cli.mercato)

@@ -1,0 +1,461 @@
+"""``python -m bench``: HTTP throughput and latency of the web process under gunicorn.
+
+What it does, all on loopback and all stopping by itself:
+
+1. creates a fresh PostgreSQL database ``mercato_bench_<pid>`` beside the maintenance
+   database named by ``MERCATO_TEST_DATABASE_URL``
+   (default ``postgresql://postgres@127.0.0.1:5432/postgres``) and uses RabbitMQ at
+   ``MERCATO_TEST_BROKER_URL`` (default ``amqp://guest:guest@127.0.0.1:5672//``);
+2. migrates it (``flask --app app db upgrade``) and creates a user with an API token;
+3. starts gunicorn (2 gthread workers, 8 threads each, no access log) on a free port;
+4. runs ``wrk -t2 -c50 -d15s --latency`` against ``/healthz`` (database and broker check)
+   and ``/api/v1/me`` (token authentication, one user with their grants);
+5. prints requests/s, p50 and p99 latency and the non-2xx/3xx count per endpoint, writes
+   them to ``var/bench/http.json``, stops gunicorn and drops the database.
+
+``BENCH_DURATION`` changes the duration of each run (``15s``, ``30``, ``1m``). The
+child processes get a clean environment: inherited ``MERCATO_*`` settings are dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "var" / "bench" / "http.json"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+HOW_TO_START = (
+    "Start PostgreSQL and RabbitMQ with `docker compose -f docker/compose.test.yml up -d`, "
+    "or point MERCATO_TEST_DATABASE_URL / MERCATO_TEST_BROKER_URL at yours."
+)
+HOST = "127.0.0.1"
+WRK_THREADS = 2
+WRK_CONNECTIONS = 50
+GUNICORN_WORKERS = 2
+GUNICORN_THREADS = 8
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+TOKEN_MARKER = "BENCH_TOKEN="
+USER_EMAIL = "bench@mercato.example"
+USER_PASSWORD = "bench-password-2026"
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+@dataclass(frozen=True)
+class Result:
+    endpoint: str
+    requests: int
+    seconds: float
+    requests_per_second: float
+    latency_p50_ms: float
+    latency_p75_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    non_2xx_3xx: int
+    socket_errors: dict[str, int]
+
+
+# ----------------------------------------------------------------- settings
+def admin_database_url() -> str:
+    return os.environ.get("MERCATO_TEST_DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def broker_url() -> str:
+    return os.environ.get("MERCATO_TEST_BROKER_URL", DEFAULT_BROKER_URL)
+
+
+def duration() -> tuple[str, float]:
+    """``BENCH_DURATION`` as wrk's argument and in seconds; default 15s."""
+    raw = os.environ.get("BENCH_DURATION", "15s").strip().lower()
+    match = re.fullmatch(r"(\d+)(s|m|h)?", raw)
+    if match is None or int(match.group(1)) == 0:
+        raise BenchError(f"BENCH_DURATION: {raw!r} is not a duration such as 15s, 30 or 1m")
+    value, unit = int(match.group(1)), match.group(2) or "s"
+    return f"{value}{unit}", value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def redact(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wrk_path() -> str:
+    found = shutil.which("wrk") or ("/usr/bin/wrk" if Path("/usr/bin/wrk").exists() else None)
+    if found is None:
+        raise BenchError("wrk is not installed; run `scripts/ensure-system-packages bench` (as root)")
+    return found
+
+
+# ----------------------------------------------------------------- database
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A database created for this run and dropped after it; yields its URL."""
+    admin = admin_database_url()
+    name = f"mercato_bench_{os.getpid()}"
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        raise BenchError(f"PostgreSQL at {redact(admin)} is unreachable: {exc}\n{HOW_TO_START}") from None
+    with conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield sa.engine.make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def check_broker(url: str) -> None:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:  # noqa: BLE001 - any failure means the same: not reachable
+        raise BenchError(f"RabbitMQ at {redact(url)} is unreachable: {exc}\n{HOW_TO_START}") from None
+
+
+def child_environment(database_url: str, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERCATO_")}
+    env.update(
+        {
+            "MERCATO_DATABASE_URL": database_url,
+            "MERCATO_BROKER_URL": broker_url(),
+            "MERCATO_DATA_DIR": str(data_dir),
+            "MERCATO_SECRET_KEY": "bench-secret-key-" + os.urandom(16).hex(),
+            "MERCATO_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def run_step(args: list[str], env: Mapping[str, str], what: str) -> str:
+    proc = subprocess.run(
+        args, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=300, check=False
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"{what} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def create_token_in_child() -> int:
+    """``python -m bench --create-token``: run in the child environment by :func:`prepare`."""
+    from app import create_app
+    from cmw.accounts import service as accounts
+    from cmw.accounts.models import Role
+    from cmw.db import utcnow
+    from cmw.extensions import current_session, db
+    from cmw.marketplaces.service import platform
+
+    app = create_app()
+    with app.app_context():
+        session = current_session()
+        marketplace = platform(session)
+        user = accounts.create_user(
+            session, email=USER_EMAIL, name="Bench User", password=USER_PASSWORD, email_verified=True
+        )
+        accounts.grant(session, user, marketplace, Role.ADMIN)
+        _token, plaintext = accounts.create_token(
+            session, user, marketplace, name="bench", expires_at=utcnow() + dt.timedelta(days=1)
+        )
+        session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    print(TOKEN_MARKER + plaintext)
+    return 0
+
+
+def prepare(env: Mapping[str, str]) -> str:
+    """Migrate the database and create the bench user; returns its API token."""
+    run_step([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], env, "flask db upgrade")
+    out = run_step([sys.executable, "-m", "bench", "--create-token"], env, "creating the API token")
+    for line in out.splitlines():
+        if line.startswith(TOKEN_MARKER):
+            return line[len(TOKEN_MARKER) :].strip()
+    raise BenchError(f"creating the API token printed no token:\n{out}")
+
+
+# ----------------------------------------------------------------- gunicorn
+@contextmanager
+def gunicorn(env: Mapping[str, str], port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """gunicorn on loopback, stopped with SIGTERM (then SIGKILL) when the block ends."""
+    args = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{HOST}:{port}",
+        "--workers", str(GUNICORN_WORKERS),
+        "--worker-class", "gthread",
+        "--threads", str(GUNICORN_THREADS),
+        "--graceful-timeout", "10",
+        # no --access-logfile: gunicorn writes no access log unless asked
+        "app:create_app()",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                # the master did not stop in time: its session holds only its workers
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status), response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"gunicorn exited with {proc.returncode}:\n{tail(log_path)}")
+        try:
+            status, body = get(f"{base}/healthz")
+        except OSError as exc:
+            last = str(exc)
+        else:
+            if status == 200:
+                return
+            last = f"{status} {body[:300]}"
+        time.sleep(0.25)
+    raise BenchError(f"/healthz did not answer 200 within {START_TIMEOUT:.0f}s ({last}):\n{tail(log_path)}")
+
+
+# ---------------------------------------------------------------------- wrk
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _ms(value: str, unit: str) -> float:
+    return round(float(value) * _UNITS_MS[unit], 3)
+
+
+def parse_wrk(endpoint: str, output: str) -> Result:
+    """The figures of one ``wrk --latency`` run."""
+
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise BenchError(f"unexpected wrk output for {endpoint} (no {pattern!r}):\n{output}")
+        return match
+
+    percentiles = {
+        m.group(1): _ms(m.group(2), m.group(3))
+        for m in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
+    }
+    if set(percentiles) != {"50", "75", "90", "99"}:
+        raise BenchError(f"unexpected wrk output for {endpoint} (latency distribution):\n{output}")
+    total = find(r"^\s+(\d+) requests in ([\d.]+)(us|ms|s|m|h)")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output, re.MULTILINE
+    )
+    return Result(
+        endpoint=endpoint,
+        requests=int(total.group(1)),
+        seconds=round(_ms(total.group(2), total.group(3)) / 1000, 2),
+        requests_per_second=float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
+        latency_p50_ms=percentiles["50"],
+        latency_p75_ms=percentiles["75"],
+        latency_p90_ms=percentiles["90"],
+        latency_p99_ms=percentiles["99"],
+        non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=dict(
+            zip(("connect", "read", "write", "timeout"), (int(g) for g in errors.groups()), strict=True)
+        )
+        if errors
+        else {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+    )
+
+
+def run_wrk(
+    wrk: str, base: str, endpoint: str, wrk_duration: str, seconds: float, headers: Mapping[str, str]
+) -> Result:
+    args = [
+        wrk,
+        f"-t{WRK_THREADS}",
+        f"-c{WRK_CONNECTIONS}",
+        f"-d{wrk_duration}",
+        "--latency",
+    ]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    args.append(base + endpoint)
+    print(f"wrk {endpoint} for {wrk_duration} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed on {endpoint} (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return parse_wrk(endpoint, proc.stdout)
+
+
+# -------------------------------------------------------------------- report
+def table(results: list[Result]) -> str:
+    header = ("endpoint", "requests/s", "p50 ms", "p99 ms", "non-2xx/3xx", "socket errors")
+    rows = [
+        (
+            r.endpoint,
+            f"{r.requests_per_second:.1f}",
+            f"{r.latency_p50_ms:.2f}",
+            f"{r.latency_p99_ms:.2f}",
+            str(r.non_2xx_3xx),
+            str(sum(r.socket_errors.values())),
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        first = row[0].ljust(widths[0])
+        return "  ".join([first, *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True))])
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)])
+
+
+def write_json(results: list[Result], wrk_duration: str) -> None:
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    document: dict[str, Any] = {
+        "benchmark": "http",
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
+        "server": {
+            "gunicorn_workers": GUNICORN_WORKERS,
+            "worker_class": "gthread",
+            "threads": GUNICORN_THREADS,
+        },
+        "load": {
+            "tool": "wrk",
+            "threads": WRK_THREADS,
+            "connections": WRK_CONNECTIONS,
+            "duration": wrk_duration,
+        },
+        "results": [asdict(r) for r in results],
+    }
+    OUTPUT.write_text(json.dumps(document, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------- main
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    # Unwind through the context managers so gunicorn stops and the database is dropped.
+    raise SystemExit(128 + signum)
+
+
+def run() -> int:
+    wrk = wrk_path()
+    wrk_duration, seconds = duration()
+    check_broker(broker_url())
+    results: list[Result] = []
+    with (
+        fresh_database() as database_url,
+        tempfile.TemporaryDirectory(prefix="mercato-bench-") as tmp,
+    ):
+        env = child_environment(database_url, Path(tmp) / "var")
+        print(f"preparing database {sa.engine.make_url(database_url).database} ...", file=sys.stderr)
+        token = prepare(env)
+        port = free_port()
+        base = f"http://{HOST}:{port}"
+        log_path = Path(tmp) / "gunicorn.log"
+        with gunicorn(env, port, log_path) as proc:
+            wait_healthy(proc, base, log_path)
+            auth = {"Authorization": f"Bearer {token}"}
+            status, body = get(f"{base}/api/v1/me", auth)
+            if status != 200:
+                raise BenchError(f"GET /api/v1/me with the bench token answered {status}: {body[:500]}")
+            for endpoint, headers in (("/healthz", {}), ("/api/v1/me", auth)):
+                results.append(run_wrk(wrk, base, endpoint, wrk_duration, seconds, headers))
+            if proc.poll() is not None:
+                raise BenchError(f"gunicorn died during the run:\n{tail(log_path)}")
+    write_json(results, wrk_duration)
+    print()
+    print(
+        f"gunicorn {GUNICORN_WORKERS} gthread workers x {GUNICORN_THREADS} threads; "
+        f"wrk {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, {wrk_duration} per endpoint"
+    )
+    print(table(results))
+    print(f"\nwritten to {OUTPUT.relative_to(ROOT)}")
+    failed = [r for r in results if r.non_2xx_3xx]
+    if failed:
+        names = ", ".join(r.endpoint for r in failed)
+        print(
+            f"bench: {names} answered non-2xx/3xx responses; the figures are not meaningful", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--create-token"]:
+        return create_token_in_child()
+    if argv[1:]:
+        print("usage: python -m bench   (BENCH_DURATION=15s by default)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

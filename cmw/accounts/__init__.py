@@ -1,0 +1,1 @@
+"""Users, organisations, memberships with roles per marketplace, API tokens and sign-in."""

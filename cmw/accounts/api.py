@@ -1,0 +1,399 @@
+"""The accounts API: session sign-in, the caller (``/me``), API tokens, users,
+memberships and organisations, all within the request's marketplace."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema
+
+from cmw.accounts import service
+from cmw.accounts.auth import (
+    csrf_token,
+    current_marketplace,
+    end_session,
+    login_required,
+    require_identity,
+    roles_required,
+    start_session,
+)
+from cmw.accounts.models import ApiToken, Membership, Organisation, Role, User
+from cmw.accounts.schemas import (
+    GrantSchema,
+    MembershipSchema,
+    MeSchema,
+    NewTokenSchema,
+    OrganisationCreateSchema,
+    OrganisationListArgs,
+    OrganisationSchema,
+    OrganisationUpdateSchema,
+    SignInSchema,
+    SignUpSchema,
+    TokenCreateSchema,
+    TokenSchema,
+    UserDetailSchema,
+    UserListArgs,
+    UserSchema,
+    UserUpdateSchema,
+)
+from cmw.api.errors import ApiError
+from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.extensions import current_session
+
+blp = Blueprint("accounts", __name__, url_prefix="/api/v1", description="Accounts, sign-in and API tokens")
+
+
+def _commit() -> None:
+    current_session().commit()
+
+
+def _billing(data: dict[str, Any]) -> service.BillingDetails:
+    keys = service.BillingDetails.__dataclass_fields__.keys()
+    return service.BillingDetails(**{k: data[k] for k in keys if k in data})
+
+
+def _billing_error(exc: service.InvalidBillingDetails, location_prefix: str = "") -> ApiError:
+    field = f"{location_prefix}{exc.field}"
+    return ApiError(
+        422,
+        f"invalid input: {field}",
+        errors=[{"location": "json", "field": field, "message": exc.message}],
+    )
+
+
+def _me() -> dict[str, Any]:
+    identity = require_identity()
+    # memberships_in loaded each membership's organisation already: no query here.
+    by_id = {m.organisation.id: m.organisation for m in identity.memberships if m.organisation is not None}
+    organisations = sorted(by_id.values(), key=lambda o: (o.name, str(o.id)))
+    return {
+        "user": identity.user,
+        "marketplace_id": identity.marketplace.id,
+        "roles": sorted(identity.roles),
+        "memberships": identity.memberships,
+        "organisations": organisations,
+        "authenticated_by": identity.via,
+        "csrf_token": csrf_token() if identity.via == "session" else None,
+    }
+
+
+# ------------------------------------------------------------------ session
+@blp.route("/session")
+class SessionResource(MethodView):
+    @blp.arguments(SignInSchema)
+    @blp.response(200, MeSchema)
+    def post(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Sign in with e-mail and password; sets the session cookie.
+
+        Only JSON bodies are accepted, so a cross-site form cannot sign a browser in.
+        """
+        try:
+            user = service.authenticate(current_session(), data["email"], data["password"])
+        except service.InvalidCredentials as exc:
+            current_session().rollback()
+            raise ApiError(401, str(exc), slug="invalid-credentials") from None
+        start_session(user, current_marketplace())
+        _commit()
+        return _me()
+
+    @blp.response(204)
+    def delete(self) -> None:
+        """Sign out of this browser session."""
+        end_session()
+
+
+# ----------------------------------------------------------------------- me
+@blp.route("/me")
+class MeResource(MethodView):
+    @blp.response(200, MeSchema)
+    @login_required
+    def get(self) -> dict[str, Any]:
+        """The caller, their roles and organisations in this marketplace."""
+        return _me()
+
+
+@blp.route("/me/tokens")
+class TokensResource(MethodView):
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(TokenSchema))
+    @login_required
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The caller's API tokens in this marketplace, newest first."""
+        identity = require_identity()
+        stmt = (
+            sa.select(ApiToken)
+            .where(ApiToken.user_id == identity.user.id, ApiToken.marketplace_id == identity.marketplace.id)
+            .order_by(ApiToken.created_at.desc(), ApiToken.id)
+        )
+        return paginate(current_session(), stmt, args["page"], args["per_page"])
+
+    @blp.arguments(TokenCreateSchema)
+    @blp.response(201, NewTokenSchema)
+    @login_required
+    def post(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Create a personal API token. The secret is in this answer only."""
+        identity = require_identity()
+        if "expires_in_days" in data:
+            days = data["expires_in_days"]
+            expires_at = service.default_token_expiry(days) if days else None
+        else:
+            expires_at = service.default_token_expiry(current_app.config["MERCATO"].token_ttl_days)
+        token, plaintext = service.create_token(
+            current_session(), identity.user, identity.marketplace, name=data["name"], expires_at=expires_at
+        )
+        _commit()
+        return {**_attributes(token, TokenSchema), "token": plaintext}
+
+
+@blp.route("/me/tokens/<uuid:token_id>")
+class TokenResource(MethodView):
+    @blp.response(204)
+    @login_required
+    def delete(self, token_id: uuid.UUID) -> None:
+        """Revoke one of the caller's tokens; requests with it get 401 from now on."""
+        identity = require_identity()
+        token = current_session().get(ApiToken, token_id)
+        if (
+            token is None
+            or token.user_id != identity.user.id
+            or token.marketplace_id != identity.marketplace.id
+        ):
+            raise ApiError(404, "no such token")
+        service.revoke_token(current_session(), token)
+        _commit()
+
+
+# -------------------------------------------------------------------- users
+def _user_in_marketplace(user_id: uuid.UUID) -> User:
+    """A user holding a grant in this marketplace; anyone else is 404, never their data."""
+    marketplace = current_marketplace()
+    user = current_session().scalar(
+        sa.select(User).where(
+            User.id == user_id,
+            User.id.in_(sa.select(Membership.user_id).where(Membership.marketplace_id == marketplace.id)),
+        )
+    )
+    if user is None:
+        raise ApiError(404, "no such user in this marketplace")
+    return user
+
+
+def _attributes(obj: Any, schema: type[Schema]) -> dict[str, Any]:
+    """The object's values for the schema's fields, undumped, for a response schema."""
+    return {name: getattr(obj, name) for name in schema().fields if hasattr(obj, name)}
+
+
+def _user_detail(user: User) -> dict[str, Any]:
+    marketplace = current_marketplace()
+    memberships = [m for m in user.memberships if m.marketplace_id == marketplace.id]
+    return {**_attributes(user, UserSchema), "memberships": memberships}
+
+
+@blp.route("/users")
+class UsersResource(MethodView):
+    @blp.arguments(UserListArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(UserDetailSchema))
+    @roles_required(Role.ADMIN)
+    def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """Users holding a role in this marketplace (admins)."""
+        marketplace = current_marketplace()
+        members = sa.select(Membership.user_id).where(Membership.marketplace_id == marketplace.id)
+        if filters.get("role") is not None:
+            members = members.where(Membership.role == filters["role"])
+        stmt = sa.select(User).where(User.id.in_(members)).order_by(User.email, User.id)
+        if filters.get("q"):
+            needle = f"%{filters['q'].lower()}%"
+            stmt = stmt.where(sa.or_(User.email.like(needle), sa.func.lower(User.name).like(needle)))
+        page = paginate(current_session(), stmt, args["page"], args["per_page"])
+        page["items"] = [_user_detail(u) for u in page["items"]]
+        return page
+
+    @blp.arguments(SignUpSchema)
+    @blp.response(201, UserDetailSchema)
+    def post(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Sign up as a customer of this marketplace, with your company's billing details."""
+        org = data["organisation"]
+        try:
+            user, _ = service.sign_up(
+                current_session(),
+                current_marketplace(),
+                email=data["email"],
+                name=data["name"],
+                password=data["password"],
+                organisation_name=org["name"],
+                billing=_billing(org),
+            )
+        except service.EmailTaken:
+            current_session().rollback()
+            raise ApiError(
+                409, "an account with this e-mail already exists; sign in instead", slug="email-taken"
+            ) from None
+        except service.WeakPassword as exc:
+            current_session().rollback()
+            raise ApiError(
+                422,
+                "invalid input: password",
+                errors=[{"location": "json", "field": "password", "message": str(exc)}],
+            ) from None
+        except service.InvalidBillingDetails as exc:
+            current_session().rollback()
+            raise _billing_error(exc, "organisation.") from None
+        _commit()
+        return _user_detail(user)
+
+
+@blp.route("/users/<uuid:user_id>")
+class UserResource(MethodView):
+    @blp.response(200, UserDetailSchema)
+    @roles_required(Role.ADMIN)
+    def get(self, user_id: uuid.UUID) -> dict[str, Any]:
+        """One user of this marketplace with their grants here (admins)."""
+        return _user_detail(_user_in_marketplace(user_id))
+
+    @blp.arguments(UserUpdateSchema)
+    @blp.response(200, UserDetailSchema)
+    @roles_required(Role.ADMIN)
+    def patch(self, data: dict[str, Any], user_id: uuid.UUID) -> dict[str, Any]:
+        """Rename, disable or re-enable a user (admins). Disabling ends their sessions and tokens."""
+        user = _user_in_marketplace(user_id)
+        if "is_active" in data:
+            if user.id == require_identity().user.id and not data["is_active"]:
+                raise ApiError(409, "you cannot disable your own account", slug="self-disable")
+            service.set_active(current_session(), user, data["is_active"])
+        if "name" in data:
+            user.name = data["name"].strip()
+        _commit()
+        return _user_detail(user)
+
+
+@blp.route("/users/<uuid:user_id>/memberships")
+class UserMembershipsResource(MethodView):
+    @blp.arguments(GrantSchema)
+    @blp.response(201, MembershipSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any], user_id: uuid.UUID) -> Membership:
+        """Grant a role in this marketplace (admins); granting an existing role returns it."""
+        user = _user_in_marketplace(user_id)
+        organisation = None
+        if data["organisation_id"] is not None:
+            organisation = _organisation_in_marketplace(data["organisation_id"])
+        try:
+            membership = service.grant(
+                current_session(), user, current_marketplace(), data["role"], organisation
+            )
+        except service.InvalidGrant as exc:
+            current_session().rollback()
+            raise ApiError(
+                422, str(exc), errors=[{"location": "json", "field": "organisation_id", "message": str(exc)}]
+            ) from None
+        _commit()
+        return membership
+
+
+@blp.route("/users/<uuid:user_id>/memberships/<uuid:membership_id>")
+class UserMembershipResource(MethodView):
+    @blp.response(204)
+    @roles_required(Role.ADMIN)
+    def delete(self, user_id: uuid.UUID, membership_id: uuid.UUID) -> None:
+        """Remove a grant (admins). The last admin grant of the marketplace stays."""
+        marketplace = current_marketplace()
+        membership = current_session().get(Membership, membership_id)
+        if membership is None or membership.user_id != user_id or membership.marketplace_id != marketplace.id:
+            raise ApiError(404, "no such membership in this marketplace")
+        if membership.role is Role.ADMIN:
+            admins = current_session().scalar(
+                sa.select(sa.func.count()).where(
+                    Membership.marketplace_id == marketplace.id, Membership.role == Role.ADMIN
+                )
+            )
+            if (admins or 0) <= 1:
+                raise ApiError(409, "this is the marketplace's last admin", slug="last-admin")
+        current_session().delete(membership)
+        _commit()
+
+
+# ------------------------------------------------------------ organisations
+def _organisation_in_marketplace(organisation_id: uuid.UUID) -> Organisation:
+    organisation = current_session().get(Organisation, organisation_id)
+    if organisation is None or organisation.marketplace_id != current_marketplace().id:
+        raise ApiError(404, "no such organisation in this marketplace")
+    return organisation
+
+
+def _visible_organisation(organisation_id: uuid.UUID) -> Organisation:
+    """Admins see every organisation of the marketplace; members see their own."""
+    identity = require_identity()
+    organisation = _organisation_in_marketplace(organisation_id)
+    if identity.is_admin or organisation.id in identity.organisation_ids:
+        return organisation
+    raise ApiError(404, "no such organisation in this marketplace")
+
+
+@blp.route("/organisations")
+class OrganisationsResource(MethodView):
+    @blp.arguments(OrganisationListArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(OrganisationSchema))
+    @login_required
+    def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """Organisations of this marketplace: all of them for admins, your own otherwise."""
+        identity = require_identity()
+        stmt = sa.select(Organisation).where(Organisation.marketplace_id == identity.marketplace.id)
+        if not identity.is_admin:
+            stmt = stmt.where(Organisation.id.in_(identity.organisation_ids or [uuid.UUID(int=0)]))
+        if filters.get("kind") is not None:
+            stmt = stmt.where(Organisation.kind == filters["kind"])
+        return paginate(
+            current_session(),
+            stmt.order_by(Organisation.name, Organisation.id),
+            args["page"],
+            args["per_page"],
+        )
+
+    @blp.arguments(OrganisationCreateSchema)
+    @blp.response(201, OrganisationSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any]) -> Organisation:
+        """Create a customer, vendor or partner organisation (admins)."""
+        try:
+            organisation = service.create_organisation(
+                current_session(),
+                current_marketplace(),
+                kind=data["kind"],
+                name=data["name"],
+                billing=_billing(data),
+            )
+        except service.InvalidBillingDetails as exc:
+            current_session().rollback()
+            raise _billing_error(exc) from None
+        _commit()
+        return organisation
+
+
+@blp.route("/organisations/<uuid:organisation_id>")
+class OrganisationResource(MethodView):
+    @blp.response(200, OrganisationSchema)
+    @login_required
+    def get(self, organisation_id: uuid.UUID) -> Organisation:
+        """One organisation you belong to (or any, for admins)."""
+        return _visible_organisation(organisation_id)
+
+    @blp.arguments(OrganisationUpdateSchema)
+    @blp.response(200, OrganisationSchema)
+    @login_required
+    def patch(self, data: dict[str, Any], organisation_id: uuid.UUID) -> Organisation:
+        """Change an organisation's name or billing details (its members, or admins)."""
+        organisation = _visible_organisation(organisation_id)
+        try:
+            service.update_organisation(current_session(), organisation, data)
+        except service.InvalidBillingDetails as exc:
+            current_session().rollback()
+            raise _billing_error(exc) from None
+        _commit()
+        return organisation

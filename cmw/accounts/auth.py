@@ -1,0 +1,191 @@
+"""Who is making the request: an API token or a browser session, in which marketplace,
+with which roles. The web layer's side of accounts; the rules live in ``service``.
+
+``load_identity`` runs before every request. API calls authenticate with
+``Authorization: Bearer mct_...``; a token is valid only in the marketplace it was
+created in. A browser session is valid in the marketplace it signed in to, until the
+user signs out everywhere or is disabled (``session_generation``). Unsafe requests made
+with a session cookie must carry the CSRF token (form field or ``X-CSRF-Token``).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+from flask import g, request, session
+from flask_wtf.csrf import generate_csrf
+
+from cmw.accounts import service
+from cmw.accounts.models import Membership, Role, User
+from cmw.api.errors import ApiError
+from cmw.extensions import csrf, current_session, db
+from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.service import by_host
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: endpoints that must answer without touching the database's tenant tables
+UNTENANTED_ENDPOINTS = frozenset({"health.healthz", "static"})
+
+
+@dataclass
+class Identity:
+    """The authenticated user of this request and their grants in this marketplace."""
+
+    user: User
+    marketplace: Marketplace
+    memberships: list[Membership]
+    via: str  # "session" or "token"
+    token_id: uuid.UUID | None = None
+    roles: frozenset[Role] = field(init=False)
+    organisation_ids: frozenset[uuid.UUID] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.roles = service.effective_roles(self.memberships)
+        self.organisation_ids = service.organisation_ids(self.memberships)
+
+    @property
+    def is_admin(self) -> bool:
+        return Role.ADMIN in self.roles
+
+    def has_any(self, *roles: Role) -> bool:
+        return bool(self.roles.intersection(roles))
+
+    def organisations_with(self, *roles: Role) -> frozenset[uuid.UUID]:
+        return frozenset(m.organisation_id for m in self.memberships if m.role in roles and m.organisation_id)
+
+
+def current_marketplace() -> Marketplace:
+    marketplace: Marketplace = g.marketplace
+    return marketplace
+
+
+def marketplace_or_none() -> Marketplace | None:
+    return g.get("marketplace")
+
+
+def current_identity() -> Identity | None:
+    return g.get("identity")
+
+
+def load_identity() -> None:
+    """``before_request``: resolve the marketplace and the caller, enforce CSRF."""
+    g.identity = None
+    if request.endpoint in UNTENANTED_ENDPOINTS:
+        return
+    g.marketplace = by_host(current_session(), request.host)
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise _unauthenticated("use 'Authorization: Bearer <token>'")
+        try:
+            token = service.resolve_token(current_session(), credentials.strip())
+        except service.InvalidToken as exc:
+            raise _unauthenticated(str(exc)) from None
+        if token.marketplace_id != g.marketplace.id:
+            raise _unauthenticated("token belongs to another marketplace")
+        if service.token_needs_touch(token):
+            with db.engine.begin() as connection:
+                service.touch_token(connection, token.id)
+        g.identity = _identity(token.user, "token", token.id)
+        return
+    user_id = session.get("uid")
+    if user_id is not None:
+        user = current_session().get(User, uuid.UUID(user_id))
+        if (
+            user is not None
+            and user.is_active
+            and session.get("gen") == user.session_generation
+            and session.get("mid") == str(g.marketplace.id)
+        ):
+            g.identity = _identity(user, "session")
+        else:
+            session.clear()
+    if request.method not in SAFE_METHODS and _needs_csrf():
+        csrf.protect()
+
+
+def _needs_csrf() -> bool:
+    # API calls without a session cookie carry no ambient authority: nothing to forge.
+    if request.path.startswith("/api/"):
+        return g.identity is not None
+    return True
+
+
+def _identity(user: User, via: str, token_id: uuid.UUID | None = None) -> Identity:
+    memberships = service.memberships_in(current_session(), user, g.marketplace)
+    return Identity(user=user, marketplace=g.marketplace, memberships=memberships, via=via, token_id=token_id)
+
+
+def start_session(user: User, marketplace: Marketplace) -> None:
+    """Sign ``user`` in to the browser session (a fresh one, against fixation)."""
+    session.clear()
+    session["uid"] = str(user.id)
+    session["gen"] = user.session_generation
+    session["mid"] = str(marketplace.id)
+    session.permanent = True
+    g.identity = _identity(user, "session")
+
+
+def end_session() -> None:
+    session.clear()
+    g.identity = None
+
+
+def csrf_token() -> str:
+    return str(generate_csrf())
+
+
+def _unauthenticated(detail: str) -> ApiError:
+    return ApiError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="mercato"'})
+
+
+# ------------------------------------------------------------------ decorators
+def require_identity() -> Identity:
+    identity = current_identity()
+    if identity is None:
+        raise ApiError(
+            401,
+            "sign in or send an API token",
+            headers={"WWW-Authenticate": 'Bearer realm="mercato"'},
+        )
+    return identity
+
+
+def login_required(view: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        require_identity()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def roles_required(*roles: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Allow the view to callers holding any of ``roles`` in this marketplace."""
+
+    def decorator(view: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            identity = require_identity()
+            if not identity.has_any(*roles):
+                names = " or ".join(r.value for r in roles)
+                raise ApiError(403, f"this needs the {names} role in this marketplace")
+            return view(*args, **kwargs)
+
+        wrapper.__mercato_roles__ = tuple(roles)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorator
+
+
+def audit_context() -> dict[str, Any]:
+    identity = current_identity()
+    return {"user_id": str(identity.user.id) if identity else None, "via": identity.via if identity else None}

@@ -1,0 +1,155 @@
+"""Request and response bodies of the accounts API."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from cmw.accounts.models import OrganisationKind, Role
+
+
+class BillingDetailsSchema(Schema):
+    legal_name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    country = fields.String(
+        required=True,
+        validate=validate.Length(equal=2),
+        metadata={"description": "ISO 3166-1 alpha-2", "example": "IT"},
+    )
+    vat_number = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=32))
+    address_line1 = fields.String(load_default="", validate=validate.Length(max=200))
+    address_line2 = fields.String(load_default="", validate=validate.Length(max=200))
+    postal_code = fields.String(load_default="", validate=validate.Length(max=20))
+    city = fields.String(load_default="", validate=validate.Length(max=100))
+    region = fields.String(load_default="", validate=validate.Length(max=100))
+    billing_email = fields.Email(load_default=None, allow_none=True)
+
+
+class OrganisationCreateSchema(BillingDetailsSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    kind = fields.Enum(OrganisationKind, by_value=True, required=True)
+
+
+class OrganisationUpdateSchema(Schema):
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    legal_name = fields.String(validate=validate.Length(min=1, max=200))
+    country = fields.String(validate=validate.Length(equal=2))
+    vat_number = fields.String(allow_none=True, validate=validate.Length(max=32))
+    address_line1 = fields.String(validate=validate.Length(max=200))
+    address_line2 = fields.String(validate=validate.Length(max=200))
+    postal_code = fields.String(validate=validate.Length(max=20))
+    city = fields.String(validate=validate.Length(max=100))
+    region = fields.String(validate=validate.Length(max=100))
+    billing_email = fields.Email(allow_none=True)
+
+
+class OrganisationSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    marketplace_id = fields.UUID(dump_only=True)
+    kind = fields.Enum(OrganisationKind, by_value=True)
+    name = fields.String()
+    legal_name = fields.String()
+    country = fields.String()
+    vat_number = fields.String(allow_none=True)
+    address_line1 = fields.String()
+    address_line2 = fields.String()
+    postal_code = fields.String()
+    city = fields.String()
+    region = fields.String()
+    billing_email = fields.String(allow_none=True)
+    created_at = fields.AwareDateTime(dump_only=True)
+
+
+class MembershipSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    marketplace_id = fields.UUID(dump_only=True)
+    organisation_id = fields.UUID(allow_none=True)
+    role = fields.Enum(Role, by_value=True)
+    created_at = fields.AwareDateTime(dump_only=True)
+
+
+class GrantSchema(Schema):
+    role = fields.Enum(Role, by_value=True, required=True)
+    organisation_id = fields.UUID(load_default=None, allow_none=True)
+
+
+class UserSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    email = fields.String()
+    name = fields.String()
+    email_verified = fields.Boolean()
+    is_active = fields.Boolean()
+    created_at = fields.AwareDateTime(dump_only=True)
+    last_sign_in_at = fields.AwareDateTime(allow_none=True)
+
+
+class UserDetailSchema(UserSchema):
+    memberships = fields.List(fields.Nested(MembershipSchema))
+
+
+class UserUpdateSchema(Schema):
+    is_active = fields.Boolean()
+    name = fields.String(validate=validate.Length(min=1, max=120))
+
+
+class SignUpOrganisationSchema(BillingDetailsSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class SignUpSchema(Schema):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=120))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=10, max=256))
+    organisation = fields.Nested(SignUpOrganisationSchema, required=True)
+
+
+class SignInSchema(Schema):
+    email = fields.String(required=True, validate=validate.Length(min=1, max=254))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class MeSchema(Schema):
+    user = fields.Nested(UserSchema)
+    marketplace_id = fields.UUID()
+    roles = fields.List(fields.Enum(Role, by_value=True))
+    memberships = fields.List(fields.Nested(MembershipSchema))
+    organisations = fields.List(fields.Nested(OrganisationSchema))
+    authenticated_by = fields.String(metadata={"description": "session or token"})
+    csrf_token = fields.String(
+        allow_none=True,
+        metadata={"description": "send as X-CSRF-Token on unsafe requests made with the session cookie"},
+    )
+
+
+class TokenCreateSchema(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    expires_in_days = fields.Integer(
+        allow_none=True,
+        validate=validate.Range(min=1, max=3650),
+        metadata={"description": "days until expiry; omitted = the platform default, null = never"},
+    )
+
+
+class TokenSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    name = fields.String()
+    prefix = fields.String(metadata={"description": "first characters of the token"})
+    created_at = fields.AwareDateTime()
+    expires_at = fields.AwareDateTime(allow_none=True)
+    revoked_at = fields.AwareDateTime(allow_none=True)
+    last_used_at = fields.AwareDateTime(allow_none=True)
+
+
+class NewTokenSchema(TokenSchema):
+    token = fields.String(metadata={"description": "the secret; shown once, store it now"})
+
+
+class UserListArgs(Schema):
+    q = fields.String(
+        load_default=None,
+        validate=validate.Length(max=100),
+        metadata={"description": "e-mail or name contains"},
+    )
+    role = fields.Enum(Role, by_value=True, load_default=None)
+
+
+class OrganisationListArgs(Schema):
+    kind = fields.Enum(OrganisationKind, by_value=True, load_default=None)

@@ -1,0 +1,100 @@
+"""The API object: flask-smorest with problem+json errors and the OpenAPI document at
+``/api/v1/openapi.json``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, render_template
+from flask_smorest import Api
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from cmw.accounts.api import blp as accounts_blp
+from cmw.api.errors import ApiError, ProblemSchema, from_http_exception, is_api_request, problem_response
+from cmw.marketplaces.api import blp as marketplaces_blp
+
+log = logging.getLogger(__name__)
+
+API_CONFIG: dict[str, Any] = {
+    "API_TITLE": "Mercato API",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/api/v1",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": None,
+    "API_SPEC_OPTIONS": {
+        "info": {
+            "description": (
+                "JSON API of the Mercato marketplace. Authenticate with a personal API token "
+                "(`Authorization: Bearer mct_...`) or the session cookie plus `X-CSRF-Token` "
+                "on unsafe requests. Errors are `application/problem+json` (RFC 9457)."
+            )
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "personal API token"},
+                "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "session"},
+            }
+        },
+        "security": [{"bearerAuth": []}, {"cookieAuth": []}, {}],
+    },
+}
+
+
+class MercatoApi(Api):  # type: ignore[misc]
+    """flask-smorest's Api answering every error with a problem document."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_error_handlers(self) -> None:
+        self._app.register_error_handler(ApiError, handle_api_error)
+        self._app.register_error_handler(CSRFError, handle_csrf_error)
+        self._app.register_error_handler(HTTPException, handle_http_exception)
+        self._app.register_error_handler(Exception, handle_unexpected)
+
+
+def handle_api_error(error: ApiError) -> Response | tuple[str, int]:
+    if not is_api_request():
+        return _html_error(error.status, error.detail)
+    return problem_response(
+        error.status, error.detail, slug=error.slug, errors=error.errors, headers=error.headers, **error.extra
+    )
+
+
+def handle_csrf_error(error: CSRFError) -> Response | tuple[str, int]:
+    detail = f"CSRF check failed: {error.description}"
+    if not is_api_request():
+        return _html_error(400, detail + " Reload the page and try again.")
+    return problem_response(
+        403, detail + " Send the X-CSRF-Token header from GET /api/v1/me.", slug="csrf-failed"
+    )
+
+
+def handle_http_exception(error: HTTPException) -> Response | tuple[str, int]:
+    if not is_api_request():
+        return _html_error(error.code or 500, error.description or "")
+    return from_http_exception(error)
+
+
+def handle_unexpected(error: Exception) -> Response | tuple[str, int]:
+    if isinstance(error, HTTPException):
+        return handle_http_exception(error)
+    log.exception("unhandled error", exc_info=error)
+    if not is_api_request():
+        return _html_error(500, "Something went wrong on our side; it has been logged.")
+    return problem_response(500, "internal error; it has been logged")
+
+
+def _html_error(status: int, detail: str) -> tuple[str, int]:
+    return render_template("error.html", status=status, detail=detail), status
+
+
+def register(app: Flask) -> MercatoApi:
+    for key, value in API_CONFIG.items():
+        app.config.setdefault(key, value)
+    api = MercatoApi(app)
+    api.register_blueprint(accounts_blp)
+    api.register_blueprint(marketplaces_blp)
+    return api

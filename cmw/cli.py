@@ -1,0 +1,177 @@
+"""``flask mercato ...``: bootstrap, demo data, the worker, and ``serve`` (web + worker)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import with_appcontext
+from flask_migrate import upgrade
+from kombu import Connection
+from sqlalchemy.orm import sessionmaker
+
+from cmw import demo
+from cmw.accounts import service as accounts
+from cmw.accounts.models import Role, User
+from cmw.config import Config
+from cmw.events.worker import Worker
+from cmw.extensions import current_session, db
+from cmw.marketplaces.service import platform
+
+
+@click.group("mercato")
+def mercato() -> None:
+    """Mercato administration commands."""
+
+
+def _config() -> Config:
+    config: Config = current_app.config["MERCATO"]
+    return config
+
+
+@mercato.command("create-admin")
+@click.option("--email", prompt=True)
+@click.option("--name", prompt=True, default="Administrator")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@with_appcontext
+def create_admin(email: str, name: str, password: str) -> None:
+    """Create (or promote) a platform administrator."""
+    session = current_session()
+    user = accounts.find_user(session, email)
+    try:
+        if user is None:
+            user = accounts.create_user(
+                session, email=email, name=name, password=password, email_verified=True
+            )
+        accounts.grant(session, user, platform(session), Role.ADMIN)
+    except (accounts.WeakPassword, accounts.InvalidGrant) as exc:
+        session.rollback()
+        raise click.ClickException(str(exc)) from None
+    session.commit()
+    click.echo(f"{user.email} is a platform administrator")
+
+
+@mercato.command("demo-data")
+@with_appcontext
+def demo_data() -> None:
+    """Load a believable demo (idempotent): admin, vendors, customers."""
+    created = demo.load(current_session())
+    current_session().commit()
+    click.echo("demo data loaded" if created else "demo data already present")
+    for login in demo.LOGINS:
+        click.echo(f"  {login.role:<9} {login.email:<32} {login.password}")
+
+
+@mercato.command("worker")
+@with_appcontext
+def worker() -> None:
+    """Run the outbox relay and the event consumers until SIGTERM or Ctrl-C."""
+    config = _config()
+    session_factory = sessionmaker(bind=db.engine, expire_on_commit=False)
+    consumers = current_app.extensions.get("mercato.consumers", [])
+
+    def connect() -> Connection:
+        return Connection(config.broker_url, transport_options=config.broker_transport_options, heartbeat=30)
+
+    runner = Worker(
+        connect,
+        session_factory,
+        consumers,
+        relay_batch_size=config.outbox_batch_size,
+        relay_poll_seconds=config.outbox_poll_seconds,
+    )
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        click.echo(f"worker: signal {signum}, stopping after the message in hand")
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    click.echo(
+        f"worker: relaying the outbox to {config.broker_url.split('@')[-1]}; {len(consumers)} consumer(s)"
+    )
+    runner.run_forever()
+
+
+@mercato.command("bootstrap")
+@with_appcontext
+def bootstrap() -> None:
+    """Migrate the database to head and load the demo on first start."""
+    upgrade(directory=current_app.extensions["migrate"].directory)
+    if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
+        demo.load(current_session())
+        current_session().commit()
+        click.echo("first start: demo data loaded")
+
+
+@mercato.command("serve")
+@click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="HOST or 127.0.0.1")
+@click.option(
+    "--port", default=lambda: int(os.environ.get("PORT", "8000")), type=int, show_default="PORT or 8000"
+)
+@click.option("--web-workers", default=2, show_default=True)
+@with_appcontext
+def serve(host: str, port: int, web_workers: int) -> None:
+    """Migrate, load the demo on first start, and run web and worker together."""
+    upgrade(directory=current_app.extensions["migrate"].directory)
+    if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
+        demo.load(current_session())
+        current_session().commit()
+    db.session.remove()
+    db.engine.dispose()
+
+    env = dict(os.environ)
+    web = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"{host}:{port}",
+            "--workers", str(web_workers),
+            "--worker-class", "gthread",
+            "--threads", "4",
+            "--access-logfile", "-",
+            "--graceful-timeout", "5",
+            "app:create_app()",
+        ],
+        env=env,
+    )  # fmt: skip
+    worker_proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "mercato", "worker"], env=env
+    )
+    children = [web, worker_proc]
+    shown_host = f"[{host}]" if ":" in host else host
+    click.echo("")
+    click.echo(f"Mercato is running on http://{shown_host}:{port}/  (Ctrl-C stops it)")
+    click.echo("Demo logins:")
+    for login in demo.LOGINS:
+        click.echo(f"  {login.role:<9} {login.email:<32} {login.password}")
+    click.echo("")
+
+    stopping = False
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    failed = [c for c in children if c.returncode not in (0, -signal.SIGTERM, None)]
+    if failed and not stopping:
+        raise SystemExit(1)

@@ -1,0 +1,223 @@
+"""Settings read once from ``MERCATO_*`` environment variables into a :class:`Config`.
+
+Every setting has an embedded default so ``make run`` works with nothing installed:
+SQLite, kombu's filesystem transport, a local asset folder and mail written to files, all
+under the data directory. A malformed value raises :class:`ConfigError` naming the
+variable and what is accepted, so the process stops at start-up instead of later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+PREFIX = "MERCATO_"
+ENVIRONMENTS = ("development", "production", "test")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The platform's settings. Build it with :meth:`from_env` or directly in tests."""
+
+    #: development, production or test
+    env: str = "development"
+    #: folder for the embedded defaults (SQLite file, broker folders, assets, mail)
+    data_dir: Path = Path("var")
+    #: SQLAlchemy URL; ``postgresql://`` is rewritten to use psycopg 3
+    database_url: str = ""
+    #: kombu URL; ``filesystem://`` uses folders under ``data_dir``
+    broker_url: str = "filesystem://"
+    #: ``file:///abs/path`` or ``s3://bucket?endpoint_url=...&region=...``
+    storage_url: str = ""
+    #: ``smtp://user:password@host:port`` (``?starttls=true``) or ``smtps://``; empty = files
+    smtp_url: str = ""
+    #: sender address of the platform's e-mails
+    mail_from: str = "Mercato <no-reply@mercato.localhost>"
+    #: Flask secret key (sessions, CSRF); generated and kept under ``data_dir`` when empty
+    secret_key: str = ""
+    #: public URL of the web process, used in e-mails and links
+    base_url: str = "http://127.0.0.1:8000"
+    #: send session cookies over HTTPS only
+    session_cookie_secure: bool = False
+    #: days a new API token lives unless its owner chooses; 0 = no expiry
+    token_ttl_days: int = 90
+    #: logging level name
+    log_level: str = "INFO"
+    #: outbox relay batch size and idle poll interval in seconds
+    outbox_batch_size: int = 100
+    outbox_poll_seconds: float = 0.5
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Read every ``MERCATO_*`` variable, apply defaults, validate, return a Config."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name, raw in env.items():
+            if not name.startswith(PREFIX):
+                continue
+            key = name[len(PREFIX) :].lower()
+            if key not in known:
+                # Settings read by other components (MERCATO_TEST_*, MERCATO_OIDC_*) are
+                # not ours to reject.
+                continue
+            values[key] = _coerce(cls, key, raw)
+        return cls(**values).resolved()
+
+    def resolved(self) -> Config:
+        """Fill derived defaults and validate every field; returns a new Config."""
+        if self.env not in ENVIRONMENTS:
+            raise ConfigError(f"{PREFIX}ENV: {self.env!r} is not one of {', '.join(ENVIRONMENTS)}")
+        data_dir = Path(self.data_dir).expanduser().absolute()
+        database_url = _database_url(self.database_url or f"sqlite:///{data_dir / 'mercato.db'}")
+        broker_url = _broker_url(self.broker_url)
+        storage_url = _storage_url(self.storage_url or (data_dir / "assets").as_uri())
+        smtp_url = _smtp_url(self.smtp_url)
+        if self.env == "production" and not self.secret_key:
+            raise ConfigError(f"{PREFIX}SECRET_KEY: required when {PREFIX}ENV=production")
+        if self.secret_key and len(self.secret_key) < 16:
+            raise ConfigError(f"{PREFIX}SECRET_KEY: use at least 16 characters")
+        base = urlsplit(self.base_url)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise ConfigError(f"{PREFIX}BASE_URL: {self.base_url!r} is not an http(s) URL")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"{PREFIX}LOG_LEVEL: {self.log_level!r} is not a logging level")
+        if self.token_ttl_days < 0:
+            raise ConfigError(f"{PREFIX}TOKEN_TTL_DAYS: must be 0 (no expiry) or more")
+        if self.outbox_batch_size < 1 or self.outbox_poll_seconds <= 0:
+            raise ConfigError(f"{PREFIX}OUTBOX_BATCH_SIZE and _POLL_SECONDS must be positive")
+        return dataclasses.replace(
+            self,
+            data_dir=data_dir,
+            database_url=database_url,
+            broker_url=broker_url,
+            storage_url=storage_url,
+            smtp_url=smtp_url,
+            base_url=self.base_url.rstrip("/"),
+            log_level=self.log_level.upper(),
+        )
+
+    # ------------------------------------------------------------- derived
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_transport_options(self) -> dict[str, Any]:
+        """kombu transport options: folders for the filesystem transport, confirms for AMQP."""
+        if self.broker_url.startswith("filesystem"):
+            root = self.data_dir / "broker"
+            return {
+                "data_folder_in": str(root / "queues"),
+                "data_folder_out": str(root / "queues"),
+                "control_folder": str(root / "control"),
+                "store_processed": False,
+            }
+        return {"confirm_publish": True}
+
+    def ensure_data_dirs(self) -> None:
+        """Create the folders the embedded defaults write to."""
+        for sub in ("", "mail", "assets", "broker/queues", "broker/control"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def effective_secret_key(self) -> str:
+        """The configured key, or one generated once and kept under the data directory."""
+        if self.secret_key:
+            return self.secret_key
+        self.ensure_data_dirs()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+# ------------------------------------------------------------------- parsing
+def _coerce(cls: type[Config], key: str, raw: str) -> Any:
+    name = PREFIX + key.upper()
+    field_type = {f.name: f.type for f in dataclasses.fields(cls)}[key]
+    if field_type == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: {raw!r} is not a boolean (use true or false)")
+    if field_type == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: {raw!r} is not a whole number") from None
+    if field_type == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: {raw!r} is not a number") from None
+    if field_type == "Path":
+        return Path(raw)
+    return raw
+
+
+def _database_url(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        return "postgresql+psycopg" + url[len(scheme) :]
+    if scheme == "sqlite":
+        return url
+    raise ConfigError(
+        f"{PREFIX}DATABASE_URL: unsupported scheme {scheme!r}; "
+        "use postgresql://user@host:5432/name or sqlite:///path/to/file.db"
+    )
+
+
+def _broker_url(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme in ("amqp", "amqps", "pyamqp", "filesystem"):
+        return url
+    raise ConfigError(
+        f"{PREFIX}BROKER_URL: unsupported scheme {scheme!r}; "
+        "use amqp://user:password@host:5672/vhost or filesystem://"
+    )
+
+
+def _storage_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.path:
+        return url
+    if parts.scheme == "s3" and parts.netloc:
+        allowed = {"endpoint_url", "region", "prefix"}
+        unknown = set(parse_qs(parts.query)) - allowed
+        if unknown:
+            raise ConfigError(
+                f"{PREFIX}STORAGE_URL: unknown option(s) {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        return url
+    raise ConfigError(
+        f"{PREFIX}STORAGE_URL: {url!r} is not file:///absolute/folder "
+        "or s3://bucket?endpoint_url=...&region=..."
+    )
+
+
+def _smtp_url(url: str) -> str:
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError(f"{PREFIX}SMTP_URL: {url!r} is not smtp://host:port or smtps://host:port")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"{PREFIX}SMTP_URL: {url!r} has a malformed port") from None
+    return url

@@ -1,0 +1,1 @@
+"""Events: the transactional outbox, its relay to the message bus, and idempotent consumers."""

@@ -1,0 +1,178 @@
+"""The consumer base: each message is applied once, and acknowledged after its commit.
+
+A consumer records the message id in ``processed_messages`` in the same transaction as
+its own changes. A redelivered message (after a crash before the ack, a relay that sent
+twice, two workers racing) finds its id there and is acknowledged without being applied
+again. A handler that raises is retried with a growing delay, then parked in the
+dead-letter queue with the error; it is never acknowledged as if it had worked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from kombu import Queue
+from kombu.message import Message
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cmw.events.models import ProcessedMessage
+from cmw.events.topology import DEAD_LETTER_QUEUE, consumer_queue
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_HEADER = "x-mercato-attempts"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """What a handler receives: the message id, its topic and its JSON payload."""
+
+    id: str
+    topic: str
+    payload: dict[str, Any]
+    marketplace_id: uuid.UUID | None = None
+
+
+class Outcome:
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    RETRIED = "retried"
+    DEAD = "dead"
+    REJECTED = "rejected"
+
+
+class EventConsumer:
+    """Subclass, name it, list its topics and implement :meth:`handle`.
+
+    ``handle`` makes its changes with the session it is given and does not commit; the
+    base class commits once, together with the processed-message record.
+    """
+
+    #: stable name, recorded with each applied message id; also the queue name
+    name: ClassVar[str]
+    #: routing-key patterns the queue is bound to
+    topics: ClassVar[tuple[str, ...]]
+    #: attempts before a failing message is parked in the dead-letter queue
+    max_attempts: ClassVar[int] = 5
+    #: first retry delay in seconds, doubled at each attempt
+    retry_delay: ClassVar[float] = 0.2
+
+    def handle(self, session: Session, event: Event) -> None:
+        raise NotImplementedError
+
+    def queue(self) -> Queue:
+        """This consumer's durable queue, bound to its topics."""
+        return consumer_queue(self.name, self.topics)
+
+    # ------------------------------------------------------------ applying
+    def apply(self, session_factory: Callable[[], Session], body: Any, message: Message) -> str:
+        """Apply one delivered message once, then acknowledge it. Returns the outcome."""
+        event = self._parse(body, message)
+        if event is None:
+            log.error("%s: message without id or JSON object body parked", self.name)
+            self._park(message, body, "message has no message_id or its body is not an object")
+            return Outcome.REJECTED
+        try:
+            applied = self._apply_once(session_factory, event)
+        except Exception as exc:  # noqa: BLE001 - every failure is retried or parked
+            return self._failed(message, body, event, exc)
+        message.ack()
+        return Outcome.APPLIED if applied else Outcome.DUPLICATE
+
+    def _apply_once(self, session_factory: Callable[[], Session], event: Event) -> bool:
+        with session_factory() as session:
+            seen = session.scalar(
+                sa.select(sa.literal(True)).where(
+                    ProcessedMessage.consumer == self.name,
+                    ProcessedMessage.message_id == event.id,
+                )
+            )
+            if seen:
+                session.rollback()
+                return False
+            try:
+                session.add(ProcessedMessage(consumer=self.name, message_id=event.id))
+                # Flush the marker first: a concurrent worker applying the same message
+                # blocks here until we commit, then fails on the primary key.
+                session.flush()
+                self.handle(session, event)
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                if self._already_processed(session_factory, event.id):
+                    return False
+                raise
+            return True
+
+    def _already_processed(self, session_factory: Callable[[], Session], message_id: str) -> bool:
+        with session_factory() as session:
+            return session.get(ProcessedMessage, (self.name, message_id)) is not None
+
+    @staticmethod
+    def _parse(body: Any, message: Message) -> Event | None:
+        message_id = message.properties.get("message_id")
+        if not message_id or not isinstance(body, dict):
+            return None
+        headers = message.headers or {}
+        topic = headers.get("topic") or message.delivery_info.get("routing_key") or ""
+        raw_tenant = headers.get("marketplace_id")
+        try:
+            tenant = uuid.UUID(raw_tenant) if raw_tenant else None
+        except ValueError:
+            tenant = None
+        return Event(id=str(message_id), topic=str(topic), payload=body, marketplace_id=tenant)
+
+    # ------------------------------------------------------------ failures
+    def _failed(self, message: Message, body: Any, event: Event, exc: Exception) -> str:
+        attempts = int((message.headers or {}).get(ATTEMPTS_HEADER, 0)) + 1
+        if attempts >= self.max_attempts:
+            log.error(
+                "%s: %s %s failed %d times, parked", self.name, event.topic, event.id, attempts, exc_info=exc
+            )
+            self._park(message, body, f"{type(exc).__name__}: {exc}", attempts)
+            return Outcome.DEAD
+        log.warning(
+            "%s: %s %s failed (attempt %d), retrying",
+            self.name,
+            event.topic,
+            event.id,
+            attempts,
+            exc_info=exc,
+        )
+        time.sleep(min(self.retry_delay * 2 ** (attempts - 1), 10.0))
+        self._republish(message, body, self.name, {ATTEMPTS_HEADER: attempts})
+        message.ack()
+        return Outcome.RETRIED
+
+    def _park(self, message: Message, body: Any, reason: str, attempts: int = 1) -> None:
+        self._republish(
+            message,
+            body,
+            DEAD_LETTER_QUEUE.name,
+            {"x-mercato-consumer": self.name, "x-mercato-error": reason[:1000], ATTEMPTS_HEADER: attempts},
+        )
+        message.ack()
+
+    @staticmethod
+    def _republish(message: Message, body: Any, queue_name: str, extra: dict[str, Any]) -> None:
+        """Send the message again straight to a queue through the default exchange,
+        keeping its id so deduplication still holds."""
+        channel = message.channel
+        headers = {**(message.headers or {}), **extra}
+        properties = {k: v for k, v in message.properties.items() if k in ("message_id", "delivery_mode")}
+        payload = channel.prepare_message(
+            message.body,
+            priority=0,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            headers=headers,
+            properties=properties,
+        )
+        channel.basic_publish(payload, exchange="", routing_key=queue_name)

@@ -1,0 +1,147 @@
+"""The outbox relay: publishes committed outbox rows to the topic exchange, in order.
+
+A row is marked published only after the broker confirmed it (publisher confirms on
+RabbitMQ), so a crash or a lost connection at any point means the row is sent again:
+delivery is at least once, and consumers drop the duplicates by message id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import sqlalchemy as sa
+from kombu import Connection, Producer, Queue
+from sqlalchemy.orm import Session
+
+from cmw.db import utcnow
+from cmw.events.models import OutboxEvent
+from cmw.events.topology import DEAD_LETTER_QUEUE, EVENTS
+
+log = logging.getLogger(__name__)
+
+ConnectionFactory = Callable[[], Connection]
+
+
+class OutboxRelay:
+    """Moves outbox rows to the broker. ``queues`` are declared before the first publish
+    so no event is dropped as unroutable before its consumer has started once."""
+
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        connection_factory: ConnectionFactory,
+        queues: Sequence[Queue] = (),
+        batch_size: int = 100,
+    ) -> None:
+        self.session_factory = session_factory
+        self.connection_factory = connection_factory
+        self.queues = [*queues, DEAD_LETTER_QUEUE]
+        self.batch_size = batch_size
+        self.connection: Connection | None = None
+        self._producer: Producer | None = None
+        self.published = 0
+
+    # ------------------------------------------------------------ connection
+    def _ensure_producer(self) -> Producer:
+        if self._producer is None:
+            self.connection = self.connection_factory()
+            self.connection.ensure_connection(max_retries=1)
+            channel = self.connection.channel()
+            self._producer = Producer(channel, exchange=EVENTS)
+            # Bind copies: the module-level entities must not stay tied to a dead channel.
+            for entity in [EVENTS, *self.queues]:
+                entity(channel).declare()
+        return self._producer
+
+    def reset(self) -> None:
+        """Drop the broker connection; the next publish opens a new one."""
+        self._producer = None
+        if self.connection is not None:
+            try:
+                self.connection.release()
+            except Exception:
+                log.debug("error while releasing a broken broker connection", exc_info=True)
+        self.connection = None
+
+    # ---------------------------------------------------------------- relay
+    def relay_once(self) -> int:
+        """Publish up to one batch of unpublished rows; returns how many were published.
+
+        Rows the broker confirmed are committed as published even when a later row of the
+        batch fails, then the error is raised so the caller can reconnect.
+        """
+        with self.session_factory() as session:
+            rows = session.scalars(
+                sa.select(OutboxEvent)
+                .where(OutboxEvent.published_at.is_(None))
+                .order_by(OutboxEvent.seq)
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                session.rollback()
+                return 0
+            done = 0
+            error: Exception | None = None
+            try:
+                producer = self._ensure_producer()
+                for row in rows:
+                    self._publish(producer, row)
+                    row.published_at = utcnow()
+                    done += 1
+            except Exception as exc:  # noqa: BLE001 - re-raised below after the commit
+                error = exc
+                rows[done].attempts += 1
+            session.commit()
+            self.published += done
+            if error is not None:
+                raise error
+            return done
+
+    @staticmethod
+    def _publish(producer: Producer, row: OutboxEvent) -> None:
+        producer.publish(
+            row.payload,
+            exchange=EVENTS,
+            routing_key=row.topic,
+            serializer="json",
+            delivery_mode=2,
+            message_id=str(row.id),
+            headers={
+                "topic": row.topic,
+                "marketplace_id": str(row.marketplace_id) if row.marketplace_id else None,
+                "created_at": row.created_at.isoformat(),
+            },
+            retry=False,
+        )
+
+    def run(self, stop: threading.Event, poll_seconds: float = 0.5) -> None:
+        """Relay until ``stop`` is set, reconnecting with back-off after broker errors."""
+        backoff = poll_seconds
+        while not stop.is_set():
+            try:
+                count = self.relay_once()
+                backoff = poll_seconds
+            except Exception:
+                log.warning("outbox relay: publishing failed; retrying in %.1fs", backoff, exc_info=True)
+                self.reset()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if count < self.batch_size:
+                stop.wait(poll_seconds)
+        self.reset()
+
+
+def lag_seconds(session: Session) -> float:
+    """Age of the oldest unpublished event, 0 when the outbox is drained."""
+    oldest = session.scalar(
+        sa.select(sa.func.min(OutboxEvent.created_at)).where(OutboxEvent.published_at.is_(None))
+    )
+    if oldest is None:
+        return 0.0
+    if oldest.tzinfo is None:  # aggregate results bypass the column type on SQLite
+        oldest = oldest.replace(tzinfo=utcnow().tzinfo)
+    return max(0.0, (utcnow() - oldest).total_seconds())

@@ -1,0 +1,94 @@
+"""The worker process: runs the outbox relay and every registered consumer.
+
+``flask mercato worker`` builds a :class:`Worker` from the app's consumers. The relay runs
+in a thread with its own broker connection; the consumers run on kombu's ConsumerMixin
+in the main thread. SIGTERM and SIGINT stop both after the message in hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kombu import Connection
+from kombu.messaging import Consumer
+from kombu.mixins import ConsumerMixin
+from kombu.transport.base import StdChannel
+from sqlalchemy.orm import Session
+
+from cmw.events.consumer import EventConsumer
+from cmw.events.relay import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+
+class Worker(ConsumerMixin):
+    """Consumers on one connection, plus the outbox relay thread."""
+
+    def __init__(
+        self,
+        connection_factory: Callable[[], Connection],
+        session_factory: Callable[[], Session],
+        consumers: Sequence[EventConsumer],
+        *,
+        relay_batch_size: int = 100,
+        relay_poll_seconds: float = 0.5,
+        prefetch_count: int = 10,
+    ) -> None:
+        self.connection = connection_factory()
+        self.session_factory = session_factory
+        self.consumers = list(consumers)
+        self.prefetch_count = prefetch_count
+        self.stop_event = threading.Event()
+        self.relay = OutboxRelay(
+            session_factory,
+            connection_factory,
+            queues=[c.queue() for c in self.consumers],
+            batch_size=relay_batch_size,
+        )
+        self.relay_poll_seconds = relay_poll_seconds
+        self._relay_thread: threading.Thread | None = None
+
+    def get_consumers(self, consumer_cls: type[Consumer], channel: StdChannel) -> list[Consumer]:
+        return [
+            consumer_cls(
+                queues=[c.queue()],
+                callbacks=[functools.partial(self._on_message, c)],
+                accept=["json"],
+                prefetch_count=self.prefetch_count,
+            )
+            for c in self.consumers
+        ]
+
+    def _on_message(self, consumer: EventConsumer, body: Any, message: Any) -> None:
+        consumer.apply(self.session_factory, body, message)
+
+    def start_relay(self) -> None:
+        self._relay_thread = threading.Thread(
+            target=self.relay.run,
+            args=(self.stop_event, self.relay_poll_seconds),
+            name="outbox-relay",
+            daemon=True,
+        )
+        self._relay_thread.start()
+
+    def stop(self) -> None:
+        self.should_stop = True
+        self.stop_event.set()
+
+    def run_forever(self) -> None:
+        """Run relay and consumers until :meth:`stop` is called."""
+        self.start_relay()
+        try:
+            if self.consumers:
+                self.run()
+            else:
+                self.stop_event.wait()
+        finally:
+            self.stop()
+            if self._relay_thread is not None:
+                self._relay_thread.join(timeout=10)
+            self.connection.release()

@@ -1,0 +1,1 @@
+"""Tenants: the platform marketplace and the distributor and reseller marketplaces under it."""

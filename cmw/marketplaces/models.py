@@ -1,0 +1,77 @@
+"""The ``Marketplace`` tenant: every customer-facing row belongs to one."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from cmw.db import Timestamps, UUIDPrimaryKey, str_enum
+from cmw.extensions import db
+
+
+class MarketplaceKind(enum.StrEnum):
+    #: the root marketplace run by the platform owner; exactly one exists
+    PLATFORM = "platform"
+    #: a partner marketplace under the platform
+    DISTRIBUTOR = "distributor"
+    #: a partner marketplace under a distributor
+    RESELLER = "reseller"
+
+
+#: which kind of parent each kind of marketplace hangs under
+ALLOWED_PARENT: dict[MarketplaceKind, MarketplaceKind | None] = {
+    MarketplaceKind.PLATFORM: None,
+    MarketplaceKind.DISTRIBUTOR: MarketplaceKind.PLATFORM,
+    MarketplaceKind.RESELLER: MarketplaceKind.DISTRIBUTOR,
+}
+
+PLATFORM_SLUG = "platform"
+
+
+class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "marketplaces"
+    __table_args__ = (
+        sa.CheckConstraint("(kind = 'platform') = (parent_id IS NULL)", name="platform_is_root"),
+        sa.Index(
+            "uq_marketplaces_one_platform",
+            "kind",
+            unique=True,
+            postgresql_where=sa.text("kind = 'platform'"),
+            sqlite_where=sa.text("kind = 'platform'"),
+        ),
+    )
+
+    #: platform, distributor or reseller
+    kind: Mapped[MarketplaceKind] = mapped_column(str_enum(MarketplaceKind, "kind"))
+    #: the marketplace this one sells under; NULL only for the platform
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("marketplaces.id", ondelete="RESTRICT"), index=True
+    )
+    #: display name shown in the header, e-mails and invoices
+    name: Mapped[str] = mapped_column(sa.String(120))
+    #: URL-safe identifier, lowercase letters, digits and hyphens
+    slug: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    #: host name the marketplace is served on (for example shop.example.com), lowercase
+    domain: Mapped[str | None] = mapped_column(sa.String(253), unique=True)
+    #: plain-text description shown on the home page
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    #: primary brand colour, ``#rrggbb``
+    primary_colour: Mapped[str] = mapped_column(sa.String(7), default="#1f4e79")
+    #: accent brand colour, ``#rrggbb``
+    accent_colour: Mapped[str] = mapped_column(sa.String(7), default="#e07a1f")
+    #: support e-mail address shown to customers
+    support_email: Mapped[str | None] = mapped_column(sa.String(254))
+    #: legal footer (company, registration, address) shown on pages and invoices
+    legal_footer: Mapped[str] = mapped_column(sa.Text, default="")
+    #: display name used as the sender of this marketplace's e-mails
+    email_sender_name: Mapped[str | None] = mapped_column(sa.String(120))
+    #: False when an admin has suspended the marketplace
+    is_active: Mapped[bool] = mapped_column(default=True)
+
+    parent: Mapped[Marketplace | None] = relationship(remote_side="Marketplace.id")
+
+    def __repr__(self) -> str:
+        return f"<Marketplace {self.slug} ({self.kind})>"

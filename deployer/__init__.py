@@ -1,0 +1,1 @@
+"""Provisioning on Apache Libcloud: the deployment state machine, SSH bootstrap and its worker."""

@@ -1,0 +1,1 @@
+"""Invoice documents: PDF and structured e-invoice formats."""

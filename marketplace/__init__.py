@@ -1,0 +1,1 @@
+"""The web pages: the marketplace storefront and the control panel (Jinja templates)."""

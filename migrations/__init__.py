@@ -1,0 +1,1 @@
+"""Alembic migrations (Flask-Migrate); a package so they ship with the wheel."""
