@@ -52,6 +52,8 @@ def test_openapi_document_lists_the_operations(client: FlaskClient) -> None:
     assert "bearerAuth" in spec["components"]["securitySchemes"]
     # The documented error body is the problem document.
     assert "detail" in spec["components"]["schemas"]["Problem"]["properties"]
+    assert list(spec["components"]["responses"]["DEFAULT_ERROR"]["content"]) == [PROBLEM]
+    assert list(spec["components"]["responses"]["UNPROCESSABLE_ENTITY"]["content"]) == [PROBLEM]
 
 
 def test_unknown_api_path_is_a_problem_404(client: FlaskClient) -> None:

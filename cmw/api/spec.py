@@ -3,16 +3,25 @@
 
 from __future__ import annotations
 
+import http
 import logging
 from typing import Any
 
 from flask import Flask, Response, render_template
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from cmw.accounts.api import blp as accounts_blp
-from cmw.api.errors import ApiError, ProblemSchema, from_http_exception, is_api_request, problem_response
+from cmw.api.errors import (
+    PROBLEM_MIMETYPE,
+    ApiError,
+    ProblemSchema,
+    from_http_exception,
+    is_api_request,
+    problem_response,
+)
 from cmw.marketplaces.api import blp as marketplaces_blp
 
 log = logging.getLogger(__name__)
@@ -47,6 +56,18 @@ class MercatoApi(Api):  # type: ignore[misc]
     """flask-smorest's Api answering every error with a problem document."""
 
     ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        """Document every error response as ``application/problem+json``, as sent."""
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if not (100 <= status < 200) and status not in (204, 304):
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_MIMETYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        default: dict[str, Any] = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(default, self.spec, PROBLEM_MIMETYPE)
+        self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
 
     def _register_error_handlers(self) -> None:
         self._app.register_error_handler(ApiError, handle_api_error)

@@ -131,8 +131,19 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 30.0)
                 continue
             if count < self.batch_size:
+                self._heartbeat()
                 stop.wait(poll_seconds)
         self.reset()
+
+    def _heartbeat(self) -> None:
+        """Keep an idle connection alive; a dead one is replaced at the next publish."""
+        if self.connection is None:
+            return
+        try:
+            self.connection.heartbeat_check()
+        except Exception:  # noqa: BLE001 - any failure: drop the connection, reconnect later
+            log.info("outbox relay: broker connection lost while idle; reconnecting on next event")
+            self.reset()
 
 
 def lag_seconds(session: Session) -> float:

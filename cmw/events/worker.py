@@ -63,6 +63,11 @@ class Worker(ConsumerMixin):
             for c in self.consumers
         ]
 
+    def on_iteration(self) -> None:
+        # ConsumerMixin wakes at least once a second; keep the AMQP heartbeat going so an
+        # idle worker is not dropped by the broker.
+        self.connection.heartbeat_check()
+
     def _on_message(self, consumer: EventConsumer, body: Any, message: Any) -> None:
         consumer.apply(self.session_factory, body, message)
 
