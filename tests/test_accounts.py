@@ -91,6 +91,14 @@ def test_session_sign_in_requires_a_json_body(client: FlaskClient, make_user: Ca
     assert_problem(client.get("/api/v1/me"), 401, "unauthenticated")
 
 
+def page_csrf(client: FlaskClient, path: str) -> str:
+    """The CSRF token of the form on a page, as a browser would submit it."""
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert found is not None, f"no CSRF field on {path}"
+    return found.group(1)
+
+
 # --------------------------------------------------------------------- CSRF
 def test_unsafe_request_with_session_needs_the_csrf_token(
     client: FlaskClient, make_user: Callable[..., User]
@@ -118,30 +126,24 @@ def test_page_sign_in_form_rejects_a_missing_csrf_token(
 
 def test_page_sign_in_and_sign_out(client: FlaskClient, make_user: Callable[..., User]) -> None:
     user = make_user(Role.CUSTOMER)
-    page = client.get("/sign-in").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert csrf is not None
+    csrf = page_csrf(client, "/sign-in")
     response = client.post(
         "/sign-in?next=/account",
-        data={"email": user.email, "password": PASSWORD, "csrf_token": csrf.group(1)},
+        data={"email": user.email, "password": PASSWORD, "csrf_token": csrf},
     )
     assert response.status_code == 302 and response.headers["Location"] == "/account"
     account = client.get("/account").get_data(as_text=True)
     assert user.email in account and "customer" in account
-    sign_out_csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', account)
-    assert sign_out_csrf is not None
-    assert client.post("/sign-out", data={"csrf_token": sign_out_csrf.group(1)}).status_code == 302
+    assert client.post("/sign-out", data={"csrf_token": page_csrf(client, "/account")}).status_code == 302
     assert client.get("/account").status_code == 302
 
 
 def test_page_sign_in_never_redirects_off_site(client: FlaskClient, make_user: Callable[..., User]) -> None:
     user = make_user(Role.CUSTOMER)
-    page = client.get("/sign-in").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert csrf is not None
+    csrf = page_csrf(client, "/sign-in")
     response = client.post(
         "/sign-in?next=//evil.example/",
-        data={"email": user.email, "password": PASSWORD, "csrf_token": csrf.group(1)},
+        data={"email": user.email, "password": PASSWORD, "csrf_token": csrf},
     )
     assert response.headers["Location"] == "/"
 
@@ -150,11 +152,9 @@ def test_page_sign_in_with_a_wrong_password_says_so(
     client: FlaskClient, make_user: Callable[..., User]
 ) -> None:
     user = make_user(Role.CUSTOMER)
-    page = client.get("/sign-in").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert csrf is not None
+    csrf = page_csrf(client, "/sign-in")
     response = client.post(
-        "/sign-in", data={"email": user.email, "password": "nope-nope-nope", "csrf_token": csrf.group(1)}
+        "/sign-in", data={"email": user.email, "password": "nope-nope-nope", "csrf_token": csrf}
     )
     assert response.status_code == 401
     assert "wrong e-mail or password" in response.get_data(as_text=True)
