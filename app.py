@@ -90,6 +90,7 @@ def register_extensions(app: Flask) -> None:
 
 def import_models() -> sa.MetaData:
     from cmw.accounts import models as _accounts  # noqa: F401
+    from cmw.catalog import models as _catalog  # noqa: F401
     from cmw.events import models as _events  # noqa: F401
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
 

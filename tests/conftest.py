@@ -43,6 +43,8 @@ HOW_TO_START = (
     "RabbitMQ on 5672), or point MERCATO_TEST_DATABASE_URL / MERCATO_TEST_BROKER_URL at yours."
 )
 PASSWORD = "correct-horse-battery"
+#: reference rows created by migrations, kept when a committed test cleans up
+SEEDED_TABLES = frozenset({"marketplaces", "categories"})
 
 
 def admin_database_url() -> str:
@@ -164,7 +166,7 @@ def committed_db(app: Flask) -> Iterator[sessionmaker[Session]]:
     with engine.begin() as conn:
         # A session a test left open would block this for ever: fail fast and say so.
         conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
-        tables = [t.name for t in reversed(db.metadata.sorted_tables) if t.name != "marketplaces"]
+        tables = [t.name for t in reversed(db.metadata.sorted_tables) if t.name not in SEEDED_TABLES]
         conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} CASCADE"))
         conn.execute(sa.text("DELETE FROM marketplaces WHERE kind <> 'platform'"))
 

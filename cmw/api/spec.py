@@ -22,6 +22,7 @@ from cmw.api.errors import (
     is_api_request,
     problem_response,
 )
+from cmw.catalog.api import blp as catalog_blp
 from cmw.marketplaces.api import blp as marketplaces_blp
 
 log = logging.getLogger(__name__)
@@ -118,4 +119,5 @@ def register(app: Flask) -> MercatoApi:
     api = MercatoApi(app)
     api.register_blueprint(accounts_blp)
     api.register_blueprint(marketplaces_blp)
+    api.register_blueprint(catalog_blp)
     return api

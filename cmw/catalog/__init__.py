@@ -1,0 +1,1 @@
+"""The catalog: vendors' products with versions, the publication workflow, plans and prices."""

@@ -1,0 +1,395 @@
+"""The catalog API: the published catalog (no sign-in needed), vendors' product
+management, and the admins' review of submissions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from cmw.accounts.auth import current_marketplace, require_identity, roles_required
+from cmw.accounts.models import Organisation, Role
+from cmw.api.errors import ApiError
+from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.catalog import service
+from cmw.catalog.markdown import render
+from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion, VersionState
+from cmw.catalog.pricing import ComponentSpec, PlanSpec, PricingError, Tier
+from cmw.catalog.schemas import (
+    CategorySchema,
+    PlansSchema,
+    ProductCreateSchema,
+    ProductListArgs,
+    ProductSchema,
+    ProductUpdateSchema,
+    PublicProductSchema,
+    RejectSchema,
+    VendorProductListArgs,
+)
+from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
+from cmw.extensions import current_session
+
+blp = Blueprint("catalog", __name__, url_prefix="/api/v1", description="Products, plans and prices")
+
+
+# ----------------------------------------------------------------- helpers
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(
+        422, f"invalid input: {field}", errors=[{"location": "json", "field": field, "message": message}]
+    )
+
+
+def _run(action: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a catalog service, turning its failures into problem documents."""
+    session = current_session()
+    try:
+        return action(session, *args, **kwargs)
+    except (service.CatalogError, PricingError) as exc:
+        session.rollback()
+        raise _invalid(exc.field, exc.message) from None
+    except InvalidTransition as exc:
+        session.rollback()
+        raise ApiError(409, str(exc), slug="invalid-transition") from None
+    except ConcurrentChange as exc:
+        session.rollback()
+        raise ApiError(409, f"{exc}; reload and try again", slug="concurrent-change") from None
+
+
+def _version_view(version: ProductVersion | None) -> dict[str, Any] | None:
+    if version is None:
+        return None
+    return {
+        **service.content_of(version),
+        "id": version.id,
+        "number": version.number,
+        "state": version.state,
+        "long_description_html": render(version.long_description),
+        "plans": version.plans,
+        "submitted_at": version.submitted_at,
+        "reviewed_at": version.reviewed_at,
+        "review_note": version.review_note,
+    }
+
+
+def _product_view(product: Product) -> dict[str, Any]:
+    return {
+        "id": product.id,
+        "slug": product.slug,
+        "vendor_id": product.vendor_id,
+        "marketplace_id": product.marketplace_id,
+        "status": product.status,
+        "live_version": _version_view(product.live_version),
+        "working_version": _version_view(product.working_version),
+        "created_at": product.created_at,
+        "retired_at": product.retired_at,
+    }
+
+
+def _public_view(product: Product, vendor_names: dict[uuid.UUID, str]) -> dict[str, Any]:
+    live = product.live_version
+    assert live is not None
+    return {
+        **service.content_of(live),
+        "id": product.id,
+        "slug": product.slug,
+        "vendor_id": product.vendor_id,
+        "vendor_name": vendor_names.get(product.vendor_id, ""),
+        "version": live.number,
+        "long_description_html": render(live.long_description),
+        "plans": live.plans,
+        "published_at": live.reviewed_at,
+    }
+
+
+def _vendor_names(ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    if not ids:
+        return {}
+    rows = current_session().execute(
+        sa.select(Organisation.id, Organisation.name).where(Organisation.id.in_(ids))
+    )
+    return {row.id: row.name for row in rows}
+
+
+def _plan_specs(plans: list[dict[str, Any]]) -> list[PlanSpec]:
+    return [
+        PlanSpec(
+            code=p["code"],
+            name=p["name"],
+            description=p.get("description", ""),
+            currency=p["currency"],
+            billing_period=p["billing_period"],
+            components=tuple(
+                ComponentSpec(
+                    kind=c["kind"],
+                    label=c["label"],
+                    unit_price=c.get("unit_price"),
+                    metric=c.get("metric"),
+                    unit=c.get("unit"),
+                    pricing_model=c.get("pricing_model"),
+                    included_quantity=c.get("included_quantity"),
+                    tiers=tuple(
+                        Tier(
+                            start=t["start"],
+                            up_to=t["up_to"],
+                            unit_price=t["unit_price"],
+                            flat_fee=t["flat_fee"],
+                        )
+                        for t in c.get("tiers") or ()
+                    ),
+                    min_quantity=c.get("min_quantity"),
+                    max_quantity=c.get("max_quantity"),
+                )
+                for c in p["components"]
+            ),
+        )
+        for p in plans
+    ]
+
+
+# ---------------------------------------------------------------- public
+@blp.route("/categories")
+class Categories(MethodView):
+    @blp.response(200, CategorySchema(many=True))
+    def get(self) -> list[Category]:
+        """Product categories, in menu order."""
+        return list(current_session().scalars(sa.select(Category).order_by(Category.position, Category.slug)))
+
+
+@blp.route("/products")
+class PublicProducts(MethodView):
+    @blp.arguments(ProductListArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(PublicProductSchema))
+    def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """The published catalog of this marketplace, newest first. No sign-in needed."""
+        stmt = service.published(current_marketplace()).join(
+            ProductVersion, Product.live_version_id == ProductVersion.id
+        )
+        if filters["category"]:
+            stmt = stmt.where(ProductVersion.category_slug == filters["category"])
+        if filters["product_type"]:
+            stmt = stmt.where(ProductVersion.product_type == filters["product_type"])
+        if filters["has_trial"] is not None:
+            stmt = stmt.where(
+                ProductVersion.trial_days > 0 if filters["has_trial"] else ProductVersion.trial_days == 0
+            )
+        if filters["vendor_id"]:
+            stmt = stmt.where(Product.vendor_id == filters["vendor_id"])
+        stmt = stmt.order_by(ProductVersion.reviewed_at.desc(), Product.id)
+        page = paginate(current_session(), stmt, args["page"], args["per_page"])
+        names = _vendor_names({p.vendor_id for p in page["items"]})
+        page["items"] = [_public_view(p, names) for p in page["items"]]
+        return page
+
+
+@blp.route("/products/<string:ref>")
+class PublicProduct(MethodView):
+    @blp.response(200, PublicProductSchema)
+    def get(self, ref: str) -> dict[str, Any]:
+        """A published product by slug or id, as customers see it (its live version)."""
+        stmt = service.published(current_marketplace())
+        try:
+            stmt = stmt.where(Product.id == uuid.UUID(ref))
+        except ValueError:
+            stmt = stmt.where(Product.slug == ref)
+        product = current_session().scalar(stmt)
+        if product is None:
+            raise ApiError(404, "no such product in this marketplace")
+        return _public_view(product, _vendor_names({product.vendor_id}))
+
+
+# ---------------------------------------------------------------- vendor
+def _own_product(product_id: uuid.UUID) -> Product:
+    """A product of one of the caller's vendor organisations; anything else is 404."""
+    identity = require_identity()
+    product = current_session().get(Product, product_id)
+    if (
+        product is None
+        or product.marketplace_id != identity.marketplace.id
+        or product.vendor_id not in identity.organisations_with(Role.VENDOR)
+    ):
+        raise ApiError(404, "no such product among yours")
+    return product
+
+
+@blp.route("/vendor/products")
+class VendorProducts(MethodView):
+    @blp.arguments(VendorProductListArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(ProductSchema))
+    @roles_required(Role.VENDOR)
+    def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """Your products, in every status."""
+        identity = require_identity()
+        stmt = sa.select(Product).where(
+            Product.marketplace_id == identity.marketplace.id,
+            Product.vendor_id.in_(identity.organisations_with(Role.VENDOR)),
+        )
+        if filters["status"]:
+            stmt = stmt.where(Product.status == filters["status"])
+        page = paginate(
+            current_session(),
+            stmt.order_by(Product.created_at.desc(), Product.id),
+            args["page"],
+            args["per_page"],
+        )
+        page["items"] = [_product_view(p) for p in page["items"]]
+        return page
+
+    @blp.arguments(ProductCreateSchema)
+    @blp.response(201, ProductSchema)
+    @roles_required(Role.VENDOR)
+    def post(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Create a product in draft, owned by your vendor organisation."""
+        identity = require_identity()
+        vendors = identity.organisations_with(Role.VENDOR)
+        vendor_id = data.pop("vendor_id") or (next(iter(vendors)) if len(vendors) == 1 else None)
+        if vendor_id is None:
+            raise _invalid("vendor_id", "you belong to several vendors: say which one owns the product")
+        if vendor_id not in vendors:
+            raise _invalid("vendor_id", "not one of your vendor organisations")
+        vendor = current_session().get(Organisation, vendor_id)
+        slug = data.pop("slug")
+        product = _run(service.create_product, identity.marketplace, vendor, slug=slug, content=data)
+        current_session().commit()
+        return _product_view(product)
+
+
+@blp.route("/vendor/products/<uuid:product_id>")
+class VendorProduct(MethodView):
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.VENDOR)
+    def get(self, product_id: uuid.UUID) -> dict[str, Any]:
+        """One of your products with its live and working versions."""
+        return _product_view(_own_product(product_id))
+
+    @blp.arguments(ProductUpdateSchema)
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.VENDOR)
+    def patch(self, data: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
+        """Change the working version. A published product keeps serving its live version
+        until this revision is approved."""
+        product = _own_product(product_id)
+        _run(service.update_product, product, data)
+        current_session().commit()
+        return _product_view(product)
+
+
+@blp.route("/vendor/products/<uuid:product_id>/plans")
+class VendorProductPlans(MethodView):
+    @blp.arguments(PlansSchema)
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.VENDOR)
+    def put(self, data: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
+        """Replace the working version's plans and prices."""
+        product = _own_product(product_id)
+        _run(service.set_plans, product, _plan_specs(data["plans"]))
+        current_session().commit()
+        return _product_view(product)
+
+
+def _vendor_action(name: str, summary: str) -> type[MethodView]:
+    action = getattr(service, name)
+
+    class VendorAction(MethodView):
+        @blp.response(200, ProductSchema)
+        @roles_required(Role.VENDOR)
+        def post(self, product_id: uuid.UUID) -> dict[str, Any]:
+            product = _own_product(product_id)
+            _run(action, product)
+            current_session().commit()
+            return _product_view(product)
+
+    VendorAction.post.__doc__ = summary
+    VendorAction.__name__ = f"Vendor{name.title()}"
+    return VendorAction
+
+
+blp.route("/vendor/products/<uuid:product_id>/submit")(
+    _vendor_action("submit", "Submit the working version for review.")
+)
+blp.route("/vendor/products/<uuid:product_id>/withdraw")(
+    _vendor_action("withdraw", "Take a submission back to edit it.")
+)
+blp.route("/vendor/products/<uuid:product_id>/retire")(
+    _vendor_action("retire", "Stop selling the product; existing subscriptions go on.")
+)
+
+
+# ----------------------------------------------------------------- admin
+def _marketplace_product(product_id: uuid.UUID) -> Product:
+    product = current_session().get(Product, product_id)
+    if product is None or product.marketplace_id != current_marketplace().id:
+        raise ApiError(404, "no such product in this marketplace")
+    return product
+
+
+@blp.route("/admin/products")
+class AdminProducts(MethodView):
+    @blp.arguments(VendorProductListArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(ProductSchema))
+    @roles_required(Role.ADMIN)
+    def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """Every product of this marketplace. ``status=in_review`` is the review queue,
+        including published products whose next revision waits for review."""
+        stmt = sa.select(Product).where(Product.marketplace_id == current_marketplace().id)
+        if filters["status"] is ProductStatus.IN_REVIEW:
+            waiting = sa.select(ProductVersion.id).where(ProductVersion.state == VersionState.IN_REVIEW)
+            stmt = stmt.where(Product.working_version_id.in_(waiting))
+        elif filters["status"]:
+            stmt = stmt.where(Product.status == filters["status"])
+        page = paginate(
+            current_session(), stmt.order_by(Product.updated_at, Product.id), args["page"], args["per_page"]
+        )
+        page["items"] = [_product_view(p) for p in page["items"]]
+        return page
+
+
+@blp.route("/admin/products/<uuid:product_id>")
+class AdminProduct(MethodView):
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.ADMIN)
+    def get(self, product_id: uuid.UUID) -> dict[str, Any]:
+        """Any product of this marketplace, with its live and working versions."""
+        return _product_view(_marketplace_product(product_id))
+
+
+@blp.route("/admin/products/<uuid:product_id>/approve")
+class AdminApprove(MethodView):
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, product_id: uuid.UUID) -> dict[str, Any]:
+        """Approve the submitted version: it becomes what customers see."""
+        product = _marketplace_product(product_id)
+        _run(service.approve, product, require_identity().user)
+        current_session().commit()
+        return _product_view(product)
+
+
+@blp.route("/admin/products/<uuid:product_id>/reject")
+class AdminReject(MethodView):
+    @blp.arguments(RejectSchema)
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
+        """Send the submitted version back to draft with the reason."""
+        product = _marketplace_product(product_id)
+        _run(service.reject, product, require_identity().user, data["reason"])
+        current_session().commit()
+        return _product_view(product)
+
+
+@blp.route("/admin/products/<uuid:product_id>/retire")
+class AdminRetire(MethodView):
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, product_id: uuid.UUID) -> dict[str, Any]:
+        """Stop selling a product (for example after a policy breach)."""
+        product = _marketplace_product(product_id)
+        _run(service.retire, product)
+        current_session().commit()
+        return _product_view(product)

@@ -1,0 +1,243 @@
+"""Bodies of the catalog API. Prices are decimal strings ("12.50"), never JSON floats."""
+
+from __future__ import annotations
+
+import ipaddress
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from cmw.catalog.models import (
+    BillingPeriod,
+    ComponentKind,
+    PricingModel,
+    ProductStatus,
+    ProductType,
+    VersionState,
+)
+from cmw.money import PRICE_SCALE, format_amount, parse_amount
+
+URL_PLACEHOLDERS = ("{ip}", "{hostname}")
+#: default source of an inbound firewall rule: any IPv4 address
+ANYWHERE = "0.0.0.0/0"
+
+
+class Amount(fields.Field):  # type: ignore[type-arg]
+    """A non-negative decimal given as a string (or an integer); floats are refused."""
+
+    default_error_messages = {"invalid": 'use a decimal string such as "12.50" (no floats)'}
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_amount(Decimal(value))
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        try:
+            amount = parse_amount(value, scale=PRICE_SCALE)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        return amount
+
+
+class SizeSchema(Schema):
+    cores = fields.Integer(required=True, validate=validate.Range(min=1, max=512))
+    ram_mib = fields.Integer(required=True, validate=validate.Range(min=256, max=8 * 1024 * 1024))
+    root_disk_gib = fields.Integer(required=True, validate=validate.Range(min=1, max=65536))
+
+
+class PortSchema(Schema):
+    port = fields.Integer(required=True, validate=validate.Range(min=1, max=65535))
+    protocol = fields.String(load_default="tcp", validate=validate.OneOf(["tcp", "udp"]))
+    cidr = fields.String(load_default=ANYWHERE, validate=validate.Length(max=43))
+
+    @validates_schema(skip_on_field_errors=False)
+    def _cidr(self, data: dict[str, Any], **kwargs: Any) -> None:
+        try:
+            ipaddress.ip_network(data.get("cidr", ANYWHERE), strict=False)
+        except ValueError:
+            raise ValidationError("not an IP network like 203.0.113.0/24", "cidr") from None
+
+
+class DeploymentTargetSchema(Schema):
+    cloud_account = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,62}$"),
+        metadata={"description": "slug of the cloud account to deploy on"},
+    )
+    region = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    image = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    size = fields.Nested(SizeSchema, required=True)
+    data_disk_gib = fields.Integer(
+        load_default=None, allow_none=True, validate=validate.Range(min=1, max=65536)
+    )
+    inbound_ports = fields.List(
+        fields.Nested(PortSchema), load_default=list, validate=validate.Length(max=50)
+    )
+    setup_script = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100_000))
+    app_url_template = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(max=500),
+        metadata={"example": "https://{ip}/", "description": "placeholders: {ip}, {hostname}"},
+    )
+    default_login = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+
+    @validates_schema(skip_on_field_errors=False)
+    def _url_template(self, data: dict[str, Any], **kwargs: Any) -> None:
+        template = data.get("app_url_template")
+        if template is None:
+            return
+        has_placeholder = any(p in template for p in URL_PLACEHOLDERS)
+        if not template.startswith(("http://", "https://")) or not has_placeholder:
+            raise ValidationError(
+                "an http(s) URL with {ip} or {hostname}, e.g. https://{ip}/", "app_url_template"
+            )
+        leftover = template
+        for placeholder in URL_PLACEHOLDERS:
+            leftover = leftover.replace(placeholder, "")
+        if "{" in leftover or "}" in leftover:
+            raise ValidationError("only {ip} and {hostname} may be used", "app_url_template")
+
+
+class ProductContentSchema(Schema):
+    name = fields.String(validate=validate.Length(min=1, max=120))
+    short_description = fields.String(validate=validate.Length(max=300))
+    long_description = fields.String(
+        validate=validate.Length(max=50_000), metadata={"description": "Markdown"}
+    )
+    category = fields.String(attribute="category_slug", data_key="category", validate=validate.Length(max=50))
+    tags = fields.List(
+        fields.String(validate=validate.Length(min=1, max=40)), validate=validate.Length(max=20)
+    )
+    website = fields.URL(allow_none=True, schemes={"http", "https"})
+    support_email = fields.Email(allow_none=True)
+    product_type = fields.Enum(ProductType, by_value=True)
+    trial_days = fields.Integer(
+        validate=validate.Range(min=0, max=365), metadata={"description": "0 = no trial"}
+    )
+    deployment = fields.List(fields.Nested(DeploymentTargetSchema), validate=validate.Length(max=20))
+
+
+class ProductCreateSchema(ProductContentSchema):
+    slug = fields.String(required=True, validate=validate.Length(min=1, max=80))
+    vendor_id = fields.UUID(
+        load_default=None, metadata={"description": "needed when you belong to more than one vendor"}
+    )
+
+    @validates_schema
+    def _required(self, data: dict[str, Any], **kwargs: Any) -> None:
+        missing = {"name": "name", "category_slug": "category", "product_type": "product_type"}
+        errors = {
+            key: ["Missing data for required field."] for attr, key in missing.items() if attr not in data
+        }
+        if errors:
+            raise ValidationError(errors)
+
+
+class ProductUpdateSchema(ProductContentSchema):
+    slug = fields.String(validate=validate.Length(min=1, max=80))
+
+
+class TierSchema(Schema):
+    start = Amount(required=True, data_key="from", metadata={"description": "0 for the first tier"})
+    up_to = Amount(allow_none=True, required=True, metadata={"description": "null for the last tier"})
+    unit_price = Amount(required=True)
+    flat_fee = Amount(load_default=Decimal(0))
+
+
+class PriceComponentSchema(Schema):
+    kind = fields.Enum(ComponentKind, by_value=True, required=True)
+    label = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    unit_price = Amount(load_default=None, allow_none=True)
+    metric = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    unit = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=30))
+    pricing_model = fields.Enum(PricingModel, by_value=True, load_default=None, allow_none=True)
+    included_quantity = Amount(load_default=Decimal(0))
+    tiers = fields.List(
+        fields.Nested(TierSchema), load_default=list, allow_none=True, validate=validate.Length(max=50)
+    )
+    min_quantity = fields.Integer(load_default=None, allow_none=True)
+    max_quantity = fields.Integer(load_default=None, allow_none=True)
+
+
+class PlanSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    code = fields.String(required=True, validate=validate.Length(min=1, max=50))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    description = fields.String(load_default="", validate=validate.Length(max=2000))
+    currency = fields.String(required=True, validate=validate.Length(equal=3))
+    billing_period = fields.Enum(BillingPeriod, by_value=True, required=True)
+    components = fields.List(
+        fields.Nested(PriceComponentSchema), required=True, validate=validate.Length(min=1, max=30)
+    )
+
+
+class PriceComponentOutSchema(PriceComponentSchema):
+    # Stored tiers are already JSON in the API's shape ("from", "up_to", decimal strings).
+    tiers = fields.List(fields.Dict(), allow_none=True)
+
+
+class PlanOutSchema(PlanSchema):
+    components = fields.List(fields.Nested(PriceComponentOutSchema))
+
+
+class PlansSchema(Schema):
+    plans = fields.List(fields.Nested(PlanSchema), required=True, validate=validate.Length(min=1, max=20))
+
+
+class VersionSchema(ProductContentSchema):
+    id = fields.UUID()
+    number = fields.Integer()
+    state = fields.Enum(VersionState, by_value=True)
+    long_description_html = fields.String(metadata={"description": "the Markdown rendered to safe HTML"})
+    plans = fields.List(fields.Nested(PlanOutSchema))
+    submitted_at = fields.AwareDateTime(allow_none=True)
+    reviewed_at = fields.AwareDateTime(allow_none=True)
+    review_note = fields.String(allow_none=True, metadata={"description": "why an admin sent it back"})
+
+
+class ProductSchema(Schema):
+    """A product as its vendor and admins see it: status, live and working versions."""
+
+    id = fields.UUID()
+    slug = fields.String()
+    vendor_id = fields.UUID()
+    marketplace_id = fields.UUID()
+    status = fields.Enum(ProductStatus, by_value=True)
+    live_version = fields.Nested(VersionSchema, allow_none=True)
+    working_version = fields.Nested(VersionSchema, allow_none=True)
+    created_at = fields.AwareDateTime()
+    retired_at = fields.AwareDateTime(allow_none=True)
+
+
+class PublicProductSchema(ProductContentSchema):
+    """A published product as customers see it: the live version only."""
+
+    id = fields.UUID()
+    slug = fields.String()
+    vendor_id = fields.UUID()
+    vendor_name = fields.String()
+    version = fields.Integer()
+    long_description_html = fields.String()
+    plans = fields.List(fields.Nested(PlanOutSchema))
+    published_at = fields.AwareDateTime(allow_none=True)
+
+
+class RejectSchema(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=5000))
+
+
+class CategorySchema(Schema):
+    slug = fields.String()
+    name = fields.String()
+
+
+class ProductListArgs(Schema):
+    category = fields.String(load_default=None, validate=validate.Length(max=50))
+    product_type = fields.Enum(ProductType, by_value=True, load_default=None)
+    has_trial = fields.Boolean(load_default=None)
+    vendor_id = fields.UUID(load_default=None)
+
+
+class VendorProductListArgs(Schema):
+    status = fields.Enum(ProductStatus, by_value=True, load_default=None)

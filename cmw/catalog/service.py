@@ -1,0 +1,352 @@
+"""Catalog rules: creating and editing products (with the versioning rule), plans, and
+moving products through the publication workflow. Functions flush, never commit."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cmw.accounts.models import Organisation, OrganisationKind, User
+from cmw.catalog.models import (
+    Category,
+    Plan,
+    PriceComponent,
+    Product,
+    ProductStatus,
+    ProductType,
+    ProductVersion,
+    VersionState,
+)
+from cmw.catalog.pricing import PlanSpec, validate_plans
+from cmw.catalog.workflow import Action, InvalidTransition, next_state, next_status, save_state, save_status
+from cmw.db import utcnow
+from cmw.events.service import emit
+from cmw.marketplaces.models import Marketplace
+
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,78}[a-z0-9])?$")
+#: fields of a version the vendor writes (plans are set separately)
+CONTENT_FIELDS = (
+    "name",
+    "short_description",
+    "long_description",
+    "category_slug",
+    "tags",
+    "website",
+    "support_email",
+    "product_type",
+    "trial_days",
+    "deployment",
+)
+
+
+class CatalogError(ValueError):
+    """Invalid catalog input; ``field`` names the offending value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# ----------------------------------------------------------------- content
+def _check_content(session: Session, content: dict[str, Any]) -> dict[str, Any]:
+    checked = dict(content)
+    if "category_slug" in checked and session.get(Category, checked["category_slug"]) is None:
+        known = ", ".join(session.scalars(sa.select(Category.slug).order_by(Category.position)))
+        raise CatalogError("category", f"unknown category {checked['category_slug']!r}; use one of: {known}")
+    if "tags" in checked:
+        tags = sorted({str(t).strip().lower() for t in checked["tags"] if str(t).strip()})
+        if len(tags) > 20:
+            raise CatalogError("tags", "at most 20 tags")
+        checked["tags"] = tags
+    return checked
+
+
+def check_deployment(product_type: ProductType, targets: Sequence[dict[str, Any]]) -> None:
+    """Type-specific rules: a vm_app needs a data disk and a setup script; a bare_vm has neither."""
+    seen: set[tuple[str, str | None]] = set()
+    for index, target in enumerate(targets):
+        where = f"deployment.{index}"
+        key = (target["cloud_account"], target.get("region"))
+        if key in seen:
+            raise CatalogError(f"{where}.cloud_account", "this cloud account and region is targeted twice")
+        seen.add(key)
+        if product_type is ProductType.VM_APP:
+            if not target.get("data_disk_gib"):
+                raise CatalogError(f"{where}.data_disk_gib", "a vm_app product needs a data disk")
+            if not (target.get("setup_script") or "").strip():
+                raise CatalogError(f"{where}.setup_script", "a vm_app product needs a setup script")
+        else:
+            if target.get("data_disk_gib"):
+                raise CatalogError(f"{where}.data_disk_gib", "a bare_vm product has no data disk")
+            if (target.get("setup_script") or "").strip():
+                raise CatalogError(f"{where}.setup_script", "a bare_vm product runs no setup script")
+
+
+def create_product(
+    session: Session,
+    marketplace: Marketplace,
+    vendor: Organisation,
+    *,
+    slug: str,
+    content: dict[str, Any],
+) -> Product:
+    if vendor.kind is not OrganisationKind.VENDOR or vendor.marketplace_id != marketplace.id:
+        raise CatalogError("vendor_id", "not a vendor organisation of this marketplace")
+    _check_slug(session, marketplace, slug)
+    checked = _check_content(session, content)
+    check_deployment(ProductType(checked["product_type"]), checked.get("deployment", []))
+    product = Product(
+        marketplace_id=marketplace.id, vendor_id=vendor.id, slug=slug, status=ProductStatus.DRAFT
+    )
+    session.add(product)
+    session.flush()
+    version = ProductVersion(product_id=product.id, number=1, state=VersionState.DRAFT, **checked)
+    session.add(version)
+    session.flush()
+    product.working_version_id = version.id
+    session.flush()
+    emit(session, "product.created", {"product_id": str(product.id)}, marketplace_id=marketplace.id)
+    return product
+
+
+def _check_slug(
+    session: Session, marketplace: Marketplace, slug: str, product_id: uuid.UUID | None = None
+) -> None:
+    if not SLUG.match(slug):
+        raise CatalogError("slug", "use 1 to 80 lowercase letters, digits and hyphens, not at either end")
+    taken = session.scalar(
+        sa.select(Product.id).where(
+            Product.marketplace_id == marketplace.id,
+            Product.slug == slug,
+            Product.id != product_id if product_id else sa.true(),
+        )
+    )
+    if taken is not None:
+        raise CatalogError("slug", f"{slug!r} is taken in this marketplace")
+
+
+def working_version(session: Session, product: Product) -> ProductVersion:
+    """The version the vendor edits, created from the live one when there is none.
+
+    A submitted revision is frozen: editing it needs a withdraw first.
+    """
+    if product.status is ProductStatus.RETIRED:
+        raise InvalidTransition(Action.EDIT, product.status.value)
+    if product.working_version_id is not None:
+        version = session.get(ProductVersion, product.working_version_id)
+        assert version is not None
+        next_state(version.state, Action.EDIT)  # raises when in review
+        return version
+    live = session.get(ProductVersion, product.live_version_id) if product.live_version_id else None
+    assert live is not None, "a product has a working or a live version"
+    number = (
+        session.scalar(
+            sa.select(sa.func.max(ProductVersion.number)).where(ProductVersion.product_id == product.id)
+        )
+        or 0
+    ) + 1
+    version = ProductVersion(
+        product_id=product.id,
+        number=number,
+        state=VersionState.DRAFT,
+        **{f: getattr(live, f) for f in CONTENT_FIELDS},
+    )
+    session.add(version)
+    session.flush()
+    for plan in live.plans:
+        version.plans.append(_copy_plan(plan))
+    product.working_version_id = version.id
+    session.flush()
+    return version
+
+
+def _copy_plan(plan: Plan) -> Plan:
+    copy = Plan(
+        code=plan.code,
+        name=plan.name,
+        description=plan.description,
+        currency=plan.currency,
+        billing_period=plan.billing_period,
+        position=plan.position,
+    )
+    for component in plan.components:
+        copy.components.append(
+            PriceComponent(
+                **{
+                    c: getattr(component, c)
+                    for c in (
+                        "position", "kind", "label", "unit_price", "metric", "unit", "pricing_model",
+                        "included_quantity", "tiers", "min_quantity", "max_quantity",
+                    )
+                }
+            )
+        )  # fmt: skip
+    return copy
+
+
+def update_product(session: Session, product: Product, changes: dict[str, Any]) -> ProductVersion:
+    """Apply the vendor's changes to the working version (creating it if needed)."""
+    next_status(product.status, Action.EDIT)
+    changes = dict(changes)
+    if "slug" in changes:
+        slug = changes.pop("slug")
+        if slug != product.slug:
+            if product.live_version_id is not None:
+                raise CatalogError("slug", "the slug of a product that was published cannot change")
+            marketplace = session.get(Marketplace, product.marketplace_id)
+            assert marketplace is not None
+            _check_slug(session, marketplace, slug, product.id)
+            product.slug = slug
+    version = working_version(session, product)
+    checked = _check_content(session, changes)
+    merged_type = ProductType(checked.get("product_type", version.product_type))
+    check_deployment(merged_type, checked.get("deployment", version.deployment))
+    for key, value in checked.items():
+        setattr(version, key, value)
+    version.review_note = None
+    session.flush()
+    return version
+
+
+def set_plans(session: Session, product: Product, plans: Sequence[PlanSpec]) -> ProductVersion:
+    """Replace the working version's plans with ``plans`` (validated first)."""
+    next_status(product.status, Action.EDIT)
+    checked = validate_plans(plans)
+    version = working_version(session, product)
+    version.plans.clear()
+    session.flush()
+    for position, spec in enumerate(checked):
+        plan = Plan(
+            code=spec.code,
+            name=spec.name.strip(),
+            description=spec.description,
+            currency=spec.currency,
+            billing_period=spec.billing_period,
+            position=position,
+        )
+        for index, c in enumerate(spec.components):
+            plan.components.append(
+                PriceComponent(
+                    position=index,
+                    kind=c.kind,
+                    label=c.label.strip(),
+                    unit_price=c.unit_price,
+                    metric=c.metric,
+                    unit=c.unit,
+                    pricing_model=c.pricing_model,
+                    included_quantity=c.included_quantity,
+                    tiers=[t.as_json() for t in c.tiers] or None,
+                    min_quantity=c.min_quantity,
+                    max_quantity=c.max_quantity,
+                )
+            )
+        version.plans.append(plan)
+    session.flush()
+    return version
+
+
+# ---------------------------------------------------------------- workflow
+def _working(session: Session, product: Product, action: Action) -> ProductVersion:
+    if product.working_version_id is None:
+        raise InvalidTransition(action, product.status.value, f"there is no revision to {action.value}")
+    version = session.get(ProductVersion, product.working_version_id)
+    assert version is not None
+    return version
+
+
+def submit(session: Session, product: Product) -> ProductVersion:
+    """The vendor asks for review of the working version."""
+    new_status = next_status(product.status, Action.SUBMIT)
+    version = _working(session, product, Action.SUBMIT)
+    new_state = next_state(version.state, Action.SUBMIT)
+    if not version.plans:
+        raise CatalogError("plans", "add at least one plan before submitting")
+    if not version.deployment:
+        raise CatalogError("deployment", "add at least one deployment target before submitting")
+    save_state(session, version.id, version.state, new_state, submitted_at=utcnow(), review_note=None)
+    save_status(session, product, product.status, new_status)
+    session.refresh(version)
+    emit(session, "product.submitted", _payload(product, version), marketplace_id=product.marketplace_id)
+    return version
+
+
+def withdraw(session: Session, product: Product) -> ProductVersion:
+    new_status = next_status(product.status, Action.WITHDRAW)
+    version = _working(session, product, Action.WITHDRAW)
+    save_state(session, version.id, version.state, next_state(version.state, Action.WITHDRAW))
+    save_status(session, product, product.status, new_status)
+    session.refresh(version)
+    return version
+
+
+def approve(session: Session, product: Product, admin: User) -> ProductVersion:
+    """The submitted version goes live; the previous live version is superseded."""
+    new_status = next_status(product.status, Action.APPROVE)
+    version = _working(session, product, Action.APPROVE)
+    new_state = next_state(version.state, Action.APPROVE)
+    now = utcnow()
+    save_state(session, version.id, version.state, new_state, reviewed_at=now, reviewed_by_id=admin.id)
+    if product.live_version_id is not None:
+        save_state(session, product.live_version_id, VersionState.APPROVED, VersionState.SUPERSEDED)
+    save_status(
+        session, product, product.status, new_status, live_version_id=version.id, working_version_id=None
+    )
+    session.refresh(version)
+    emit(session, "product.published", _payload(product, version), marketplace_id=product.marketplace_id)
+    return version
+
+
+def reject(session: Session, product: Product, admin: User, reason: str) -> ProductVersion:
+    """Back to draft, with the admin's reason for the vendor."""
+    if not reason.strip():
+        raise CatalogError("reason", "say what the vendor has to change")
+    new_status = next_status(product.status, Action.REJECT)
+    version = _working(session, product, Action.REJECT)
+    save_state(
+        session,
+        version.id,
+        version.state,
+        next_state(version.state, Action.REJECT),
+        reviewed_at=utcnow(),
+        reviewed_by_id=admin.id,
+        review_note=reason.strip(),
+    )
+    save_status(session, product, product.status, new_status)
+    session.refresh(version)
+    emit(
+        session,
+        "product.rejected",
+        {**_payload(product, version), "reason": reason.strip()},
+        marketplace_id=product.marketplace_id,
+    )
+    return version
+
+
+def retire(session: Session, product: Product) -> None:
+    new_status = next_status(product.status, Action.RETIRE)
+    save_status(session, product, product.status, new_status, retired_at=utcnow())
+    emit(session, "product.retired", {"product_id": str(product.id)}, marketplace_id=product.marketplace_id)
+
+
+def _payload(product: Product, version: ProductVersion) -> dict[str, Any]:
+    return {"product_id": str(product.id), "version_id": str(version.id), "version": version.number}
+
+
+# ----------------------------------------------------------------- reading
+def published(marketplace: Marketplace) -> sa.Select[Any]:
+    """Products customers of ``marketplace`` can see."""
+    return sa.select(Product).where(
+        Product.marketplace_id == marketplace.id,
+        Product.status == ProductStatus.PUBLISHED,
+        Product.live_version_id.is_not(None),
+    )
+
+
+def content_of(version: ProductVersion) -> dict[str, Any]:
+    return {f: getattr(version, f) for f in CONTENT_FIELDS}

@@ -1,0 +1,100 @@
+"""Valid catalog payloads for tests: a product, its deployment and plans of every model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def deployment(product_type: str = "vm_app") -> list[dict[str, Any]]:
+    target: dict[str, Any] = {
+        "cloud_account": "aws-eu",
+        "region": "eu-west-1",
+        "image": "ami-0abcdef1234567890",
+        "size": {"cores": 2, "ram_mib": 4096, "root_disk_gib": 20},
+        "inbound_ports": [{"port": 443}, {"port": 22, "cidr": "198.51.100.0/24"}],
+        "app_url_template": "https://{ip}/",
+        "default_login": "admin",
+    }
+    if product_type == "vm_app":
+        target.update(data_disk_gib=50, setup_script="#!/bin/sh\napt-get install -y myapp\n")
+    return [target]
+
+
+def product(slug: str = "wiki-server", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "slug": slug,
+        "name": "Wiki Server",
+        "short_description": "A team wiki on your own VM.",
+        "long_description": "# Wiki\n\nFast and **simple**.",
+        "category": "collaboration",
+        "tags": ["Wiki", "docs"],
+        "website": "https://wiki.example.test",
+        "support_email": "support@wiki.example.test",
+        "product_type": "vm_app",
+        "trial_days": 14,
+        "deployment": deployment(overrides.get("product_type", "vm_app")),
+    }
+    body.update(overrides)
+    return body
+
+
+def plans(currency: str = "EUR") -> list[dict[str, Any]]:
+    return [
+        {
+            "code": "team",
+            "name": "Team",
+            "currency": currency,
+            "billing_period": "month",
+            "components": [
+                {"kind": "flat", "label": "Base fee", "unit_price": "49.00"},
+                {"kind": "setup", "label": "Setup", "unit_price": "99"},
+                {
+                    "kind": "per_unit",
+                    "label": "Seats",
+                    "unit_price": "4.50",
+                    "unit": "seat",
+                    "min_quantity": 5,
+                },
+                {
+                    "kind": "metered",
+                    "label": "Traffic",
+                    "metric": "bandwidth.gb",
+                    "unit": "GB",
+                    "pricing_model": "graduated",
+                    "included_quantity": "100",
+                    "tiers": [
+                        {"from": "0", "up_to": "1000", "unit_price": "0.08"},
+                        {"from": "1000", "up_to": None, "unit_price": "0.05"},
+                    ],
+                },
+                {
+                    "kind": "metered",
+                    "label": "CPU",
+                    "metric": "cpu.hours",
+                    "unit": "hour",
+                    "pricing_model": "volume",
+                    "tiers": [
+                        {"from": "0", "up_to": "500", "unit_price": "0.02"},
+                        {"from": "500", "up_to": None, "unit_price": "0.015"},
+                    ],
+                },
+            ],
+        },
+        {
+            "code": "enterprise",
+            "name": "Enterprise",
+            "currency": currency,
+            "billing_period": "year",
+            "components": [
+                {
+                    "kind": "metered",
+                    "label": "Storage",
+                    "metric": "storage.gb_month",
+                    "unit": "GB-month",
+                    "pricing_model": "per_unit",
+                    "unit_price": "0.021",
+                },
+                {"kind": "flat", "label": "Licence", "unit_price": "4990"},
+            ],
+        },
+    ]
