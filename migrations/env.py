@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import context
 from flask import current_app
 
-from cmw.db import UTCDateTime
+from cmw.db import UTCDateTime, include_object
 
 config = context.config
 if config.config_file_name is not None:
@@ -36,6 +36,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_db.metadata,
         literal_binds=True,
         render_item=render_item,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -57,6 +58,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_db.metadata,
             render_item=render_item,
+            include_object=include_object,
             **conf_args,
         )
         with context.begin_transaction():

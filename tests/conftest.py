@@ -163,6 +163,11 @@ def committed_db(app: Flask) -> Iterator[sessionmaker[Session]]:
     # No app context stays pushed: the test's requests get their own, and close them.
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     yield factory
+    truncate(engine)
+
+
+def truncate(engine: sa.Engine) -> None:
+    """Empty every table but the reference rows migrations created."""
     with engine.begin() as conn:
         # A session a test left open would block this for ever: fail fast and say so.
         conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))

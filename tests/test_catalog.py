@@ -417,7 +417,10 @@ def test_the_public_catalog_shows_only_published_live_content(
     listing = client.get("/api/v1/products").get_json()
     assert [p["slug"] for p in listing["items"]] == ["live"]
     item = listing["items"][0]
-    assert item["vendor_name"] and item["plans"][0]["code"] == "team"
+    assert item["vendor_name"] and item["name"] == "Live One"
+    # Flat 49 a month plus 5 seats at 4.50 (the minimum), the cheapest plan.
+    assert item["price_from"] == {"amount": "71.5", "currency": "EUR", "period": "month"}
+    assert item["rating"] == {"average": None, "count": 0}
     assert "working_version" not in item and "review_note" not in item
     assert client.get("/api/v1/products?category=web").get_json()["total"] == 1
     assert client.get("/api/v1/products?category=databases").get_json()["total"] == 0

@@ -15,6 +15,7 @@ from flask_migrate import downgrade, upgrade
 
 from app import create_app
 from cmw.config import Config
+from cmw.db import include_object
 from cmw.extensions import db
 from tests.conftest import admin_database_url, broker_url
 
@@ -51,7 +52,7 @@ def test_upgrade_downgrade_upgrade_and_models_match_head(scratch_url: str, tmp_p
 
         with engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata
+                MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include_object}), db.metadata
             )
         assert diff == [], f"models and migrations disagree: {diff}"
 
@@ -72,7 +73,7 @@ def test_migrations_run_on_the_embedded_sqlite_default(tmp_path: Path) -> None:
         assert {t.name for t in db.metadata.sorted_tables} <= _tables(engine)
         with engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata
+                MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include_object}), db.metadata
             )
         assert diff == []
         downgrade(directory=MIGRATIONS, revision="base")

@@ -14,13 +14,16 @@ from cmw.accounts.auth import current_marketplace, require_identity, roles_requi
 from cmw.accounts.models import Organisation, Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
-from cmw.catalog import service
+from cmw.catalog import search, service
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion, VersionState
 from cmw.catalog.pricing import ComponentSpec, PlanSpec, PricingError, Tier
 from cmw.catalog.schemas import (
     CategorySchema,
+    CompareArgs,
+    CompareItemSchema,
     PlansSchema,
+    ProductCardSchema,
     ProductCreateSchema,
     ProductListArgs,
     ProductSchema,
@@ -100,7 +103,41 @@ def _public_view(product: Product, vendor_names: dict[uuid.UUID, str]) -> dict[s
         "version": live.number,
         "long_description_html": render(live.long_description),
         "plans": live.plans,
-        "published_at": live.reviewed_at,
+        "published_at": product.published_at,
+        "price_from": _price_from(live),
+        "rating": _rating(product),
+    }
+
+
+def _price_from(version: ProductVersion) -> dict[str, Any] | None:
+    if version.price_from_amount is None:
+        return None
+    return {"amount": version.price_from_amount, "currency": version.price_from_currency, "period": "month"}
+
+
+def _rating(product: Product) -> dict[str, Any]:
+    if not product.rating_count:
+        return {"average": None, "count": 0}
+    return {"average": round(product.rating_sum / product.rating_count, 1), "count": product.rating_count}
+
+
+def _card(product: Product, vendor_names: dict[uuid.UUID, str]) -> dict[str, Any]:
+    live = product.live_version
+    assert live is not None
+    return {
+        "id": product.id,
+        "slug": product.slug,
+        "name": live.name,
+        "short_description": live.short_description,
+        "category": live.category_slug,
+        "tags": live.tags,
+        "vendor_id": product.vendor_id,
+        "vendor_name": vendor_names.get(product.vendor_id, ""),
+        "product_type": live.product_type,
+        "trial_days": live.trial_days,
+        "price_from": _price_from(live),
+        "rating": _rating(product),
+        "published_at": product.published_at,
     }
 
 
@@ -162,27 +199,51 @@ class Categories(MethodView):
 class PublicProducts(MethodView):
     @blp.arguments(ProductListArgs, location="query")
     @blp.arguments(PageArgs, location="query")
-    @blp.response(200, page_of(PublicProductSchema))
+    @blp.response(200, page_of(ProductCardSchema))
     def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
-        """The published catalog of this marketplace, newest first. No sign-in needed."""
-        stmt = service.published(current_marketplace()).join(
-            ProductVersion, Product.live_version_id == ProductVersion.id
-        )
-        if filters["category"]:
-            stmt = stmt.where(ProductVersion.category_slug == filters["category"])
-        if filters["product_type"]:
-            stmt = stmt.where(ProductVersion.product_type == filters["product_type"])
-        if filters["has_trial"] is not None:
-            stmt = stmt.where(
-                ProductVersion.trial_days > 0 if filters["has_trial"] else ProductVersion.trial_days == 0
-            )
-        if filters["vendor_id"]:
-            stmt = stmt.where(Product.vendor_id == filters["vendor_id"])
-        stmt = stmt.order_by(ProductVersion.reviewed_at.desc(), Product.id)
+        """Search and browse the published catalog of this marketplace. No sign-in needed.
+
+        ``sort=relevance`` (the default) ranks by the search terms, else newest first.
+        Price filters compare the monthly "price from" in ``currency``.
+        """
+        if filters["currency"]:
+            filters["currency"] = filters["currency"].upper()
+        query = search.Query(**filters)
+        stmt = search.catalog_query(current_session(), current_marketplace(), query)
         page = paginate(current_session(), stmt, args["page"], args["per_page"])
         names = _vendor_names({p.vendor_id for p in page["items"]})
-        page["items"] = [_public_view(p, names) for p in page["items"]]
+        page["items"] = [_card(p, names) for p in page["items"]]
         return page
+
+
+@blp.route("/products/compare")
+class CompareProducts(MethodView):
+    @blp.arguments(CompareArgs, location="query")
+    @blp.response(200, CompareItemSchema(many=True))
+    def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """2 to 4 published products side by side: plans, prices, VM sizes, rating."""
+        refs = list(dict.fromkeys(args["products"]))
+        if len(refs) < 2:
+            raise ApiError(
+                422,
+                "invalid input: products",
+                errors=[
+                    {"location": "query", "field": "products", "message": "name 2 to 4 different products"}
+                ],
+            )
+        products = search.compare_set(current_session(), current_marketplace(), refs)
+        missing = [r for r in refs if r not in {str(p.id) for p in products} | {p.slug for p in products}]
+        if missing:
+            raise ApiError(404, f"not in this marketplace's catalog: {', '.join(missing)}")
+        names = _vendor_names({p.vendor_id for p in products})
+        items = []
+        for product in products:
+            live = product.live_version
+            assert live is not None
+            items.append(
+                {**_card(product, names), "plans": live.plans, "sizes": [t["size"] for t in live.deployment]}
+            )
+        return items
 
 
 @blp.route("/products/<string:ref>")

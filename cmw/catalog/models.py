@@ -93,7 +93,7 @@ class Product(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-define
     __tablename__ = "products"
     __table_args__ = (
         sa.UniqueConstraint("marketplace_id", "slug", name="uq_products_marketplace_slug"),
-        sa.Index("ix_products_marketplace_status", "marketplace_id", "status"),
+        sa.Index("ix_products_marketplace_status", "marketplace_id", "status", "published_at"),
     )
 
     #: the marketplace the vendor sells in (tenant)
@@ -116,6 +116,11 @@ class Product(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-define
     )
     #: when it was retired (UTC)
     retired_at: Mapped[dt.datetime | None]
+    #: when it was first published (UTC); "newest" sorts on it
+    published_at: Mapped[dt.datetime | None]
+    #: visible reviews and the sum of their ratings, kept by the review rules
+    rating_count: Mapped[int] = mapped_column(default=0)
+    rating_sum: Mapped[int] = mapped_column(default=0)
 
     live_version: Mapped[ProductVersion | None] = relationship(
         foreign_keys=[live_version_id], post_update=True
@@ -130,6 +135,7 @@ class ProductVersion(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name
     __table_args__ = (
         sa.UniqueConstraint("product_id", "number", name="uq_product_versions_product_number"),
         sa.CheckConstraint("trial_days >= 0 AND trial_days <= 365", name="trial_days_range"),
+        sa.Index("ix_product_versions_category", "category_slug"),
     )
 
     product_id: Mapped[uuid.UUID] = mapped_column(
@@ -165,6 +171,12 @@ class ProductVersion(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name
     reviewed_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
     #: the admin's reason when sent back to draft
     review_note: Mapped[str | None] = mapped_column(sa.Text)
+    #: lowercase name, descriptions and tags, for search (full-text indexed on PostgreSQL)
+    search_text: Mapped[str] = mapped_column(sa.Text, default="")
+    #: lowest recurring price a month over the plans (flat + minimum seats), for filters and sort
+    price_from_amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(18, PRICE_SCALE))
+    #: currency of ``price_from_amount``
+    price_from_currency: Mapped[str | None] = mapped_column(sa.String(3))
 
     plans: Mapped[list[Plan]] = relationship(
         back_populates="version", cascade="all, delete-orphan", order_by="Plan.position"
@@ -229,3 +241,28 @@ class PriceComponent(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,mis
     max_quantity: Mapped[int | None]
 
     plan: Mapped[Plan] = relationship(back_populates="components")
+
+
+class Review(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """A customer's rating of a product, once per customer organisation and product."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        sa.UniqueConstraint("product_id", "organisation_id", name="uq_reviews_product_organisation"),
+        sa.CheckConstraint("rating BETWEEN 1 AND 5", name="rating_range"),
+        sa.Index("ix_reviews_product_visible", "product_id", "hidden", "created_at"),
+    )
+
+    product_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("products.id", ondelete="CASCADE"))
+    #: the customer organisation the review speaks for
+    organisation_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("organisations.id", ondelete="CASCADE"))
+    #: who wrote it
+    author_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+    #: 1 to 5 stars
+    rating: Mapped[int]
+    comment: Mapped[str] = mapped_column(sa.Text, default="")
+    #: the vendor's single reply
+    vendor_reply: Mapped[str | None] = mapped_column(sa.Text)
+    vendor_replied_at: Mapped[dt.datetime | None]
+    #: hidden by an admin as abusive; not shown and not counted
+    hidden: Mapped[bool] = mapped_column(default=False)

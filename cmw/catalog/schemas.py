@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from webargs.fields import DelimitedList
 
 from cmw.catalog.models import (
     BillingPeriod,
@@ -16,6 +17,7 @@ from cmw.catalog.models import (
     ProductType,
     VersionState,
 )
+from cmw.catalog.search import Sort
 from cmw.money import PRICE_SCALE, format_amount, parse_amount
 
 URL_PLACEHOLDERS = ("{ip}", "{hostname}")
@@ -138,6 +140,19 @@ class ProductUpdateSchema(ProductContentSchema):
     slug = fields.String(validate=validate.Length(min=1, max=80))
 
 
+class PriceFromSchema(Schema):
+    amount = Amount()
+    currency = fields.String()
+    period = fields.String(metadata={"description": "always month: yearly plans count a twelfth"})
+
+
+class RatingSchema(Schema):
+    average = fields.Float(
+        allow_none=True, metadata={"description": "1 to 5, one decimal; null without reviews"}
+    )
+    count = fields.Integer()
+
+
 class TierSchema(Schema):
     start = Amount(required=True, data_key="from", metadata={"description": "0 for the first tier"})
     up_to = Amount(allow_none=True, required=True, metadata={"description": "null for the last tier"})
@@ -213,6 +228,8 @@ class ProductSchema(Schema):
 class PublicProductSchema(ProductContentSchema):
     """A published product as customers see it: the live version only."""
 
+    price_from = fields.Nested(PriceFromSchema, allow_none=True)
+    rating = fields.Nested(RatingSchema)
     id = fields.UUID()
     slug = fields.String()
     vendor_id = fields.UUID()
@@ -233,10 +250,58 @@ class CategorySchema(Schema):
 
 
 class ProductListArgs(Schema):
+    q = fields.String(
+        load_default=None, validate=validate.Length(max=200), metadata={"description": "search terms"}
+    )
     category = fields.String(load_default=None, validate=validate.Length(max=50))
+    tag = fields.String(load_default=None, validate=validate.Length(max=40))
+    vendor_id = fields.UUID(load_default=None)
     product_type = fields.Enum(ProductType, by_value=True, load_default=None)
     has_trial = fields.Boolean(load_default=None)
-    vendor_id = fields.UUID(load_default=None)
+    min_price = Amount(load_default=None, metadata={"description": "monthly 'price from', in currency"})
+    max_price = Amount(load_default=None)
+    currency = fields.String(load_default=None, validate=validate.Length(equal=3))
+    sort = fields.Enum(Sort, by_value=True, load_default=Sort.RELEVANCE)
+
+    @validates_schema
+    def _price_range(self, data: dict[str, Any], **kwargs: Any) -> None:
+        low, high = data.get("min_price"), data.get("max_price")
+        if low is not None and high is not None and low > high:
+            raise ValidationError("must not be above max_price", "min_price")
+
+
+class ProductCardSchema(Schema):
+    """A published product in lists and search results."""
+
+    id = fields.UUID()
+    slug = fields.String()
+    name = fields.String()
+    short_description = fields.String()
+    category = fields.String()
+    tags = fields.List(fields.String())
+    vendor_id = fields.UUID()
+    vendor_name = fields.String()
+    product_type = fields.Enum(ProductType, by_value=True)
+    trial_days = fields.Integer()
+    price_from = fields.Nested(PriceFromSchema, allow_none=True)
+    rating = fields.Nested(RatingSchema)
+    published_at = fields.AwareDateTime(allow_none=True)
+
+
+class CompareArgs(Schema):
+    products = DelimitedList(
+        fields.String(validate=validate.Length(min=1, max=80)),
+        required=True,
+        validate=validate.Length(min=2, max=4),
+        metadata={"description": "2 to 4 product slugs or ids, comma-separated"},
+    )
+
+
+class CompareItemSchema(ProductCardSchema):
+    plans = fields.List(fields.Nested(PlanOutSchema))
+    sizes = fields.List(
+        fields.Nested(SizeSchema), metadata={"description": "VM sizes over the deployment targets"}
+    )
 
 
 class VendorProductListArgs(Schema):

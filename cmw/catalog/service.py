@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +14,9 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts.models import Organisation, OrganisationKind, User
 from cmw.catalog.models import (
+    BillingPeriod,
     Category,
+    ComponentKind,
     Plan,
     PriceComponent,
     Product,
@@ -27,6 +30,7 @@ from cmw.catalog.workflow import Action, InvalidTransition, next_state, next_sta
 from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.marketplaces.models import Marketplace
+from cmw.money import PRICE_SCALE
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,78}[a-z0-9])?$")
 #: fields of a version the vendor writes (plans are set separately)
@@ -291,11 +295,28 @@ def approve(session: Session, product: Product, admin: User) -> ProductVersion:
     version = _working(session, product, Action.APPROVE)
     new_state = next_state(version.state, Action.APPROVE)
     now = utcnow()
-    save_state(session, version.id, version.state, new_state, reviewed_at=now, reviewed_by_id=admin.id)
+    amount, currency = price_from(version.plans)
+    save_state(
+        session,
+        version.id,
+        version.state,
+        new_state,
+        reviewed_at=now,
+        reviewed_by_id=admin.id,
+        search_text=search_text(version),
+        price_from_amount=amount,
+        price_from_currency=currency,
+    )
     if product.live_version_id is not None:
         save_state(session, product.live_version_id, VersionState.APPROVED, VersionState.SUPERSEDED)
     save_status(
-        session, product, product.status, new_status, live_version_id=version.id, working_version_id=None
+        session,
+        product,
+        product.status,
+        new_status,
+        live_version_id=version.id,
+        working_version_id=None,
+        published_at=product.published_at or now,
     )
     session.refresh(version)
     emit(session, "product.published", _payload(product, version), marketplace_id=product.marketplace_id)
@@ -332,6 +353,36 @@ def retire(session: Session, product: Product) -> None:
     new_status = next_status(product.status, Action.RETIRE)
     save_status(session, product, product.status, new_status, retired_at=utcnow())
     emit(session, "product.retired", {"product_id": str(product.id)}, marketplace_id=product.marketplace_id)
+
+
+def search_text(version: ProductVersion) -> str:
+    """What search matches: name, descriptions and tags, lowercase."""
+    parts = [version.name, version.short_description, version.long_description, " ".join(version.tags or [])]
+    return "\n".join(p for p in parts if p).lower()
+
+
+def price_from(plans: Sequence[Plan]) -> tuple[Decimal | None, str | None]:
+    """The lowest recurring price a month among the plans: flat fees plus the minimum
+    quantity of per-unit fees; yearly plans count a twelfth. Metered usage is not known
+    in advance and counts 0. Plans in another currency than the first plan's are ignored."""
+    if not plans:
+        return None, None
+    currency = plans[0].currency
+    best: Decimal | None = None
+    for plan in plans:
+        if plan.currency != currency:
+            continue
+        monthly = Decimal(0)
+        for c in plan.components:
+            if c.kind is ComponentKind.FLAT:
+                monthly += c.unit_price or 0
+            elif c.kind is ComponentKind.PER_UNIT:
+                monthly += (c.unit_price or 0) * (c.min_quantity or 1)
+        if plan.billing_period is BillingPeriod.YEAR:
+            monthly = monthly / 12
+        monthly = monthly.quantize(Decimal(1).scaleb(-PRICE_SCALE))
+        best = monthly if best is None else min(best, monthly)
+    return best, currency
 
 
 def _payload(product: Product, version: ProductVersion) -> dict[str, Any]:

@@ -1,0 +1,140 @@
+"""Catalog queries: full-text search, filters, sort and the compare set.
+
+On PostgreSQL, search uses a GIN index on ``to_tsvector('english', search_text)`` with
+``websearch_to_tsquery`` (quotes, ``-word`` and ``or`` work as on a search engine) and ranks
+by ``ts_rank``. On SQLite (the embedded default) every word must appear in the text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, contains_eager
+
+from cmw.catalog.models import Product, ProductStatus, ProductType, ProductVersion
+from cmw.marketplaces.models import Marketplace
+
+#: must match the index expression of migration 0003 for PostgreSQL to use the index
+TS_CONFIG = sa.text("'english'::regconfig")
+
+
+class Sort(enum.StrEnum):
+    #: best match first (needs a search term; otherwise newest)
+    RELEVANCE = "relevance"
+    #: highest average rating first, then most reviews
+    RATING = "rating"
+    #: lowest price first
+    PRICE = "price"
+    #: most expensive first
+    PRICE_DESC = "-price"
+    #: most recently published first
+    NEWEST = "newest"
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    q: str | None = None
+    category: str | None = None
+    tag: str | None = None
+    vendor_id: uuid.UUID | None = None
+    product_type: ProductType | None = None
+    has_trial: bool | None = None
+    min_price: Decimal | None = None
+    max_price: Decimal | None = None
+    currency: str | None = None
+    sort: Sort = Sort.RELEVANCE
+
+
+def catalog_query(session: Session, marketplace: Marketplace, query: Query) -> sa.Select[Any]:
+    """Published products of ``marketplace`` matching ``query``, in the requested order,
+    with their live version loaded (joined, so a page is one query)."""
+    live = ProductVersion
+    stmt = (
+        sa.select(Product)
+        .join(live, Product.live_version_id == live.id)
+        .options(contains_eager(Product.live_version))
+        .where(Product.marketplace_id == marketplace.id, Product.status == ProductStatus.PUBLISHED)
+    )
+    rank: sa.ColumnElement[Any] | None = None
+    terms = (query.q or "").strip()
+    if terms:
+        if session.get_bind().dialect.name == "postgresql":
+            vector = sa.func.to_tsvector(TS_CONFIG, live.search_text)
+            tsquery = sa.func.websearch_to_tsquery(TS_CONFIG, terms)
+            stmt = stmt.where(vector.op("@@")(tsquery))
+            rank = sa.func.ts_rank(vector, tsquery)
+        else:
+            for word in re.findall(r"\w+", terms.lower())[:10]:
+                stmt = stmt.where(live.search_text.contains(word, autoescape=True))
+    if query.category:
+        stmt = stmt.where(live.category_slug == query.category)
+    if query.tag:
+        # Tags are also in search_text; the JSON list is checked exactly on the few matches.
+        tag = query.tag.strip().lower()
+        stmt = stmt.where(live.search_text.contains(tag, autoescape=True))
+        stmt = stmt.where(_has_tag(session, tag))
+    if query.vendor_id:
+        stmt = stmt.where(Product.vendor_id == query.vendor_id)
+    if query.product_type:
+        stmt = stmt.where(live.product_type == query.product_type)
+    if query.has_trial is not None:
+        stmt = stmt.where(live.trial_days > 0 if query.has_trial else live.trial_days == 0)
+    if query.min_price is not None or query.max_price is not None:
+        if query.currency:
+            stmt = stmt.where(live.price_from_currency == query.currency)
+        if query.min_price is not None:
+            stmt = stmt.where(live.price_from_amount >= query.min_price)
+        if query.max_price is not None:
+            stmt = stmt.where(live.price_from_amount <= query.max_price)
+    return stmt.order_by(*_order(query.sort, rank))
+
+
+def _has_tag(session: Session, tag: str) -> sa.ColumnElement[bool]:
+    tags = ProductVersion.tags
+    if session.get_bind().dialect.name == "postgresql":
+        return sa.cast(tags, sa.dialects.postgresql.JSONB).op("@>")(sa.func.jsonb_build_array(tag))
+    each = sa.func.json_each(tags).table_valued("value")
+    return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
+
+
+def _order(sort: Sort, rank: sa.ColumnElement[Any] | None) -> list[Any]:
+    newest = [Product.published_at.desc(), Product.id]
+    if sort is Sort.RELEVANCE:
+        return [rank.desc(), *newest] if rank is not None else newest
+    if sort is Sort.RATING:
+        average = sa.case(
+            (Product.rating_count > 0, Product.rating_sum * 1.0 / Product.rating_count), else_=0
+        )
+        return [average.desc(), Product.rating_count.desc(), *newest]
+    if sort in (Sort.PRICE, Sort.PRICE_DESC):
+        price = ProductVersion.price_from_amount
+        first = price.asc().nulls_last() if sort is Sort.PRICE else price.desc().nulls_last()
+        return [first, *newest]
+    return newest
+
+
+def compare_set(session: Session, marketplace: Marketplace, refs: list[str]) -> list[Product]:
+    """The published products named by id or slug, in the order asked; missing ones are left out."""
+    ids, slugs = [], []
+    for ref in refs:
+        try:
+            ids.append(uuid.UUID(ref))
+        except ValueError:
+            slugs.append(ref)
+    stmt = catalog_query(session, marketplace, Query(sort=Sort.NEWEST)).where(
+        sa.or_(Product.id.in_(ids), Product.slug.in_(slugs))
+    )
+    found = {p.id: p for p in session.scalars(stmt).unique()}
+    by_ref = {**{str(p.id): p for p in found.values()}, **{p.slug: p for p in found.values()}}
+    ordered: list[Product] = []
+    for ref in refs:
+        product = by_ref.get(ref)
+        if product is not None and product not in ordered:
+            ordered.append(product)
+    return ordered
