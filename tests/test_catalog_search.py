@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from cmw.accounts import service as accounts
-from cmw.accounts.models import OrganisationKind, Role
+from cmw.accounts.models import OrganisationKind
 from cmw.catalog import service
 from cmw.catalog.models import BillingPeriod, ComponentKind, Product, ProductType
 from cmw.catalog.pricing import ComponentSpec, PlanSpec
@@ -85,7 +85,8 @@ def catalog(app: Flask) -> Iterator[dict[str, Made]]:
                         {
                             "cloud_account": "aws", "region": None, "image": "ami-1",
                             "size": {"cores": 1 + n % 8, "ram_mib": 1024, "root_disk_gib": 10},
-                            "inbound_ports": [], "data_disk_gib": 10 if product_type is ProductType.VM_APP else None,
+                            "inbound_ports": [],
+                            "data_disk_gib": 10 if product_type is ProductType.VM_APP else None,
                             "setup_script": "run" if product_type is ProductType.VM_APP else None,
                             "app_url_template": None, "default_login": None,
                         }
@@ -122,7 +123,9 @@ def catalog(app: Flask) -> Iterator[dict[str, Made]]:
             )  # fmt: skip
         service.create_product(
             session, marketplace, vendors[0], slug="never-published",
-            content={"name": "Backup draft", "category_slug": "databases", "product_type": ProductType.BARE_VM},
+            content={
+                "name": "Backup draft", "category_slug": "databases", "product_type": ProductType.BARE_VM,
+            },
         )  # fmt: skip
         session.commit()
     yield made

@@ -52,7 +52,10 @@ def test_upgrade_downgrade_upgrade_and_models_match_head(scratch_url: str, tmp_p
 
         with engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include_object}), db.metadata
+                MigrationContext.configure(
+                    conn, opts={"compare_type": True, "include_object": include_object}
+                ),
+                db.metadata,
             )
         assert diff == [], f"models and migrations disagree: {diff}"
 
@@ -73,7 +76,10 @@ def test_migrations_run_on_the_embedded_sqlite_default(tmp_path: Path) -> None:
         assert {t.name for t in db.metadata.sorted_tables} <= _tables(engine)
         with engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include_object}), db.metadata
+                MigrationContext.configure(
+                    conn, opts={"compare_type": True, "include_object": include_object}
+                ),
+                db.metadata,
             )
         assert diff == []
         downgrade(directory=MIGRATIONS, revision="base")
