@@ -44,6 +44,8 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
+from bench.catalog_seed import seed
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "var" / "bench" / "http.json"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -60,6 +62,10 @@ GUNICORN_THREADS = 8
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 TOKEN_MARKER = "BENCH_TOKEN="
+#: the catalog benchmark: 10,000 products, 100,000 reviews, a search term and one filter
+CATALOG_PRODUCTS = int(os.environ.get("BENCH_CATALOG_PRODUCTS", "10000"))
+CATALOG_REVIEWS = int(os.environ.get("BENCH_CATALOG_REVIEWS", "100000"))
+CATALOG_QUERY = "/api/v1/products?q=backup&category=databases&per_page=20"
 USER_EMAIL = "bench@mercato.example"
 USER_PASSWORD = "bench-password-2026"
 
@@ -327,12 +333,18 @@ def parse_wrk(endpoint: str, output: str) -> Result:
 
 
 def run_wrk(
-    wrk: str, base: str, endpoint: str, wrk_duration: str, seconds: float, headers: Mapping[str, str]
+    wrk: str,
+    base: str,
+    endpoint: str,
+    wrk_duration: str,
+    seconds: float,
+    headers: Mapping[str, str],
+    connections: int = WRK_CONNECTIONS,
 ) -> Result:
     args = [
         wrk,
         f"-t{WRK_THREADS}",
-        f"-c{WRK_CONNECTIONS}",
+        f"-c{connections}",
         f"-d{wrk_duration}",
         "--latency",
     ]
@@ -343,7 +355,8 @@ def run_wrk(
     proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if proc.returncode != 0:
         raise BenchError(f"wrk failed on {endpoint} (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return parse_wrk(endpoint, proc.stdout)
+    label = endpoint if connections == WRK_CONNECTIONS else f"{endpoint} [{connections} conn]"
+    return parse_wrk(label, proc.stdout)
 
 
 # -------------------------------------------------------------------- report
@@ -392,6 +405,18 @@ def write_json(results: list[Result], wrk_duration: str) -> None:
 
 
 # ---------------------------------------------------------------------- main
+def catalog_verdict(results: list[Result]) -> str:
+    """The catalog target: at least half the requests per second of /api/v1/me, p99 under 100 ms."""
+    by_name = {r.endpoint: r for r in results}
+    me, catalog = by_name["/api/v1/me"], by_name[CATALOG_QUERY]
+    ratio = catalog.requests_per_second / me.requests_per_second if me.requests_per_second else 0.0
+    ok = ratio >= 0.5 and catalog.latency_p99_ms < 100
+    return (
+        f"catalog query: {ratio:.0%} of /api/v1/me's requests/s (target >= 50%), "
+        f"p99 {catalog.latency_p99_ms:.1f} ms (target < 100 ms): {'met' if ok else 'NOT met'}"
+    )
+
+
 def _terminate(signum: int, _frame: FrameType | None) -> None:
     # Unwind through the context managers so gunicorn stops and the database is dropped.
     raise SystemExit(128 + signum)
@@ -409,6 +434,9 @@ def run() -> int:
         env = child_environment(database_url, Path(tmp) / "var")
         print(f"preparing database {sa.engine.make_url(database_url).database} ...", file=sys.stderr)
         token = prepare(env)
+        print(f"seeding {CATALOG_PRODUCTS} products and {CATALOG_REVIEWS} reviews ...", file=sys.stderr)
+        seeded = seed(database_url, CATALOG_PRODUCTS, CATALOG_REVIEWS)
+        print(f"seeded {seeded['products']} products, {seeded['reviews']} reviews", file=sys.stderr)
         port = free_port()
         base = f"http://{HOST}:{port}"
         log_path = Path(tmp) / "gunicorn.log"
@@ -418,8 +446,10 @@ def run() -> int:
             status, body = get(f"{base}/api/v1/me", auth)
             if status != 200:
                 raise BenchError(f"GET /api/v1/me with the bench token answered {status}: {body[:500]}")
-            for endpoint, headers in (("/healthz", {}), ("/api/v1/me", auth)):
+            for endpoint, headers in (("/healthz", {}), ("/api/v1/me", auth), (CATALOG_QUERY, {})):
                 results.append(run_wrk(wrk, base, endpoint, wrk_duration, seconds, headers))
+            # The same query at low concurrency: its latency without 50 requests queueing.
+            results.append(run_wrk(wrk, base, CATALOG_QUERY, wrk_duration, seconds, {}, connections=10))
             if proc.poll() is not None:
                 raise BenchError(f"gunicorn died during the run:\n{tail(log_path)}")
     write_json(results, wrk_duration)
@@ -429,6 +459,7 @@ def run() -> int:
         f"wrk {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, {wrk_duration} per endpoint"
     )
     print(table(results))
+    print(catalog_verdict(results))
     print(f"\nwritten to {OUTPUT.relative_to(ROOT)}")
     failed = [r for r in results if r.non_2xx_3xx]
     if failed:

@@ -110,11 +110,11 @@ def configure_sqlite(engine: sa.Engine) -> None:
         cursor.close()
 
 
-#: indexes created by hand in migrations (PostgreSQL expression indexes) that the models
-#: cannot declare portably; autogenerate leaves them alone
-HAND_MADE_INDEXES = frozenset({"ix_product_versions_search"})
+#: PostgreSQL-only schema made by hand in migrations, which the models cannot declare
+#: portably (a generated tsvector column and its index); autogenerate leaves them alone
+HAND_MADE = frozenset({("index", "ix_product_versions_search"), ("column", "search_vector")})
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     """Alembic's filter for autogenerate and comparisons."""
-    return not (type_ == "index" and name in HAND_MADE_INDEXES)
+    return (type_, name) not in HAND_MADE

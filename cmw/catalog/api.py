@@ -91,7 +91,7 @@ def _product_view(product: Product) -> dict[str, Any]:
     }
 
 
-def _public_view(product: Product, vendor_names: dict[uuid.UUID, str]) -> dict[str, Any]:
+def _public_view(product: Product) -> dict[str, Any]:
     live = product.live_version
     assert live is not None
     return {
@@ -99,7 +99,7 @@ def _public_view(product: Product, vendor_names: dict[uuid.UUID, str]) -> dict[s
         "id": product.id,
         "slug": product.slug,
         "vendor_id": product.vendor_id,
-        "vendor_name": vendor_names.get(product.vendor_id, ""),
+        "vendor_name": product.vendor.name,
         "version": live.number,
         "long_description_html": render(live.long_description),
         "plans": live.plans,
@@ -121,7 +121,7 @@ def _rating(product: Product) -> dict[str, Any]:
     return {"average": round(product.rating_sum / product.rating_count, 1), "count": product.rating_count}
 
 
-def _card(product: Product, vendor_names: dict[uuid.UUID, str]) -> dict[str, Any]:
+def _card(product: Product) -> dict[str, Any]:
     live = product.live_version
     assert live is not None
     return {
@@ -132,22 +132,13 @@ def _card(product: Product, vendor_names: dict[uuid.UUID, str]) -> dict[str, Any
         "category": live.category_slug,
         "tags": live.tags,
         "vendor_id": product.vendor_id,
-        "vendor_name": vendor_names.get(product.vendor_id, ""),
+        "vendor_name": product.vendor.name,
         "product_type": live.product_type,
         "trial_days": live.trial_days,
         "price_from": _price_from(live),
         "rating": _rating(product),
         "published_at": product.published_at,
     }
-
-
-def _vendor_names(ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
-    if not ids:
-        return {}
-    rows = current_session().execute(
-        sa.select(Organisation.id, Organisation.name).where(Organisation.id.in_(ids))
-    )
-    return {row.id: row.name for row in rows}
 
 
 def _plan_specs(plans: list[dict[str, Any]]) -> list[PlanSpec]:
@@ -209,10 +200,8 @@ class PublicProducts(MethodView):
         if filters["currency"]:
             filters["currency"] = filters["currency"].upper()
         query = search.Query(**filters)
-        stmt = search.catalog_query(current_session(), current_marketplace(), query)
-        page = paginate(current_session(), stmt, args["page"], args["per_page"])
-        names = _vendor_names({p.vendor_id for p in page["items"]})
-        page["items"] = [_card(p, names) for p in page["items"]]
+        page = search.page(current_session(), current_marketplace(), query, args["page"], args["per_page"])
+        page["items"] = [_card(p) for p in page["items"]]
         return page
 
 
@@ -235,13 +224,12 @@ class CompareProducts(MethodView):
         missing = [r for r in refs if r not in {str(p.id) for p in products} | {p.slug for p in products}]
         if missing:
             raise ApiError(404, f"not in this marketplace's catalog: {', '.join(missing)}")
-        names = _vendor_names({p.vendor_id for p in products})
         items = []
         for product in products:
             live = product.live_version
             assert live is not None
             items.append(
-                {**_card(product, names), "plans": live.plans, "sizes": [t["size"] for t in live.deployment]}
+                {**_card(product), "plans": live.plans, "sizes": [t["size"] for t in live.deployment]}
             )
         return items
 
@@ -259,7 +247,7 @@ class PublicProduct(MethodView):
         product = current_session().scalar(stmt)
         if product is None:
             raise ApiError(404, "no such product in this marketplace")
-        return _public_view(product, _vendor_names({product.vendor_id}))
+        return _public_view(product)
 
 
 # ---------------------------------------------------------------- vendor

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from cmw.accounts.models import Organisation
 from cmw.db import Timestamps, UUIDPrimaryKey, str_enum
 from cmw.extensions import db
 from cmw.money import PRICE_SCALE
@@ -122,6 +123,8 @@ class Product(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-define
     rating_count: Mapped[int] = mapped_column(default=0)
     rating_sum: Mapped[int] = mapped_column(default=0)
 
+    #: loaded with the product (one join): every view of a product names its vendor
+    vendor: Mapped[Organisation] = relationship(lazy="joined", innerjoin=True)
     live_version: Mapped[ProductVersion | None] = relationship(
         foreign_keys=[live_version_id], post_update=True
     )

@@ -1,6 +1,6 @@
 """Catalog queries: full-text search, filters, sort and the compare set.
 
-On PostgreSQL, search uses a GIN index on ``to_tsvector('english', search_text)`` with
+On PostgreSQL, search uses a GIN index on a stored ``to_tsvector('english', search_text)`` with
 ``websearch_to_tsquery`` (quotes, ``-word`` and ``or`` work as on a search engine) and ranks
 by ``ts_rank``. On SQLite (the embedded default) every word must appear in the text.
 """
@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session, contains_eager
 from cmw.catalog.models import Product, ProductStatus, ProductType, ProductVersion
 from cmw.marketplaces.models import Marketplace
 
-#: must match the index expression of migration 0003 for PostgreSQL to use the index
 TS_CONFIG = sa.text("'english'::regconfig")
+#: PostgreSQL only: the stored to_tsvector('english', search_text), GIN-indexed (migration 0003)
+SEARCH_VECTOR: sa.ColumnElement[Any] = sa.literal_column("product_versions.search_vector")
 
 
 class Sort(enum.StrEnum):
@@ -57,7 +58,8 @@ def catalog_query(session: Session, marketplace: Marketplace, query: Query) -> s
     live = ProductVersion
     stmt = (
         sa.select(Product)
-        .join(live, Product.live_version_id == live.id)
+        # product_id as well: the planner can then fetch each match's product by key
+        .join(live, sa.and_(Product.live_version_id == live.id, Product.id == live.product_id))
         .options(contains_eager(Product.live_version))
         .where(Product.marketplace_id == marketplace.id, Product.status == ProductStatus.PUBLISHED)
     )
@@ -65,7 +67,7 @@ def catalog_query(session: Session, marketplace: Marketplace, query: Query) -> s
     terms = (query.q or "").strip()
     if terms:
         if session.get_bind().dialect.name == "postgresql":
-            vector = sa.func.to_tsvector(TS_CONFIG, live.search_text)
+            vector = SEARCH_VECTOR
             tsquery = sa.func.websearch_to_tsquery(TS_CONFIG, terms)
             stmt = stmt.where(vector.op("@@")(tsquery))
             rank = sa.func.ts_rank(vector, tsquery)
@@ -117,6 +119,35 @@ def _order(sort: Sort, rank: sa.ColumnElement[Any] | None) -> list[Any]:
         first = price.asc().nulls_last() if sort is Sort.PRICE else price.desc().nulls_last()
         return [first, *newest]
     return newest
+
+
+def page(
+    session: Session, marketplace: Marketplace, query: Query, number: int, per_page: int
+) -> dict[str, Any]:
+    """One page of :func:`catalog_query` in two cheap queries (a "deferred join"):
+
+    1. the page's product ids and the total (``count(*) OVER ()``), on narrow rows, so the
+       search and the filters run once and no wide row is built for products not shown;
+    2. those products, by primary key, with their live version and vendor.
+    """
+    full = catalog_query(session, marketplace, query)
+    ids_only = full.with_only_columns(Product.id, sa.func.count().over().label("total_rows"))
+    rows = session.execute(ids_only.limit(per_page).offset((number - 1) * per_page)).all()
+    if rows:
+        total = int(rows[0].total_rows)
+    elif number == 1:
+        total = 0
+    else:  # past the last page
+        total = session.scalar(full.with_only_columns(sa.func.count()).order_by(None)) or 0
+    ids = [row.id for row in rows]
+    loaded = {p.id: p for p in session.scalars(full.where(Product.id.in_(ids)))} if ids else {}
+    return {
+        "items": [loaded[i] for i in ids if i in loaded],
+        "page": number,
+        "per_page": per_page,
+        "total": total,
+        "pages": -(-total // per_page),
+    }
 
 
 def compare_set(session: Session, marketplace: Marketplace, refs: list[str]) -> list[Product]:
