@@ -200,9 +200,7 @@ class PublicProducts(MethodView):
         if filters["currency"]:
             filters["currency"] = filters["currency"].upper()
         query = search.Query(**filters)
-        page = search.page(current_session(), current_marketplace(), query, args["page"], args["per_page"])
-        page["items"] = [_card(p) for p in page["items"]]
-        return page
+        return search.page(current_session(), current_marketplace(), query, args["page"], args["per_page"])
 
 
 @blp.route("/products/compare")

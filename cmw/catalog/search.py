@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, contains_eager
 
+from cmw.accounts.models import Organisation
 from cmw.catalog.models import Product, ProductStatus, ProductType, ProductVersion
 from cmw.marketplaces.models import Marketplace
 
@@ -128,7 +129,8 @@ def page(
 
     1. the page's product ids and the total (``count(*) OVER ()``), on narrow rows, so the
        search and the filters run once and no wide row is built for products not shown;
-    2. those products, by primary key, with their live version and vendor.
+    2. those products' card columns, by primary key: plain rows, no ORM objects and no
+       wide columns (this is the busiest public endpoint).
     """
     full = catalog_query(session, marketplace, query)
     ids_only = full.with_only_columns(Product.id, sa.func.count().over().label("total_rows"))
@@ -140,7 +142,7 @@ def page(
     else:  # past the last page
         total = session.scalar(full.with_only_columns(sa.func.count()).order_by(None)) or 0
     ids = [row.id for row in rows]
-    loaded = {p.id: p for p in session.scalars(full.where(Product.id.in_(ids)))} if ids else {}
+    loaded = {card["id"]: card for card in cards(session, ids)} if ids else {}
     return {
         "items": [loaded[i] for i in ids if i in loaded],
         "page": number,
@@ -148,6 +150,46 @@ def page(
         "total": total,
         "pages": -(-total // per_page),
     }
+
+
+def cards(session: Session, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """What a catalog card shows, for these products, as plain dicts."""
+    live = ProductVersion
+    rows = session.execute(
+        sa.select(
+            Product.id,
+            Product.slug,
+            live.name,
+            live.short_description,
+            live.category_slug.label("category"),
+            live.tags,
+            Product.vendor_id,
+            Organisation.name.label("vendor_name"),
+            live.product_type,
+            live.trial_days,
+            live.price_from_amount,
+            live.price_from_currency,
+            Product.rating_count,
+            Product.rating_sum,
+            Product.published_at,
+        )
+        .join(live, live.id == Product.live_version_id)
+        .join(Organisation, Organisation.id == Product.vendor_id)
+        .where(Product.id.in_(ids))
+    )
+    return [card(row) for row in rows]
+
+
+def card(row: Any) -> dict[str, Any]:
+    """A card from a row with the columns :func:`cards` selects."""
+    values = dict(row._mapping)
+    amount, currency = values.pop("price_from_amount"), values.pop("price_from_currency")
+    values["price_from"] = (
+        None if amount is None else {"amount": amount, "currency": currency, "period": "month"}
+    )
+    count, total = values.pop("rating_count"), values.pop("rating_sum")
+    values["rating"] = {"average": round(total / count, 1) if count else None, "count": count}
+    return values
 
 
 def compare_set(session: Session, marketplace: Marketplace, refs: list[str]) -> list[Product]:
