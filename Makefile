@@ -44,6 +44,7 @@ test: $(VENV)/.dev-installed check
 bench: $(VENV)/.dev-installed
 	scripts/ensure-system-packages bench
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.logo
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
