@@ -17,9 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
+from cassetto import storage_from_url
 from cmw import cli
 from cmw.accounts.auth import load_identity
 from cmw.api import spec
+from cmw.assets.api import bp as assets_bp
 from cmw.config import Config, ConfigError
 from cmw.db import configure_sqlite
 from cmw.extensions import csrf, db, migrate
@@ -78,6 +80,8 @@ def configure(app: Flask, config: Config) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    # Built once per process: the file or S3 asset store named by MERCATO_STORAGE_URL.
+    app.extensions["mercato.storage"] = storage_from_url(app.config["MERCATO"].storage_url)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
     csrf.init_app(app)
@@ -90,6 +94,7 @@ def register_extensions(app: Flask) -> None:
 
 def import_models() -> sa.MetaData:
     from cmw.accounts import models as _accounts  # noqa: F401
+    from cmw.assets import models as _assets  # noqa: F401
     from cmw.catalog import models as _catalog  # noqa: F401
     from cmw.events import models as _events  # noqa: F401
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
@@ -100,6 +105,7 @@ def import_models() -> sa.MetaData:
 def register_blueprints(app: Flask) -> None:
     app.before_request(load_identity)
     app.register_blueprint(health_bp)
+    app.register_blueprint(assets_bp)
     spec.register(app)
     app.register_blueprint(pages_bp)
 

@@ -548,7 +548,7 @@ def storage_from_url(url: str, **client_kwargs: Any) -> Storage:
     """The storage a ``storage_url`` setting names.
 
     * ``file:///absolute/folder`` -- a :class:`FileStorage` there;
-    * ``s3://bucket?endpoint_url=...&region=...&prefix=...`` -- an :class:`S3Storage`
+    * ``s3://bucket/prefix?endpoint_url=...&region=...`` -- an :class:`S3Storage`
       (every option is optional; the bucket is the host part).
 
     ``client_kwargs`` go to boto3's ``client()`` (``aws_access_key_id``,
@@ -563,8 +563,8 @@ def storage_from_url(url: str, **client_kwargs: Any) -> Storage:
             raise StorageError(f"storage URL {url!r}: file:// URLs take no options")
         return FileStorage(Path(unquote(parts.path)))
     if parts.scheme == "s3":
-        if not parts.netloc or parts.path.strip("/"):
-            raise StorageError(f"storage URL {url!r}: use s3://bucket?endpoint_url=...&region=...&prefix=...")
+        if not parts.netloc:
+            raise StorageError(f"storage URL {url!r}: use s3://bucket/prefix?endpoint_url=...&region=...")
         options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
         unknown = set(options) - S3_OPTIONS
         if unknown:
@@ -578,7 +578,8 @@ def storage_from_url(url: str, **client_kwargs: Any) -> Storage:
         single = {name: values[0] for name, values in options.items()}
         return S3Storage(
             parts.netloc,
-            prefix=single.get("prefix", ""),
+            # s3://bucket/some/prefix and s3://bucket?prefix=some/prefix mean the same
+            prefix=single.get("prefix") or unquote(parts.path.strip("/")),
             endpoint_url=single.get("endpoint_url") or None,
             region=single.get("region") or None,
             **client_kwargs,

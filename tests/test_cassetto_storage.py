@@ -353,6 +353,12 @@ def test_storage_from_an_s3_url(moto_server: MotoServer) -> None:
     assert location["LocationConstraint"] == "eu-west-1"
 
 
+def test_the_path_of_an_s3_url_is_the_prefix() -> None:
+    storage = storage_from_url("s3://assets-bucket/tenant-a/logos", region_name="us-east-1")
+    assert isinstance(storage, S3Storage)
+    assert (storage.bucket, storage.prefix) == ("assets-bucket", "tenant-a/logos")
+
+
 def test_storage_from_a_minimal_s3_url() -> None:
     storage = storage_from_url("s3://just-a-bucket", region_name="us-east-1")
     assert isinstance(storage, S3Storage)
@@ -371,7 +377,6 @@ def test_storage_from_a_minimal_s3_url() -> None:
         ("file://host/folder", "three slashes"),
         ("file:///srv/assets?x=1", "no options"),
         ("s3://", "s3://bucket"),
-        ("s3://bucket/some/path", "s3://bucket"),
         ("s3://bucket?endpoint=http://127.0.0.1:9000", "unknown option(s) endpoint"),
         ("s3://bucket?region=a&region=b", "given twice: region"),
         ("ftp://host/folder", "unsupported scheme 'ftp'"),

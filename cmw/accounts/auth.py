@@ -31,7 +31,7 @@ R = TypeVar("R")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 #: endpoints that must answer without touching the database's tenant tables
-UNTENANTED_ENDPOINTS = frozenset({"health.healthz", "static", "api-docs.openapi_json"})
+UNTENANTED_ENDPOINTS = frozenset({"health.healthz", "static", "api-docs.openapi_json", "assets.stored_file"})
 
 
 @dataclass

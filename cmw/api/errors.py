@@ -148,7 +148,7 @@ def from_http_exception(error: HTTPException) -> Response:
 
 
 def is_api_request() -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith(("/api/", "/assets/"))
 
 
 def json_error_body(response: Response) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from cmw.accounts.auth import current_marketplace, require_identity, roles_requi
 from cmw.accounts.models import Organisation, Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.assets.api import storage
+from cmw.assets.models import Image
+from cmw.assets.service import InvalidImage, image_view, save_image
 from cmw.catalog import search, service
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion, VersionState
@@ -30,12 +33,16 @@ from cmw.catalog.schemas import (
     ProductUpdateSchema,
     PublicProductSchema,
     RejectSchema,
+    UploadSchema,
     VendorProductListArgs,
 )
 from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
 from cmw.extensions import current_session
 
 blp = Blueprint("catalog", __name__, url_prefix="/api/v1", description="Products, plans and prices")
+
+#: largest logo or screenshot accepted, in bytes
+MAX_UPLOAD = 5 * 1024 * 1024
 
 
 # ----------------------------------------------------------------- helpers
@@ -74,6 +81,26 @@ def _version_view(version: ProductVersion | None) -> dict[str, Any] | None:
         "submitted_at": version.submitted_at,
         "reviewed_at": version.reviewed_at,
         "review_note": version.review_note,
+        **_images_of(version),
+    }
+
+
+def _images_of(version: ProductVersion) -> dict[str, Any]:
+    """The version's logo and screenshots, with browser URLs."""
+    wanted = [version.logo_image_id, *(uuid.UUID(i) for i in version.screenshot_ids or [])]
+    ids = [i for i in wanted if i is not None]
+    found = (
+        {i.id: i for i in current_session().scalars(sa.select(Image).where(Image.id.in_(ids)))} if ids else {}
+    )
+    store = storage()
+    logo = found.get(version.logo_image_id) if version.logo_image_id else None
+    return {
+        "logo": image_view(store, logo),
+        "screenshots": [
+            image_view(store, found[uuid.UUID(i)])
+            for i in version.screenshot_ids or []
+            if uuid.UUID(i) in found
+        ],
     }
 
 
@@ -106,6 +133,7 @@ def _public_view(product: Product) -> dict[str, Any]:
         "published_at": product.published_at,
         "price_from": _price_from(live),
         "rating": _rating(product),
+        **_images_of(live),
     }
 
 
@@ -200,7 +228,9 @@ class PublicProducts(MethodView):
         if filters["currency"]:
             filters["currency"] = filters["currency"].upper()
         query = search.Query(**filters)
-        return search.page(current_session(), current_marketplace(), query, args["page"], args["per_page"])
+        return search.page(
+            current_session(), current_marketplace(), query, args["page"], args["per_page"], storage()
+        )
 
 
 @blp.route("/products/compare")
@@ -227,7 +257,12 @@ class CompareProducts(MethodView):
             live = product.live_version
             assert live is not None
             items.append(
-                {**_card(product), "plans": live.plans, "sizes": [t["size"] for t in live.deployment]}
+                {
+                    **_card(product),
+                    "logo": _images_of(live)["logo"],
+                    "plans": live.plans,
+                    "sizes": [t["size"] for t in live.deployment],
+                }
             )
         return items
 
@@ -353,6 +388,71 @@ def _vendor_action(name: str, summary: str) -> type[MethodView]:
     VendorAction.post.__doc__ = summary
     VendorAction.__name__ = f"Vendor{name.title()}"
     return VendorAction
+
+
+def _upload(files: dict[str, Any]) -> Image:
+    upload = files["file"]
+    data = upload.read(MAX_UPLOAD + 1)
+    identity = require_identity()
+    try:
+        return save_image(
+            current_session(),
+            storage(),
+            data,
+            marketplace_id=identity.marketplace.id,
+            uploaded_by_id=identity.user.id,
+            max_bytes=MAX_UPLOAD,
+        )
+    except InvalidImage as exc:
+        current_session().rollback()
+        raise ApiError(
+            422,
+            f"invalid image: {exc.reason}",
+            errors=[{"location": "files", "field": "file", "message": exc.reason}],
+        ) from None
+
+
+@blp.route("/vendor/products/<uuid:product_id>/logo")
+class VendorProductLogo(MethodView):
+    @blp.arguments(UploadSchema, location="files")
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.VENDOR)
+    def put(self, files: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
+        """Upload the logo (PNG, JPEG or WebP): renditions and its background colour are made."""
+        product = _own_product(product_id)
+        image = _upload(files)
+        _run(service.set_logo, product, image)
+        current_session().commit()
+        return _product_view(product)
+
+
+@blp.route("/vendor/products/<uuid:product_id>/screenshots")
+class VendorProductScreenshots(MethodView):
+    @blp.arguments(UploadSchema, location="files")
+    @blp.response(201, ProductSchema)
+    @roles_required(Role.VENDOR)
+    def post(self, files: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
+        """Add a screenshot (at most 10)."""
+        product = _own_product(product_id)
+        image = _upload(files)
+        _run(service.add_screenshot, product, image)
+        current_session().commit()
+        return _product_view(product)
+
+
+@blp.route("/vendor/products/<uuid:product_id>/screenshots/<uuid:image_id>")
+class VendorProductScreenshot(MethodView):
+    @blp.response(200, ProductSchema)
+    @roles_required(Role.VENDOR)
+    def delete(self, product_id: uuid.UUID, image_id: uuid.UUID) -> dict[str, Any]:
+        """Remove a screenshot from the working version."""
+        product = _own_product(product_id)
+        try:
+            _run(service.remove_screenshot, product, image_id)
+        except LookupError:
+            raise ApiError(404, "no such screenshot on this product") from None
+        current_session().commit()
+        return _product_view(product)
 
 
 blp.route("/vendor/products/<uuid:product_id>/submit")(

@@ -174,6 +174,10 @@ class ProductVersion(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name
     reviewed_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
     #: the admin's reason when sent back to draft
     review_note: Mapped[str | None] = mapped_column(sa.Text)
+    #: the product's logo (an Image with renditions and its background colour)
+    logo_image_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("images.id", ondelete="SET NULL"))
+    #: screenshot Image ids, in display order
+    screenshot_ids: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     #: lowercase name, descriptions and tags, for search (full-text indexed on PostgreSQL)
     search_text: Mapped[str] = mapped_column(sa.Text, default="")
     #: lowest recurring price a month over the plans (flat + minimum seats), for filters and sort

@@ -6,6 +6,7 @@ import ipaddress
 from decimal import Decimal
 from typing import Any
 
+from flask_smorest.fields import Upload
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from webargs.fields import DelimitedList
 
@@ -200,6 +201,25 @@ class PlansSchema(Schema):
     plans = fields.List(fields.Nested(PlanSchema), required=True, validate=validate.Length(min=1, max=20))
 
 
+class ImageUrlsSchema(Schema):
+    original = fields.String()
+    thumb = fields.String(metadata={"description": "WebP, fits 160x160"})
+    card = fields.String(metadata={"description": "WebP, fits 480x360"})
+    large = fields.String(metadata={"description": "WebP, fits 1280x960"})
+
+
+class ImageSchema(Schema):
+    id = fields.UUID()
+    width = fields.Integer()
+    height = fields.Integer()
+    background_colour = fields.String(metadata={"description": "#rrggbb the image reads well on"})
+    urls = fields.Nested(ImageUrlsSchema, metadata={"description": "presigned (time-limited) on S3"})
+
+
+class UploadSchema(Schema):
+    file = Upload(required=True, metadata={"description": "PNG, JPEG or WebP, at most 5 MB"})
+
+
 class VersionSchema(ProductContentSchema):
     id = fields.UUID()
     number = fields.Integer()
@@ -209,6 +229,8 @@ class VersionSchema(ProductContentSchema):
     submitted_at = fields.AwareDateTime(allow_none=True)
     reviewed_at = fields.AwareDateTime(allow_none=True)
     review_note = fields.String(allow_none=True, metadata={"description": "why an admin sent it back"})
+    logo = fields.Nested(ImageSchema, allow_none=True)
+    screenshots = fields.List(fields.Nested(ImageSchema))
 
 
 class ProductSchema(Schema):
@@ -230,6 +252,8 @@ class PublicProductSchema(ProductContentSchema):
 
     price_from = fields.Nested(PriceFromSchema, allow_none=True)
     rating = fields.Nested(RatingSchema)
+    logo = fields.Nested(ImageSchema, allow_none=True)
+    screenshots = fields.List(fields.Nested(ImageSchema))
     id = fields.UUID()
     slug = fields.String()
     vendor_id = fields.UUID()
@@ -286,6 +310,7 @@ class ProductCardSchema(Schema):
     price_from = fields.Nested(PriceFromSchema, allow_none=True)
     rating = fields.Nested(RatingSchema)
     published_at = fields.AwareDateTime(allow_none=True)
+    logo = fields.Nested(ImageSchema, allow_none=True)
 
 
 class CompareArgs(Schema):

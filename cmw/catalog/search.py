@@ -17,7 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, contains_eager
 
+from cassetto import Storage
 from cmw.accounts.models import Organisation
+from cmw.assets.models import Image, StoredFile
+from cmw.assets.service import url_for_file
 from cmw.catalog.models import Product, ProductStatus, ProductType, ProductVersion
 from cmw.marketplaces.models import Marketplace
 
@@ -123,7 +126,7 @@ def _order(sort: Sort, rank: sa.ColumnElement[Any] | None) -> list[Any]:
 
 
 def page(
-    session: Session, marketplace: Marketplace, query: Query, number: int, per_page: int
+    session: Session, marketplace: Marketplace, query: Query, number: int, per_page: int, storage: Storage
 ) -> dict[str, Any]:
     """One page of :func:`catalog_query` in two cheap queries (a "deferred join"):
 
@@ -142,7 +145,7 @@ def page(
     else:  # past the last page
         total = session.scalar(full.with_only_columns(sa.func.count()).order_by(None)) or 0
     ids = [row.id for row in rows]
-    loaded = {card["id"]: card for card in cards(session, ids)} if ids else {}
+    loaded = {card["id"]: card for card in cards(session, ids, storage)} if ids else {}
     return {
         "items": [loaded[i] for i in ids if i in loaded],
         "page": number,
@@ -152,9 +155,10 @@ def page(
     }
 
 
-def cards(session: Session, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+def cards(session: Session, ids: list[uuid.UUID], storage: Storage) -> list[dict[str, Any]]:
     """What a catalog card shows, for these products, as plain dicts."""
     live = ProductVersion
+    thumb, card_file = sa.orm.aliased(StoredFile), sa.orm.aliased(StoredFile)
     rows = session.execute(
         sa.select(
             Product.id,
@@ -172,17 +176,35 @@ def cards(session: Session, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
             Product.rating_count,
             Product.rating_sum,
             Product.published_at,
+            Image.id.label("logo_id"),
+            Image.background_colour.label("logo_background"),
+            thumb.key.label("logo_thumb_key"),
+            card_file.key.label("logo_card_key"),
         )
         .join(live, live.id == Product.live_version_id)
         .join(Organisation, Organisation.id == Product.vendor_id)
+        .outerjoin(Image, Image.id == live.logo_image_id)
+        .outerjoin(thumb, thumb.id == Image.thumb_id)
+        .outerjoin(card_file, card_file.id == Image.card_id)
         .where(Product.id.in_(ids))
     )
-    return [card(row) for row in rows]
+    return [card(row, storage) for row in rows]
 
 
-def card(row: Any) -> dict[str, Any]:
+def card(row: Any, storage: Storage) -> dict[str, Any]:
     """A card from a row with the columns :func:`cards` selects."""
     values = dict(row._mapping)
+    logo_id, background = values.pop("logo_id"), values.pop("logo_background")
+    thumb_key, card_key = values.pop("logo_thumb_key"), values.pop("logo_card_key")
+    values["logo"] = (
+        None
+        if logo_id is None
+        else {
+            "id": logo_id,
+            "background_colour": background,
+            "urls": {"thumb": url_for_file(storage, thumb_key), "card": url_for_file(storage, card_key)},
+        }
+    )
     amount, currency = values.pop("price_from_amount"), values.pop("price_from_currency")
     values["price_from"] = (
         None if amount is None else {"amount": amount, "currency": currency, "period": "month"}

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cmw.accounts.models import Organisation, OrganisationKind, User
+from cmw.assets.models import Image
 from cmw.catalog.models import (
     BillingPeriod,
     Category,
@@ -160,6 +161,8 @@ def working_version(session: Session, product: Product) -> ProductVersion:
         number=number,
         state=VersionState.DRAFT,
         **{f: getattr(live, f) for f in CONTENT_FIELDS},
+        logo_image_id=live.logo_image_id,
+        screenshot_ids=list(live.screenshot_ids or []),
     )
     session.add(version)
     session.flush()
@@ -251,6 +254,38 @@ def set_plans(session: Session, product: Product, plans: Sequence[PlanSpec]) -> 
                 )
             )
         version.plans.append(plan)
+    session.flush()
+    return version
+
+
+MAX_SCREENSHOTS = 10
+
+
+def set_logo(session: Session, product: Product, image: Image) -> ProductVersion:
+    """The working version's logo (its background colour comes with the image)."""
+    next_status(product.status, Action.EDIT)
+    version = working_version(session, product)
+    version.logo_image_id = image.id
+    session.flush()
+    return version
+
+
+def add_screenshot(session: Session, product: Product, image: Image) -> ProductVersion:
+    next_status(product.status, Action.EDIT)
+    version = working_version(session, product)
+    if len(version.screenshot_ids or []) >= MAX_SCREENSHOTS:
+        raise CatalogError("file", f"a product shows at most {MAX_SCREENSHOTS} screenshots")
+    version.screenshot_ids = [*(version.screenshot_ids or []), str(image.id)]
+    session.flush()
+    return version
+
+
+def remove_screenshot(session: Session, product: Product, image_id: uuid.UUID) -> ProductVersion:
+    next_status(product.status, Action.EDIT)
+    version = working_version(session, product)
+    if str(image_id) not in (version.screenshot_ids or []):
+        raise LookupError(image_id)
+    version.screenshot_ids = [i for i in version.screenshot_ids if i != str(image_id)]
     session.flush()
     return version
 

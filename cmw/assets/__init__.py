@@ -1,0 +1,1 @@
+"""Stored files and images: a row per stored file, images with renditions, serving them."""
