@@ -62,7 +62,7 @@ def create_admin(email: str, name: str, password: str) -> None:
 @with_appcontext
 def demo_data() -> None:
     """Load a believable demo (idempotent): admin, vendors, customers."""
-    created = demo.load(current_session())
+    created = demo.load(current_session(), current_app.extensions["mercato.storage"])
     current_session().commit()
     click.echo("demo data loaded" if created else "demo data already present")
     for login in demo.LOGINS:
@@ -106,7 +106,7 @@ def bootstrap() -> None:
     """Migrate the database to head and load the demo on first start."""
     upgrade(directory=current_app.extensions["migrate"].directory)
     if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
-        demo.load(current_session())
+        demo.load(current_session(), current_app.extensions["mercato.storage"])
         current_session().commit()
         click.echo("first start: demo data loaded")
 
@@ -122,7 +122,7 @@ def serve(host: str, port: int, web_workers: int) -> None:
     """Migrate, load the demo on first start, and run web and worker together."""
     upgrade(directory=current_app.extensions["migrate"].directory)
     if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
-        demo.load(current_session())
+        demo.load(current_session(), current_app.extensions["mercato.storage"])
         current_session().commit()
     db.session.remove()
     db.engine.dispose()

@@ -1,7 +1,8 @@
-"""A believable demo: a platform admin, two software vendors and two customer companies.
+"""A believable demo: a platform admin, vendors with a dozen published products, and two
+customer companies who reviewed some of them.
 
 Loaded by ``make run`` on first start and by ``flask mercato demo-data``; loading twice
-changes nothing. Later features (catalog, orders) add their demo rows here.
+changes nothing. Later features (orders) add their demo rows here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from cassetto import Storage
+from cmw import demo_catalog
 from cmw.accounts import service as accounts
 from cmw.accounts.models import OrganisationKind, Role
 from cmw.marketplaces.service import platform
@@ -59,7 +62,7 @@ LOGINS = (
 )
 
 
-def load(session: Session) -> bool:
+def load(session: Session, storage: Storage) -> bool:
     """Create what is missing; returns True if anything was created."""
     marketplace = platform(session)
     created = False
@@ -92,4 +95,6 @@ def load(session: Session) -> bool:
             ),
         )
         accounts.grant(session, user, marketplace, Role(login.role), organisation)
-    return created
+    admin = accounts.find_user(session, LOGINS[0].email)
+    assert admin is not None
+    return demo_catalog.load(session, storage, marketplace, admin) or created

@@ -59,3 +59,23 @@ def test_demo_data_loads_once(app: Flask, db_session: Session) -> None:
             sa.select(Membership.role).join(User).where(User.email == login.email)
         ).all()
         assert roles == [Role(login.role)]
+
+
+def test_demo_data_has_a_believable_catalog(app: Flask, client: FlaskClient, db_session: Session) -> None:
+    assert app.test_cli_runner().invoke(args=["mercato", "demo-data"]).exit_code == 0
+    listing = client.get("/api/v1/products?per_page=50").get_json()
+    assert listing["total"] == 12
+    assert all(
+        p["logo"] is not None and p["logo"]["background_colour"].startswith("#") for p in listing["items"]
+    )
+    assert client.get(listing["items"][0]["logo"]["urls"]["thumb"]).status_code == 200
+    kinds, models = set(), set()
+    for card in listing["items"]:
+        for plan in client.get(f"/api/v1/products/{card['slug']}").get_json()["plans"]:
+            for component in plan["components"]:
+                kinds.add(component["kind"])
+                models.add(component["pricing_model"])
+    assert kinds == {"flat", "setup", "per_unit", "metered"}
+    assert {"per_unit", "graduated", "volume"} <= models
+    rated = [p for p in listing["items"] if p["rating"]["count"]]
+    assert rated and all(1 <= p["rating"]["average"] <= 5 for p in rated)
