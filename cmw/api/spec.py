@@ -23,6 +23,7 @@ from cmw.api.errors import (
     problem_response,
 )
 from cmw.catalog.api import blp as catalog_blp
+from cmw.catalog.reviews_api import blp as reviews_blp
 from cmw.marketplaces.api import blp as marketplaces_blp
 
 log = logging.getLogger(__name__)
@@ -120,4 +121,5 @@ def register(app: Flask) -> MercatoApi:
     api.register_blueprint(accounts_blp)
     api.register_blueprint(marketplaces_blp)
     api.register_blueprint(catalog_blp)
+    api.register_blueprint(reviews_blp)
     return api
