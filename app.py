@@ -19,13 +19,15 @@ from flask import Flask
 
 from cassetto import storage_from_url
 from cmw import cli
-from cmw.accounts.auth import load_identity
+from cmw.accounts.auth import load_identity, record_token_use
 from cmw.api import spec
 from cmw.assets.api import bp as assets_bp
+from cmw.catalog import reviews
 from cmw.config import Config, ConfigError
 from cmw.db import configure_sqlite
 from cmw.extensions import csrf, db, migrate
 from cmw.health import bp as health_bp
+from cmw.orders import service as orders_service
 from marketplace.views import bp as pages_bp
 
 ROOT = Path(__file__).resolve().parent
@@ -54,6 +56,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     register_extensions(app)
     register_blueprints(app)
     register_commands(app)
+    register_rules()
     return app
 
 
@@ -98,16 +101,23 @@ def import_models() -> sa.MetaData:
     from cmw.catalog import models as _catalog  # noqa: F401
     from cmw.events import models as _events  # noqa: F401
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
+    from cmw.orders import models as _orders  # noqa: F401
 
     return db.metadata
 
 
 def register_blueprints(app: Flask) -> None:
     app.before_request(load_identity)
+    app.after_request(record_token_use)
     app.register_blueprint(health_bp)
     app.register_blueprint(assets_bp)
     spec.register(app)
     app.register_blueprint(pages_bp)
+
+
+def register_rules() -> None:
+    # Reviews are open to organisations that subscribe or subscribed (orders knows who).
+    reviews.set_eligibility(orders_service.has_subscribed)
 
 
 def register_commands(app: Flask) -> None:

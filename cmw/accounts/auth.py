@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from flask import g, request, session
+from flask import Response, g, request, session
 from flask_wtf.csrf import generate_csrf
 
 from cmw.accounts import service
@@ -92,8 +92,7 @@ def load_identity() -> None:
         if token.marketplace_id != g.marketplace.id:
             raise _unauthenticated("token belongs to another marketplace")
         if service.token_needs_touch(token):
-            with db.engine.begin() as connection:
-                service.touch_token(connection, token.id)
+            g.touch_token = (db.engine, token.id)
         g.identity = _identity(token.user, "token", token.id)
         return
     user_id = session.get("uid")
@@ -110,6 +109,25 @@ def load_identity() -> None:
             session.clear()
     if request.method not in SAFE_METHODS and _needs_csrf():
         csrf.protect()
+
+
+def record_token_use(response: Response) -> Response:
+    """``after_request``: record the token's use once the response is closed.
+
+    Not during the request: the request's session holds a pooled connection, and taking
+    a second one for this write can exhaust the pool under load (every thread holding
+    one connection, waiting for another).
+    """
+    pending = g.pop("touch_token", None)
+    if pending is not None:
+        engine, token_id = pending
+
+        def touch() -> None:
+            with engine.begin() as connection:
+                service.touch_token(connection, token_id)
+
+        response.call_on_close(touch)
+    return response
 
 
 def _needs_csrf() -> bool:

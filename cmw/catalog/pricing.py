@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 
-from cmw.catalog.models import BillingPeriod, ComponentKind, PricingModel
+from cmw.catalog.models import BillingPeriod, ComponentKind, PriceComponent, PricingModel
 from cmw.money import CurrencyError, check_currency, format_amount
 
 ZERO = Decimal(0)
@@ -223,3 +223,27 @@ def rate_component(component: ComponentSpec, quantity: Decimal) -> Decimal:
         return billable * (component.unit_price or ZERO)
     assert component.pricing_model is not None
     return rate_tiers(component.pricing_model, component.tiers, billable)
+
+
+def spec_of(component: PriceComponent) -> ComponentSpec:
+    """The rating view of a stored price component (what orders and billing rate with)."""
+    return ComponentSpec(
+        kind=component.kind,
+        label=component.label,
+        unit_price=component.unit_price,
+        metric=component.metric,
+        unit=component.unit,
+        pricing_model=component.pricing_model,
+        included_quantity=component.included_quantity,
+        tiers=tuple(
+            Tier(
+                start=Decimal(t["from"]),
+                up_to=None if t["up_to"] is None else Decimal(t["up_to"]),
+                unit_price=Decimal(t["unit_price"]),
+                flat_fee=Decimal(t.get("flat_fee") or 0),
+            )
+            for t in component.tiers or ()
+        ),
+        min_quantity=component.min_quantity,
+        max_quantity=component.max_quantity,
+    )

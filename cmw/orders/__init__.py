@@ -1,0 +1,1 @@
+"""Orders, trials and subscriptions: a customer's click becomes a contract."""

@@ -1,0 +1,276 @@
+"""The orders API: place an order (idempotent with ``Idempotency-Key``), and see orders
+and subscriptions: customers their own, vendors those of their products, admins all of
+the marketplace."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+from sqlalchemy.exc import IntegrityError
+
+from cmw.accounts.auth import Identity, require_identity, roles_required
+from cmw.accounts.models import Organisation, Role
+from cmw.api.errors import ApiError
+from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.catalog.models import Product
+from cmw.extensions import current_session
+from cmw.orders import service
+from cmw.orders.models import (
+    Order,
+    OrderKind,
+    OrderStatus,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionStatus,
+)
+
+blp = Blueprint("orders", __name__, url_prefix="/api/v1", description="Orders and subscriptions")
+
+
+class OrderCreateSchema(Schema):
+    product = fields.String(
+        required=True, validate=validate.Length(min=1, max=80), metadata={"description": "slug or id"}
+    )
+    plan = fields.String(
+        required=True, validate=validate.Length(min=1, max=50), metadata={"description": "plan code"}
+    )
+    quantity = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100_000))
+    trial = fields.Boolean(load_default=False)
+    cloud_account = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=63))
+    region = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    organisation_id = fields.UUID(
+        load_default=None, metadata={"description": "needed if you buy for several customers"}
+    )
+
+
+class OrderSchema(Schema):
+    id = fields.UUID()
+    kind = fields.Enum(OrderKind, by_value=True)
+    status = fields.Enum(OrderStatus, by_value=True)
+    customer_id = fields.UUID()
+    product_id = fields.UUID()
+    plan_id = fields.UUID()
+    quantity = fields.Integer()
+    cloud_account = fields.String()
+    region = fields.String(allow_none=True)
+    currency = fields.String()
+    breakdown = fields.Dict(
+        metadata={"description": "lines, setup_total, period_total, due_now (decimal strings)"}
+    )
+    subscription_id = fields.UUID(allow_none=True)
+    created_at = fields.AwareDateTime()
+    confirmed_at = fields.AwareDateTime(allow_none=True)
+    failure_reason = fields.String(allow_none=True)
+
+
+class ChangeSchema(Schema):
+    kind = fields.String()
+    actor_id = fields.UUID(allow_none=True)
+    at = fields.AwareDateTime()
+    before = fields.Dict()
+    after = fields.Dict()
+
+
+class SubscriptionSchema(Schema):
+    id = fields.UUID()
+    status = fields.Enum(SubscriptionStatus, by_value=True)
+    customer_id = fields.UUID()
+    product_id = fields.UUID()
+    plan_id = fields.UUID()
+    quantity = fields.Integer()
+    billing_anchor = fields.AwareDateTime()
+    current_period_start = fields.AwareDateTime()
+    current_period_end = fields.AwareDateTime()
+    trial_end = fields.AwareDateTime(allow_none=True)
+    cancel_at_period_end = fields.Boolean()
+    cloud_account = fields.String()
+    region = fields.String(allow_none=True)
+    created_at = fields.AwareDateTime()
+
+
+class SubscriptionDetailSchema(SubscriptionSchema):
+    history = fields.List(fields.Nested(ChangeSchema))
+
+
+class OrderListArgs(Schema):
+    status = fields.Enum(OrderStatus, by_value=True, load_default=None)
+    product_id = fields.UUID(load_default=None)
+
+
+class SubscriptionListArgs(Schema):
+    status = fields.Enum(SubscriptionStatus, by_value=True, load_default=None)
+    product_id = fields.UUID(load_default=None)
+
+
+def _visible(identity: Identity, model: type[Order] | type[Subscription]) -> sa.ColumnElement[bool]:
+    """Rows of this marketplace the caller may see, whatever mix of roles they hold."""
+    scope: list[sa.ColumnElement[bool]] = [sa.false()]
+    if identity.is_admin:
+        scope.append(sa.true())
+    customers = identity.organisations_with(Role.CUSTOMER)
+    if customers:
+        scope.append(model.customer_id.in_(customers))
+    vendors = identity.organisations_with(Role.VENDOR)
+    if vendors:
+        scope.append(model.product_id.in_(sa.select(Product.id).where(Product.vendor_id.in_(vendors))))
+    return sa.and_(model.marketplace_id == identity.marketplace.id, sa.or_(*scope))
+
+
+def _request_hash(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@blp.route("/orders")
+class Orders(MethodView):
+    @blp.arguments(OrderCreateSchema)
+    @blp.response(201, OrderSchema)
+    @blp.alt_response(409, description="the Idempotency-Key was used with a different request")
+    @roles_required(Role.CUSTOMER)
+    def post(self, data: dict[str, Any]) -> Any:
+        """Order a plan, or start a trial. Send an ``Idempotency-Key`` header to make retries
+        safe: the same key with the same body answers the first order again."""
+        identity = require_identity()
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise ApiError(
+                422,
+                "invalid input: Idempotency-Key",
+                errors=[
+                    {"location": "headers", "field": "Idempotency-Key", "message": "1 to 255 characters"}
+                ],
+            )
+        customers = identity.organisations_with(Role.CUSTOMER)
+        customer_id = data.pop("organisation_id") or (next(iter(customers)) if len(customers) == 1 else None)
+        if customer_id is None or customer_id not in customers:
+            raise ApiError(
+                422,
+                "invalid input: organisation_id",
+                errors=[
+                    {
+                        "location": "json",
+                        "field": "organisation_id",
+                        "message": "name one of your customer organisations",
+                    }
+                ],
+            )
+        digest = _request_hash({**data, "organisation_id": str(customer_id)})
+        session = current_session()
+        for attempt in range(2):
+            try:
+                if key is not None:
+                    earlier = service.replay(session, identity.user, key, digest)
+                    if earlier is not None:
+                        return earlier, 201, {"Idempotent-Replayed": "true"}
+                customer = session.get(Organisation, customer_id)
+                assert customer is not None
+                order = service.place_order(
+                    session,
+                    identity.marketplace,
+                    identity.user,
+                    customer,
+                    service.OrderRequest(**data),
+                    idempotency_key=key,
+                    request_hash=digest if key else None,
+                )
+                session.commit()
+                return order
+            except service.IdempotencyConflict as exc:
+                session.rollback()
+                raise ApiError(409, str(exc), slug="idempotency-key-reused") from None
+            except service.OrderError as exc:
+                session.rollback()
+                raise ApiError(
+                    422,
+                    f"invalid order: {exc.message}",
+                    errors=[{"location": "json", "field": exc.field, "message": exc.message}],
+                ) from None
+            except IntegrityError:
+                # A concurrent request won the race (same key, or the one trial): look again.
+                session.rollback()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    @blp.arguments(OrderListArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(OrderSchema))
+    @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
+    def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """Orders you may see, newest first."""
+        stmt = sa.select(Order).where(_visible(require_identity(), Order))
+        if filters["status"]:
+            stmt = stmt.where(Order.status == filters["status"])
+        if filters["product_id"]:
+            stmt = stmt.where(Order.product_id == filters["product_id"])
+        return paginate(
+            current_session(),
+            stmt.order_by(Order.created_at.desc(), Order.id),
+            args["page"],
+            args["per_page"],
+        )
+
+
+@blp.route("/orders/<uuid:order_id>")
+class OrderResource(MethodView):
+    @blp.response(200, OrderSchema)
+    @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
+    def get(self, order_id: uuid.UUID) -> Order:
+        """One order you may see."""
+        order = current_session().scalar(
+            sa.select(Order).where(Order.id == order_id, _visible(require_identity(), Order))
+        )
+        if order is None:
+            raise ApiError(404, "no such order")
+        return order
+
+
+@blp.route("/subscriptions")
+class Subscriptions(MethodView):
+    @blp.arguments(SubscriptionListArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(SubscriptionSchema))
+    @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
+    def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """Subscriptions you may see, newest first."""
+        stmt = sa.select(Subscription).where(_visible(require_identity(), Subscription))
+        if filters["status"]:
+            stmt = stmt.where(Subscription.status == filters["status"])
+        if filters["product_id"]:
+            stmt = stmt.where(Subscription.product_id == filters["product_id"])
+        return paginate(
+            current_session(),
+            stmt.order_by(Subscription.created_at.desc(), Subscription.id),
+            args["page"],
+            args["per_page"],
+        )
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>")
+class SubscriptionResource(MethodView):
+    @blp.response(200, SubscriptionDetailSchema)
+    @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
+    def get(self, subscription_id: uuid.UUID) -> dict[str, Any]:
+        """One subscription with its history of changes."""
+        subscription = current_session().scalar(
+            sa.select(Subscription).where(
+                Subscription.id == subscription_id, _visible(require_identity(), Subscription)
+            )
+        )
+        if subscription is None:
+            raise ApiError(404, "no such subscription")
+        history = current_session().scalars(
+            sa.select(SubscriptionChange)
+            .where(SubscriptionChange.subscription_id == subscription.id)
+            .order_by(SubscriptionChange.id)
+        )
+        fields_ = SubscriptionSchema().fields
+        return {**{k: getattr(subscription, k) for k in fields_}, "history": list(history)}

@@ -1,0 +1,156 @@
+"""``Order`` (a request to buy or trial a plan), ``Subscription`` (the contract it creates),
+``SubscriptionChange`` (its append-only history) and ``TrialGrant`` (one trial per
+customer organisation and product, for ever)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cmw.db import Timestamps, UUIDPrimaryKey, str_enum, utcnow
+from cmw.extensions import db
+
+
+class OrderKind(enum.StrEnum):
+    #: a paid subscription from the start
+    PURCHASE = "purchase"
+    #: a free trial of the product's trial length
+    TRIAL = "trial"
+
+
+class OrderStatus(enum.StrEnum):
+    #: received, not yet accepted
+    PENDING = "pending"
+    #: accepted: the subscription exists and provisioning was requested
+    CONFIRMED = "confirmed"
+    #: what was bought runs (the deployment is ready)
+    FULFILLED = "fulfilled"
+    #: withdrawn before fulfilment
+    CANCELLED = "cancelled"
+    #: could not be fulfilled; see failure_reason
+    FAILED = "failed"
+
+
+class SubscriptionStatus(enum.StrEnum):
+    #: in its free trial
+    TRIALING = "trialing"
+    #: paid and running
+    ACTIVE = "active"
+    #: an invoice is overdue
+    PAST_DUE = "past_due"
+    #: ended by the customer or an admin
+    CANCELLED = "cancelled"
+    #: a trial that ended without converting
+    EXPIRED = "expired"
+
+
+class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "orders"
+    __table_args__ = (
+        # An Idempotency-Key is unique per user who sends it.
+        sa.UniqueConstraint("placed_by_id", "idempotency_key", name="uq_orders_idempotency"),
+        sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
+        sa.Index("ix_orders_marketplace_created", "marketplace_id", "created_at"),
+    )
+
+    #: tenant
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="RESTRICT"))
+    #: the customer organisation that buys
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organisations.id", ondelete="RESTRICT"), index=True
+    )
+    #: the user who clicked
+    placed_by_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="RESTRICT"))
+    product_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("products.id", ondelete="RESTRICT"), index=True
+    )
+    #: the product version the customer saw (prices and deployment spec at order time)
+    version_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("product_versions.id", ondelete="RESTRICT"))
+    plan_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("plans.id", ondelete="RESTRICT"))
+    #: purchase or trial
+    kind: Mapped[OrderKind] = mapped_column(str_enum(OrderKind, "kind"))
+    #: pending, confirmed, fulfilled, cancelled or failed
+    status: Mapped[OrderStatus] = mapped_column(str_enum(OrderStatus, "status"))
+    #: quantity of the plan's per-unit components (seats)
+    quantity: Mapped[int] = mapped_column(default=1)
+    #: deployment target chosen (cloud account slug and region)
+    cloud_account: Mapped[str] = mapped_column(sa.String(63))
+    region: Mapped[str | None] = mapped_column(sa.String(64))
+    #: ISO 4217 currency of the breakdown
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    #: price breakdown at order time: lines with decimal strings (see orders.pricing)
+    breakdown: Mapped[dict[str, Any]]
+    #: the client's Idempotency-Key, and the SHA-256 of the request it came with
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    request_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    #: the subscription the order created
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("subscriptions.id", ondelete="SET NULL")
+    )
+    confirmed_at: Mapped[dt.datetime | None]
+    failure_reason: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Subscription(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "subscriptions"
+    __table_args__ = (sa.Index("ix_subscriptions_customer_product", "customer_id", "product_id"),)
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="RESTRICT"))
+    customer_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("organisations.id", ondelete="RESTRICT"))
+    product_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("products.id", ondelete="RESTRICT"), index=True
+    )
+    plan_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("plans.id", ondelete="RESTRICT"))
+    #: seats or other per-unit quantity
+    quantity: Mapped[int] = mapped_column(default=1)
+    #: trialing, active, past_due, cancelled or expired
+    status: Mapped[SubscriptionStatus] = mapped_column(str_enum(SubscriptionStatus, "status"), index=True)
+    #: the day periods renew on (UTC); periods run from anchor to anchor
+    billing_anchor: Mapped[dt.datetime]
+    current_period_start: Mapped[dt.datetime]
+    current_period_end: Mapped[dt.datetime] = mapped_column(index=True)
+    #: when the free trial ends (UTC); NULL for purchases
+    trial_end: Mapped[dt.datetime | None]
+    #: the customer chose to stop at the end of the current period
+    cancel_at_period_end: Mapped[bool] = mapped_column(default=False)
+    cancelled_at: Mapped[dt.datetime | None]
+    cloud_account: Mapped[str] = mapped_column(sa.String(63))
+    region: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class SubscriptionChange(db.Model):  # type: ignore[name-defined,misc]
+    """What happened to a subscription: who, when, from what, to what. Never updated."""
+
+    __tablename__ = "subscription_changes"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    #: created, trial_started, activated, plan_changed, quantity_changed, cancelled, ...
+    kind: Mapped[str] = mapped_column(sa.String(40))
+    #: the user who made the change; NULL for the platform's own jobs
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: the changed fields before and after (JSON values)
+    before: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    after: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TrialGrant(db.Model):  # type: ignore[name-defined,misc]
+    """A customer organisation has had its one trial of a product."""
+
+    __tablename__ = "trial_grants"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True
+    )
+    granted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,260 @@
+"""Placing orders and starting subscriptions. Functions flush, never commit.
+
+An order for a published plan is confirmed at once (payment collection comes with
+billing): it creates the subscription, records its history, and emits ``order.placed``
+and ``subscription.activated`` or ``subscription.trial_started`` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cmw.accounts.models import Organisation, OrganisationKind, User
+from cmw.catalog.models import BillingPeriod, Plan, Product, ProductStatus, ProductVersion
+from cmw.db import utcnow
+from cmw.events.service import emit
+from cmw.marketplaces.models import Marketplace
+from cmw.orders.models import (
+    Order,
+    OrderKind,
+    OrderStatus,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionStatus,
+    TrialGrant,
+)
+from cmw.orders.pricing import QuantityError, breakdown, check_quantity
+
+
+class OrderError(ValueError):
+    """Invalid order; ``field`` names what was wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderRequest:
+    product: str
+    plan: str
+    quantity: int = 1
+    trial: bool = False
+    cloud_account: str | None = None
+    region: str | None = None
+
+
+def add_months(anchor: dt.datetime, months: int) -> dt.datetime:
+    """The same day ``months`` later, clamped to the month's last day (31 Jan + 1 = 28/29 Feb)."""
+    month_index = anchor.month - 1 + months
+    year, month = anchor.year + month_index // 12, month_index % 12 + 1
+    day = min(anchor.day, calendar.monthrange(year, month)[1])
+    return anchor.replace(year=year, month=month, day=day)
+
+
+def period_end(start: dt.datetime, period: BillingPeriod) -> dt.datetime:
+    return add_months(start, 1 if period is BillingPeriod.MONTH else 12)
+
+
+def replay(session: Session, user: User, key: str, request_hash: str) -> Order | None:
+    """The order an earlier request with this key created, or None; a different request
+    with the same key is an IdempotencyConflict."""
+    existing = session.scalar(
+        sa.select(Order).where(Order.placed_by_id == user.id, Order.idempotency_key == key)
+    )
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+    return existing
+
+
+def _product(session: Session, marketplace: Marketplace, ref: str) -> Product:
+    stmt = sa.select(Product).where(
+        Product.marketplace_id == marketplace.id, Product.status == ProductStatus.PUBLISHED
+    )
+    try:
+        stmt = stmt.where(Product.id == uuid.UUID(ref))
+    except ValueError:
+        stmt = stmt.where(Product.slug == ref)
+    product = session.scalar(stmt)
+    if product is None or product.live_version_id is None:
+        raise OrderError("product", f"{ref!r} is not a published product of this marketplace")
+    return product
+
+
+def place_order(
+    session: Session,
+    marketplace: Marketplace,
+    user: User,
+    customer: Organisation,
+    request: OrderRequest,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    now: dt.datetime | None = None,
+) -> Order:
+    now = now or utcnow()
+    if customer.kind is not OrganisationKind.CUSTOMER or customer.marketplace_id != marketplace.id:
+        raise OrderError("organisation_id", "not a customer organisation of this marketplace")
+    product = _product(session, marketplace, request.product)
+    live = session.get(ProductVersion, product.live_version_id)
+    assert live is not None
+    plan = next((p for p in live.plans if p.code == request.plan or str(p.id) == request.plan), None)
+    if plan is None:
+        codes = ", ".join(p.code for p in live.plans)
+        raise OrderError("plan", f"{request.plan!r} is not a plan of this product; choose one of: {codes}")
+    try:
+        check_quantity(plan, request.quantity)
+    except QuantityError as exc:
+        raise OrderError("quantity", str(exc)) from None
+    target = _target(live, request.cloud_account, request.region)
+    trial_days = 0
+    if request.trial:
+        if live.trial_days == 0:
+            raise OrderError("trial", "this product has no trial")
+        if session.get(TrialGrant, (customer.id, product.id)) is not None:
+            raise OrderError("trial", "your organisation already had its trial of this product")
+        trial_days = live.trial_days
+
+    order = Order(
+        marketplace_id=marketplace.id,
+        customer_id=customer.id,
+        placed_by_id=user.id,
+        product_id=product.id,
+        version_id=live.id,
+        plan_id=plan.id,
+        kind=OrderKind.TRIAL if request.trial else OrderKind.PURCHASE,
+        status=OrderStatus.PENDING,
+        quantity=request.quantity,
+        cloud_account=target["cloud_account"],
+        region=target.get("region"),
+        currency=plan.currency,
+        breakdown=breakdown(plan, request.quantity, trial_days=trial_days),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(order)
+    # Flushed first: a concurrent request with the same key waits here and then fails on
+    # the unique key, before it creates anything else.
+    session.flush()
+    if request.trial:
+        session.add(TrialGrant(customer_id=customer.id, product_id=product.id, granted_at=now))
+        session.flush()
+    subscription = _start(session, order, plan, trial_days, now, user)
+    order.subscription_id = subscription.id
+    order.status = OrderStatus.CONFIRMED
+    order.confirmed_at = now
+    session.flush()
+    emit(session, "order.placed", _order_payload(order), marketplace_id=marketplace.id)
+    emit(
+        session,
+        "subscription.trial_started" if request.trial else "subscription.activated",
+        {**_order_payload(order), "subscription_id": str(subscription.id)},
+        marketplace_id=marketplace.id,
+    )
+    return order
+
+
+def _target(version: ProductVersion, cloud_account: str | None, region: str | None) -> dict[str, Any]:
+    targets = version.deployment or []
+    if cloud_account is None and len(targets) == 1:
+        return targets[0]
+    for target in targets:
+        if target["cloud_account"] == cloud_account and (region is None or target.get("region") == region):
+            return target
+    offered = ", ".join(f"{t['cloud_account']}/{t.get('region') or '-'}" for t in targets)
+    raise OrderError("cloud_account", f"choose one of the product's targets: {offered}")
+
+
+def _start(
+    session: Session, order: Order, plan: Plan, trial_days: int, now: dt.datetime, user: User
+) -> Subscription:
+    if trial_days:
+        end = now + dt.timedelta(days=trial_days)
+        status, trial_end = SubscriptionStatus.TRIALING, end
+    else:
+        end = period_end(now, plan.billing_period)
+        status, trial_end = SubscriptionStatus.ACTIVE, None
+    subscription = Subscription(
+        marketplace_id=order.marketplace_id,
+        customer_id=order.customer_id,
+        product_id=order.product_id,
+        plan_id=plan.id,
+        quantity=order.quantity,
+        status=status,
+        billing_anchor=trial_end or now,
+        current_period_start=now,
+        current_period_end=end,
+        trial_end=trial_end,
+        cloud_account=order.cloud_account,
+        region=order.region,
+    )
+    session.add(subscription)
+    session.flush()
+    record(
+        session,
+        subscription,
+        "trial_started" if trial_days else "activated",
+        user.id,
+        {},
+        {"status": status.value, "plan_id": str(plan.id), "quantity": order.quantity},
+        now,
+    )
+    return subscription
+
+
+def record(
+    session: Session,
+    subscription: Subscription,
+    kind: str,
+    actor_id: uuid.UUID | None,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    at: dt.datetime | None = None,
+) -> SubscriptionChange:
+    change = SubscriptionChange(
+        subscription_id=subscription.id,
+        kind=kind,
+        actor_id=actor_id,
+        before=before,
+        after=after,
+        at=at or utcnow(),
+    )
+    session.add(change)
+    session.flush()
+    return change
+
+
+def _order_payload(order: Order) -> dict[str, Any]:
+    return {
+        "order_id": str(order.id),
+        "customer_id": str(order.customer_id),
+        "product_id": str(order.product_id),
+        "plan_id": str(order.plan_id),
+        "kind": order.kind.value,
+    }
+
+
+def has_subscribed(session: Session, organisation_id: uuid.UUID, product_id: uuid.UUID) -> bool:
+    """Whether the organisation has or had a subscription to the product (review rule)."""
+    return (
+        session.scalar(
+            sa.select(sa.literal(True)).where(
+                Subscription.customer_id == organisation_id, Subscription.product_id == product_id
+            )
+        )
+        is not None
+    )
