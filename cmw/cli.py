@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from cmw.config import Config
 from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
+from cmw.orders.jobs import run_due
 
 
 @click.group("mercato")
@@ -86,6 +88,7 @@ def worker() -> None:
         consumers,
         relay_batch_size=config.outbox_batch_size,
         relay_poll_seconds=config.outbox_poll_seconds,
+        periodic=[functools.partial(run_due, session_factory)],
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

@@ -53,7 +53,13 @@ def run_migrations_online() -> None:
     conf_args.setdefault("process_revision_directives", process_revision_directives)
     engine: sa.Engine = target_db.engine
     with engine.connect() as connection:
-        conf_args["render_as_batch"] = connection.dialect.name == "sqlite"
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a table (copy, drop, rename); with foreign keys enforced
+            # that fails as soon as other tables reference rows of it. Alembic's recipe.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # the PRAGMA began a transaction; end it before migrating
+        conf_args["render_as_batch"] = sqlite
         context.configure(
             connection=connection,
             target_metadata=target_db.metadata,
@@ -63,6 +69,9 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 if context.is_offline_mode():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask.testing import FlaskClient
+
 
 def deployment(product_type: str = "vm_app") -> list[dict[str, Any]]:
     target: dict[str, Any] = {
@@ -98,3 +100,33 @@ def plans(currency: str = "EUR") -> list[dict[str, Any]]:
             ],
         },
     ]
+
+
+# ------------------------------------------------------- API flows
+def create(client: FlaskClient, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
+    response = client.post("/api/v1/vendor/products", json=product(**overrides), headers=headers)
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def set_plans(client: FlaskClient, headers: dict[str, str], product_id: str) -> dict[str, Any]:
+    response = client.put(
+        f"/api/v1/vendor/products/{product_id}/plans", json={"plans": plans()}, headers=headers
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def post(client: FlaskClient, url: str, headers: dict[str, str], json: Any = None) -> Any:
+    return client.post(url, headers=headers, json=json)
+
+
+def publish(
+    client: FlaskClient, vendor_h: dict[str, str], admin_h: dict[str, str], **overrides: Any
+) -> dict[str, Any]:
+    product = create(client, vendor_h, **overrides)
+    set_plans(client, vendor_h, product["id"])
+    assert post(client, f"/api/v1/vendor/products/{product['id']}/submit", vendor_h).status_code == 200
+    approved = post(client, f"/api/v1/admin/products/{product['id']}/approve", admin_h)
+    assert approved.status_code == 200, approved.get_data(as_text=True)
+    return approved.get_json()

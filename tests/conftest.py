@@ -32,6 +32,7 @@ from cmw.config import Config
 from cmw.extensions import db
 from cmw.marketplaces.models import Marketplace, MarketplaceKind
 from cmw.marketplaces.service import platform
+from tests.catalog_data import publish
 
 pytest_plugins = ["tests.servers"]
 
@@ -278,3 +279,13 @@ def token_for(db_session: Session, platform_marketplace: Marketplace) -> Callabl
         return {"Authorization": f"Bearer {plaintext}"}
 
     return make
+
+
+@pytest.fixture
+def shop(
+    client: FlaskClient, make_user: Callable[..., User], token_for: Callable[..., dict[str, str]]
+) -> dict[str, Any]:
+    """A published product (tests.catalog_data's wiki server), its vendor and an admin."""
+    vendor, admin = make_user(Role.VENDOR), make_user(Role.ADMIN)
+    product = publish(client, token_for(vendor), token_for(admin))
+    return {"product": product, "vendor": vendor, "admin": admin}

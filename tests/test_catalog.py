@@ -25,6 +25,7 @@ from cmw.catalog.workflow import (
 from cmw.events.models import OutboxEvent
 from cmw.marketplaces.models import Marketplace
 from tests import catalog_data
+from tests.catalog_data import create, post, publish, set_plans
 from tests.test_api_foundation import assert_problem
 from tests.test_pricing import FLAT, _plan
 
@@ -39,35 +40,6 @@ def vendor(make_user: Callable[..., User]) -> User:
 @pytest.fixture
 def admin(make_user: Callable[..., User]) -> User:
     return make_user(Role.ADMIN)
-
-
-def create(client: FlaskClient, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
-    response = client.post("/api/v1/vendor/products", json=catalog_data.product(**overrides), headers=headers)
-    assert response.status_code == 201, response.get_data(as_text=True)
-    return response.get_json()
-
-
-def set_plans(client: FlaskClient, headers: dict[str, str], product_id: str) -> dict[str, Any]:
-    response = client.put(
-        f"/api/v1/vendor/products/{product_id}/plans", json={"plans": catalog_data.plans()}, headers=headers
-    )
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response.get_json()
-
-
-def post(client: FlaskClient, url: str, headers: dict[str, str], json: Any = None) -> Any:
-    return client.post(url, headers=headers, json=json)
-
-
-def publish(
-    client: FlaskClient, vendor_h: dict[str, str], admin_h: dict[str, str], **overrides: Any
-) -> dict[str, Any]:
-    product = create(client, vendor_h, **overrides)
-    set_plans(client, vendor_h, product["id"])
-    assert post(client, f"/api/v1/vendor/products/{product['id']}/submit", vendor_h).status_code == 200
-    approved = post(client, f"/api/v1/admin/products/{product['id']}/approve", admin_h)
-    assert approved.status_code == 200, approved.get_data(as_text=True)
-    return approved.get_json()
 
 
 # ------------------------------------------------------- the transition table

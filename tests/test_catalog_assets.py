@@ -21,9 +21,9 @@ from cassetto import contrast_ratio
 from cmw.accounts.models import Role, User
 from cmw.assets.models import Image, StoredFile
 from cmw.config import Config
+from tests.catalog_data import create, post, set_plans
 from tests.servers import MotoServer
 from tests.test_api_foundation import assert_problem
-from tests.test_catalog import create, post, set_plans
 
 Headers = Callable[..., dict[str, str]]
 

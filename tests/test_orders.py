@@ -24,19 +24,12 @@ from cmw.marketplaces.service import platform
 from cmw.orders.models import Order, Subscription, SubscriptionChange
 from cmw.orders.service import add_months
 from tests import catalog_data
+from tests.catalog_data import create, publish
 from tests.test_api_foundation import assert_problem
-from tests.test_catalog import create, publish
 from tests.test_pricing import FLAT, _plan
 
 Headers = Callable[..., dict[str, str]]
 UTC = dt.UTC
-
-
-@pytest.fixture
-def shop(client: FlaskClient, make_user: Callable[..., User], token_for: Headers) -> dict[str, Any]:
-    vendor, admin = make_user(Role.VENDOR), make_user(Role.ADMIN)
-    product = publish(client, token_for(vendor), token_for(admin))
-    return {"product": product, "vendor": vendor, "admin": admin}
 
 
 def order(client: FlaskClient, headers: dict[str, str], **body: Any) -> Any:

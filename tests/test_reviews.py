@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts.models import Role, User
 from cmw.catalog import reviews
+from tests.catalog_data import publish
 from tests.test_api_foundation import assert_problem
-from tests.test_catalog import publish
 
 Headers = Callable[..., dict[str, str]]
 

@@ -92,6 +92,8 @@ class Organisation(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-d
     region: Mapped[str] = mapped_column(sa.String(100), default="")
     #: where invoices are sent; defaults to the members' addresses when empty
     billing_email: Mapped[str | None] = mapped_column(sa.String(254))
+    #: a payment method is on file (trials convert to paid only then); set by billing
+    has_payment_method: Mapped[bool] = mapped_column(default=False)
 
     marketplace: Mapped[Marketplace] = relationship()
 

@@ -37,6 +37,8 @@ class Worker(ConsumerMixin):
         relay_batch_size: int = 100,
         relay_poll_seconds: float = 0.5,
         prefetch_count: int = 10,
+        periodic: Sequence[Callable[[], object]] = (),
+        periodic_seconds: float = 30.0,
     ) -> None:
         self.connection = connection_factory()
         self.session_factory = session_factory
@@ -50,7 +52,10 @@ class Worker(ConsumerMixin):
             batch_size=relay_batch_size,
         )
         self.relay_poll_seconds = relay_poll_seconds
+        self.periodic = list(periodic)
+        self.periodic_seconds = periodic_seconds
         self._relay_thread: threading.Thread | None = None
+        self._periodic_thread: threading.Thread | None = None
 
     def get_consumers(self, consumer_cls: type[Consumer], channel: StdChannel) -> list[Consumer]:
         return [
@@ -80,6 +85,25 @@ class Worker(ConsumerMixin):
         )
         self._relay_thread.start()
 
+    def _run_periodic(self) -> None:
+        """Run the periodic jobs now and then every ``periodic_seconds`` until stopped.
+
+        Safe with several workers: the jobs claim their items with SKIP LOCKED."""
+        while not self.stop_event.is_set():
+            for job in self.periodic:
+                try:
+                    job()
+                except Exception:
+                    log.exception("periodic job %s failed; retried at the next tick", job)
+            self.stop_event.wait(self.periodic_seconds)
+
+    def start_periodic(self) -> None:
+        if self.periodic:
+            self._periodic_thread = threading.Thread(
+                target=self._run_periodic, name="periodic-jobs", daemon=True
+            )
+            self._periodic_thread.start()
+
     def stop(self) -> None:
         self.should_stop = True
         self.stop_event.set()
@@ -87,6 +111,7 @@ class Worker(ConsumerMixin):
     def run_forever(self) -> None:
         """Run relay and consumers until :meth:`stop` is called."""
         self.start_relay()
+        self.start_periodic()
         try:
             if self.consumers:
                 self.run()
@@ -94,6 +119,7 @@ class Worker(ConsumerMixin):
                 self.stop_event.wait()
         finally:
             self.stop()
-            if self._relay_thread is not None:
-                self._relay_thread.join(timeout=10)
+            for thread in (self._relay_thread, self._periodic_thread):
+                if thread is not None:
+                    thread.join(timeout=10)
             self.connection.release()

@@ -20,9 +20,9 @@ from cmw.accounts.auth import Identity, require_identity, roles_required
 from cmw.accounts.models import Organisation, Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
-from cmw.catalog.models import Product
+from cmw.catalog.models import Plan, Product
 from cmw.extensions import current_session
-from cmw.orders import service
+from cmw.orders import service, subscriptions
 from cmw.orders.models import (
     Order,
     OrderKind,
@@ -254,6 +254,15 @@ class Subscriptions(MethodView):
         )
 
 
+def _detail(subscription: Subscription) -> dict[str, Any]:
+    history = current_session().scalars(
+        sa.select(SubscriptionChange)
+        .where(SubscriptionChange.subscription_id == subscription.id)
+        .order_by(SubscriptionChange.id)
+    )
+    return {**{k: getattr(subscription, k) for k in SubscriptionSchema().fields}, "history": list(history)}
+
+
 @blp.route("/subscriptions/<uuid:subscription_id>")
 class SubscriptionResource(MethodView):
     @blp.response(200, SubscriptionDetailSchema)
@@ -267,10 +276,116 @@ class SubscriptionResource(MethodView):
         )
         if subscription is None:
             raise ApiError(404, "no such subscription")
-        history = current_session().scalars(
-            sa.select(SubscriptionChange)
-            .where(SubscriptionChange.subscription_id == subscription.id)
-            .order_by(SubscriptionChange.id)
+        return _detail(subscription)
+
+
+class ChangePlanSchema(Schema):
+    plan = fields.String(
+        required=True, validate=validate.Length(min=1, max=50), metadata={"description": "plan code"}
+    )
+
+
+class ChangeQuantitySchema(Schema):
+    quantity = fields.Integer(required=True, validate=validate.Range(min=1, max=100_000))
+
+
+class CancelSchema(Schema):
+    at_once = fields.Boolean(
+        load_default=False, metadata={"description": "admins only; default: at period end"}
+    )
+
+
+def _changeable(subscription_id: uuid.UUID) -> Subscription:
+    """A subscription the caller may change: its customer's members, or an admin."""
+    identity = require_identity()
+    subscription = current_session().scalar(
+        sa.select(Subscription).where(Subscription.id == subscription_id, _visible(identity, Subscription))
+    )
+    if subscription is None:
+        raise ApiError(404, "no such subscription")
+    if not identity.is_admin and subscription.customer_id not in identity.organisations_with(Role.CUSTOMER):
+        raise ApiError(403, "only the customer or an admin can change a subscription")
+    return subscription
+
+
+def _apply(subscription: Subscription, change: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    session = current_session()
+    try:
+        change(session, subscription, *args, **kwargs)
+    except subscriptions.ChangeError as exc:
+        session.rollback()
+        raise ApiError(
+            422 if exc.field != "status" else 409,
+            exc.message,
+            slug="validation-error" if exc.field != "status" else "invalid-transition",
+            errors=[{"location": "json", "field": exc.field, "message": exc.message}]
+            if exc.field != "status"
+            else None,
+        ) from None
+    session.commit()
+    return _detail(subscription)
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/plan")
+class SubscriptionPlan(MethodView):
+    @blp.arguments(ChangePlanSchema)
+    @blp.response(200, SubscriptionDetailSchema)
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> dict[str, Any]:
+        """Change plan: an upgrade applies at once, a downgrade at the end of the period."""
+        subscription = _changeable(subscription_id)
+        product = current_session().get(Product, subscription.product_id)
+        plan = current_session().scalar(
+            sa.select(Plan).where(
+                Plan.version_id == (product.live_version_id if product else None), Plan.code == data["plan"]
+            )
         )
-        fields_ = SubscriptionSchema().fields
-        return {**{k: getattr(subscription, k) for k in fields_}, "history": list(history)}
+        if plan is None:
+            raise ApiError(
+                422,
+                "invalid input: plan",
+                errors=[
+                    {
+                        "location": "json",
+                        "field": "plan",
+                        "message": f"{data['plan']!r} is not a plan this product sells",
+                    }
+                ],
+            )
+        return _apply(subscription, subscriptions.change_plan, plan, require_identity().user.id)
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/quantity")
+class SubscriptionQuantity(MethodView):
+    @blp.arguments(ChangeQuantitySchema)
+    @blp.response(200, SubscriptionDetailSchema)
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> dict[str, Any]:
+        """Change the number of seats (or other units), from now."""
+        subscription = _changeable(subscription_id)
+        return _apply(
+            subscription, subscriptions.change_quantity, data["quantity"], require_identity().user.id
+        )
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/cancel")
+class SubscriptionCancel(MethodView):
+    @blp.arguments(CancelSchema)
+    @blp.response(200, SubscriptionDetailSchema)
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def post(self, data: dict[str, Any], subscription_id: uuid.UUID) -> dict[str, Any]:
+        """Cancel at the end of the current period (or at once, for admins)."""
+        subscription = _changeable(subscription_id)
+        if data["at_once"] and not require_identity().is_admin:
+            raise ApiError(403, "only an admin can end a subscription at once; cancel at period end instead")
+        return _apply(subscription, subscriptions.cancel, require_identity().user.id, at_once=data["at_once"])
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/reactivate")
+class SubscriptionReactivate(MethodView):
+    @blp.response(200, SubscriptionDetailSchema)
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def post(self, subscription_id: uuid.UUID) -> dict[str, Any]:
+        """Keep a subscription that was scheduled to end, before its period ends."""
+        subscription = _changeable(subscription_id)
+        return _apply(subscription, subscriptions.reactivate, require_identity().user.id)

@@ -121,6 +121,10 @@ class Subscription(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-d
     cancelled_at: Mapped[dt.datetime | None]
     cloud_account: Mapped[str] = mapped_column(sa.String(63))
     region: Mapped[str | None] = mapped_column(sa.String(64))
+    #: a downgrade waiting for the end of the current period
+    pending_plan_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("plans.id", ondelete="SET NULL"))
+    #: when the customer was told the trial ends in 3 days (UTC)
+    trial_reminder_sent_at: Mapped[dt.datetime | None]
 
 
 class SubscriptionChange(db.Model):  # type: ignore[name-defined,misc]

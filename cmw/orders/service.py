@@ -68,6 +68,19 @@ def period_end(start: dt.datetime, period: BillingPeriod) -> dt.datetime:
     return add_months(start, 1 if period is BillingPeriod.MONTH else 12)
 
 
+def next_period_end(anchor: dt.datetime, start: dt.datetime, period: BillingPeriod) -> dt.datetime:
+    """The first anchor date after ``start``: periods count from the anchor, so a
+    subscription anchored on the 31st ends on the 28th in February and the 31st again in
+    March, instead of drifting to the 28th for ever."""
+    step = 1 if period is BillingPeriod.MONTH else 12
+    months = max(step, ((start.year - anchor.year) * 12 + start.month - anchor.month) // step * step)
+    end = add_months(anchor, months)
+    while end <= start:
+        months += step
+        end = add_months(anchor, months)
+    return end
+
+
 def replay(session: Session, user: User, key: str, request_hash: str) -> Order | None:
     """The order an earlier request with this key created, or None; a different request
     with the same key is an IdempotencyConflict."""

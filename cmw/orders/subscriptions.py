@@ -1,0 +1,185 @@
+"""Changing a subscription: plan (upgrades at once, downgrades at the period's end),
+quantity, cancellation (at period end, or at once by an admin) and reactivation. Every
+change is a history row and an event; billing prorates from the history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+from sqlalchemy.orm import Session
+
+from cmw.catalog.models import BillingPeriod, ComponentKind, Plan, Product
+from cmw.db import utcnow
+from cmw.events.service import emit
+from cmw.orders.models import Subscription, SubscriptionStatus
+from cmw.orders.pricing import QuantityError, check_quantity
+from cmw.orders.service import record
+
+LIVE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
+
+
+class ChangeError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def monthly_price(plan: Plan, quantity: int) -> Decimal:
+    """Recurring price a month, to tell an upgrade from a downgrade."""
+    total = Decimal(0)
+    for c in plan.components:
+        if c.kind is ComponentKind.FLAT:
+            total += c.unit_price or 0
+        elif c.kind is ComponentKind.PER_UNIT:
+            total += (c.unit_price or 0) * quantity
+    return total / 12 if plan.billing_period is BillingPeriod.YEAR else total
+
+
+def quantity_on(plan: Plan, quantity: int) -> int:
+    """The quantity a subscription has on ``plan``: 1 where the plan sells no units,
+    otherwise the current quantity raised to the plan's minimum."""
+    minimums = [c.min_quantity or 1 for c in plan.components if c.kind is ComponentKind.PER_UNIT]
+    return max(quantity, *minimums) if minimums else 1
+
+
+def _live(subscription: Subscription) -> None:
+    if subscription.status not in LIVE:
+        raise ChangeError("status", f"a {subscription.status.value} subscription cannot change")
+
+
+def _event(session: Session, subscription: Subscription, topic: str, **extra: object) -> None:
+    emit(
+        session,
+        topic,
+        {"subscription_id": str(subscription.id), "customer_id": str(subscription.customer_id), **extra},
+        marketplace_id=subscription.marketplace_id,
+    )
+
+
+def change_plan(
+    session: Session,
+    subscription: Subscription,
+    plan: Plan,
+    actor_id: uuid.UUID | None,
+    now: dt.datetime | None = None,
+) -> str:
+    """Returns ``"now"`` for an upgrade (applied at once) or ``"period_end"`` for a downgrade."""
+    _live(subscription)
+    now = now or utcnow()
+    current = session.get(Plan, subscription.plan_id)
+    product = session.get(Product, subscription.product_id)
+    assert current is not None and product is not None
+    if plan.id == current.id:
+        raise ChangeError("plan", "this is already the subscription's plan")
+    if plan.version_id != product.live_version_id:
+        raise ChangeError("plan", "choose a plan the product sells now")
+    if plan.currency != current.currency:
+        raise ChangeError(
+            "plan", f"the new plan is in {plan.currency}, the subscription in {current.currency}"
+        )
+    quantity = quantity_on(plan, subscription.quantity)
+    try:
+        check_quantity(plan, quantity)
+    except QuantityError as exc:
+        raise ChangeError("quantity", str(exc)) from None
+    before = {
+        "plan_id": str(current.id),
+        "quantity": subscription.quantity,
+        "pending_plan_id": str(subscription.pending_plan_id) if subscription.pending_plan_id else None,
+    }
+    if monthly_price(plan, quantity) >= monthly_price(current, subscription.quantity):
+        subscription.plan_id, subscription.pending_plan_id = plan.id, None
+        subscription.quantity = quantity
+        when = "now"
+    else:
+        subscription.pending_plan_id = plan.id
+        when = "period_end"
+    session.flush()
+    after = {
+        "plan_id": str(subscription.plan_id),
+        "quantity": subscription.quantity,
+        "pending_plan_id": str(plan.id) if when == "period_end" else None,
+    }
+    record(session, subscription, "plan_changed", actor_id, before, {**after, "effective": when}, now)
+    _event(session, subscription, "subscription.changed", change="plan", effective=when)
+    return when
+
+
+def change_quantity(
+    session: Session,
+    subscription: Subscription,
+    quantity: int,
+    actor_id: uuid.UUID | None,
+    now: dt.datetime | None = None,
+) -> None:
+    _live(subscription)
+    plan = session.get(Plan, subscription.plan_id)
+    assert plan is not None
+    try:
+        check_quantity(plan, quantity)
+    except QuantityError as exc:
+        raise ChangeError("quantity", str(exc)) from None
+    if quantity == subscription.quantity:
+        return
+    before = {"quantity": subscription.quantity}
+    subscription.quantity = quantity
+    session.flush()
+    record(session, subscription, "quantity_changed", actor_id, before, {"quantity": quantity}, now)
+    _event(session, subscription, "subscription.changed", change="quantity")
+
+
+def cancel(
+    session: Session,
+    subscription: Subscription,
+    actor_id: uuid.UUID | None,
+    *,
+    at_once: bool,
+    now: dt.datetime | None = None,
+) -> None:
+    """At the period's end (the customer), or at once (an admin)."""
+    _live(subscription)
+    now = now or utcnow()
+    if at_once:
+        before = {"status": subscription.status.value}
+        subscription.status, subscription.cancelled_at = SubscriptionStatus.CANCELLED, now
+        subscription.cancel_at_period_end = False
+        session.flush()
+        record(session, subscription, "cancelled", actor_id, before, {"status": "cancelled"}, now)
+        _event(session, subscription, "subscription.cancelled", effective="now")
+        return
+    if subscription.cancel_at_period_end:
+        return
+    subscription.cancel_at_period_end = True
+    session.flush()
+    record(
+        session, subscription, "cancel_scheduled", actor_id, {"cancel_at_period_end": False},
+        {"cancel_at_period_end": True, "at": subscription.current_period_end.isoformat()}, now,
+    )  # fmt: skip
+    _event(session, subscription, "subscription.changed", change="cancel_scheduled")
+
+
+def reactivate(
+    session: Session, subscription: Subscription, actor_id: uuid.UUID | None, now: dt.datetime | None = None
+) -> None:
+    """Undo a scheduled cancellation before the period ends."""
+    _live(subscription)
+    now = now or utcnow()
+    if not subscription.cancel_at_period_end:
+        raise ChangeError("status", "the subscription is not scheduled to end")
+    if now >= subscription.current_period_end:
+        raise ChangeError("status", "the period has ended")
+    subscription.cancel_at_period_end = False
+    session.flush()
+    record(
+        session,
+        subscription,
+        "reactivated",
+        actor_id,
+        {"cancel_at_period_end": True},
+        {"cancel_at_period_end": False},
+        now,
+    )
+    _event(session, subscription, "subscription.changed", change="reactivated")
