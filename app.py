@@ -27,6 +27,8 @@ from cmw.config import Config, ConfigError
 from cmw.db import configure_sqlite
 from cmw.extensions import csrf, db, migrate
 from cmw.health import bp as health_bp
+from cmw.mail import mailer_for
+from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
 from marketplace.views import bp as pages_bp
 
@@ -83,8 +85,14 @@ def configure(app: Flask, config: Config) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    config: Config = app.config["MERCATO"]
     # Built once per process: the file or S3 asset store named by MERCATO_STORAGE_URL.
-    app.extensions["mercato.storage"] = storage_from_url(app.config["MERCATO"].storage_url)
+    app.extensions["mercato.storage"] = storage_from_url(config.storage_url)
+    # What `flask mercato worker` consumes.
+    app.extensions["mercato.consumers"] = [
+        NotificationConsumer(),
+        EmailConsumer(mailer_for(config), config.base_url, config.mail_from),
+    ]
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
     csrf.init_app(app)
@@ -101,6 +109,7 @@ def import_models() -> sa.MetaData:
     from cmw.catalog import models as _catalog  # noqa: F401
     from cmw.events import models as _events  # noqa: F401
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
+    from cmw.notifications import models as _notifications  # noqa: F401
     from cmw.orders import models as _orders  # noqa: F401
 
     return db.metadata

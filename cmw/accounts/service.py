@@ -428,3 +428,19 @@ def revoke_token(session: Session, token: ApiToken) -> None:
 
 def default_token_expiry(ttl_days: int) -> dt.datetime | None:
     return utcnow() + dt.timedelta(days=ttl_days) if ttl_days else None
+
+
+def members(session: Session, organisation_id: uuid.UUID, role: Role) -> list[User]:
+    """Active users holding ``role`` for the organisation."""
+    return list(
+        session.scalars(
+            sa.select(User)
+            .join(Membership, Membership.user_id == User.id)
+            .where(
+                Membership.organisation_id == organisation_id,
+                Membership.role == role,
+                User.is_active.is_(True),
+            )
+            .order_by(User.email)
+        )
+    )

@@ -25,6 +25,7 @@ from cmw.api.errors import (
 from cmw.catalog.api import blp as catalog_blp
 from cmw.catalog.reviews_api import blp as reviews_blp
 from cmw.marketplaces.api import blp as marketplaces_blp
+from cmw.notifications.api import blp as notifications_blp
 from cmw.orders.api import blp as orders_blp
 
 log = logging.getLogger(__name__)
@@ -124,4 +125,5 @@ def register(app: Flask) -> MercatoApi:
     api.register_blueprint(catalog_blp)
     api.register_blueprint(reviews_blp)
     api.register_blueprint(orders_blp)
+    api.register_blueprint(notifications_blp)
     return api

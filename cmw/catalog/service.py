@@ -436,3 +436,13 @@ def published(marketplace: Marketplace) -> sa.Select[Any]:
 
 def content_of(version: ProductVersion) -> dict[str, Any]:
     return {f: getattr(version, f) for f in CONTENT_FIELDS}
+
+
+def product_name(session: Session, product_id: uuid.UUID) -> str:
+    """The name customers know the product by (its live version, else its working one)."""
+    product = session.get(Product, product_id)
+    if product is None:
+        return "your product"
+    version_id = product.live_version_id or product.working_version_id
+    version = session.get(ProductVersion, version_id) if version_id else None
+    return version.name if version else product.slug

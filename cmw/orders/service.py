@@ -271,3 +271,8 @@ def has_subscribed(session: Session, organisation_id: uuid.UUID, product_id: uui
         )
         is not None
     )
+
+
+def product_of_subscription(session: Session, subscription_id: uuid.UUID) -> uuid.UUID | None:
+    subscription = session.get(Subscription, subscription_id)
+    return subscription.product_id if subscription else None

@@ -1,0 +1,1 @@
+"""Notifications: the in-app notification centre and e-mail, both fed by events."""

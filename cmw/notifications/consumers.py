@@ -1,0 +1,127 @@
+"""Event consumers: ``NotificationConsumer`` turns events into notifications for the
+customer's users and asks for one e-mail each; ``EmailConsumer`` renders and sends those
+e-mails. Sending is its own consumer, so a failing SMTP server is retried with back-off
+(and parked after the last attempt) without touching the order that caused it."""
+
+from __future__ import annotations
+
+import uuid
+from email.message import EmailMessage
+from email.utils import formataddr, parseaddr
+from typing import Any
+
+import sqlalchemy as sa
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.orm import Session
+
+from cmw.accounts import service as accounts
+from cmw.accounts.models import Role, User
+from cmw.catalog import service as catalog
+from cmw.events.consumer import Event, EventConsumer
+from cmw.events.service import emit
+from cmw.mail import Mailer
+from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.service import platform
+from cmw.notifications.messages import MESSAGES
+from cmw.notifications.models import Notification
+from cmw.orders import service as orders
+
+_templates = Environment(
+    loader=PackageLoader("cmw.notifications", "templates"),
+    autoescape=select_autoescape(["html"]),
+    keep_trailing_newline=True,
+)
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+class NotificationConsumer(EventConsumer):
+    name = "notifications"
+    topics = tuple(MESSAGES)
+
+    def handle(self, session: Session, event: Event) -> None:
+        wording = MESSAGES.get(event.topic)
+        customer_id = _uuid(event.payload.get("customer_id"))
+        if wording is None or customer_id is None:
+            return
+        product_id = _uuid(event.payload.get("product_id"))
+        if product_id is None and (subscription_id := _uuid(event.payload.get("subscription_id"))):
+            product_id = orders.product_of_subscription(session, subscription_id)
+        product = catalog.product_name(session, product_id) if product_id else "your product"
+        message = wording(event.payload, product)
+        for user in accounts.members(session, customer_id, Role.CUSTOMER):
+            notification = Notification(
+                user_id=user.id,
+                marketplace_id=event.marketplace_id,
+                event_id=event.id,
+                kind=event.topic,
+                title=message.title,
+                body=message.body,
+                link=message.link,
+            )
+            session.add(notification)
+            session.flush()
+            emit(
+                session,
+                "notification.email",
+                {"notification_id": str(notification.id), "user_id": str(user.id)},
+                marketplace_id=event.marketplace_id,
+            )
+
+
+class EmailConsumer(EventConsumer):
+    name = "email"
+    topics = ("notification.email",)
+    max_attempts = 8
+    retry_delay = 1.0
+
+    def __init__(self, mailer: Mailer, base_url: str, mail_from: str) -> None:
+        self.mailer = mailer
+        self.base_url = base_url
+        self.mail_from = mail_from
+
+    def handle(self, session: Session, event: Event) -> None:
+        notification_id = _uuid(event.payload.get("notification_id"))
+        notification = session.get(Notification, notification_id) if notification_id else None
+        if notification is None:
+            return
+        user = session.get(User, notification.user_id)
+        if user is None or not user.is_active:
+            return
+        marketplace = (
+            session.get(Marketplace, notification.marketplace_id) if notification.marketplace_id else None
+        ) or platform(session)
+        self.mailer.send(self.render(notification, user, marketplace))
+
+    def render(self, notification: Notification, user: User, marketplace: Marketplace) -> EmailMessage:
+        context = {
+            "title": notification.title,
+            "body": notification.body,
+            "link": notification.link,
+            "base_url": self.base_url,
+            "marketplace": marketplace,
+        }
+        message = EmailMessage()
+        _, address = parseaddr(self.mail_from)
+        message["From"] = formataddr((marketplace.email_sender_name or marketplace.name, address))
+        message["To"] = formataddr((user.name, user.email))
+        message["Subject"] = notification.title
+        message.set_content(_templates.get_template("email.txt").render(context))
+        message.add_alternative(_templates.get_template("email.html").render(context), subtype="html")
+        return message
+
+
+def unread_count(session: Session, user_id: uuid.UUID) -> int:
+    return (
+        session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Notification)
+            .where(Notification.user_id == user_id, Notification.read_at.is_(None))
+        )
+        or 0
+    )

@@ -1,0 +1,65 @@
+"""What each event tells the customer: a title, a text and a link. One table, so adding
+a notification is adding a row."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    title: str
+    body: str
+    link: str | None = None
+
+
+def _subscription_link(p: dict[str, Any]) -> str:
+    return f"/account/subscriptions/{p.get('subscription_id', '')}"
+
+
+#: topic -> how to word it, from the event payload and the product's name
+MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
+    "order.placed": lambda p, product: Message(
+        f"Order confirmed: {product}",
+        f"Your order for {product} is confirmed. We are preparing your instance "
+        "and will write again when it is ready.",
+        f"/account/orders/{p.get('order_id', '')}",
+    ),
+    "subscription.trial_started": lambda p, product: Message(
+        f"Your {product} trial has started",
+        f"Your free trial of {product} has started. We will remind you three days before it ends.",
+        _subscription_link(p),
+    ),
+    "subscription.trial_ending": lambda p, product: Message(
+        f"Your {product} trial ends in {p.get('days_left', 3)} days",
+        f"Your trial of {product} ends on {str(p.get('trial_end', ''))[:10]}. "
+        "Add a payment method to keep it running; otherwise it stops and its instance is removed.",
+        _subscription_link(p),
+    ),
+    "subscription.expired": lambda p, product: Message(
+        f"Your {product} trial has ended",
+        f"Your trial of {product} has ended and its instance will be removed. "
+        "You can order it again at any time.",
+        _subscription_link(p),
+    ),
+    "subscription.activated": lambda p, product: Message(
+        f"{product} is active",
+        f"Your subscription to {product} is active."
+        + (" Your trial has converted to a paid plan." if p.get("converted_from_trial") else ""),
+        _subscription_link(p),
+    ),
+    "subscription.changed": lambda p, product: Message(
+        f"Your {product} subscription changed",
+        f"Your subscription to {product} changed ({str(p.get('change', 'update')).replace('_', ' ')}"
+        + (", effective at the end of the period" if p.get("effective") == "period_end" else "")
+        + ").",
+        _subscription_link(p),
+    ),
+    "subscription.cancelled": lambda p, product: Message(
+        f"Your {product} subscription has ended",
+        f"Your subscription to {product} has been cancelled.",
+        _subscription_link(p),
+    ),
+}

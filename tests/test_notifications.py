@@ -1,0 +1,195 @@
+"""Notifications end to end: an order's events reach the worker over RabbitMQ, become
+notifications for the customer's users, and e-mails at the loopback SMTP server, once,
+even when the SMTP server refuses for a while."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from kombu import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from cmw.accounts import service as accounts
+from cmw.accounts.models import OrganisationKind, Role
+from cmw.catalog import service as catalog
+from cmw.events.models import ProcessedMessage
+from cmw.events.worker import Worker
+from cmw.mail import SmtpMailer
+from cmw.marketplaces.service import platform
+from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
+from cmw.notifications.models import Notification
+from cmw.orders import service as orders
+from tests import catalog_data
+from tests.conftest import broker_url
+from tests.helpers import tag, wait_until
+from tests.servers import SmtpServer
+from tests.test_pricing import FLAT, _plan
+
+Factory = sessionmaker[Session]
+
+
+class CountingMailer:
+    """The real SMTP mailer, counting the attempts."""
+
+    def __init__(self, inner: SmtpMailer) -> None:
+        self.inner = inner
+        self.attempts = 0
+
+    def send(self, message: EmailMessage) -> str:
+        self.attempts += 1
+        return self.inner.send(message)
+
+
+def connect() -> Connection:
+    return Connection(broker_url(), transport_options={"confirm_publish": True}, heartbeat=30)
+
+
+@pytest.fixture
+def mailer(smtp_server: SmtpServer) -> CountingMailer:
+    smtp_server.clear()
+    return CountingMailer(
+        SmtpMailer(
+            f"smtp://{smtp_server.host}:{smtp_server.port}", "Mercato <no-reply@mercato.example>", timeout=3
+        )
+    )
+
+
+@pytest.fixture
+def worker(committed_db: Factory, mailer: CountingMailer) -> Iterator[tuple[Worker, list[Any]]]:
+    suffix = tag(8)
+    notifications = NotificationConsumer()
+    email = EmailConsumer(mailer, "https://shop.example", "Mercato <no-reply@mercato.example>")
+    # Queues of their own, so nothing from another run is consumed or left behind.
+    notifications.name = f"notifications-{suffix}"  # type: ignore[misc]
+    email.name = f"email-{suffix}"  # type: ignore[misc]
+    email.retry_delay = 0.2  # type: ignore[misc]
+    runner = Worker(connect, committed_db, [notifications, email], relay_poll_seconds=0.05)
+    thread = threading.Thread(target=runner.run_forever, daemon=True)
+    thread.start()
+    yield runner, [notifications, email]
+    runner.stop()
+    thread.join(15)
+    with connect() as conn:
+        for consumer in (notifications, email):
+            consumer.queue()(conn.default_channel).delete()
+
+
+def _shop_and_order(factory: Factory, colleagues: int = 1) -> dict[str, Any]:
+    with factory() as session:
+        marketplace = platform(session)
+        marketplace.email_sender_name = "Mercato Shop"
+        admin = accounts.create_user(
+            session, email="n-admin@example.test", name="A", password="long-enough-pw"
+        )
+        vendor = accounts.create_organisation(
+            session,
+            marketplace,
+            kind=OrganisationKind.VENDOR,
+            name="V",
+            billing=accounts.BillingDetails(legal_name="V", country="DE"),
+        )
+        content = {k: v for k, v in catalog_data.product().items() if k != "slug"}
+        content["category_slug"] = content.pop("category")
+        product = catalog.create_product(session, marketplace, vendor, slug="notified", content=content)
+        catalog.set_plans(session, product, [_plan(FLAT)])
+        catalog.submit(session, product)
+        catalog.approve(session, product, admin)
+        org = accounts.create_organisation(
+            session,
+            marketplace,
+            kind=OrganisationKind.CUSTOMER,
+            name="Globex",
+            billing=accounts.BillingDetails(legal_name="G", country="IT"),
+        )
+        users = []
+        for n in range(1 + colleagues):
+            user = accounts.create_user(
+                session, email=f"n-buyer{n}@example.test", name=f"Buyer {n}", password="long-enough-pw"
+            )
+            accounts.grant(session, user, marketplace, Role.CUSTOMER, org)
+            users.append(user.email)
+        buyer = accounts.find_user(session, users[0])
+        assert buyer is not None
+        placed = orders.place_order(
+            session, marketplace, buyer, org, orders.OrderRequest(product="notified", plan="basic")
+        )
+        session.commit()
+        return {"emails": users, "order_id": placed.id, "customer_id": org.id}
+
+
+def test_an_order_notifies_every_customer_user_in_app_and_by_email(
+    committed_db: Factory, worker: Any, smtp_server: SmtpServer, app: Flask
+) -> None:
+    made = _shop_and_order(committed_db, colleagues=1)
+
+    def notifications() -> list[Notification]:
+        with committed_db() as session:
+            return list(session.scalars(sa.select(Notification).order_by(Notification.kind)))
+
+    # order.placed and subscription.activated, for each of the two users.
+    found = wait_until(lambda: len(notifications()) == 4 and notifications(), 30, "four notifications")
+    assert {n.kind for n in found} == {"order.placed", "subscription.activated"}
+    received = smtp_server.wait_for(4, timeout=30)
+    assert sorted(r for m in received for r in m.rcpt_tos) == sorted(made["emails"] * 2)
+    confirmation = next(m.message for m in received if m.message["Subject"].startswith("Order confirmed"))
+    assert confirmation["Subject"] == "Order confirmed: Wiki Server"
+    assert confirmation["From"] == "Mercato Shop <no-reply@mercato.example>"
+    text = confirmation.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    html = confirmation.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    assert (
+        "Your order for Wiki Server is confirmed" in text
+        and f"https://shop.example/account/orders/{made['order_id']}" in text
+    )
+    assert "<h1" in html and "Wiki Server" in html
+
+    # The notification centre shows them, with the unread count.
+    with committed_db() as session:
+        user = accounts.find_user(session, made["emails"][0])
+        assert user is not None
+        _, token = accounts.create_token(session, user, platform(session), name="t", expires_at=None)
+        session.commit()
+    client, headers = app.test_client(), {"Authorization": f"Bearer {token}"}
+    page = client.get("/api/v1/me/notifications", headers=headers).get_json()
+    assert page["total"] == 2 and page["unread"] == 2
+    assert client.post(
+        f"/api/v1/me/notifications/{page['items'][0]['id']}/read", headers=headers
+    ).get_json() == {"unread": 1}
+    assert client.get("/api/v1/me/notifications?unread=true", headers=headers).get_json()["total"] == 1
+    assert client.post("/api/v1/me/notifications/read-all", headers=headers).get_json() == {"unread": 0}
+
+
+def test_an_smtp_outage_delays_the_email_and_delivers_it_once(
+    committed_db: Factory, worker: Any, smtp_server: SmtpServer, mailer: CountingMailer
+) -> None:
+    _, consumers = worker
+    smtp_server.stop()
+    try:
+        _shop_and_order(committed_db, colleagues=0)
+        wait_until(lambda: mailer.attempts >= 3, 30, "the first attempts to fail")
+        assert smtp_server.messages == []
+    finally:
+        smtp_server.start()
+    delivered = smtp_server.wait_for(2, timeout=30)  # order.placed and subscription.activated
+
+    def all_applied() -> bool:
+        with committed_db() as session:
+            return (
+                session.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(ProcessedMessage)
+                    .where(ProcessedMessage.consumer == consumers[1].name)
+                )
+                == 2
+            )
+
+    wait_until(all_applied, 30, "both e-mails to be recorded as sent")
+    subjects = sorted(m.message["Subject"] for m in smtp_server.messages)
+    assert len(delivered) == len(subjects) == 2, subjects
+    assert subjects == ["Order confirmed: Wiki Server", "Wiki Server is active"]
+    print(f"SMTP outage: {mailer.attempts} attempts, 2 e-mails delivered, 0 lost, 0 duplicated")
