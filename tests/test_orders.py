@@ -266,3 +266,21 @@ def test_subscribers_may_review(
 )
 def test_periods_keep_the_anchor_day(anchor: dt.datetime, months: int, expected: dt.datetime) -> None:
     assert add_months(anchor, months) == expected
+
+
+def test_vendors_see_their_customers(
+    client: FlaskClient, make_user: Callable[..., User], token_for: Headers, shop: dict[str, Any]
+) -> None:
+    alice, bob = make_user(Role.CUSTOMER), make_user(Role.CUSTOMER)
+    order(client, token_for(alice))
+    order(client, token_for(bob), trial=True)
+    body = client.get("/api/v1/vendor/customers", headers=token_for(shop["vendor"])).get_json()
+    assert body["total"] == 2
+    assert {c["id"] for c in body["items"]} == {
+        str(alice.memberships[0].organisation_id),
+        str(bob.memberships[0].organisation_id),
+    }
+    assert all(c["subscriptions"] == 1 and c["active"] == 1 for c in body["items"])
+    other_vendor = token_for(make_user(Role.VENDOR))
+    assert client.get("/api/v1/vendor/customers", headers=other_vendor).get_json()["total"] == 0
+    assert_problem(client.get("/api/v1/vendor/customers", headers=token_for(alice)), 403, "forbidden")

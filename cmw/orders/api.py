@@ -389,3 +389,51 @@ class SubscriptionReactivate(MethodView):
         """Keep a subscription that was scheduled to end, before its period ends."""
         subscription = _changeable(subscription_id)
         return _apply(subscription, subscriptions.reactivate, require_identity().user.id)
+
+
+class CustomerSchema(Schema):
+    id = fields.UUID()
+    name = fields.String()
+    country = fields.String()
+    subscriptions = fields.Integer(metadata={"description": "subscriptions to your products, any status"})
+    active = fields.Integer(metadata={"description": "of which trialing, active or past due"})
+    first_subscribed_at = fields.AwareDateTime()
+
+
+@blp.route("/vendor/customers")
+class VendorCustomers(MethodView):
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(CustomerSchema))
+    @roles_required(Role.VENDOR)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Customer organisations subscribed (now or before) to your products."""
+        identity = require_identity()
+        live = [SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE]
+        mine = sa.select(Product.id).where(Product.vendor_id.in_(identity.organisations_with(Role.VENDOR)))
+        stmt = (
+            sa.select(
+                Organisation.id,
+                Organisation.name,
+                Organisation.country,
+                sa.func.count(Subscription.id).label("subscriptions"),
+                sa.func.count(Subscription.id).filter(Subscription.status.in_(live)).label("active"),
+                sa.func.min(Subscription.created_at).label("first_subscribed_at"),
+            )
+            .join(Subscription, Subscription.customer_id == Organisation.id)
+            .where(Subscription.marketplace_id == identity.marketplace.id, Subscription.product_id.in_(mine))
+            .group_by(Organisation.id, Organisation.name, Organisation.country)
+        )
+        session = current_session()
+        total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
+        rows = session.execute(
+            stmt.order_by(Organisation.name, Organisation.id)
+            .limit(args["per_page"])
+            .offset((args["page"] - 1) * args["per_page"])
+        )
+        return {
+            "items": [dict(row._mapping) for row in rows],
+            "page": args["page"],
+            "per_page": args["per_page"],
+            "total": total,
+            "pages": -(-total // args["per_page"]),
+        }
