@@ -45,6 +45,7 @@ bench: $(VENV)/.dev-installed
 	scripts/ensure-system-packages bench
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.logo
+	$(BIN)/python -m bench.orders
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,244 @@
+"""``python -m bench.orders``: order placement end to end, under gunicorn (2 workers) and
+one ``flask mercato worker`` on RabbitMQ.
+
+50 customers (one API token each) place orders through wrk with 50 connections, every
+request with its own ``Idempotency-Key``. Reported: orders per second and the API call's
+p50/p99 latency, then how long the worker took, after the load stopped, to consume every
+order's ``subscription.activated`` (the notification consumer applies it). Target: p99
+under 150 ms at 200 orders per second. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from bench.__main__ import (
+    HOST,
+    ROOT,
+    BenchError,
+    child_environment,
+    duration,
+    free_port,
+    fresh_database,
+    gunicorn,
+    parse_wrk,
+    run_step,
+    wait_healthy,
+    wrk_path,
+)
+
+CUSTOMERS = 50
+MARKER = "BENCH_TOKENS="
+OUTPUT = ROOT / "var" / "bench" / "orders.json"
+
+LUA = """
+local tokens = {%s}
+local counter = 0
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+request = function()
+  counter = counter + 1
+  local headers = {}
+  headers["Content-Type"] = "application/json"
+  headers["Authorization"] = "Bearer " .. tokens[(counter %% #tokens) + 1]
+  headers["Idempotency-Key"] = "bench-" .. math.random(1, 2000000000) .. "-" .. counter
+  return wrk.format("POST", "/api/v1/orders", headers, '{"product": "bench-app", "plan": "basic"}')
+end
+"""
+
+
+def prepare_in_child() -> int:
+    """``python -m bench.orders --prepare``: a product and 50 customers with tokens."""
+    from decimal import Decimal
+
+    from app import create_app
+    from cmw.accounts import service as accounts
+    from cmw.accounts.models import OrganisationKind, Role
+    from cmw.catalog import service as catalog
+    from cmw.catalog.models import BillingPeriod, ComponentKind, ProductType
+    from cmw.catalog.pricing import ComponentSpec, PlanSpec
+    from cmw.extensions import current_session
+    from cmw.marketplaces.service import platform
+
+    app = create_app()
+    tokens = []
+    with app.app_context():
+        session = current_session()
+        marketplace = platform(session)
+        admin = accounts.create_user(
+            session, email="bench-admin@example.test", name="A", password="bench-password-1"
+        )
+        vendor = accounts.create_organisation(
+            session,
+            marketplace,
+            kind=OrganisationKind.VENDOR,
+            name="Bench Vendor",
+            billing=accounts.BillingDetails(legal_name="Bench Vendor Ltd", country="DE"),
+        )
+        product = catalog.create_product(
+            session,
+            marketplace,
+            vendor,
+            slug="bench-app",
+            content={
+                "name": "Bench App",
+                "category_slug": "web",
+                "product_type": ProductType.BARE_VM,
+                "deployment": [
+                    {
+                        "cloud_account": "bench",
+                        "region": None,
+                        "image": "img",
+                        "size": {"cores": 1, "ram_mib": 1024, "root_disk_gib": 10},
+                        "inbound_ports": [],
+                    }
+                ],
+            },
+        )
+        catalog.set_plans(
+            session,
+            product,
+            [
+                PlanSpec(
+                    code="basic",
+                    name="Basic",
+                    currency="EUR",
+                    billing_period=BillingPeriod.MONTH,
+                    components=(
+                        ComponentSpec(kind=ComponentKind.FLAT, label="Fee", unit_price=Decimal("9")),
+                    ),
+                )
+            ],
+        )
+        catalog.submit(session, product)
+        catalog.approve(session, product, admin)
+        for n in range(CUSTOMERS):
+            user = accounts.create_user(
+                session, email=f"bench-{n}@example.test", name=f"C{n}", password="bench-password-1"
+            )
+            org = accounts.create_organisation(
+                session,
+                marketplace,
+                kind=OrganisationKind.CUSTOMER,
+                name=f"Customer {n}",
+                billing=accounts.BillingDetails(legal_name=f"Customer {n} Srl", country="IT"),
+            )
+            accounts.grant(session, user, marketplace, Role.CUSTOMER, org)
+            _, token = accounts.create_token(session, user, marketplace, name="bench", expires_at=None)
+            tokens.append(token)
+        session.commit()
+    print(MARKER + json.dumps(tokens))
+    return 0
+
+
+def run() -> int:
+    wrk = wrk_path()
+    wrk_duration, seconds = duration()
+    with fresh_database() as database_url, tempfile.TemporaryDirectory(prefix="mercato-orders-") as tmp:
+        env = child_environment(database_url, Path(tmp) / "var")
+        env["MERCATO_OUTBOX_POLL_SECONDS"] = "0.05"
+        run_step([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], env, "flask db upgrade")
+        out = run_step([sys.executable, "-m", "bench.orders", "--prepare"], env, "preparing customers")
+        tokens = json.loads(next(line for line in out.splitlines() if line.startswith(MARKER))[len(MARKER) :])
+        script = Path(tmp) / "orders.lua"
+        script.write_text(LUA % ", ".join(json.dumps(t) for t in tokens))
+        port = free_port()
+        base = f"http://{HOST}:{port}"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", "mercato", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(tmp) / "worker.log", "w"),  # noqa: SIM115
+        )
+        try:
+            with gunicorn(env, port, Path(tmp) / "gunicorn.log") as proc:
+                wait_healthy(proc, base, Path(tmp) / "gunicorn.log")
+                print(f"wrk POST /api/v1/orders for {wrk_duration} ...", file=sys.stderr, flush=True)
+                result = subprocess.run(
+                    [
+                        wrk,
+                        "-t2",
+                        "-c50",
+                        f"-d{wrk_duration}",
+                        "--latency",
+                        "-s",
+                        str(script),
+                        base + "/api/v1/orders",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=seconds + 60,
+                    check=False,
+                )
+                if result.returncode != 0:
+                    raise BenchError(f"wrk failed: {result.stdout}{result.stderr}")
+                figures = parse_wrk("POST /api/v1/orders", result.stdout)
+                stopped = time.monotonic()
+                engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+                with engine.connect() as conn:
+                    orders = conn.scalar(sa.text("SELECT count(*) FROM orders")) or 0
+
+                    def consumed() -> int:
+                        return (
+                            conn.scalar(
+                                sa.text(
+                                    "SELECT count(*) FROM notifications WHERE kind = 'subscription.activated'"
+                                )
+                            )
+                            or 0
+                        )
+
+                    deadline = time.monotonic() + 300
+                    while consumed() < orders and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        conn.rollback()
+                    drained = consumed()
+                    # Requests in flight when wrk stopped may have committed since: count again.
+                    orders = conn.scalar(sa.text("SELECT count(*) FROM orders")) or 0
+                engine.dispose()
+                drain_seconds = time.monotonic() - stopped
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    ok = figures.requests_per_second >= 200 and figures.latency_p99_ms < 150
+    report = {
+        "orders": orders,
+        "orders_per_second": figures.requests_per_second,
+        "p50_ms": figures.latency_p50_ms,
+        "p99_ms": figures.latency_p99_ms,
+        "non_2xx": figures.non_2xx_3xx,
+        "activated_consumed": drained,
+        "drain_seconds_after_load": round(drain_seconds, 2),
+    }
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(json.dumps(report, indent=2))
+    target = "met" if ok else "NOT met"
+    print(
+        f"orders: {orders} placed, {figures.requests_per_second:.1f}/s, "
+        f"API p50 {figures.latency_p50_ms:.1f} ms, p99 {figures.latency_p99_ms:.1f} ms, "
+        f"non-2xx {figures.non_2xx_3xx}; subscription.activated consumed for {drained}/{orders}, "
+        f"{drain_seconds:.1f} s after the load stopped; target (>= 200/s, p99 < 150 ms): {target}"
+    )
+    return 0 if drained == orders and not figures.non_2xx_3xx else 1
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--prepare"]:
+        return prepare_in_child()
+    try:
+        return run()
+    except BenchError as exc:
+        print(f"bench.orders: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main(sys.argv))
