@@ -5,6 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from cmw.accounts import service as accounts
+from cmw.accounts.models import Organisation, OrganisationKind, Role, User
+from cmw.catalog import service as catalog
+from cmw.catalog.models import Product
+from cmw.catalog.pricing import PlanSpec
+from cmw.marketplaces.service import platform
 
 
 def deployment(product_type: str = "vm_app") -> list[dict[str, Any]]:
@@ -130,3 +138,52 @@ def publish(
     approved = post(client, f"/api/v1/admin/products/{product['id']}/approve", admin_h)
     assert approved.status_code == 200, approved.get_data(as_text=True)
     return approved.get_json()
+
+
+# ------------------------------------------------------- service flows (committed tests)
+def publish_product(
+    session: Session,
+    slug: str,
+    plans: list[PlanSpec],
+    *,
+    trial_days: int = 14,
+    admin_email: str | None = None,
+) -> Product:
+    """A vendor with a published product selling ``plans``, made through the services."""
+    marketplace = platform(session)
+    admin = accounts.create_user(
+        session, email=admin_email or f"{slug}-admin@example.test", name="Admin", password="long-enough-pw"
+    )
+    vendor = accounts.create_organisation(
+        session,
+        marketplace,
+        kind=OrganisationKind.VENDOR,
+        name=f"{slug} vendor",
+        billing=accounts.BillingDetails(legal_name=f"{slug} vendor GmbH", country="DE"),
+    )
+    content = {k: v for k, v in product(trial_days=trial_days).items() if k != "slug"}
+    content["category_slug"] = content.pop("category")
+    made = catalog.create_product(session, marketplace, vendor, slug=slug, content=content)
+    catalog.set_plans(session, made, plans)
+    catalog.submit(session, made)
+    catalog.approve(session, made, admin)
+    return made
+
+
+def add_customer(
+    session: Session, email: str, *, organisation: Organisation | None = None, paying: bool = False
+) -> tuple[User, Organisation]:
+    """A user with the customer role for ``organisation`` (a new one by default)."""
+    marketplace = platform(session)
+    user = accounts.create_user(session, email=email, name=email.split("@")[0], password="long-enough-pw")
+    if organisation is None:
+        organisation = accounts.create_organisation(
+            session,
+            marketplace,
+            kind=OrganisationKind.CUSTOMER,
+            name=f"Customer of {email}",
+            billing=accounts.BillingDetails(legal_name="Customer Srl", country="IT"),
+        )
+        organisation.has_payment_method = paying
+    accounts.grant(session, user, marketplace, Role.CUSTOMER, organisation)
+    return user, organisation

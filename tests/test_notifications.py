@@ -16,8 +16,6 @@ from kombu import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
-from cmw.accounts.models import OrganisationKind, Role
-from cmw.catalog import service as catalog
 from cmw.events.models import ProcessedMessage
 from cmw.events.worker import Worker
 from cmw.mail import SmtpMailer
@@ -84,43 +82,18 @@ def _shop_and_order(factory: Factory, colleagues: int = 1) -> dict[str, Any]:
     with factory() as session:
         marketplace = platform(session)
         marketplace.email_sender_name = "Mercato Shop"
-        admin = accounts.create_user(
-            session, email="n-admin@example.test", name="A", password="long-enough-pw"
-        )
-        vendor = accounts.create_organisation(
-            session,
-            marketplace,
-            kind=OrganisationKind.VENDOR,
-            name="V",
-            billing=accounts.BillingDetails(legal_name="V", country="DE"),
-        )
-        content = {k: v for k, v in catalog_data.product().items() if k != "slug"}
-        content["category_slug"] = content.pop("category")
-        product = catalog.create_product(session, marketplace, vendor, slug="notified", content=content)
-        catalog.set_plans(session, product, [_plan(FLAT)])
-        catalog.submit(session, product)
-        catalog.approve(session, product, admin)
-        org = accounts.create_organisation(
-            session,
-            marketplace,
-            kind=OrganisationKind.CUSTOMER,
-            name="Globex",
-            billing=accounts.BillingDetails(legal_name="G", country="IT"),
-        )
-        users = []
-        for n in range(1 + colleagues):
-            user = accounts.create_user(
-                session, email=f"n-buyer{n}@example.test", name=f"Buyer {n}", password="long-enough-pw"
+        catalog_data.publish_product(session, "notified", [_plan(FLAT)])
+        buyer, org = catalog_data.add_customer(session, "n-buyer0@example.test")
+        emails = [buyer.email]
+        for n in range(colleagues):
+            emails.append(
+                catalog_data.add_customer(session, f"n-buyer{n + 1}@example.test", organisation=org)[0].email
             )
-            accounts.grant(session, user, marketplace, Role.CUSTOMER, org)
-            users.append(user.email)
-        buyer = accounts.find_user(session, users[0])
-        assert buyer is not None
         placed = orders.place_order(
             session, marketplace, buyer, org, orders.OrderRequest(product="notified", plan="basic")
         )
         session.commit()
-        return {"emails": users, "order_id": placed.id, "customer_id": org.id}
+        return {"emails": emails, "order_id": placed.id, "customer_id": org.id}
 
 
 def test_an_order_notifies_every_customer_user_in_app_and_by_email(

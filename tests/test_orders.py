@@ -16,8 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
-from cmw.accounts.models import OrganisationKind, Role, User
-from cmw.catalog import service as catalog
+from cmw.accounts.models import Role, User
 from cmw.events.models import OutboxEvent
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import platform
@@ -164,35 +163,9 @@ def test_twenty_concurrent_requests_with_one_key_create_one_order(
     app: Flask, committed_db: sessionmaker[Session]
 ) -> None:
     with committed_db() as session:
-        marketplace = platform(session)
-        admin = accounts.create_user(
-            session, email="c-admin@example.test", name="A", password="long-enough-pw"
-        )
-        vendor = accounts.create_organisation(
-            session,
-            marketplace,
-            kind=OrganisationKind.VENDOR,
-            name="V",
-            billing=accounts.BillingDetails(legal_name="V", country="DE"),
-        )
-        content = {k: v for k, v in catalog_data.product().items() if k != "slug"}
-        content["category_slug"] = content.pop("category")
-        product = catalog.create_product(session, marketplace, vendor, slug="racy", content=content)
-        catalog.set_plans(session, product, [_plan(FLAT)])
-        catalog.submit(session, product)
-        catalog.approve(session, product, admin)
-        buyer = accounts.create_user(
-            session, email="c-buyer@example.test", name="B", password="long-enough-pw"
-        )
-        org = accounts.create_organisation(
-            session,
-            marketplace,
-            kind=OrganisationKind.CUSTOMER,
-            name="C",
-            billing=accounts.BillingDetails(legal_name="C", country="IT"),
-        )
-        accounts.grant(session, buyer, marketplace, Role.CUSTOMER, org)
-        _, token = accounts.create_token(session, buyer, marketplace, name="t", expires_at=None)
+        catalog_data.publish_product(session, "racy", [_plan(FLAT)])
+        buyer, _ = catalog_data.add_customer(session, "c-buyer@example.test")
+        _, token = accounts.create_token(session, buyer, platform(session), name="t", expires_at=None)
         session.commit()
 
     barrier = threading.Barrier(20)

@@ -14,9 +14,7 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from cmw.accounts import service as accounts
-from cmw.accounts.models import Organisation, OrganisationKind, Role, User
-from cmw.catalog import service as catalog
+from cmw.accounts.models import Organisation, Role, User
 from cmw.catalog.models import BillingPeriod, ComponentKind, Plan
 from cmw.catalog.pricing import ComponentSpec, PlanSpec
 from cmw.events.models import OutboxEvent
@@ -108,28 +106,14 @@ def test_vendors_and_other_customers_cannot_change_it(
 
 
 # -------------------------------------------------------------- periodic jobs
-def _world(factory: Factory, *, trial_days: int = 14) -> dict[str, Any]:
-    """A published product with a monthly and a yearly plan, and a customer (committed)."""
+def _world(factory: Factory, *, trial_days: int = 14) -> None:
+    """A published product with a 10 and a 5 EUR monthly plan (committed)."""
+    fee = (ComponentSpec(kind=ComponentKind.FLAT, label="Fee", unit_price=Decimal("10")),)
+    cheap = (ComponentSpec(kind=ComponentKind.FLAT, label="Fee", unit_price=Decimal("5")),)
     with factory() as session:
-        marketplace = platform(session)
-        admin = accounts.create_user(
-            session, email=f"j-admin-{trial_days}@example.test", name="A", password="long-enough-pw"
-        )
-        vendor = accounts.create_organisation(
+        catalog_data.publish_product(
             session,
-            marketplace,
-            kind=OrganisationKind.VENDOR,
-            name="V",
-            billing=accounts.BillingDetails(legal_name="V", country="DE"),
-        )
-        content = {k: v for k, v in catalog_data.product(trial_days=trial_days).items() if k != "slug"}
-        content["category_slug"] = content.pop("category")
-        product = catalog.create_product(session, marketplace, vendor, slug="jobbed", content=content)
-        fee = (ComponentSpec(kind=ComponentKind.FLAT, label="Fee", unit_price=Decimal("10")),)
-        cheap = (ComponentSpec(kind=ComponentKind.FLAT, label="Fee", unit_price=Decimal("5")),)
-        catalog.set_plans(
-            session,
-            product,
+            "jobbed",
             [
                 PlanSpec(
                     code="monthly",
@@ -146,26 +130,14 @@ def _world(factory: Factory, *, trial_days: int = 14) -> dict[str, Any]:
                     components=cheap,
                 ),
             ],
+            trial_days=trial_days,
         )
-        catalog.submit(session, product)
-        catalog.approve(session, product, admin)
         session.commit()
-        return {"marketplace_id": marketplace.id, "admin_id": admin.id}
 
 
 def _customer(factory: Factory, n: int, *, paying: bool = False) -> tuple[Any, Any]:
     with factory() as session:
-        marketplace = platform(session)
-        user = accounts.create_user(session, email=f"j-{n}@example.test", name="C", password="long-enough-pw")
-        org = accounts.create_organisation(
-            session,
-            marketplace,
-            kind=OrganisationKind.CUSTOMER,
-            name=f"C{n}",
-            billing=accounts.BillingDetails(legal_name="C", country="IT"),
-        )
-        org.has_payment_method = paying
-        accounts.grant(session, user, marketplace, Role.CUSTOMER, org)
+        user, org = catalog_data.add_customer(session, f"j-{n}@example.test", paying=paying)
         session.commit()
         return user.id, org.id
 

@@ -7,6 +7,7 @@ headers to page through a list.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -28,6 +29,22 @@ def paginate(session: Session, stmt: sa.Select[Any], page: int, per_page: int) -
     items = session.scalars(stmt.limit(per_page).offset((page - 1) * per_page)).all()
     return {
         "items": list(items),
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "pages": math.ceil(total / per_page) if total else 0,
+    }
+
+
+def paginate_rows(
+    session: Session, stmt: Any, page: int, per_page: int, convert: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """Like :func:`paginate` for a statement selecting several columns or entities; each
+    row becomes an item through ``convert``."""
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    rows = session.execute(stmt.limit(per_page).offset((page - 1) * per_page))
+    return {
+        "items": [convert(row) for row in rows],
         "page": page,
         "per_page": per_page,
         "total": total,

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from cmw.accounts.auth import Identity, require_identity, roles_required
 from cmw.accounts.models import Organisation, Role
 from cmw.api.errors import ApiError
-from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.api.pagination import PageArgs, page_of, paginate, paginate_rows
 from cmw.catalog.models import Plan, Product
 from cmw.extensions import current_session
 from cmw.orders import service, subscriptions
@@ -124,6 +124,19 @@ def _visible(identity: Identity, model: type[Order] | type[Subscription]) -> sa.
     return sa.and_(model.marketplace_id == identity.marketplace.id, sa.or_(*scope))
 
 
+def _list(
+    model: type[Order] | type[Subscription], filters: dict[str, Any], args: dict[str, Any]
+) -> dict[str, Any]:
+    """A page of the orders or subscriptions the caller may see, filtered, newest first."""
+    stmt = sa.select(model).where(_visible(require_identity(), model))
+    if filters["status"]:
+        stmt = stmt.where(model.status == filters["status"])
+    if filters["product_id"]:
+        stmt = stmt.where(model.product_id == filters["product_id"])
+    ordered = stmt.order_by(model.created_at.desc(), model.id)
+    return paginate(current_session(), ordered, args["page"], args["per_page"])
+
+
 def _request_hash(data: dict[str, Any]) -> str:
     canonical = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -206,17 +219,7 @@ class Orders(MethodView):
     @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
     def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
         """Orders you may see, newest first."""
-        stmt = sa.select(Order).where(_visible(require_identity(), Order))
-        if filters["status"]:
-            stmt = stmt.where(Order.status == filters["status"])
-        if filters["product_id"]:
-            stmt = stmt.where(Order.product_id == filters["product_id"])
-        return paginate(
-            current_session(),
-            stmt.order_by(Order.created_at.desc(), Order.id),
-            args["page"],
-            args["per_page"],
-        )
+        return _list(Order, filters, args)
 
 
 @blp.route("/orders/<uuid:order_id>")
@@ -241,17 +244,7 @@ class Subscriptions(MethodView):
     @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
     def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
         """Subscriptions you may see, newest first."""
-        stmt = sa.select(Subscription).where(_visible(require_identity(), Subscription))
-        if filters["status"]:
-            stmt = stmt.where(Subscription.status == filters["status"])
-        if filters["product_id"]:
-            stmt = stmt.where(Subscription.product_id == filters["product_id"])
-        return paginate(
-            current_session(),
-            stmt.order_by(Subscription.created_at.desc(), Subscription.id),
-            args["page"],
-            args["per_page"],
-        )
+        return _list(Subscription, filters, args)
 
 
 def _detail(subscription: Subscription) -> dict[str, Any]:
@@ -423,17 +416,10 @@ class VendorCustomers(MethodView):
             .where(Subscription.marketplace_id == identity.marketplace.id, Subscription.product_id.in_(mine))
             .group_by(Organisation.id, Organisation.name, Organisation.country)
         )
-        session = current_session()
-        total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
-        rows = session.execute(
-            stmt.order_by(Organisation.name, Organisation.id)
-            .limit(args["per_page"])
-            .offset((args["page"] - 1) * args["per_page"])
+        return paginate_rows(
+            current_session(),
+            stmt.order_by(Organisation.name, Organisation.id),
+            args["page"],
+            args["per_page"],
+            lambda row: dict(row._mapping),
         )
-        return {
-            "items": [dict(row._mapping) for row in rows],
-            "page": args["page"],
-            "per_page": args["per_page"],
-            "total": total,
-            "pages": -(-total // args["per_page"]),
-        }
