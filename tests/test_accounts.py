@@ -557,3 +557,41 @@ def test_token_use_is_recorded_even_on_read_only_requests(
     with committed_db() as session:
         stored = session.get(ApiToken, token.id)
         assert stored is not None and stored.last_used_at == first_use, "touched at most once a minute"
+
+
+def test_a_reseller_admin_cannot_disable_a_user_who_belongs_elsewhere_too(
+    client: FlaskClient,
+    make_user: Callable[..., User],
+    token_for: Headers,
+    reseller: Marketplace,
+    make_organisation: Callable[..., Organisation],
+    db_session: Session,
+) -> None:
+    """Users are global: disabling one in a reseller would lock them out of the platform."""
+    platform_admin = make_user(Role.ADMIN)
+    accounts.grant(
+        db_session,
+        platform_admin,
+        reseller,
+        Role.CUSTOMER,
+        make_organisation(OrganisationKind.CUSTOMER, reseller),
+    )
+    reseller_admin = make_user(Role.ADMIN, marketplace=reseller)
+    shop = "http://shop.test"
+    attempt = client.patch(
+        f"/api/v1/users/{platform_admin.id}",
+        json={"is_active": False, "name": "pwned"},
+        headers=token_for(reseller_admin, reseller),
+        base_url=shop,
+    )
+    assert "do not administer" in assert_problem(attempt, 403, "forbidden")["detail"]
+    assert platform_admin.is_active and platform_admin.name != "pwned"
+    # A user who belongs to the reseller only is the reseller admin's to manage.
+    local = make_user(Role.CUSTOMER, marketplace=reseller)
+    done = client.patch(
+        f"/api/v1/users/{local.id}",
+        json={"is_active": False},
+        headers=token_for(reseller_admin, reseller),
+        base_url=shop,
+    )
+    assert done.status_code == 200 and done.get_json()["is_active"] is False

@@ -57,8 +57,8 @@ def test_make_run_starts_the_platform_with_demo_logins(tmp_path: Path) -> None:
         def healthy() -> bool:
             assert proc.poll() is None, "make run exited early:\n" + "".join(output)
             try:
-                return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+                return requests.get(f"{base}/healthz", timeout=5).status_code == 200
+            except requests.RequestException:  # not listening yet, or still starting up
                 return False
 
         wait_until(healthy, 120, "make run to answer /healthz")

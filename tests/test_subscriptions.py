@@ -261,3 +261,39 @@ def test_two_workers_racing_handle_each_due_item_once(committed_db: Factory) -> 
             .where(SubscriptionChange.kind == "renewed", SubscriptionChange.subscription_id.in_(subs))
         )
         assert renewed == 30
+
+
+def test_a_trial_cancelled_during_the_trial_ends_with_it_even_with_a_payment_method(
+    committed_db: Factory,
+) -> None:
+    _world(committed_db)
+    user_id, org_id = _customer(committed_db, 5, paying=True)
+    sub = _subscribe(committed_db, user_id, org_id, trial=True)
+    with committed_db() as session:
+        subscription = session.get(Subscription, sub)
+        assert subscription is not None
+        subscriptions.cancel(session, subscription, user_id, at_once=False, now=T0 + dt.timedelta(days=2))
+        session.commit()
+    run_due(committed_db, T0 + dt.timedelta(days=15))
+    with committed_db() as session:
+        subscription = session.get(Subscription, sub)
+        assert subscription is not None and subscription.status is SubscriptionStatus.CANCELLED
+        assert subscription.cancelled_at == T0 + dt.timedelta(days=14)
+        assert history(session, sub) == ["trial_started", "cancel_scheduled", "cancelled"]
+
+
+def test_a_downgrade_during_the_trial_applies_when_it_converts(committed_db: Factory) -> None:
+    _world(committed_db)
+    user_id, org_id = _customer(committed_db, 6, paying=True)
+    sub = _subscribe(committed_db, user_id, org_id, trial=True)
+    with committed_db() as session:
+        subscription = session.get(Subscription, sub)
+        cheap = session.scalar(sa.select(Plan).where(Plan.code == "cheap"))
+        assert subscription is not None and cheap is not None
+        assert subscriptions.change_plan(session, subscription, cheap, user_id, now=T0) == "period_end"
+        session.commit()
+    run_due(committed_db, T0 + dt.timedelta(days=15))
+    with committed_db() as session:
+        subscription = session.get(Subscription, sub)
+        assert subscription is not None and subscription.status is SubscriptionStatus.ACTIVE
+        assert subscription.plan_id == cheap.id and subscription.pending_plan_id is None

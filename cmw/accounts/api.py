@@ -262,6 +262,12 @@ class UserResource(MethodView):
     def patch(self, data: dict[str, Any], user_id: uuid.UUID) -> dict[str, Any]:
         """Rename, disable or re-enable a user (admins). Disabling ends their sessions and tokens."""
         user = _user_in_marketplace(user_id)
+        if not service.administers_everywhere(current_session(), require_identity().user, user):
+            raise ApiError(
+                403,
+                "this user also holds roles in marketplaces you do not administer; "
+                "remove their roles in yours instead",
+            )
         if "is_active" in data:
             if user.id == require_identity().user.id and not data["is_active"]:
                 raise ApiError(409, "you cannot disable your own account", slug="self-disable")

@@ -444,3 +444,16 @@ def members(session: Session, organisation_id: uuid.UUID, role: Role) -> list[Us
             .order_by(User.email)
         )
     )
+
+
+def administers_everywhere(session: Session, admin: User, user: User) -> bool:
+    """Whether ``admin`` is an admin of every marketplace ``user`` holds a role in (or of one
+    above it). Users are global: disabling or renaming one changes every marketplace."""
+    marketplace_ids = {m.marketplace_id for m in user.memberships}
+    for marketplace_id in marketplace_ids:
+        marketplace = session.get(Marketplace, marketplace_id)
+        if marketplace is None or Role.ADMIN not in effective_roles(
+            memberships_in(session, admin, marketplace)
+        ):
+            return False
+    return True

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
+from sqlalchemy.exc import IntegrityError
 
 from cmw.accounts.auth import current_marketplace, require_identity, roles_required
 from cmw.accounts.models import Organisation, Role
@@ -71,7 +72,8 @@ def _view(review: Review, reviewer: str) -> dict[str, Any]:
 
 
 def _review_in_marketplace(review_id: uuid.UUID) -> tuple[Review, Product]:
-    review = current_session().get(Review, review_id)
+    """The review, locked (every caller changes it), if its product is in this marketplace."""
+    review = current_session().scalar(sa.select(Review).where(Review.id == review_id).with_for_update())
     product = current_session().get(Product, review.product_id) if review else None
     if review is None or product is None or product.marketplace_id != current_marketplace().id:
         raise ApiError(404, "no such review in this marketplace")
@@ -130,14 +132,27 @@ class MyReview(MethodView):
                 ],
             )
         product = _published(ref)
-        try:
-            review, _created = reviews.write(
-                current_session(), product, organisation_id, identity.user.id, data["rating"], data["comment"]
-            )
-        except reviews.NotEligible as exc:
-            current_session().rollback()
-            raise ApiError(403, str(exc), slug="not-a-subscriber") from None
-        current_session().commit()
+        for attempt in range(2):
+            try:
+                review, _created = reviews.write(
+                    current_session(),
+                    product,
+                    organisation_id,
+                    identity.user.id,
+                    data["rating"],
+                    data["comment"],
+                )
+                current_session().commit()
+                break
+            except reviews.NotEligible as exc:
+                current_session().rollback()
+                raise ApiError(403, str(exc), slug="not-a-subscriber") from None
+            except IntegrityError:
+                # A colleague's first review won the race: this one becomes an edit of it.
+                current_session().rollback()
+                if attempt:
+                    raise
+                product = _published(ref)
         organisation = current_session().get(Organisation, organisation_id)
         return _view(review, organisation.name if organisation else "")
 

@@ -22,6 +22,8 @@ from cmw.events.topology import DEAD_LETTER_QUEUE, EVENTS
 log = logging.getLogger(__name__)
 
 ConnectionFactory = Callable[[], Connection]
+#: PostgreSQL advisory lock key held by the relay that is publishing (any stable number)
+RELAY_LOCK = 0x6D65726361746F
 
 
 class OutboxRelay:
@@ -73,6 +75,12 @@ class OutboxRelay:
         batch fails, then the error is raised so the caller can reconnect.
         """
         with self.session_factory() as session:
+            if session.get_bind().dialect.name == "postgresql" and not session.scalar(
+                sa.select(sa.func.pg_try_advisory_xact_lock(RELAY_LOCK))
+            ):
+                # Another worker's relay is publishing: one at a time keeps events in order.
+                session.rollback()
+                return 0
             rows = session.scalars(
                 sa.select(OutboxEvent)
                 .where(OutboxEvent.published_at.is_(None))

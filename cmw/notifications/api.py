@@ -15,7 +15,7 @@ from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.db import utcnow
 from cmw.extensions import current_session
-from cmw.notifications.consumers import unread_count
+from cmw.notifications.consumers import in_marketplace, unread_count
 from cmw.notifications.models import Notification
 
 blp = Blueprint("notifications", __name__, url_prefix="/api/v1", description="Notification centre")
@@ -68,7 +68,7 @@ class MyNotifications(MethodView):
             args["page"],
             args["per_page"],
         )
-        return {**page, "unread": unread_count(current_session(), identity.user.id)}
+        return {**page, "unread": unread_count(current_session(), identity.user.id, identity.marketplace.id)}
 
 
 @blp.route("/me/notifications/<uuid:notification_id>/read")
@@ -84,7 +84,7 @@ class ReadNotification(MethodView):
         if notification.read_at is None:
             notification.read_at = utcnow()
             current_session().commit()
-        return {"unread": unread_count(current_session(), identity.user.id)}
+        return {"unread": unread_count(current_session(), identity.user.id, identity.marketplace.id)}
 
 
 @blp.route("/me/notifications/read-all")
@@ -96,7 +96,11 @@ class ReadAllNotifications(MethodView):
         identity = require_identity()
         current_session().execute(
             sa.update(Notification)
-            .where(Notification.user_id == identity.user.id, Notification.read_at.is_(None))
+            .where(
+                Notification.user_id == identity.user.id,
+                Notification.read_at.is_(None),
+                in_marketplace(identity.marketplace.id),
+            )
             .values(read_at=utcnow())
         )
         current_session().commit()

@@ -116,12 +116,21 @@ class EmailConsumer(EventConsumer):
         return message
 
 
-def unread_count(session: Session, user_id: uuid.UUID) -> int:
+def in_marketplace(marketplace_id: uuid.UUID) -> sa.ColumnElement[bool]:
+    """Notifications shown in a marketplace: its own and the platform-wide ones."""
+    return sa.or_(Notification.marketplace_id == marketplace_id, Notification.marketplace_id.is_(None))
+
+
+def unread_count(session: Session, user_id: uuid.UUID, marketplace_id: uuid.UUID) -> int:
     return (
         session.scalar(
             sa.select(sa.func.count())
             .select_from(Notification)
-            .where(Notification.user_id == user_id, Notification.read_at.is_(None))
+            .where(
+                Notification.user_id == user_id,
+                Notification.read_at.is_(None),
+                in_marketplace(marketplace_id),
+            )
         )
         or 0
     )

@@ -291,8 +291,11 @@ class CancelSchema(Schema):
 def _changeable(subscription_id: uuid.UUID) -> Subscription:
     """A subscription the caller may change: its customer's members, or an admin."""
     identity = require_identity()
+    # Locked: the periodic jobs skip it until this change commits, and two changes queue.
     subscription = current_session().scalar(
-        sa.select(Subscription).where(Subscription.id == subscription_id, _visible(identity, Subscription))
+        sa.select(Subscription)
+        .where(Subscription.id == subscription_id, _visible(identity, Subscription))
+        .with_for_update(of=Subscription)
     )
     if subscription is None:
         raise ApiError(404, "no such subscription")

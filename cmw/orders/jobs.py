@@ -41,6 +41,8 @@ def run_due(session_factory: Callable[[], Session], now: dt.datetime | None = No
             sa.and_(
                 Subscription.status == SubscriptionStatus.TRIALING,
                 Subscription.trial_reminder_sent_at.is_(None),
+                # Nobody is asked to add a payment method for a trial they cancelled.
+                Subscription.cancel_at_period_end.is_(False),
                 Subscription.trial_end <= now + TRIAL_REMINDER_BEFORE,
                 Subscription.trial_end > now,
             ),
@@ -117,7 +119,16 @@ def _remind(session: Session, subscription: Subscription, now: dt.datetime) -> N
 def _end_trial(session: Session, subscription: Subscription, now: dt.datetime) -> None:
     customer = session.get(Organisation, subscription.customer_id)
     assert customer is not None and subscription.trial_end is not None
+    if subscription.cancel_at_period_end:
+        # Cancelled during the trial: it ends with the trial, nothing is charged.
+        subscription.status, subscription.cancelled_at = SubscriptionStatus.CANCELLED, subscription.trial_end
+        subscription.cancel_at_period_end = False
+        session.flush()
+        record(session, subscription, "cancelled", None, {"status": "trialing"}, {"status": "cancelled"}, now)
+        _emit(session, subscription, "subscription.cancelled", effective=subscription.trial_end.isoformat())
+        return
     if customer.has_payment_method:
+        _apply_pending_plan(session, subscription, subscription.trial_end, now)
         plan = session.get(Plan, subscription.plan_id)
         assert plan is not None
         start = subscription.trial_end
@@ -133,6 +144,25 @@ def _end_trial(session: Session, subscription: Subscription, now: dt.datetime) -
     session.flush()
     record(session, subscription, "expired", None, {"status": "trialing"}, {"status": "expired"}, now)
     _emit(session, subscription, "subscription.expired", reason="trial ended without a payment method")
+
+
+def _apply_pending_plan(
+    session: Session, subscription: Subscription, at: dt.datetime, now: dt.datetime
+) -> None:
+    """A downgrade scheduled for the end of the period takes effect."""
+    if subscription.pending_plan_id is None:
+        return
+    before = {"plan_id": str(subscription.plan_id), "quantity": subscription.quantity}
+    subscription.plan_id, subscription.pending_plan_id = subscription.pending_plan_id, None
+    pending = session.get(Plan, subscription.plan_id)
+    assert pending is not None
+    subscription.quantity = quantity_on(pending, subscription.quantity)
+    after = {
+        "plan_id": str(subscription.plan_id),
+        "quantity": subscription.quantity,
+        "effective": at.isoformat(),
+    }
+    record(session, subscription, "plan_changed", None, before, after, now)
 
 
 def _roll(session: Session, subscription: Subscription, now: dt.datetime) -> None:
@@ -153,21 +183,7 @@ def _roll(session: Session, subscription: Subscription, now: dt.datetime) -> Non
         )
         _emit(session, subscription, "subscription.cancelled", effective=ended_at.isoformat())
         return
-    if subscription.pending_plan_id is not None:
-        before = {"plan_id": str(subscription.plan_id)}
-        subscription.plan_id, subscription.pending_plan_id = subscription.pending_plan_id, None
-        pending = session.get(Plan, subscription.plan_id)
-        assert pending is not None
-        subscription.quantity = quantity_on(pending, subscription.quantity)
-        record(
-            session,
-            subscription,
-            "plan_changed",
-            None,
-            before,
-            {"plan_id": str(subscription.plan_id), "effective": ended_at.isoformat()},
-            now,
-        )
+    _apply_pending_plan(session, subscription, ended_at, now)
     plan = session.get(Plan, subscription.plan_id)
     assert plan is not None
     # Catch up every period that ended while nobody looked, each recorded for billing.
