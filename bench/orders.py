@@ -183,25 +183,23 @@ def run() -> int:
                 stopped = time.monotonic()
                 engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
                 with engine.connect() as conn:
-                    orders = conn.scalar(sa.text("SELECT count(*) FROM orders")) or 0
 
-                    def consumed() -> int:
-                        return (
-                            conn.scalar(
-                                sa.text(
-                                    "SELECT count(*) FROM notifications WHERE kind = 'subscription.activated'"
-                                )
+                    def counts() -> tuple[int, int]:
+                        # Requests in flight when wrk stopped may still commit: count both each time.
+                        conn.rollback()
+                        placed = conn.scalar(sa.text("SELECT count(*) FROM orders")) or 0
+                        done = conn.scalar(
+                            sa.text(
+                                "SELECT count(*) FROM notifications WHERE kind = 'subscription.activated'"
                             )
-                            or 0
                         )
+                        return placed, done or 0
 
                     deadline = time.monotonic() + 300
-                    while consumed() < orders and time.monotonic() < deadline:
+                    orders, drained = counts()
+                    while drained < orders and time.monotonic() < deadline:
                         time.sleep(0.2)
-                        conn.rollback()
-                    drained = consumed()
-                    # Requests in flight when wrk stopped may have committed since: count again.
-                    orders = conn.scalar(sa.text("SELECT count(*) FROM orders")) or 0
+                        orders, drained = counts()
                 engine.dispose()
                 drain_seconds = time.monotonic() - stopped
         finally:
