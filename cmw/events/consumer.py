@@ -4,7 +4,9 @@ A consumer records the message id in ``processed_messages`` in the same transact
 its own changes. A redelivered message (after a crash before the ack, a relay that sent
 twice, two workers racing) finds its id there and is acknowledged without being applied
 again. A handler that raises is retried with a growing delay, then parked in the
-dead-letter queue with the error; it is never acknowledged as if it had worked.
+dead-letter queue with the error; it is never acknowledged as if it had worked. On
+RabbitMQ the delay is a retry queue with a message TTL, so the consumer thread (shared by
+every consumer of the worker) never sleeps.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from kombu import Queue
+from kombu import Exchange, Queue
 from kombu.message import Message
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -28,6 +30,17 @@ from cmw.events.topology import DEAD_LETTER_QUEUE, consumer_queue
 log = logging.getLogger(__name__)
 
 ATTEMPTS_HEADER = "x-mercato-attempts"
+#: longest wait between two attempts, in seconds
+MAX_RETRY_DELAY = 60.0
+#: the delays retry queues exist for, in milliseconds; a wanted delay rounds up to one
+RETRY_BUCKETS_MS = (100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000)
+
+
+def _broker_has_ttl(message: Message) -> bool:
+    """RabbitMQ (AMQP) has message TTLs and dead-lettering; kombu's virtual transports don't."""
+    client = getattr(message.channel.connection, "client", None)
+    transport = getattr(client, "transport", None)
+    return getattr(transport, "driver_type", "") == "amqp"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,10 +159,37 @@ class EventConsumer:
             attempts,
             exc_info=exc,
         )
-        time.sleep(min(self.retry_delay * 2 ** (attempts - 1), 10.0))
-        self._republish(message, body, self.name, {ATTEMPTS_HEADER: attempts})
+        delay = min(self.retry_delay * 2 ** (attempts - 1), MAX_RETRY_DELAY)
+        if _broker_has_ttl(message):
+            self._republish_later(message, body, delay, {ATTEMPTS_HEADER: attempts})
+        else:
+            # The embedded transport has no per-message delays: a short pause instead.
+            time.sleep(min(delay, 2.0))
+            self._republish(message, body, self.name, {ATTEMPTS_HEADER: attempts})
         message.ack()
         return Outcome.RETRIED
+
+    def _republish_later(self, message: Message, body: Any, delay: float, extra: dict[str, Any]) -> None:
+        """Park the message in a retry queue whose TTL dead-letters it back to this
+        consumer's queue after ``delay``: the consumer thread never sleeps, so one failing
+        consumer (SMTP down) does not stall the others."""
+        wanted_ms = max(1, int(delay * 1000))
+        bucket = next((b for b in RETRY_BUCKETS_MS if b >= wanted_ms), RETRY_BUCKETS_MS[-1])
+        retry = Queue(
+            f"{self.name}.retry.{bucket}ms",
+            exchange=Exchange(""),
+            routing_key=f"{self.name}.retry.{bucket}ms",
+            durable=True,
+            queue_arguments={
+                "x-message-ttl": bucket,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.name,
+                # Unused retry queues go away by themselves.
+                "x-expires": bucket + 3_600_000,
+            },
+        )
+        retry(message.channel).declare()
+        self._republish(message, body, retry.name, extra)
 
     def _park(self, message: Message, body: Any, reason: str, attempts: int = 1) -> None:
         self._republish(
