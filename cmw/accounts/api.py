@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema
 
 from cmw.accounts import service
 from cmw.accounts.auth import (
@@ -43,6 +42,7 @@ from cmw.accounts.schemas import (
 )
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.api.views import attributes
 from cmw.extensions import current_session
 
 blp = Blueprint("accounts", __name__, url_prefix="/api/v1", description="Accounts, sign-in and API tokens")
@@ -147,7 +147,7 @@ class TokensResource(MethodView):
             current_session(), identity.user, identity.marketplace, name=data["name"], expires_at=expires_at
         )
         _commit()
-        return {**_attributes(token, TokenSchema), "token": plaintext}
+        return {**attributes(token, TokenSchema), "token": plaintext}
 
 
 @blp.route("/me/tokens/<uuid:token_id>")
@@ -183,15 +183,10 @@ def _user_in_marketplace(user_id: uuid.UUID) -> User:
     return user
 
 
-def _attributes(obj: Any, schema: type[Schema]) -> dict[str, Any]:
-    """The object's values for the schema's fields, undumped, for a response schema."""
-    return {name: getattr(obj, name) for name in schema().fields if hasattr(obj, name)}
-
-
 def _user_detail(user: User) -> dict[str, Any]:
     marketplace = current_marketplace()
     memberships = [m for m in user.memberships if m.marketplace_id == marketplace.id]
-    return {**_attributes(user, UserSchema), "memberships": memberships}
+    return {**attributes(user, UserSchema), "memberships": memberships}
 
 
 @blp.route("/users")

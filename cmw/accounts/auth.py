@@ -14,7 +14,7 @@ import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from flask import Response, g, request, session
 from flask_wtf.csrf import generate_csrf
@@ -202,8 +202,3 @@ def roles_required(*roles: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:
         return wrapper
 
     return decorator
-
-
-def audit_context() -> dict[str, Any]:
-    identity = current_identity()
-    return {"user_id": str(identity.user.id) if identity else None, "via": identity.via if identity else None}

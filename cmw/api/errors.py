@@ -149,8 +149,3 @@ def from_http_exception(error: HTTPException) -> Response:
 
 def is_api_request() -> bool:
     return request.path.startswith(("/api/", "/assets/"))
-
-
-def json_error_body(response: Response) -> dict[str, Any]:
-    """Parse a problem body (for tests and clients)."""
-    return json.loads(response.get_data(as_text=True))

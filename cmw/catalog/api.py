@@ -131,22 +131,10 @@ def _public_view(product: Product) -> dict[str, Any]:
         "long_description_html": render(live.long_description),
         "plans": live.plans,
         "published_at": product.published_at,
-        "price_from": _price_from(live),
-        "rating": _rating(product),
+        "price_from": search.price_from_view(live.price_from_amount, live.price_from_currency),
+        "rating": search.rating_view(product.rating_count, product.rating_sum),
         **_images_of(live),
     }
-
-
-def _price_from(version: ProductVersion) -> dict[str, Any] | None:
-    if version.price_from_amount is None:
-        return None
-    return {"amount": version.price_from_amount, "currency": version.price_from_currency, "period": "month"}
-
-
-def _rating(product: Product) -> dict[str, Any]:
-    if not product.rating_count:
-        return {"average": None, "count": 0}
-    return {"average": round(product.rating_sum / product.rating_count, 1), "count": product.rating_count}
 
 
 def _card(product: Product) -> dict[str, Any]:
@@ -163,8 +151,8 @@ def _card(product: Product) -> dict[str, Any]:
         "vendor_name": product.vendor.name,
         "product_type": live.product_type,
         "trial_days": live.trial_days,
-        "price_from": _price_from(live),
-        "rating": _rating(product),
+        "price_from": search.price_from_view(live.price_from_amount, live.price_from_currency),
+        "rating": search.rating_view(product.rating_count, product.rating_sum),
         "published_at": product.published_at,
     }
 
@@ -272,12 +260,7 @@ class PublicProduct(MethodView):
     @blp.response(200, PublicProductSchema)
     def get(self, ref: str) -> dict[str, Any]:
         """A published product by slug or id, as customers see it (its live version)."""
-        stmt = service.published(current_marketplace())
-        try:
-            stmt = stmt.where(Product.id == uuid.UUID(ref))
-        except ValueError:
-            stmt = stmt.where(Product.slug == ref)
-        product = current_session().scalar(stmt)
+        product = service.find_published(current_session(), current_marketplace(), ref)
         if product is None:
             raise ApiError(404, "no such product in this marketplace")
         return _public_view(product)

@@ -16,6 +16,7 @@ from cmw.accounts.auth import current_marketplace, require_identity, roles_requi
 from cmw.accounts.models import Organisation, Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of
+from cmw.api.views import attributes
 from cmw.catalog import reviews, service
 from cmw.catalog.models import Product, Review
 from cmw.extensions import current_session
@@ -53,12 +54,7 @@ class HideSchema(Schema):
 
 
 def _published(ref: str) -> Product:
-    stmt = service.published(current_marketplace())
-    try:
-        stmt = stmt.where(Product.id == uuid.UUID(ref))
-    except ValueError:
-        stmt = stmt.where(Product.slug == ref)
-    product = current_session().scalar(stmt)
+    product = service.find_published(current_session(), current_marketplace(), ref)
     if product is None:
         raise ApiError(404, "no such product in this marketplace")
     return product
@@ -66,7 +62,7 @@ def _published(ref: str) -> Product:
 
 def _view(review: Review, reviewer: str) -> dict[str, Any]:
     return {
-        **{k: getattr(review, k) for k in ReviewSchema().fields if hasattr(review, k)},
+        **attributes(review, ReviewSchema),
         "reviewer": reviewer,
     }
 

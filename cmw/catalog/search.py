@@ -191,6 +191,16 @@ def cards(session: Session, ids: list[uuid.UUID], storage: Storage) -> list[dict
     return [card(row, storage) for row in rows]
 
 
+def price_from_view(amount: Decimal | None, currency: str | None) -> dict[str, Any] | None:
+    """The "price from" of a card or product page: the cheapest plan a month."""
+    return None if amount is None else {"amount": amount, "currency": currency, "period": "month"}
+
+
+def rating_view(count: int, total: int) -> dict[str, Any]:
+    """Average to one decimal (None without reviews) and count."""
+    return {"average": round(total / count, 1) if count else None, "count": count}
+
+
 def card(row: Any, storage: Storage) -> dict[str, Any]:
     """A card from a row with the columns :func:`cards` selects."""
     values = dict(row._mapping)
@@ -206,11 +216,9 @@ def card(row: Any, storage: Storage) -> dict[str, Any]:
         }
     )
     amount, currency = values.pop("price_from_amount"), values.pop("price_from_currency")
-    values["price_from"] = (
-        None if amount is None else {"amount": amount, "currency": currency, "period": "month"}
-    )
+    values["price_from"] = price_from_view(amount, currency)
     count, total = values.pop("rating_count"), values.pop("rating_sum")
-    values["rating"] = {"average": round(total / count, 1) if count else None, "count": count}
+    values["rating"] = rating_view(count, total)
     return values
 
 

@@ -434,6 +434,17 @@ def published(marketplace: Marketplace) -> sa.Select[Any]:
     )
 
 
+def find_published(session: Session, marketplace: Marketplace, ref: str) -> Product | None:
+    """The published product of ``marketplace`` whose id or slug is ``ref``."""
+    stmt = published(marketplace)
+    try:
+        stmt = stmt.where(Product.id == uuid.UUID(ref))
+    except ValueError:
+        stmt = stmt.where(Product.slug == ref)
+    found: Product | None = session.scalar(stmt)
+    return found
+
+
 def content_of(version: ProductVersion) -> dict[str, Any]:
     return {f: getattr(version, f) for f in CONTENT_FIELDS}
 

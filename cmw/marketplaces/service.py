@@ -40,13 +40,6 @@ def by_host(session: Session, host: str) -> Marketplace:
     return found
 
 
-def by_slug(session: Session, slug: str) -> Marketplace:
-    found = session.scalar(sa.select(Marketplace).where(Marketplace.slug == slug))
-    if found is None:
-        raise MarketplaceNotFound(slug)
-    return found
-
-
 def ancestors(session: Session, marketplace: Marketplace) -> list[Marketplace]:
     """The marketplace and every marketplace above it, nearest first."""
     chain = [marketplace]

@@ -20,6 +20,7 @@ from cmw.accounts.auth import Identity, require_identity, roles_required
 from cmw.accounts.models import Organisation, Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate, paginate_rows
+from cmw.api.views import attributes
 from cmw.catalog.models import Plan, Product
 from cmw.extensions import current_session
 from cmw.orders import service, subscriptions
@@ -253,7 +254,7 @@ def _detail(subscription: Subscription) -> dict[str, Any]:
         .where(SubscriptionChange.subscription_id == subscription.id)
         .order_by(SubscriptionChange.id)
     )
-    return {**{k: getattr(subscription, k) for k in SubscriptionSchema().fields}, "history": list(history)}
+    return {**attributes(subscription, SubscriptionSchema), "history": list(history)}
 
 
 @blp.route("/subscriptions/<uuid:subscription_id>")

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cmw.accounts.models import Organisation, OrganisationKind, User
-from cmw.catalog.models import BillingPeriod, Plan, Product, ProductStatus, ProductVersion
+from cmw.catalog import service as catalog
+from cmw.catalog.models import BillingPeriod, Plan, Product, ProductVersion
 from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.marketplaces.models import Marketplace
@@ -95,15 +96,8 @@ def replay(session: Session, user: User, key: str, request_hash: str) -> Order |
 
 
 def _product(session: Session, marketplace: Marketplace, ref: str) -> Product:
-    stmt = sa.select(Product).where(
-        Product.marketplace_id == marketplace.id, Product.status == ProductStatus.PUBLISHED
-    )
-    try:
-        stmt = stmt.where(Product.id == uuid.UUID(ref))
-    except ValueError:
-        stmt = stmt.where(Product.slug == ref)
-    product = session.scalar(stmt)
-    if product is None or product.live_version_id is None:
+    product = catalog.find_published(session, marketplace, ref)
+    if product is None:
         raise OrderError("product", f"{ref!r} is not a published product of this marketplace")
     return product
 
