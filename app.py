@@ -24,7 +24,7 @@ from cmw.api import spec
 from cmw.assets.api import bp as assets_bp
 from cmw.catalog import reviews
 from cmw.config import Config, ConfigError
-from cmw.db import configure_sqlite
+from cmw.db import check_liveness_on_checkout, configure_sqlite
 from cmw.extensions import csrf, db, migrate
 from cmw.health import bp as health_bp
 from cmw.mail import mailer_for
@@ -69,7 +69,6 @@ def configure(app: Flask, config: Config) -> None:
         MERCATO=config,
         SECRET_KEY=config.effective_secret_key(),
         SQLALCHEMY_DATABASE_URI=config.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True} if not config.is_sqlite else {},
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=config.session_cookie_secure,
@@ -96,9 +95,11 @@ def register_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
     csrf.init_app(app)
-    if app.config["MERCATO"].is_sqlite:
-        with app.app_context():
+    with app.app_context():
+        if app.config["MERCATO"].is_sqlite:
             configure_sqlite(db.engine)
+        else:
+            check_liveness_on_checkout(db.engine)
     # Models are imported so metadata is complete for Alembic and create_all.
     import_models()
 
@@ -106,6 +107,7 @@ def register_extensions(app: Flask) -> None:
 def import_models() -> sa.MetaData:
     from cmw.accounts import models as _accounts  # noqa: F401
     from cmw.assets import models as _assets  # noqa: F401
+    from cmw.catalog import cache as _catalog_cache  # noqa: F401  (its session events)
     from cmw.catalog import models as _catalog  # noqa: F401
     from cmw.events import models as _events  # noqa: F401
     from cmw.marketplaces import models as _marketplaces  # noqa: F401

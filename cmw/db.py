@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import select
+import time
 import uuid
 from typing import Any
 
@@ -108,6 +110,48 @@ def configure_sqlite(engine: sa.Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+
+#: a pooled PostgreSQL connection idle longer than this is pinged before it is handed out
+IDLE_PING_AFTER = 30.0
+
+
+def check_liveness_on_checkout(engine: sa.Engine, idle_ping_after: float = IDLE_PING_AFTER) -> None:
+    """Hand out only live PostgreSQL connections, without a round trip on the busy path.
+
+    ``pool_pre_ping`` costs a ``SELECT 1`` round trip on every checkout: as much as the
+    query most requests make. Instead, a connection whose server ended it (restart,
+    ``pg_terminate_backend``, idle timeout) is noticed for free: the server sends its
+    reason and closes, so the idle socket turns readable. A connection that has sat in the
+    pool longer than ``idle_ping_after`` seconds, where a silent drop is possible, is still
+    pinged. Raising ``DisconnectionError`` makes the pool retry with a new connection.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise sa.exc.DisconnectionError("the connection is closed")
+        try:
+            readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+        except (OSError, ValueError) as exc:
+            raise sa.exc.DisconnectionError(f"the connection's socket is unusable: {exc}") from exc
+        if readable:  # nothing is in flight: the server has hung up on us
+            raise sa.exc.DisconnectionError("the server closed the connection")
+        if time.monotonic() - record.info.get("idle_since", 0.0) > idle_ping_after:
+            try:
+                dbapi_conn.execute("SELECT 1")
+                if not dbapi_conn.autocommit:
+                    dbapi_conn.rollback()
+            except Exception as exc:
+                raise sa.exc.DisconnectionError(f"ping failed: {exc}") from exc
 
 
 #: PostgreSQL-only schema made by hand in migrations, which the models cannot declare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
@@ -18,3 +19,16 @@ def current_session() -> Session:
     """The request's (or command's) SQLAlchemy session, typed as a plain Session."""
     session: Session = db.session()
     return session
+
+
+def read_in_autocommit(session: Session) -> None:
+    """Run a read-only request's statements without a transaction (PostgreSQL).
+
+    Under READ COMMITTED, the default, each statement already sees its own snapshot, so
+    for a request that only reads nothing changes but the cost: no ``BEGIN`` and no
+    ``ROLLBACK`` round trip. Call it before the first statement; a session bound to a
+    connection (the tests' rolled-back transaction) is left as it is.
+    """
+    bind = session.get_bind()
+    if isinstance(bind, sa.Engine) and bind.dialect.name == "postgresql" and not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

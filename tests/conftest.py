@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from app import create_app
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Organisation, OrganisationKind, Role, User
+from cmw.catalog import cache as catalog_cache
 from cmw.config import Config
 from cmw.extensions import db
 from cmw.marketplaces.models import Marketplace, MarketplaceKind
@@ -45,7 +46,7 @@ HOW_TO_START = (
 )
 PASSWORD = "correct-horse-battery"
 #: reference rows created by migrations, kept when a committed test cleans up
-SEEDED_TABLES = frozenset({"marketplaces", "categories"})
+SEEDED_TABLES = frozenset({"marketplaces", "categories", "catalog_state"})
 
 
 def admin_database_url() -> str:
@@ -175,6 +176,14 @@ def truncate(engine: sa.Engine) -> None:
         tables = [t.name for t in reversed(db.metadata.sorted_tables) if t.name not in SEEDED_TABLES]
         conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} CASCADE"))
         conn.execute(sa.text("DELETE FROM marketplaces WHERE kind <> 'platform'"))
+
+
+@pytest.fixture(autouse=True)
+def _empty_catalog_cache() -> Iterator[None]:
+    """Tests roll back, so catalog generations repeat between tests: start each one cold."""
+    catalog_cache.catalog_pages.clear()
+    yield
+    catalog_cache.catalog_pages.clear()
 
 
 @pytest.fixture

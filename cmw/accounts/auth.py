@@ -22,7 +22,7 @@ from flask_wtf.csrf import generate_csrf
 from cmw.accounts import service
 from cmw.accounts.models import Membership, Role, User
 from cmw.api.errors import ApiError
-from cmw.extensions import csrf, current_session, db
+from cmw.extensions import csrf, current_session, db, read_in_autocommit
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import by_host
 
@@ -79,6 +79,8 @@ def load_identity() -> None:
     g.identity = None
     if request.endpoint in UNTENANTED_ENDPOINTS:
         return
+    if request.method in SAFE_METHODS:  # they only read (record_token_use writes apart)
+        read_in_autocommit(current_session())
     g.marketplace = by_host(current_session(), request.host)
     header = request.headers.get("Authorization")
     if header is not None:

@@ -17,7 +17,7 @@ from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.assets.api import storage
 from cmw.assets.models import Image
 from cmw.assets.service import InvalidImage, image_view, save_image
-from cmw.catalog import search, service
+from cmw.catalog import cache, search, service
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion, VersionState
 from cmw.catalog.pricing import ComponentSpec, PlanSpec, PricingError, Tier
@@ -204,14 +204,18 @@ class Categories(MethodView):
 
 @blp.route("/products")
 class PublicProducts(MethodView):
+    # a search seen before is answered from memory, until the catalog changes
+    @cache.cached_by_catalog
     @blp.arguments(ProductListArgs, location="query")
     @blp.arguments(PageArgs, location="query")
     @blp.response(200, page_of(ProductCardSchema))
+    @blp.alt_response(304, description="Not modified: the ETag in If-None-Match is current", success=True)
     def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
         """Search and browse the published catalog of this marketplace. No sign-in needed.
 
         ``sort=relevance`` (the default) ranks by the search terms, else newest first.
-        Price filters compare the monthly "price from" in ``currency``.
+        Price filters compare the monthly "price from" in ``currency``. Answers carry an
+        ``ETag``; send it back in ``If-None-Match`` for a 304 while the catalog is unchanged.
         """
         if filters["currency"]:
             filters["currency"] = filters["currency"].upper()

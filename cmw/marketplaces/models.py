@@ -6,7 +6,7 @@ import enum
 import uuid
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from cmw.db import Timestamps, UUIDPrimaryKey, str_enum
 from cmw.extensions import db
@@ -29,6 +29,19 @@ ALLOWED_PARENT: dict[MarketplaceKind, MarketplaceKind | None] = {
 }
 
 PLATFORM_SLUG = "platform"
+
+
+class CatalogState(db.Model):  # type: ignore[name-defined,misc]
+    """One row: the generation of the published catalog, bumped by every transaction that
+    changes what a storefront shows (see :mod:`cmw.catalog.cache`). Cached catalog pages
+    are keyed by it, so a change is visible on the next request in every process."""
+
+    __tablename__ = "catalog_state"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, autoincrement=False, default=1)
+    #: incremented at the commit of each catalog change
+    generation: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
 class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
@@ -72,6 +85,12 @@ class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-de
     is_active: Mapped[bool] = mapped_column(default=True)
 
     parent: Mapped[Marketplace | None] = relationship(remote_side="Marketplace.id")
+
+    #: the catalog generation (:class:`CatalogState`), read with the marketplace at no extra
+    #: round trip: every request loads its marketplace anyway
+    catalog_generation: Mapped[int] = column_property(
+        sa.select(sa.func.coalesce(sa.func.max(CatalogState.generation), 0)).scalar_subquery()
+    )
 
     def __repr__(self) -> str:
         return f"<Marketplace {self.slug} ({self.kind})>"

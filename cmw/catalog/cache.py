@@ -1,0 +1,173 @@
+"""Cached public catalog responses, invalidated by a catalog generation.
+
+The published catalog is read far more often than it changes, and the same searches come
+back again and again. Each web process keeps the serialised body of recent catalog pages
+in memory, keyed by the marketplace, the query and the *catalog generation*: a counter in
+the one-row ``catalog_state`` table that every transaction changing what a storefront
+shows increments as it commits. The marketplace row every request loads carries the
+generation (:attr:`Marketplace.catalog_generation`), so a cached answer costs no query of
+its own, and a change made in any process is seen by every process on its next request.
+
+What counts as a change is found by SQLAlchemy session events, not by each service
+remembering to say so: an ORM flush or an ORM-enabled ``UPDATE``/``DELETE``/``INSERT``
+touching products, their versions, plans and prices, reviews, categories, images or a
+vendor organisation marks the transaction, and the generation is bumped just before it
+commits (last, so the single row is locked only for the commit itself). Writes through
+plain Core on those tables must call :func:`catalog_changed`. Entries also expire after
+:data:`TTL_SECONDS`, well inside the life of the presigned asset URLs they contain.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, ParamSpec
+
+import sqlalchemy as sa
+from cachetools import TTLCache
+from flask import Response, current_app, g, request
+from flask.typing import ResponseReturnValue
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTransaction
+
+from cmw.accounts.models import Organisation, OrganisationKind
+from cmw.assets.models import Image
+from cmw.catalog.models import Category, Plan, PriceComponent, Product, ProductVersion, Review
+from cmw.marketplaces.models import CatalogState, Marketplace
+
+#: how long an entry may be served at most, whatever the generation says
+TTL_SECONDS = 60
+#: entries kept per process (a catalog page body is a few kB)
+MAX_ENTRIES = 2048
+
+CATALOG_CLASSES: tuple[type[Any], ...] = (
+    Product,
+    ProductVersion,
+    Plan,
+    PriceComponent,
+    Review,
+    Category,
+    Image,
+)
+_FLAG = "mercato.catalog_changed"
+P = ParamSpec("P")
+
+
+def catalog_changed(session: Session) -> None:
+    """Mark the session's transaction as changing the catalog (for Core writes)."""
+    session.info[_FLAG] = True
+
+
+def _touches_catalog(instance: object) -> bool:
+    if isinstance(instance, CATALOG_CLASSES):
+        return True
+    # cards show the vendor's name
+    return isinstance(instance, Organisation) and instance.kind == OrganisationKind.VENDOR
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context: UOWTransaction) -> None:
+    # the new/dirty/deleted collections still hold the flushed objects here
+    if session.info.get(_FLAG):
+        return
+    for collection in (session.new, session.dirty, session.deleted):
+        if any(_touches_catalog(instance) for instance in collection):
+            catalog_changed(session)
+            return
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _do_orm_execute(state: ORMExecuteState) -> None:
+    if not (state.is_update or state.is_delete or state.is_insert):
+        return
+    mapper = state.bind_mapper
+    if mapper is not None and issubclass(mapper.class_, (*CATALOG_CLASSES, Organisation)):
+        catalog_changed(state.session)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    session.flush()  # so the changes still pending are seen by _after_flush
+    if not session.info.pop(_FLAG, False):
+        return
+    table = CatalogState.__table__
+    connection = session.connection()
+    bumped = connection.execute(
+        table.update().where(table.c.id == 1).values(generation=table.c.generation + 1)
+    )
+    if bumped.rowcount == 0:  # the row is made by migration 0008; recreate it if lost
+        connection.execute(table.insert().values(id=1, generation=1))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost one: committed or rolled back
+        session.info.pop(_FLAG, None)
+
+
+class ResponseCache:
+    """Serialised JSON bodies with their ETag, per process, LRU with a time limit."""
+
+    def __init__(self, maxsize: int = MAX_ENTRIES, ttl: float = TTL_SECONDS) -> None:
+        self._entries: TTLCache[Hashable, tuple[bytes, str]] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def get(self, key: Hashable) -> tuple[bytes, str] | None:
+        with self._lock:
+            return self._entries.get(key)
+
+    def put(self, key: Hashable, body: bytes) -> tuple[bytes, str]:
+        entry = (body, hashlib.blake2b(body, digest_size=16).hexdigest())
+        with self._lock:
+            self._entries[key] = entry
+        return entry
+
+
+#: the public catalog's cached answers in this process
+catalog_pages = ResponseCache()
+
+
+def cached_by_catalog(view: Callable[P, ResponseReturnValue]) -> Callable[P, ResponseReturnValue]:
+    """Serve a public catalog view's JSON from :data:`catalog_pages`.
+
+    Put it above flask-smorest's decorators: a query seen before is answered before its
+    arguments are even parsed. The key is the marketplace, its catalog generation and the
+    raw query string; only 200 answers are kept, so a bad query is checked every time.
+    Answers carry an ETag and ``Cache-Control: public, no-cache``; a matching
+    ``If-None-Match`` gets a 304.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+        marketplace: Marketplace = g.marketplace
+        key = (request.endpoint, marketplace.id, marketplace.catalog_generation, request.query_string)
+        entry = catalog_pages.get(key)
+        if entry is None:
+            fresh = current_app.make_response(view(*args, **kwargs))
+            if fresh.status_code != 200 or not fresh.is_json:
+                return fresh
+            entry = catalog_pages.put(key, fresh.get_data())
+        body, etag = entry
+        response = Response(body, mimetype="application/json")
+        response.set_etag(etag)
+        # shared caches may keep it, but must ask again each time (the ETag makes that cheap)
+        response.headers["Cache-Control"] = "public, no-cache"
+        response.make_conditional(request)  # a 304 when If-None-Match matches
+        return response
+
+    return wrapper
+
+
+def generation(session: Session) -> int:
+    """The current catalog generation (for tests and diagnostics)."""
+    return int(session.scalar(sa.select(CatalogState.generation).where(CatalogState.id == 1)) or 0)
