@@ -24,12 +24,14 @@ from cmw.api import spec
 from cmw.assets.api import bp as assets_bp
 from cmw.catalog import reviews
 from cmw.config import Config, ConfigError
+from cmw.crypto import Sealer
 from cmw.db import check_liveness_on_checkout, configure_sqlite
 from cmw.extensions import csrf, db, migrate
 from cmw.health import bp as health_bp
 from cmw.mail import mailer_for
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
+from deployer.consumer import DeploymentRequests
 from marketplace.views import bp as pages_bp
 
 ROOT = Path(__file__).resolve().parent
@@ -87,10 +89,13 @@ def register_extensions(app: Flask) -> None:
     config: Config = app.config["MERCATO"]
     # Built once per process: the file or S3 asset store named by MERCATO_STORAGE_URL.
     app.extensions["mercato.storage"] = storage_from_url(config.storage_url)
+    # Seals cloud credentials, platform keys and one-time passwords at rest.
+    sealer = app.extensions["mercato.sealer"] = Sealer(config.effective_encryption_keys())
     # What `flask mercato worker` consumes.
     app.extensions["mercato.consumers"] = [
         NotificationConsumer(),
-        EmailConsumer(mailer_for(config), config.base_url, config.mail_from),
+        EmailConsumer(mailer_for(config), config.base_url, config.mail_from, sealer),
+        DeploymentRequests(),
     ]
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
@@ -113,6 +118,7 @@ def import_models() -> sa.MetaData:
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
     from cmw.notifications import models as _notifications  # noqa: F401
     from cmw.orders import models as _orders  # noqa: F401
+    from deployer import models as _deployer  # noqa: F401
 
     return db.metadata
 

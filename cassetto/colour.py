@@ -42,6 +42,10 @@ MIN_CONTRAST = 3.0
 #: taken from its own edges: comfortably above the minimum, and always reachable (one
 #: of white or black is at least 4.58:1 against any colour)
 DERIVED_CONTRAST = 4.5
+#: contrast aimed at when the logo's own edge colour is extended: a little above the
+#: minimum, because the main colour is estimated from a sample and may be a few levels
+#: off the logo's real ink
+EDGE_CONTRAST = 3.15
 #: the logo is analysed on a copy fitting this box
 SAMPLE_BOX = (64, 64)
 #: alpha from which a pixel counts as opaque; anti-aliased outlines stay out
@@ -117,7 +121,7 @@ def analyse_logo(image: Image.Image) -> LogoColours:
     else:
         # The logo brings its own backdrop; extend it, moved only as far as contrast
         # needs, so the logo's box does not show on the tile.
-        background = _reach_contrast(edge, main, MIN_CONTRAST)
+        background = _reach_contrast(edge, main, EDGE_CONTRAST)
     return LogoColours(
         main=to_hex(main),
         edge=None if edge is None else to_hex(edge),
@@ -147,8 +151,13 @@ def _sample(image: Image.Image) -> tuple[list[RGBA], list[RGBA]]:
         source = source.convert("RGBA")
     # BOX averages every source pixel and reducing_gap lets Pillow shrink by whole
     # factors first: fast on a photo-sized image, and no colour is invented at edges.
-    small = source.resize(size, Image.Resampling.BOX, reducing_gap=2.0) if size != image.size else source
-    small = small.convert("RGBA")
+    if size != image.size:
+        # Resampled with premultiplied alpha ("RGBa"): the colour of a transparent pixel
+        # (often white or black) must not bleed into the logo's thin strokes.
+        if source.mode in ("RGBA", "LA"):
+            source = source.convert("RGBA").convert("RGBa")
+        source = source.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+    small = source.convert("RGBA")
     raw = small.tobytes()
     pixels: list[RGBA] = [(raw[i], raw[i + 1], raw[i + 2], raw[i + 3]) for i in range(0, len(raw), 4)]
     w, h = small.size

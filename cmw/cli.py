@@ -26,6 +26,7 @@ from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
 from cmw.orders.jobs import run_due
+from deployer.engine import Engine
 
 
 @click.group("mercato")
@@ -64,7 +65,9 @@ def create_admin(email: str, name: str, password: str) -> None:
 @with_appcontext
 def demo_data() -> None:
     """Load a believable demo (idempotent): admin, vendors, customers."""
-    created = demo.load(current_session(), current_app.extensions["mercato.storage"])
+    created = demo.load(
+        current_session(), current_app.extensions["mercato.storage"], current_app.extensions["mercato.sealer"]
+    )
     current_session().commit()
     click.echo("demo data loaded" if created else "demo data already present")
     for login in demo.LOGINS:
@@ -89,6 +92,7 @@ def worker() -> None:
         relay_batch_size=config.outbox_batch_size,
         relay_poll_seconds=config.outbox_poll_seconds,
         periodic=[functools.partial(run_due, session_factory)],
+        loops=[Engine(session_factory, current_app.extensions["mercato.sealer"]).run],
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -109,7 +113,11 @@ def bootstrap() -> None:
     """Migrate the database to head and load the demo on first start."""
     upgrade(directory=current_app.extensions["migrate"].directory)
     if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
-        demo.load(current_session(), current_app.extensions["mercato.storage"])
+        demo.load(
+            current_session(),
+            current_app.extensions["mercato.storage"],
+            current_app.extensions["mercato.sealer"],
+        )
         current_session().commit()
         click.echo("first start: demo data loaded")
 
@@ -125,7 +133,11 @@ def serve(host: str, port: int, web_workers: int) -> None:
     """Migrate, load the demo on first start, and run web and worker together."""
     upgrade(directory=current_app.extensions["migrate"].directory)
     if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
-        demo.load(current_session(), current_app.extensions["mercato.storage"])
+        demo.load(
+            current_session(),
+            current_app.extensions["mercato.storage"],
+            current_app.extensions["mercato.sealer"],
+        )
         current_session().commit()
     db.session.remove()
     db.engine.dispose()

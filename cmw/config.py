@@ -8,6 +8,8 @@ variable and what is accepted, so the process stops at start-up instead of later
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 import secrets
@@ -44,6 +46,9 @@ class Config:
     mail_from: str = "Mercato <no-reply@mercato.localhost>"
     #: Flask secret key (sessions, CSRF); generated and kept under ``data_dir`` when empty
     secret_key: str = ""
+    #: Fernet keys (comma-separated; the first encrypts, all decrypt, for rotation) that
+    #: seal credentials and keys at rest; generated and kept under ``data_dir`` when empty
+    encryption_key: str = ""
     #: public URL of the web process, used in e-mails and links
     base_url: str = "http://127.0.0.1:8000"
     #: send session cookies over HTTPS only
@@ -85,6 +90,15 @@ class Config:
         smtp_url = _smtp_url(self.smtp_url)
         if self.env == "production" and not self.secret_key:
             raise ConfigError(f"{PREFIX}SECRET_KEY: required when {PREFIX}ENV=production")
+        if self.env == "production" and not self.encryption_key:
+            raise ConfigError(f"{PREFIX}ENCRYPTION_KEY: required when {PREFIX}ENV=production")
+        for part in filter(None, (k.strip() for k in self.encryption_key.split(","))):
+            if not _is_fernet_key(part):
+                raise ConfigError(
+                    f"{PREFIX}ENCRYPTION_KEY: not a Fernet key (32 url-safe base64-encoded bytes; "
+                    "make one with `python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'`)"
+                )
         if self.secret_key and len(self.secret_key) < 16:
             raise ConfigError(f"{PREFIX}SECRET_KEY: use at least 16 characters")
         base = urlsplit(self.base_url)
@@ -141,6 +155,26 @@ class Config:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+    def effective_encryption_keys(self) -> list[str]:
+        """The configured Fernet keys, or one generated once and kept under the data directory."""
+        keys = [k.strip() for k in self.encryption_key.split(",") if k.strip()]
+        if keys:
+            return keys
+        self.ensure_data_dirs()
+        path = self.data_dir / "encryption_key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        return [path.read_text().strip()]
+
+
+def _is_fernet_key(value: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(value.encode())) == 32
+    except (ValueError, binascii.Error):
+        return False
 
 
 # ------------------------------------------------------------------- parsing

@@ -15,7 +15,9 @@ from cassetto import Storage
 from cmw import demo_catalog
 from cmw.accounts import service as accounts
 from cmw.accounts.models import OrganisationKind, Role
+from cmw.crypto import Sealer
 from cmw.marketplaces.service import platform
+from deployer import service as deployments
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,23 @@ LOGINS = (
 )
 
 
-def load(session: Session, storage: Storage) -> bool:
+DEMO_CLOUD = "demo-cloud"
+
+
+def load(session: Session, storage: Storage, sealer: Sealer | None = None) -> bool:
     """Create what is missing; returns True if anything was created."""
     marketplace = platform(session)
     created = False
+    if sealer is not None and deployments.by_slug(session, DEMO_CLOUD) is None:
+        # the demo products deploy here: Libcloud's in-memory dummy driver
+        deployments.create_cloud_account(
+            session,
+            sealer,
+            deployments.CloudAccountInput(
+                slug=DEMO_CLOUD, name="Demo cloud (Libcloud dummy driver)", provider="dummy", credentials={}
+            ),
+        )
+        created = True
     for login in LOGINS:
         if accounts.find_user(session, login.email) is not None:
             continue

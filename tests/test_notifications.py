@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from flask import Flask
 from kombu import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
+from cmw.crypto import Sealer
 from cmw.events.models import ProcessedMessage
 from cmw.events.worker import Worker
 from cmw.mail import SmtpMailer
@@ -62,7 +64,12 @@ def mailer(smtp_server: SmtpServer) -> CountingMailer:
 def worker(committed_db: Factory, mailer: CountingMailer) -> Iterator[tuple[Worker, list[Any]]]:
     suffix = tag(8)
     notifications = NotificationConsumer()
-    email = EmailConsumer(mailer, "https://shop.example", "Mercato <no-reply@mercato.example>")
+    email = EmailConsumer(
+        mailer,
+        "https://shop.example",
+        "Mercato <no-reply@mercato.example>",
+        Sealer([Fernet.generate_key().decode()]),
+    )
     # Queues of their own, so nothing from another run is consumed or left behind.
     notifications.name = f"notifications-{suffix}"  # type: ignore[misc]
     email.name = f"email-{suffix}"  # type: ignore[misc]

@@ -39,6 +39,7 @@ class Worker(ConsumerMixin):
         prefetch_count: int = 10,
         periodic: Sequence[Callable[[], object]] = (),
         periodic_seconds: float = 30.0,
+        loops: Sequence[Callable[[threading.Event], None]] = (),
     ) -> None:
         self.connection = connection_factory()
         self.session_factory = session_factory
@@ -54,6 +55,9 @@ class Worker(ConsumerMixin):
         self.relay_poll_seconds = relay_poll_seconds
         self.periodic = list(periodic)
         self.periodic_seconds = periodic_seconds
+        #: long-running loops (the deployer engine), each on its own thread until stopped
+        self.loops = list(loops)
+        self._loop_threads: list[threading.Thread] = []
         self._relay_thread: threading.Thread | None = None
         self._periodic_thread: threading.Thread | None = None
 
@@ -104,6 +108,12 @@ class Worker(ConsumerMixin):
             )
             self._periodic_thread.start()
 
+    def start_loops(self) -> None:
+        for n, loop in enumerate(self.loops):
+            thread = threading.Thread(target=loop, args=(self.stop_event,), name=f"loop-{n}", daemon=True)
+            thread.start()
+            self._loop_threads.append(thread)
+
     def stop(self) -> None:
         self.should_stop = True
         self.stop_event.set()
@@ -112,6 +122,7 @@ class Worker(ConsumerMixin):
         """Run relay and consumers until :meth:`stop` is called."""
         self.start_relay()
         self.start_periodic()
+        self.start_loops()
         try:
             if self.consumers:
                 self.run()
@@ -119,7 +130,7 @@ class Worker(ConsumerMixin):
                 self.stop_event.wait()
         finally:
             self.stop()
-            for thread in (self._relay_thread, self._periodic_thread):
+            for thread in (self._relay_thread, self._periodic_thread, *self._loop_threads):
                 if thread is not None:
                     thread.join(timeout=10)
             self.connection.release()

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
 from cmw.catalog import service as catalog
+from cmw.crypto import Sealer
 from cmw.events.consumer import Event, EventConsumer
 from cmw.events.service import emit
 from cmw.mail import Mailer
@@ -25,6 +26,7 @@ from cmw.marketplaces.service import platform
 from cmw.notifications.messages import MESSAGES
 from cmw.notifications.models import Notification
 from cmw.orders import service as orders
+from deployer import service as deployments
 
 _templates = Environment(
     loader=PackageLoader("cmw.notifications", "templates"),
@@ -38,6 +40,10 @@ def _uuid(value: Any) -> uuid.UUID | None:
         return uuid.UUID(str(value))
     except (TypeError, ValueError):
         return None
+
+
+#: topics the product's vendor is told of as well
+VENDOR_TOPICS = frozenset({"deployment.failed"})
 
 
 class NotificationConsumer(EventConsumer):
@@ -54,7 +60,16 @@ class NotificationConsumer(EventConsumer):
             product_id = orders.product_of_subscription(session, subscription_id)
         product = catalog.product_name(session, product_id) if product_id else "your product"
         message = wording(event.payload, product)
-        for user in accounts.members(session, customer_id, Role.CUSTOMER):
+        recipients = accounts.members(session, customer_id, Role.CUSTOMER)
+        if event.topic in VENDOR_TOPICS and (vendor_id := _uuid(event.payload.get("vendor_id"))):
+            recipients += accounts.members(session, vendor_id, Role.VENDOR)
+        # the one-time password of a ready machine goes to whoever ordered it, in the e-mail only
+        password_to = None
+        if event.topic == "deployment.ready" and (
+            subscription_id := _uuid(event.payload.get("subscription_id"))
+        ):
+            password_to = orders.placed_by(session, subscription_id)
+        for user in recipients:
             notification = Notification(
                 user_id=user.id,
                 marketplace_id=event.marketplace_id,
@@ -66,12 +81,10 @@ class NotificationConsumer(EventConsumer):
             )
             session.add(notification)
             session.flush()
-            emit(
-                session,
-                "notification.email",
-                {"notification_id": str(notification.id), "user_id": str(user.id)},
-                marketplace_id=event.marketplace_id,
-            )
+            payload = {"notification_id": str(notification.id), "user_id": str(user.id)}
+            if password_to == user.id:
+                payload["password_of_deployment"] = str(event.payload["deployment_id"])
+            emit(session, "notification.email", payload, marketplace_id=event.marketplace_id)
 
 
 class EmailConsumer(EventConsumer):
@@ -80,10 +93,11 @@ class EmailConsumer(EventConsumer):
     max_attempts = 8
     retry_delay = 1.0
 
-    def __init__(self, mailer: Mailer, base_url: str, mail_from: str) -> None:
+    def __init__(self, mailer: Mailer, base_url: str, mail_from: str, sealer: Sealer) -> None:
         self.mailer = mailer
         self.base_url = base_url
         self.mail_from = mail_from
+        self.sealer = sealer
 
     def handle(self, session: Session, event: Event) -> None:
         notification_id = _uuid(event.payload.get("notification_id"))
@@ -96,12 +110,25 @@ class EmailConsumer(EventConsumer):
         marketplace = (
             session.get(Marketplace, notification.marketplace_id) if notification.marketplace_id else None
         ) or platform(session)
-        self.mailer.send(self.render(notification, user, marketplace))
+        secret = None
+        if deployment_id := _uuid(event.payload.get("password_of_deployment")):
+            # read and wiped in this transaction: if sending fails, it is rolled back and kept
+            password = deployments.take_password(session, self.sealer, deployment_id)
+            if password is not None:
+                secret = ("One-time password", password)
+        self.mailer.send(self.render(notification, user, marketplace, secret))
 
-    def render(self, notification: Notification, user: User, marketplace: Marketplace) -> EmailMessage:
+    def render(
+        self,
+        notification: Notification,
+        user: User,
+        marketplace: Marketplace,
+        secret: tuple[str, str] | None = None,
+    ) -> EmailMessage:
         context = {
             "title": notification.title,
             "body": notification.body,
+            "secret": secret,
             "link": notification.link,
             "base_url": self.base_url,
             "marketplace": marketplace,

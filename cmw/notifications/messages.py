@@ -57,6 +57,21 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         + ").",
         _subscription_link(p),
     ),
+    "deployment.ready": lambda p, product: Message(
+        f"{product} is ready",
+        f"Your instance of {product} is ready"
+        + (f" at {p['url']}" if p.get("url") else (f" at {p['address']}" if p.get("address") else ""))
+        + (f". Sign in as {p['login']}" if p.get("login") else "")
+        + ". The one-time password was sent by e-mail to whoever placed the order;"
+        " change it when you first sign in.",
+        _subscription_link(p),
+    ),
+    "deployment.failed": lambda p, product: Message(
+        f"{product} could not be set up",
+        f"We could not set up the instance of {product}: {p.get('reason') or 'an error'}. "
+        "Nothing was left running and you will not be charged for it.",
+        _subscription_link(p),
+    ),
     "subscription.cancelled": lambda p, product: Message(
         f"Your {product} subscription has ended",
         f"Your subscription to {product} has been cancelled.",

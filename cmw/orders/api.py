@@ -47,6 +47,12 @@ class OrderCreateSchema(Schema):
     trial = fields.Boolean(load_default=False)
     cloud_account = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=63))
     region = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    ssh_public_key = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(max=16_384),
+        metadata={"description": "OpenSSH public key line installed for the machine's login user"},
+    )
     organisation_id = fields.UUID(
         load_default=None, metadata={"description": "needed if you buy for several customers"}
     )
@@ -62,6 +68,7 @@ class OrderSchema(Schema):
     quantity = fields.Integer()
     cloud_account = fields.String()
     region = fields.String(allow_none=True)
+    ssh_public_key = fields.String(allow_none=True)
     currency = fields.String()
     breakdown = fields.Dict(
         metadata={"description": "lines, setup_total, period_total, due_now (decimal strings)"}

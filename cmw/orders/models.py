@@ -81,6 +81,8 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
     #: deployment target chosen (cloud account slug and region)
     cloud_account: Mapped[str] = mapped_column(sa.String(63))
     region: Mapped[str | None] = mapped_column(sa.String(64))
+    #: the customer's SSH public key for the machine (OpenSSH one-line format)
+    ssh_public_key: Mapped[str | None] = mapped_column(sa.Text)
     #: ISO 4217 currency of the breakdown
     currency: Mapped[str] = mapped_column(sa.String(3))
     #: price breakdown at order time: lines with decimal strings (see orders.pricing)

@@ -7,9 +7,12 @@ and ``subscription.activated`` or ``subscription.trial_started`` in the same tra
 
 from __future__ import annotations
 
+import base64
+import binascii
 import calendar
 import dataclasses
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
@@ -55,6 +58,7 @@ class OrderRequest:
     trial: bool = False
     cloud_account: str | None = None
     region: str | None = None
+    ssh_public_key: str | None = None
 
 
 def add_months(anchor: dt.datetime, months: int) -> dt.datetime:
@@ -128,6 +132,7 @@ def place_order(
     except QuantityError as exc:
         raise OrderError("quantity", str(exc)) from None
     target = _target(live, request.cloud_account, request.region)
+    ssh_key = _ssh_public_key(request.ssh_public_key)
     trial_days = 0
     if request.trial:
         if live.trial_days == 0:
@@ -148,6 +153,7 @@ def place_order(
         quantity=request.quantity,
         cloud_account=target["cloud_account"],
         region=target.get("region"),
+        ssh_public_key=ssh_key,
         currency=plan.currency,
         breakdown=breakdown(plan, request.quantity, trial_days=trial_days),
         idempotency_key=idempotency_key,
@@ -172,7 +178,46 @@ def place_order(
         {**_order_payload(order), "subscription_id": str(subscription.id)},
         marketplace_id=marketplace.id,
     )
+    # what the deployer needs to make the machine, as it stands at order time
+    emit(
+        session,
+        "deployment.requested",
+        {
+            **_order_payload(order),
+            "subscription_id": str(subscription.id),
+            "vendor_id": str(product.vendor_id),
+            "product_type": str(live.product_type),
+            "target": target,
+            "ssh_public_key": ssh_key,
+        },
+        marketplace_id=marketplace.id,
+    )
     return order
+
+
+_SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) ([A-Za-z0-9+/]+={0,2})(?: [^\r\n]*)?$"
+)
+
+
+def _ssh_public_key(value: str | None) -> str | None:
+    """The key line, checked: an OpenSSH public key whose blob names the same type."""
+    if value is None or not value.strip():
+        return None
+    line = value.strip()
+    match = _SSH_KEY.match(line)
+    problem = "not an OpenSSH public key line such as 'ssh-ed25519 AAAA... you@host'"
+    if match is None:
+        raise OrderError("ssh_public_key", problem)
+    try:
+        blob = base64.b64decode(match.group(2), validate=True)
+    except binascii.Error:
+        raise OrderError("ssh_public_key", problem) from None
+    length = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + length].decode("ascii", "replace") != match.group(1):
+        raise OrderError("ssh_public_key", "the key's type and its data do not match")
+    return line
 
 
 def _target(version: ProductVersion, cloud_account: str | None, region: str | None) -> dict[str, Any]:
@@ -264,6 +309,31 @@ def has_subscribed(session: Session, organisation_id: uuid.UUID, product_id: uui
             )
         )
         is not None
+    )
+
+
+def deployment_finished(session: Session, subscription_id: uuid.UUID, *, failed_reason: str | None) -> None:
+    """The deployer is done with the subscription's machine: its order is fulfilled, or failed."""
+    order = session.scalar(
+        sa.select(Order).where(
+            Order.subscription_id == subscription_id, Order.status == OrderStatus.CONFIRMED
+        )
+    )
+    if order is None:
+        return
+    if failed_reason is None:
+        order.status = OrderStatus.FULFILLED
+    else:
+        order.status, order.failure_reason = OrderStatus.FAILED, failed_reason
+    session.flush()
+
+
+def placed_by(session: Session, subscription_id: uuid.UUID) -> uuid.UUID | None:
+    """The user who placed the order that created the subscription."""
+    return session.scalar(
+        sa.select(Order.placed_by_id)
+        .where(Order.subscription_id == subscription_id)
+        .order_by(Order.created_at)
     )
 
 

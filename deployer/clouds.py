@@ -1,0 +1,230 @@
+"""Libcloud drivers for cloud accounts, and every provider call timed and classified.
+
+``driver_for(account, credentials)`` builds the account's driver (kept per process, so
+the in-memory dummy driver keeps its machines between steps). ``ProviderCalls`` runs
+each call, adds its duration to a tally (the platform's own overhead is what is left),
+and turns failures into :class:`TransientError` (retried with back-off) or
+:class:`PermanentError` (rolled back). Tests may install a fault injector that makes a
+chosen call fail.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
+from libcloud.common.types import InvalidCredsError
+from libcloud.compute.base import NodeDriver, NodeSize
+from libcloud.compute.providers import DRIVERS, get_driver
+
+from deployer.models import CloudAccount
+
+#: the in-memory driver of the embedded default
+DUMMY = "dummy"
+
+_extra_drivers: dict[str, type[NodeDriver]] = {}
+_drivers: dict[tuple[str, str], NodeDriver] = {}
+_drivers_lock = threading.Lock()
+
+
+class DeployError(Exception):
+    """A step did not succeed."""
+
+
+class TransientError(DeployError):
+    """Worth trying again later: rate limits, time-outs, provider 5xx, a VM not ready yet."""
+
+
+class PermanentError(DeployError):
+    """Trying again will not help: bad credentials, no size fits, an image that is gone."""
+
+
+def register_driver(provider: str, driver_class: type[NodeDriver]) -> None:
+    """Use ``driver_class`` for ``provider`` (tests register an EC2 driver fit for moto)."""
+    _extra_drivers[provider] = driver_class
+    forget_drivers()
+
+
+def forget_drivers() -> None:
+    with _drivers_lock:
+        _drivers.clear()
+
+
+def providers() -> list[str]:
+    """Every Libcloud compute provider name (and any registered one)."""
+    return sorted({str(p) for p in DRIVERS} | set(_extra_drivers))
+
+
+def driver_class(provider: str) -> type[NodeDriver]:
+    if provider in _extra_drivers:
+        return _extra_drivers[provider]
+    if provider not in {str(p) for p in DRIVERS}:
+        raise PermanentError(f"{provider!r} is not a Libcloud compute provider")
+    found: type[NodeDriver] = get_driver(provider)
+    return found
+
+
+def make_driver(
+    provider: str, credentials: dict[str, Any], region: str | None, options: dict[str, Any]
+) -> NodeDriver:
+    """A new driver: ``key`` and ``secret`` positionally, the rest as keyword arguments."""
+    cls = driver_class(provider)
+    creds = dict(credentials)
+    key = creds.pop("key", None)
+    secret = creds.pop("secret", None)
+    kwargs = {**creds, **options}
+    if region and "region" not in kwargs and provider != DUMMY:
+        kwargs["region"] = region
+    args: list[Any] = [key if key is not None else 0]
+    if secret is not None:
+        args.append(secret)
+    try:
+        driver: NodeDriver = cls(*args, **kwargs)
+    except TypeError as exc:
+        raise PermanentError(f"the {provider} driver does not take these settings: {exc}") from None
+    return driver
+
+
+def driver_for(account: CloudAccount, credentials: dict[str, Any]) -> NodeDriver:
+    """The account's driver, built once per process and account version."""
+    key = (str(account.id), account.updated_at.isoformat())
+    with _drivers_lock:
+        found = _drivers.get(key)
+        if found is None:
+            found = make_driver(
+                account.provider, credentials, account.region, dict(account.driver_options or {})
+            )
+            for stale in [k for k in _drivers if k[0] == key[0]]:
+                del _drivers[stale]
+            _drivers[key] = found
+        return found
+
+
+# ------------------------------------------------------------------ sizes
+def size_cores(size: NodeSize) -> int | None:
+    extra = size.extra or {}
+    for name in ("cpu", "vcpu", "vcpus", "cores", "cpus"):
+        value = extra.get(name)
+        if value is not None:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                continue
+    value = getattr(size, "vcpus", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def size_architecture(size: NodeSize) -> str | None:
+    """``arm64`` or ``x86_64`` where the provider says (EC2: the processor), else None."""
+    extra = size.extra or {}
+    processor = str(extra.get("physicalProcessor") or "")
+    if processor:
+        return "arm64" if "graviton" in processor.lower() else "x86_64"
+    arch = extra.get("architecture") or extra.get("arch")
+    return str(arch) if arch else None
+
+
+def match_size(sizes: list[NodeSize], cores: int, ram_mib: int, architecture: str | None = None) -> NodeSize:
+    """The smallest size with at least ``cores`` and ``ram_mib`` that runs the image's
+    ``architecture`` (unknown cores or architecture count as fitting)."""
+    fitting = []
+    for size in sizes:
+        have = size_cores(size)
+        arch = size_architecture(size) if architecture else None
+        if (
+            (size.ram or 0) >= ram_mib
+            and (have is None or have >= cores)
+            and (arch is None or arch == architecture)
+        ):
+            fitting.append(size)
+    if not fitting:
+        offered = ", ".join(f"{s.id} ({size_cores(s) or '?'} cores, {s.ram} MiB)" for s in sizes[:20])
+        raise PermanentError(
+            f"no size has {cores} cores and {ram_mib} MiB of RAM; the cloud offers {offered}"
+        )
+    return min(fitting, key=lambda s: (size_cores(s) or 0, s.ram or 0, s.price or 0, str(s.id)))
+
+
+# ------------------------------------------------------------------ calls
+_TRANSIENT_WORDS = (
+    "requestlimitexceeded",
+    "throttl",
+    "rate limit",
+    "internalerror",
+    "internal error",
+    "serviceunavailable",
+    "unavailable",
+    "timed out",
+    "timeout",
+    "temporarily",
+    "try again",
+    "connection reset",
+    "connection refused",
+)
+
+
+def classify(exc: BaseException) -> DeployError:
+    """Transient or permanent, with a readable reason."""
+    if isinstance(exc, DeployError):
+        return exc
+    reason = f"{type(exc).__name__}: {exc}".strip()
+    if isinstance(exc, InvalidCredsError):
+        return PermanentError(f"the cloud refused the credentials ({exc})")
+    if isinstance(exc, RateLimitReachedError):
+        return TransientError(reason)
+    if isinstance(exc, BaseHTTPError) and (exc.code == 429 or (exc.code or 0) >= 500):
+        return TransientError(reason)
+    if isinstance(
+        exc,
+        socket.timeout
+        | TimeoutError
+        | ConnectionError
+        | ssl.SSLError
+        | requests.ConnectionError
+        | requests.Timeout,
+    ):
+        return TransientError(reason)
+    if any(word in str(exc).lower() for word in _TRANSIENT_WORDS):
+        return TransientError(reason)
+    return PermanentError(reason)
+
+
+#: tests only: called with the call's name before each call; raise to inject a fault
+FaultInjector = Callable[[str], None]
+_fault_injector: FaultInjector | None = None
+
+
+def set_fault_injector(injector: FaultInjector | None) -> FaultInjector | None:
+    """Install (or remove, with None) the tests' fault injector; returns the previous one."""
+    global _fault_injector
+    previous, _fault_injector = _fault_injector, injector
+    return previous
+
+
+@dataclass
+class ProviderCalls:
+    """Runs provider (and SSH) calls, timing them and classifying their failures."""
+
+    seconds: float = 0.0
+    calls: list[str] = field(default_factory=list)
+
+    def __call__(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        self.calls.append(name)
+        try:
+            if _fault_injector is not None:
+                _fault_injector(name)
+            return fn(*args, **kwargs)
+        except NotImplementedError:
+            raise
+        except Exception as exc:
+            raise classify(exc) from exc
+        finally:
+            self.seconds += time.perf_counter() - started

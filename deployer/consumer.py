@@ -1,0 +1,33 @@
+"""``DeploymentRequests``: turns ``deployment.requested`` into a deployment row, and the end
+of a subscription (``deployment.cancelled``, ``subscription.cancelled``,
+``subscription.expired``) into its removal. The engine does the provider work, outside
+the message handling, so a slow cloud never holds up the worker's other consumers."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.orm import Session
+
+from cmw.events.consumer import Event, EventConsumer
+from deployer import engine, service
+
+
+class DeploymentRequests(EventConsumer):
+    name = "deployer"
+    topics = (
+        "deployment.requested",
+        "deployment.cancelled",
+        "subscription.cancelled",
+        "subscription.expired",
+    )
+
+    def handle(self, session: Session, event: Event) -> None:
+        if event.topic == "deployment.requested":
+            service.request_deployment(session, event.payload, event.marketplace_id)
+        else:
+            raw = event.payload.get("subscription_id")
+            if not raw:
+                return
+            service.request_removal(session, uuid.UUID(str(raw)))
+        engine.WAKE.set()  # the engine looks again (it also polls)

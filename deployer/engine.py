@@ -1,0 +1,745 @@
+"""The deployment state machine: one idempotent step at a time, each in its own transaction.
+
+``Engine.advance_one()`` takes the deployment that is due soonest, locking its row
+(``FOR UPDATE SKIP LOCKED``: several workers never advance the same deployment, and a
+worker that dies releases it at once), runs the step of its state and commits the result
+with its history. A step looks for what an earlier attempt made before making anything
+(resources are named ``mercato-<deployment id>`` and tagged ``mercato-deployment``), so
+a worker killed between a provider call and its commit resumes without a second VM, disk
+or key. Transient failures wait with exponential back-off and jitter; permanent ones,
+and transient ones past ``max_attempts``, roll back what was made (disk first, then VM)
+and end in ``failed``. When the subscription ends the deployment is stopped, destroyed
+and ``removed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import secrets
+import shlex
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from libcloud.compute.base import Node, NodeDriver, StorageVolume
+from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
+from libcloud.compute.types import NodeState
+from sqlalchemy.orm import Session
+
+from cmw.crypto import Sealer
+from cmw.db import utcnow
+from cmw.events.service import emit
+from deployer import clouds, service, ssh
+from deployer.clouds import PermanentError, TransientError
+from deployer.models import CloudAccount, Deployment, DeploymentState
+
+log = logging.getLogger(__name__)
+
+S = DeploymentState
+TAG = "mercato-deployment"
+DEVICE = "/dev/sdf"
+SKIPPED_NO_SSH = "skipped: the dummy cloud has no machine to log in to"
+
+#: formats (when blank) and mounts the data disk; run with sudo when not root
+DISK_SCRIPT = r"""set -e
+SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+dev=""; i=0
+serial=$(printf %s "$MERCATO_VOLUME_ID" | tr -d -)
+while [ -z "$dev" ]; do
+  for c in "$MERCATO_DISK_DEVICE" "$(printf %s "$MERCATO_DISK_DEVICE" | sed 's#/dev/sd#/dev/xvd#')" \
+           /dev/disk/by-id/*"$serial"*; do
+    if [ -b "$c" ]; then dev="$c"; break; fi
+  done
+  [ -n "$dev" ] && break
+  i=$((i+1)); if [ "$i" -gt 120 ]; then echo "no block device for $MERCATO_DISK_DEVICE" >&2; exit 1; fi
+  sleep 1
+done
+$SUDO blkid "$dev" >/dev/null 2>&1 || $SUDO mkfs.ext4 -q -L mercato-data "$dev"
+$SUDO mkdir -p "$MERCATO_DATA_DIR"
+mountpoint -q "$MERCATO_DATA_DIR" || $SUDO mount "$dev" "$MERCATO_DATA_DIR"
+$SUDO chown "$(id -u):$(id -g)" "$MERCATO_DATA_DIR"
+grep -q "LABEL=mercato-data" /etc/fstab || \
+  echo "LABEL=mercato-data $MERCATO_DATA_DIR ext4 defaults,nofail 0 2" | $SUDO tee -a /etc/fstab >/dev/null
+"""
+
+_hasher = PasswordHasher()
+#: set when there may be new work (a request arrived); the engine otherwise polls
+WAKE = threading.Event()
+
+
+@dataclass
+class Step:
+    """What a step did: the next state, or ``None`` to stay (``delay`` seconds until the next look)."""
+
+    next_state: DeploymentState | None
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Context:
+    session: Session
+    deployment: Deployment
+    account: CloudAccount
+    sealer: Sealer
+    calls: clouds.ProviderCalls
+    _driver: NodeDriver | None = None
+
+    @property
+    def driver(self) -> NodeDriver:
+        if self._driver is None:
+            self._driver = clouds.driver_for(self.account, service.credentials(self.sealer, self.account))
+        return self._driver
+
+    @property
+    def is_dummy(self) -> bool:
+        return self.account.provider == clouds.DUMMY
+
+    @property
+    def is_ec2(self) -> bool:
+        return isinstance(self.driver, BaseEC2NodeDriver)
+
+    @property
+    def name(self) -> str:
+        return f"mercato-{self.deployment.id}"
+
+    @property
+    def tag(self) -> str:
+        return str(self.deployment.id)
+
+
+class Engine:
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        sealer: Sealer,
+        *,
+        max_attempts: int = 6,
+        base_delay: float = 2.0,
+        max_delay: float = 300.0,
+        poll_seconds: float = 3.0,
+        start_timeout: float = 900.0,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.session_factory = session_factory
+        self.sealer = sealer
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.poll_seconds = poll_seconds
+        self.start_timeout = start_timeout
+        self.clock = clock
+        #: seconds spent inside provider and SSH calls, over the engine's life
+        self.provider_seconds = 0.0
+        self.steps = 0
+
+    # ------------------------------------------------------------ driving
+    def advance_one(self) -> uuid.UUID | None:
+        """Run one step of the deployment due soonest; its id, or None if none is due."""
+        now = self.clock()
+        with self.session_factory() as session:
+            deployment = session.scalar(
+                sa.select(Deployment)
+                .where(Deployment.active.is_(True), Deployment.next_attempt_at <= now)
+                .order_by(Deployment.next_attempt_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if deployment is None:
+                return None
+            self._advance(session, deployment, now)
+            session.commit()
+            return deployment.id
+
+    def run_until_idle(self, max_steps: int = 10_000) -> int:
+        """Advance until nothing is due; the number of steps run."""
+        done = 0
+        while done < max_steps and self.advance_one() is not None:
+            done += 1
+        return done
+
+    def run(self, stop: threading.Event, idle_seconds: float = 0.5) -> None:
+        """Advance deployments until ``stop`` is set (the worker's deployer thread)."""
+        while not stop.is_set():
+            try:
+                if self.advance_one() is not None:
+                    continue
+            except Exception:
+                log.exception("deployer step failed; trying again shortly")
+            WAKE.wait(idle_seconds)
+            WAKE.clear()
+
+    def next_due(self) -> dt.datetime | None:
+        with self.session_factory() as session:
+            return session.scalar(
+                sa.select(sa.func.min(Deployment.next_attempt_at)).where(Deployment.active.is_(True))
+            )
+
+    # ------------------------------------------------------------ one step
+    def _advance(self, session: Session, deployment: Deployment, now: dt.datetime) -> None:
+        account = (
+            session.get(CloudAccount, deployment.cloud_account_id) if deployment.cloud_account_id else None
+        )
+        if account is None:
+            deployment.last_error = "the cloud account is gone"
+            service.record(session, deployment, S.FAILED, deployment.last_error, error=deployment.last_error)
+            return
+        ctx = Context(session, deployment, account, self.sealer, clouds.ProviderCalls())
+        state = deployment.state
+        handler = self._handler(deployment)
+        self.steps += 1
+        try:
+            step = handler(ctx)
+        except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
+            self._failed(ctx, state, exc, now)
+        else:
+            deployment.attempt = (
+                0 if step.next_state is not None else deployment.attempt + (1 if step.delay else 0)
+            )
+            if step.next_state is not None and step.next_state not in (S.FAILED, S.REMOVED):
+                deployment.last_error = None  # a step went through; a failure's reason stays
+            detail = {**step.detail, "provider_seconds": round(ctx.calls.seconds, 4)}
+            if step.next_state is not None:
+                service.record(session, deployment, step.next_state, step.message, detail=detail, now=now)
+                deployment.next_attempt_at = now
+                if step.next_state is S.RUNNING:
+                    self._ready(ctx, now)
+                elif step.next_state is S.FAILED:
+                    service.emit_failed(session, deployment)
+                    self._order_failed(ctx)
+            else:
+                deployment.next_attempt_at = now + dt.timedelta(seconds=step.delay)
+        finally:
+            self.provider_seconds += ctx.calls.seconds
+
+    def _handler(self, deployment: Deployment) -> Callable[[Context], Step]:
+        state = deployment.state
+        if deployment.desired == "removed" and state not in (S.STOPPING, S.DESTROYING, S.ROLLING_BACK):
+            return _begin_removal
+        return {
+            S.REQUESTED: _requested,
+            S.PREPARING: _prepare,
+            S.CREATING_VM: _create_vm,
+            S.STARTING_VM: self._wait_running,
+            S.CONFIGURING_ACCESS: _configure_access,
+            S.CREATING_DISK: _create_disk,
+            S.ATTACHING_DISK: _attach_disk,
+            S.PREPARING_DISK: _prepare_disk,
+            S.RUNNING_SETUP: self._run_setup,
+            S.ROLLING_BACK: _roll_back,
+            S.STOPPING: _stop,
+            S.DESTROYING: _destroy,
+        }[state]
+
+    def _failed(self, ctx: Context, state: DeploymentState, exc: BaseException, now: dt.datetime) -> None:
+        deployment = ctx.deployment
+        error = clouds.classify(exc) if not isinstance(exc, ssh.HostKeyMismatch) else PermanentError(str(exc))
+        deployment.attempt += 1
+        reason = f"{state.value.replace('_', ' ')}: {error}"
+        deployment.last_error = reason
+        transient = isinstance(error, TransientError)
+        undoing = state in (S.ROLLING_BACK, S.STOPPING, S.DESTROYING)
+        if (transient and deployment.attempt < self.max_attempts) or undoing:
+            # undoing is retried for ever (with the longest delay): nothing may be left behind
+            delay = min(self.max_delay, self.base_delay * 2 ** (deployment.attempt - 1))
+            delay = random.uniform(delay / 2, delay)
+            deployment.next_attempt_at = now + dt.timedelta(seconds=delay)
+            service.record(
+                ctx.session, deployment, state, f"attempt {deployment.attempt} failed; retrying", error=reason
+            )
+            log.warning("deployment %s: %s (retry in %.1fs)", deployment.id, reason, delay)
+            return
+        log.warning("deployment %s: %s; rolling back", deployment.id, reason)
+        deployment.attempt = 0
+        deployment.next_attempt_at = now
+        service.record(ctx.session, deployment, S.ROLLING_BACK, "rolling back: " + reason, error=reason)
+        deployment.last_error = reason
+
+    def _ready(self, ctx: Context, now: dt.datetime) -> None:
+        deployment = ctx.deployment
+        deployment.ready_at = now
+        emit(
+            ctx.session,
+            "deployment.ready",
+            {
+                "deployment_id": str(deployment.id),
+                "subscription_id": str(deployment.subscription_id),
+                "customer_id": str(deployment.customer_id),
+                "product_id": str(deployment.product_id),
+                "url": deployment.url,
+                "login": deployment.login,
+                "address": deployment.address,
+            },
+            marketplace_id=deployment.marketplace_id,
+        )
+        from cmw.orders import service as orders
+
+        orders.deployment_finished(ctx.session, deployment.subscription_id, failed_reason=None)
+
+    def _order_failed(self, ctx: Context) -> None:
+        from cmw.orders import service as orders
+
+        orders.deployment_finished(
+            ctx.session, ctx.deployment.subscription_id, failed_reason=ctx.deployment.last_error or "failed"
+        )
+
+    # --------------------------------------------------- steps needing the engine
+    def _wait_running(self, ctx: Context) -> Step:
+        node = _find_node(ctx)
+        if node is None:
+            raise PermanentError("the VM disappeared while starting")
+        address = next(iter(node.public_ips or []), None) or next(iter(node.private_ips or []), None)
+        if node.state == NodeState.RUNNING and address:
+            ctx.deployment.address = address
+            return Step(S.CONFIGURING_ACCESS, f"VM running at {address}", {"address": address})
+        if node.state in (NodeState.TERMINATED, NodeState.ERROR, NodeState.STOPPED):
+            raise PermanentError(f"the VM is {node.state} instead of starting")
+        if ctx.deployment.attempt * self.poll_seconds > self.start_timeout:
+            raise PermanentError(f"the VM did not start within {self.start_timeout:.0f} s")
+        return Step(None, f"VM is {node.state}; waiting", delay=self.poll_seconds)
+
+    def _run_setup(self, ctx: Context) -> Step:
+        deployment = ctx.deployment
+        spec = deployment.spec
+        login = spec.get("default_login") or ctx.account.ssh_username
+        if deployment.password_hash is None:
+            # made once, before the script runs, so a retry uses the same password
+            password = secrets.token_urlsafe(12)
+            deployment.password_hash = _hasher.hash(password)
+            deployment.password_sealed = self.sealer.seal(password)
+            ctx.session.flush()
+        assert deployment.password_sealed is not None
+        password = self.sealer.open(deployment.password_sealed)
+        url = _url(spec.get("app_url_template"), deployment.address)
+        if ctx.is_dummy:
+            _finish(deployment, url, login)
+            return Step(S.RUNNING, "setup " + SKIPPED_NO_SSH, {"skipped": True})
+        script = spec.get("setup_script") or ""
+        if deployment.product_type == "vm_app" and script.strip():
+            # a marker on the data disk: a retry after a crash does not run a finished setup again
+            marker = f'"$MERCATO_DATA_DIR/.mercato-setup-{deployment.id}.done"'
+            command = (
+                f'test -f {marker} && exit 0; f=$(mktemp) && cat > "$f" && chmod 700 "$f" && '
+                f'if head -c2 "$f" | grep -q "#!"; then "$f"; else sh "$f"; fi; rc=$?; rm -f "$f"; '
+                f'[ "$rc" = 0 ] && touch {marker}; exit "$rc"'
+            )
+            env = {
+                "MERCATO_DEPLOYMENT_ID": str(deployment.id),
+                "MERCATO_DATA_DIR": ctx.account.data_mount_point,
+                "MERCATO_DEFAULT_LOGIN": login,
+                "MERCATO_DEFAULT_PASSWORD": password,
+                "MERCATO_APP_URL": url or "",
+            }
+            result = _ssh(ctx, "setup", command, env=env, stdin=script)
+            if result.exit_status != 0:
+                tail = (result.stderr or result.stdout).strip()[-500:]
+                raise TransientError(f"the setup script exited with {result.exit_status}: {tail}")
+            message = "setup script ran"
+        else:
+            message = "no setup script"
+        _finish(deployment, url, login)
+        return Step(S.RUNNING, message)
+
+
+# ------------------------------------------------------------------ provisioning
+def _requested(ctx: Context) -> Step:
+    return Step(S.PREPARING, "preparing network, key pair and security group")
+
+
+def _prepare(ctx: Context) -> Step:
+    detail: dict[str, Any] = {}
+    notes = []
+    account = ctx.account
+    if account.private_key_sealed is None:
+        # one platform key pair per cloud account, made under the account's row lock
+        locked = ctx.session.get(CloudAccount, account.id, with_for_update=True, populate_existing=True)
+        assert locked is not None
+        service.ensure_platform_key(ctx.sealer, locked)
+        ctx.session.flush()
+        ctx.account = locked
+    try:
+        pairs = ctx.calls("list_key_pairs", ctx.driver.list_key_pairs)
+        if not any(p.name == ctx.account.key_name for p in pairs):
+            ctx.calls(
+                "import_key_pair",
+                ctx.driver.import_key_pair_from_string,
+                ctx.account.key_name,
+                ctx.account.public_key,
+            )
+            notes.append(f"key pair {ctx.account.key_name} imported")
+        else:
+            notes.append(f"key pair {ctx.account.key_name} present")
+        detail["key_name"] = ctx.account.key_name
+    except NotImplementedError:
+        notes.append("key pair: not supported by this cloud")
+    if ctx.is_ec2:
+        group = _security_group(ctx)
+        ctx.deployment.security_group = group
+        detail["security_group"] = group
+        notes.append(f"security group {group}")
+    else:
+        notes.append("security group: not managed for this cloud")
+    notes.append(
+        f"network {account.default_network}" if account.default_network else "the cloud's default network"
+    )
+    return Step(S.CREATING_VM, "; ".join(notes), detail)
+
+
+def _rules(spec: dict[str, Any]) -> set[tuple[str, int, str]]:
+    """(protocol, port, cidr) the product opens, plus SSH for the platform."""
+    rules = {("tcp", 22, "0.0.0.0/0")}
+    for entry in spec.get("inbound_ports") or []:
+        if isinstance(entry, dict):
+            rules.add(
+                (
+                    str(entry.get("protocol") or "tcp"),
+                    int(entry["port"]),
+                    str(entry.get("cidr") or "0.0.0.0/0"),
+                )
+            )
+        else:
+            rules.add(("tcp", int(entry), "0.0.0.0/0"))
+    return rules
+
+
+def _security_group(ctx: Context) -> str:
+    """The product's security group (one per product and cloud), with its ports opened."""
+    driver = ctx.driver
+    name = f"mercato-product-{ctx.deployment.product_id}"
+    groups = ctx.calls(
+        "describe_security_groups", driver.ex_get_security_groups, filters={"group-name": name}
+    )
+    if groups:
+        group = groups[0]
+    else:
+        made = ctx.calls(
+            "create_security_group", driver.ex_create_security_group, name, "Mercato product ports"
+        )
+        group = next(
+            iter(
+                ctx.calls(
+                    "describe_security_groups", driver.ex_get_security_groups, group_ids=[made["group_id"]]
+                )
+            )
+        )
+    opened = {
+        (str(rule.get("protocol")), int(rule.get("from_port") or 0), cidr)
+        for rule in (group.ingress_rules or [])
+        if rule.get("from_port") == rule.get("to_port")
+        for cidr in rule.get("cidr_ips") or []
+    }
+    for protocol, port, cidr in sorted(_rules(ctx.deployment.spec) - opened):
+        ctx.calls(
+            "authorize_ingress",
+            driver.ex_authorize_security_group_ingress,
+            group.id,
+            port,
+            port,
+            cidr_ips=[cidr],
+            protocol=protocol,
+        )
+    return str(group.id)
+
+
+def _find_node(ctx: Context) -> Node | None:
+    driver = ctx.driver
+    if ctx.is_ec2:
+        nodes = ctx.calls("list_nodes", driver.list_nodes, ex_filters={f"tag:{TAG}": ctx.tag})
+    else:
+        nodes = ctx.calls("list_nodes", driver.list_nodes)
+    for node in nodes:
+        tags = (node.extra or {}).get("tags") or {}
+        mine = node.id == ctx.deployment.node_id or node.name == ctx.name or tags.get(TAG) == ctx.tag
+        if mine and node.state != NodeState.TERMINATED:
+            return node
+    return None
+
+
+def _create_vm(ctx: Context) -> Step:
+    deployment = ctx.deployment
+    found = _find_node(ctx)
+    if found is not None:
+        deployment.node_id = found.id
+        return Step(S.STARTING_VM, f"VM {found.id} found (made by an earlier attempt)", {"node_id": found.id})
+    spec = deployment.spec
+    size_spec = spec.get("size") or {}
+    sizes = ctx.calls("list_sizes", ctx.driver.list_sizes)
+    image = _image(ctx, str(spec.get("image")))
+    architecture = (image.extra or {}).get("architecture")
+    size = clouds.match_size(
+        sizes, int(size_spec.get("cores") or 1), int(size_spec.get("ram_mib") or 512), architecture
+    )
+    kwargs: dict[str, Any] = {}
+    if ctx.is_ec2:
+        kwargs = {
+            "ex_metadata": {TAG: ctx.tag},
+            "ex_clienttoken": ctx.tag,
+            "ex_keyname": ctx.account.key_name,
+        }
+        subnets = []
+        if ctx.account.default_network:
+            subnets = ctx.calls(
+                "describe_subnets", ctx.driver.ex_list_subnets, subnet_ids=[ctx.account.default_network]
+            )
+            if not subnets:
+                raise PermanentError(f"the cloud has no subnet {ctx.account.default_network!r}")
+            kwargs["ex_subnet"] = subnets[0]
+        if deployment.security_group:
+            # by id inside a subnet (VPC), by name in the default network
+            if subnets:
+                kwargs["ex_security_group_ids"] = [deployment.security_group]
+            else:
+                kwargs["ex_security_groups"] = [f"mercato-product-{deployment.product_id}"]
+    node = ctx.calls("create_node", ctx.driver.create_node, name=ctx.name, size=size, image=image, **kwargs)
+    deployment.node_id = node.id
+    deployment.size_id = str(size.id)
+    return Step(
+        S.STARTING_VM,
+        f"VM {node.id} created ({size.id}, image {image.id})",
+        {"node_id": node.id, "size": str(size.id), "image": str(image.id)},
+    )
+
+
+def _image(ctx: Context, image_id: str) -> Any:
+    try:
+        return ctx.calls("get_image", ctx.driver.get_image, image_id)
+    except NotImplementedError:
+        images = ctx.calls("list_images", ctx.driver.list_images)
+        for image in images:
+            if str(image.id) == image_id or image.name == image_id:
+                return image
+        raise PermanentError(f"the cloud has no image {image_id!r}") from None
+
+
+def _ssh(
+    ctx: Context, what: str, command: str, *, env: dict[str, str] | None = None, stdin: str | None = None
+) -> ssh.Result:
+    deployment, account = ctx.deployment, ctx.account
+    host = account.ssh_host or deployment.address
+    if not host:
+        raise PermanentError("the VM has no address to connect to")
+    assert account.private_key_sealed is not None
+    key = ssh.load_private_key(ctx.sealer.open(account.private_key_sealed))
+
+    def connect_and_run() -> tuple[ssh.Result, str]:
+        with ssh.Session(
+            host, account.ssh_port or 22, account.ssh_username, key, deployment.host_key
+        ) as conn:
+            return conn.run(command, env=env, stdin=stdin), conn.host_key
+
+    try:
+        result, host_key = ctx.calls(f"ssh_{what}", connect_and_run)
+    except ssh.HostKeyMismatch:
+        raise
+    if deployment.host_key is None:
+        deployment.host_key = host_key
+    return result  # type: ignore[no-any-return]
+
+
+def _configure_access(ctx: Context) -> Step:
+    deployment = ctx.deployment
+    after = S.CREATING_DISK if deployment.product_type == "vm_app" else S.RUNNING_SETUP
+    if ctx.is_dummy:
+        return Step(after, "customer key " + SKIPPED_NO_SSH, {"skipped": True})
+    key = (deployment.ssh_public_key or "").strip()
+    path = ctx.account.authorized_keys_file
+    target = path if path.startswith("/") else f"$HOME/{path}"
+    if key:
+        quoted = shlex.quote(key)
+        command = (
+            f'f="{target}"; mkdir -p "$(dirname "$f")" && chmod 700 "$(dirname "$f")" && touch "$f" && '
+            f'chmod 600 "$f" && (grep -qxF {quoted} "$f" || echo {quoted} >> "$f")'
+        )
+    else:
+        command = "true"
+    result = _ssh(ctx, "install_key", command)
+    if result.exit_status != 0:
+        raise TransientError(f"installing the customer's key failed: {result.stderr.strip()[-300:]}")
+    message = "customer's SSH key installed" if key else "no customer key given; SSH reachable"
+    return Step(after, message + f"; host key {deployment.host_key}", {"host_key": deployment.host_key})
+
+
+def _find_volume(ctx: Context) -> StorageVolume | None:
+    driver = ctx.driver
+    if ctx.is_ec2:
+        volumes = ctx.calls("list_volumes", driver.list_volumes, ex_filters={f"tag:{TAG}": ctx.tag})
+    else:
+        volumes = ctx.calls("list_volumes", driver.list_volumes)
+    for volume in volumes:
+        tags = (volume.extra or {}).get("tags") or {}
+        if (
+            volume.id == ctx.deployment.volume_id
+            or tags.get(TAG) == ctx.tag
+            or volume.name == f"{ctx.name}-data"
+        ):
+            return volume
+    return None
+
+
+def _create_disk(ctx: Context) -> Step:
+    deployment = ctx.deployment
+    size = int(deployment.spec.get("data_disk_gib") or 0)
+    if size <= 0:
+        return Step(S.RUNNING_SETUP, "no data disk in the product's spec")
+    try:
+        found = _find_volume(ctx)
+    except NotImplementedError:
+        return Step(S.RUNNING_SETUP, "data disk skipped: this cloud has no volumes", {"skipped": True})
+    if found is not None:
+        deployment.volume_id = found.id
+        return Step(
+            S.ATTACHING_DISK, f"disk {found.id} found (made by an earlier attempt)", {"volume_id": found.id}
+        )
+    location = None
+    if ctx.is_ec2:
+        node = _find_node(ctx)
+        zone = (node.extra or {}).get("availability") if node else None
+        location = next(
+            (
+                loc
+                for loc in ctx.calls("list_locations", ctx.driver.list_locations)
+                if loc.availability_zone.name == zone
+            ),
+            None,
+        )
+    volume = ctx.calls("create_volume", ctx.driver.create_volume, size, f"{ctx.name}-data", location=location)
+    if ctx.is_ec2:
+        ctx.calls(
+            "create_tags", ctx.driver.ex_create_tags, volume, {TAG: ctx.tag, "Name": f"{ctx.name}-data"}
+        )
+    deployment.volume_id = volume.id
+    return Step(
+        S.ATTACHING_DISK, f"disk {volume.id} of {size} GiB created", {"volume_id": volume.id, "gib": size}
+    )
+
+
+def _attach_disk(ctx: Context) -> Step:
+    volume = _find_volume(ctx)
+    node = _find_node(ctx)
+    if volume is None or node is None:
+        raise PermanentError("the data disk or the VM disappeared before attaching")
+    extra = volume.extra or {}
+    if extra.get("instance_id") == node.id or str(volume.state).lower() in ("inuse", "in-use", "attached"):
+        return Step(S.PREPARING_DISK, f"disk {volume.id} already attached")
+    ctx.calls("attach_volume", ctx.driver.attach_volume, node, volume, DEVICE)
+    return Step(S.PREPARING_DISK, f"disk {volume.id} attached as {DEVICE}", {"device": DEVICE})
+
+
+def _prepare_disk(ctx: Context) -> Step:
+    if ctx.is_dummy:
+        return Step(S.RUNNING_SETUP, "disk formatting " + SKIPPED_NO_SSH, {"skipped": True})
+    env = {
+        "MERCATO_DISK_DEVICE": DEVICE,
+        "MERCATO_VOLUME_ID": ctx.deployment.volume_id or "",
+        "MERCATO_DATA_DIR": ctx.account.data_mount_point,
+    }
+    result = _ssh(ctx, "prepare_disk", "sh -s", env=env, stdin=ctx.account.disk_script or DISK_SCRIPT)
+    if result.exit_status != 0:
+        raise TransientError(
+            f"formatting and mounting the disk failed: {(result.stderr or result.stdout).strip()[-300:]}"
+        )
+    return Step(S.RUNNING_SETUP, f"disk mounted at {ctx.account.data_mount_point}")
+
+
+def _url(template: str | None, address: str | None) -> str | None:
+    if not template or not address:
+        return None
+    return template.replace("{ip}", address).replace("{host}", address).replace("{address}", address)
+
+
+def _finish(deployment: Deployment, url: str | None, login: str) -> None:
+    deployment.url = url
+    deployment.login = login
+
+
+# ------------------------------------------------------------------ undoing
+def _begin_removal(ctx: Context) -> Step:
+    state = ctx.deployment.state
+    if state is S.REMOVED:
+        return Step(None, "already removed", delay=0)
+    if state is S.FAILED:
+        return Step(S.REMOVED, "subscription ended; nothing was left to remove")
+    if state is S.RUNNING:
+        return Step(S.STOPPING, "subscription ended: stopping the VM")
+    return Step(
+        S.DESTROYING, f"subscription ended while {state.value.replace('_', ' ')}: removing what was made"
+    )
+
+
+def _stop(ctx: Context) -> Step:
+    node = _find_node(ctx)
+    if node is not None and node.state == NodeState.RUNNING:
+        try:
+            ctx.calls("stop_node", ctx.driver.stop_node, node)
+        except NotImplementedError:
+            return Step(S.DESTROYING, "stop not supported; destroying")
+        return Step(S.DESTROYING, f"VM {node.id} stopped")
+    return Step(S.DESTROYING, "VM not running")
+
+
+def _remove_all(ctx: Context) -> list[str]:
+    """Detach and delete the disk, then destroy the VM; what was removed."""
+    removed = []
+    try:
+        volume = _find_volume(ctx)
+    except NotImplementedError:
+        volume = None
+    if volume is not None:
+        if (volume.extra or {}).get("instance_id") or str(volume.state).lower() in (
+            "inuse",
+            "in-use",
+            "attached",
+        ):
+            ctx.calls("detach_volume", ctx.driver.detach_volume, volume)
+            _wait_detached(ctx, volume.id)
+        ctx.calls("destroy_volume", ctx.driver.destroy_volume, volume)
+        removed.append(f"disk {volume.id}")
+    node = _find_node(ctx)
+    if node is not None:
+        ctx.calls("destroy_node", ctx.driver.destroy_node, node)
+        removed.append(f"VM {node.id}")
+    return removed
+
+
+def _wait_detached(ctx: Context, volume_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        volume = _find_volume(ctx)
+        if volume is None or (
+            not (volume.extra or {}).get("instance_id")
+            and str(volume.state).lower()
+            not in (
+                "inuse",
+                "in-use",
+                "attached",
+                "detaching",
+            )
+        ):
+            return
+        time.sleep(1.0)
+    raise TransientError(f"disk {volume_id} is still attached")
+
+
+def _destroy(ctx: Context) -> Step:
+    removed = _remove_all(ctx)
+    ctx.deployment.removed_at = utcnow()
+    return Step(S.REMOVED, "removed " + (", ".join(removed) if removed else "nothing (none was found)"))
+
+
+def _roll_back(ctx: Context) -> Step:
+    removed = _remove_all(ctx)
+    return Step(
+        S.FAILED,
+        (ctx.deployment.last_error or "failed")
+        + "; rolled back "
+        + (", ".join(removed) if removed else "nothing"),
+        {"removed": removed},
+    )

@@ -1,0 +1,298 @@
+"""Cloud accounts and deployments: the rules, with a session and no request."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cmw.crypto import Sealer
+from cmw.db import utcnow
+from cmw.events.service import emit
+from deployer import clouds, ssh
+from deployer.models import ACTIVE_STATES, CloudAccount, Deployment, DeploymentEvent, DeploymentState
+
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+#: driver options an admin may set: what makes EC2-compatible and private clouds work
+SAFE_OPTION = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+class CloudAccountError(ValueError):
+    """Invalid cloud account settings; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class CloudAccountInput:
+    slug: str
+    name: str
+    provider: str
+    credentials: dict[str, Any]
+    region: str | None = None
+    driver_options: dict[str, Any] | None = None
+    default_network: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    ssh_username: str = "ubuntu"
+    authorized_keys_file: str = ".ssh/authorized_keys"
+    data_mount_point: str = "/srv/data"
+    disk_script: str | None = None
+    is_active: bool = True
+
+
+def _check(data: dict[str, Any]) -> None:
+    if "slug" in data and not _SLUG.match(data["slug"] or ""):
+        raise CloudAccountError("slug", "use lowercase letters, digits and hyphens (at most 63)")
+    if "provider" in data and data["provider"] not in clouds.providers():
+        raise CloudAccountError(
+            "provider", f"{data['provider']!r} is not one of Libcloud's compute providers"
+        )
+    if "credentials" in data:
+        creds = data["credentials"]
+        if not isinstance(creds, dict) or not all(isinstance(k, str) and SAFE_OPTION.match(k) for k in creds):
+            raise CloudAccountError(
+                "credentials", "an object of credential names (key, secret, ...) and values"
+            )
+    if "driver_options" in data and data["driver_options"] is not None:
+        options = data["driver_options"]
+        if not isinstance(options, dict) or not all(
+            isinstance(k, str) and SAFE_OPTION.match(k) for k in options
+        ):
+            raise CloudAccountError("driver_options", "an object of the driver's keyword arguments")
+        if any(isinstance(v, dict | list) for v in options.values()):
+            raise CloudAccountError("driver_options", "values are strings, numbers or booleans")
+    if "data_mount_point" in data and not str(data["data_mount_point"] or "").startswith("/"):
+        raise CloudAccountError("data_mount_point", "an absolute path")
+
+
+def create_cloud_account(session: Session, sealer: Sealer, data: CloudAccountInput) -> CloudAccount:
+    values = dict(data.__dict__)
+    _check(values)
+    if session.scalar(sa.select(CloudAccount.id).where(CloudAccount.slug == data.slug)) is not None:
+        raise CloudAccountError("slug", f"{data.slug!r} is taken")
+    credentials = values.pop("credentials")
+    values["driver_options"] = values.get("driver_options") or {}
+    account = CloudAccount(**values, credentials_sealed=sealer.seal_json(credentials))
+    ensure_platform_key(sealer, account)
+    session.add(account)
+    session.flush()
+    return account
+
+
+def ensure_platform_key(sealer: Sealer, account: CloudAccount) -> None:
+    """Give the account its platform SSH key pair (the private half sealed), once.
+
+    Made with the account, so an administrator can put the public key into the images of
+    a private cloud; the deployer imports it into the cloud as the VMs' key pair.
+    """
+    if account.private_key_sealed is None:
+        private, public = ssh.new_key_pair(f"mercato-{account.slug}")
+        account.key_name = f"mercato-{account.slug}-{secrets.token_hex(4)}"
+        account.public_key = public
+        account.private_key_sealed = sealer.seal(private)
+
+
+def update_cloud_account(
+    session: Session, sealer: Sealer, account: CloudAccount, changes: dict[str, Any]
+) -> None:
+    _check(changes)
+    if "slug" in changes and changes["slug"] != account.slug:
+        taken = session.scalar(sa.select(CloudAccount.id).where(CloudAccount.slug == changes["slug"]))
+        if taken is not None:
+            raise CloudAccountError("slug", f"{changes['slug']!r} is taken")
+    for name, value in changes.items():
+        if name == "credentials":
+            account.credentials_sealed = sealer.seal_json(value)
+        elif name == "driver_options":
+            account.driver_options = value or {}
+        else:
+            setattr(account, name, value)
+    account.updated_at = utcnow()
+    session.flush()
+
+
+def credentials(sealer: Sealer, account: CloudAccount) -> dict[str, Any]:
+    opened: dict[str, Any] = sealer.open_json(account.credentials_sealed)
+    return opened
+
+
+def by_slug(session: Session, slug: str) -> CloudAccount | None:
+    return session.scalar(sa.select(CloudAccount).where(CloudAccount.slug == slug))
+
+
+def test_cloud_account(
+    sealer: Sealer, account: CloudAccount, image_ids: list[str] | None = None
+) -> dict[str, Any]:
+    """List sizes (and images, or the named ones) with the account's driver."""
+    calls = clouds.ProviderCalls()
+    driver = clouds.make_driver(
+        account.provider, credentials(sealer, account), account.region, dict(account.driver_options or {})
+    )
+    sizes = calls("list_sizes", driver.list_sizes)
+    if image_ids:
+        images = [calls("get_image", driver.get_image, image_id) for image_id in image_ids]
+    else:
+        images = calls("list_images", driver.list_images)
+    return {
+        "sizes": [
+            {
+                "id": str(s.id),
+                "name": s.name,
+                "cores": clouds.size_cores(s),
+                "ram_mib": s.ram,
+                "disk_gib": s.disk,
+            }
+            for s in sizes
+        ],
+        "images": [{"id": str(i.id), "name": i.name} for i in images[:200]],
+        "seconds": round(calls.seconds, 3),
+    }
+
+
+# ------------------------------------------------------------- deployments
+def record(
+    session: Session,
+    deployment: Deployment,
+    to_state: DeploymentState,
+    message: str = "",
+    *,
+    detail: dict[str, Any] | None = None,
+    error: str | None = None,
+    now: dt.datetime | None = None,
+) -> None:
+    """Move ``deployment`` to ``to_state`` (or record a failed attempt in the same state),
+    keep it as history and tell everyone through ``deployment.state_changed``."""
+    now = now or utcnow()
+    from_state = deployment.state
+    session.add(
+        DeploymentEvent(
+            deployment_id=deployment.id,
+            at=now,
+            from_state=str(from_state) if from_state else None,
+            to_state=str(to_state),
+            attempt=deployment.attempt,
+            message=message,
+            detail=detail or {},
+            error=error,
+        )
+    )
+    if to_state != from_state:
+        deployment.state = to_state
+        deployment.active = to_state in ACTIVE_STATES
+        emit(
+            session,
+            "deployment.state_changed",
+            {
+                "deployment_id": str(deployment.id),
+                "subscription_id": str(deployment.subscription_id),
+                "customer_id": str(deployment.customer_id),
+                "product_id": str(deployment.product_id),
+                "from": str(from_state) if from_state else None,
+                "to": str(to_state),
+                "message": message,
+            },
+            marketplace_id=deployment.marketplace_id,
+        )
+
+
+def request_deployment(
+    session: Session, payload: dict[str, Any], marketplace_id: uuid.UUID | None
+) -> Deployment:
+    """The deployment a ``deployment.requested`` event asks for (once per subscription)."""
+    subscription_id = uuid.UUID(payload["subscription_id"])
+    found = session.scalar(sa.select(Deployment).where(Deployment.subscription_id == subscription_id))
+    if found is not None:
+        return found
+    target = dict(payload["target"])
+    account = by_slug(session, target["cloud_account"])
+    deployment = Deployment(
+        id=uuid.uuid4(),
+        subscription_id=subscription_id,
+        marketplace_id=marketplace_id or uuid.UUID(payload["marketplace_id"]),
+        customer_id=uuid.UUID(payload["customer_id"]),
+        product_id=uuid.UUID(payload["product_id"]),
+        vendor_id=uuid.UUID(payload["vendor_id"]),
+        cloud_account_id=account.id if account is not None else None,
+        product_type=payload.get("product_type") or "bare_vm",
+        spec=target,
+        ssh_public_key=payload.get("ssh_public_key"),
+        state=DeploymentState.REQUESTED,
+        active=True,
+        next_attempt_at=utcnow(),
+    )
+    if account is None or not account.is_active:
+        # nowhere to deploy: failed at once, with the reason (nothing was made)
+        session.add(deployment)
+        session.flush()
+        record(session, deployment, DeploymentState.REQUESTED, "requested")
+        deployment.last_error = f"no active cloud account {target['cloud_account']!r}"
+        record(
+            session, deployment, DeploymentState.FAILED, deployment.last_error, error=deployment.last_error
+        )
+        emit_failed(session, deployment)
+        return deployment
+    session.add(deployment)
+    session.flush()
+    record(session, deployment, DeploymentState.REQUESTED, "requested")
+    return deployment
+
+
+def request_removal(session: Session, subscription_id: uuid.UUID) -> Deployment | None:
+    """The subscription ended: its machine goes away (after provisioning stops)."""
+    deployment = session.scalar(
+        sa.select(Deployment).where(Deployment.subscription_id == subscription_id).with_for_update()
+    )
+    if deployment is None or deployment.desired == "removed":
+        return deployment
+    deployment.desired = "removed"
+    if deployment.state not in (DeploymentState.REMOVED,):
+        deployment.active = True
+        deployment.next_attempt_at = utcnow()
+    session.flush()
+    return deployment
+
+
+def emit_failed(session: Session, deployment: Deployment) -> None:
+    emit(
+        session,
+        "deployment.failed",
+        {
+            "deployment_id": str(deployment.id),
+            "subscription_id": str(deployment.subscription_id),
+            "customer_id": str(deployment.customer_id),
+            "vendor_id": str(deployment.vendor_id),
+            "product_id": str(deployment.product_id),
+            "reason": deployment.last_error or "",
+        },
+        marketplace_id=deployment.marketplace_id,
+    )
+
+
+def history(session: Session, deployment_id: uuid.UUID) -> list[DeploymentEvent]:
+    return list(
+        session.scalars(
+            sa.select(DeploymentEvent)
+            .where(DeploymentEvent.deployment_id == deployment_id)
+            .order_by(DeploymentEvent.id)
+        )
+    )
+
+
+def take_password(session: Session, sealer: Sealer, deployment_id: uuid.UUID) -> str | None:
+    """The one-time password, once: the sealed copy is wiped as it is read."""
+    deployment = session.get(Deployment, deployment_id, with_for_update=True)
+    if deployment is None or deployment.password_sealed is None:
+        return None
+    password = sealer.open(deployment.password_sealed)
+    deployment.password_sealed = None
+    session.flush()
+    return password

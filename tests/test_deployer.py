@@ -1,0 +1,543 @@
+"""The deployer against moto's EC2 server and a real sshd on loopback (the "VM"): cloud
+accounts, a ``vm_app`` and a ``bare_vm`` deployment end to end, retries, rollback,
+undeploy, and the dummy cloud of the embedded default.
+
+moto hands out public-looking addresses for its instances; nothing here connects to
+them: the cloud account's SSH endpoint override points at the loopback sshd.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from flask import Flask
+from kombu import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from cmw.accounts import service as accounts
+from cmw.accounts.models import OrganisationKind, Role
+from cmw.catalog import service as catalog
+from cmw.crypto import Sealer
+from cmw.events.models import OutboxEvent
+from cmw.events.worker import Worker
+from cmw.mail import SmtpMailer
+from cmw.marketplaces.service import platform
+from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
+from cmw.orders import service as orders
+from cmw.orders.models import Order, OrderStatus
+from deployer import clouds, service
+from deployer.consumer import DeploymentRequests
+from deployer.engine import Engine
+from deployer.models import CloudAccount, Deployment, DeploymentState
+from tests.conftest import broker_url
+from tests.deployer_support import use_moto_driver
+from tests.helpers import tag, wait_until
+from tests.servers import MotoServer, SmtpServer, SshdServer
+from tests.test_pricing import FLAT, _plan
+
+Factory = sessionmaker[Session]
+S = DeploymentState
+
+#: the test's "disk formatting": the loopback sshd has no block device to format
+DISK_SCRIPT = (
+    'mkdir -p "$MERCATO_DATA_DIR" && '
+    'echo "$MERCATO_DISK_DEVICE $MERCATO_VOLUME_ID" > "$MERCATO_DATA_DIR/disk"'
+)
+SETUP_SCRIPT = """#!/bin/sh
+set -e
+printf '%s\\n%s\\n' "$MERCATO_DEFAULT_LOGIN" "$MERCATO_DEFAULT_PASSWORD" > "$MERCATO_DATA_DIR/setup-ran"
+"""
+
+
+@pytest.fixture
+def sealer(app: Flask) -> Sealer:
+    found: Sealer = app.extensions["mercato.sealer"]
+    return found
+
+
+@pytest.fixture
+def ec2(moto_server: MotoServer) -> Iterator[Any]:
+    """A clean moto; a boto3 EC2 client to look at it."""
+    moto_server.reset()
+    use_moto_driver()
+    yield moto_server.boto3_client("ec2")
+    clouds.set_fault_injector(None)
+
+
+@pytest.fixture
+def image_id(ec2: Any) -> str:
+    images = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "architecture", "Values": ["x86_64"]}])[
+        "Images"
+    ]
+    return str(sorted(i["ImageId"] for i in images)[0])
+
+
+@pytest.fixture
+def cloud(
+    committed_db: Factory,
+    sealer: Sealer,
+    moto_server: MotoServer,
+    sshd_server: SshdServer,
+    tmp_path: Path,
+    ec2: Any,
+) -> CloudAccount:
+    options = moto_server.libcloud_ec2_kwargs()
+    region = options.pop("region")
+    with committed_db() as session:
+        account = service.create_cloud_account(
+            session,
+            sealer,
+            service.CloudAccountInput(
+                slug="aws-test",
+                name="AWS (moto)",
+                provider="ec2",
+                credentials={"key": moto_server.access_key_id, "secret": moto_server.secret_access_key},
+                region=region,
+                driver_options=options,
+                ssh_host=sshd_server.host,
+                ssh_port=sshd_server.port,
+                ssh_username=sshd_server.username,
+                authorized_keys_file=str(sshd_server.authorized_keys_path),
+                data_mount_point=str(tmp_path / "data"),
+                disk_script=DISK_SCRIPT,
+            ),
+        )
+        session.commit()
+    # what cloud-init does on a real VM: the platform key may log in
+    assert account.public_key is not None
+    sshd_server.authorize_key(account.public_key)
+    return account
+
+
+@pytest.fixture
+def engine(committed_db: Factory, sealer: Sealer) -> Engine:
+    return Engine(committed_db, sealer, base_delay=0.05, max_delay=0.2, poll_seconds=0.05, max_attempts=3)
+
+
+def target(image: str, *, cloud_account: str = "aws-test", vm_app: bool = True) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "cloud_account": cloud_account,
+        "region": None,
+        "image": image,
+        "size": {"cores": 2, "ram_mib": 2048, "root_disk_gib": 10},
+        "inbound_ports": [{"port": 443, "protocol": "tcp", "cidr": "0.0.0.0/0"}],
+        "app_url_template": "https://{ip}/",
+        "default_login": "admin",
+    }
+    if vm_app:
+        spec.update(data_disk_gib=8, setup_script=SETUP_SCRIPT)
+    return spec
+
+
+def order(
+    factory: Factory, spec: dict[str, Any], *, vm_app: bool = True, ssh_key: str | None = None
+) -> dict[str, Any]:
+    """A published product deploying to ``spec`` and a confirmed order for it."""
+    slug = f"dep-{tag(6)}"
+    with factory() as session:
+        marketplace = platform(session)
+        admin = accounts.create_user(
+            session, email=f"{slug}-admin@example.test", name="A", password="long-enough-pw"
+        )
+        vendor = accounts.create_organisation(
+            session,
+            marketplace,
+            kind=OrganisationKind.VENDOR,
+            name=f"{slug} vendor",
+            billing=accounts.BillingDetails(legal_name="Vendor GmbH", country="DE"),
+        )
+        vendor_user = accounts.create_user(
+            session, email=f"{slug}-vendor@example.test", name="V", password="long-enough-pw"
+        )
+        accounts.grant(session, vendor_user, marketplace, Role.VENDOR, vendor)
+        product = catalog.create_product(
+            session,
+            marketplace,
+            vendor,
+            slug=slug,
+            content={
+                "name": "Deploy Me",
+                "category_slug": "web",
+                "product_type": "vm_app" if vm_app else "bare_vm",
+                "deployment": [spec],
+            },
+        )
+        catalog.set_plans(session, product, [_plan(FLAT)])
+        catalog.submit(session, product)
+        catalog.approve(session, product, admin)
+        buyer = accounts.create_user(
+            session, email=f"{slug}-buyer@example.test", name="B", password="long-enough-pw"
+        )
+        customer = accounts.create_organisation(
+            session,
+            marketplace,
+            kind=OrganisationKind.CUSTOMER,
+            name=f"{slug} customer",
+            billing=accounts.BillingDetails(legal_name="Customer Srl", country="IT"),
+        )
+        accounts.grant(session, buyer, marketplace, Role.CUSTOMER, customer)
+        placed = orders.place_order(
+            session,
+            marketplace,
+            buyer,
+            customer,
+            orders.OrderRequest(product=slug, plan="basic", ssh_public_key=ssh_key),
+        )
+        session.commit()
+        requested = session.scalar(
+            sa.select(OutboxEvent).where(
+                OutboxEvent.topic == "deployment.requested",
+                OutboxEvent.payload["subscription_id"].as_string() == str(placed.subscription_id),
+            )
+        )
+        assert requested is not None
+        return {
+            "order_id": placed.id,
+            "subscription_id": placed.subscription_id,
+            "buyer": buyer.email,
+            "vendor": vendor_user.email,
+            "event": (requested.payload, requested.marketplace_id),
+        }
+
+
+def request(factory: Factory, made: dict[str, Any]) -> uuid.UUID:
+    """What the deployer's consumer does with the order's ``deployment.requested``."""
+    payload, marketplace_id = made["event"]
+    with factory() as session:
+        deployment = service.request_deployment(session, payload, marketplace_id)
+        session.commit()
+        return deployment.id
+
+
+def drive(engine: Engine, factory: Factory, deployment_id: uuid.UUID, *states: DeploymentState) -> Deployment:
+    """Advance until the deployment reaches one of ``states``."""
+
+    def reached() -> Deployment | None:
+        engine.advance_one()
+        with factory() as session:
+            found = session.get(Deployment, deployment_id)
+            assert found is not None
+            return found if found.state in states else None
+
+    return wait_until(reached, 60, f"deployment in {', '.join(s.value for s in states)}")
+
+
+def history(factory: Factory, deployment_id: uuid.UUID) -> list[tuple[str, str, str | None]]:
+    with factory() as session:
+        return [(e.to_state, e.message, e.error) for e in service.history(session, deployment_id)]
+
+
+def live_instances(ec2: Any) -> list[dict[str, Any]]:
+    return [
+        i
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] not in ("terminated", "shutting-down")
+    ]
+
+
+def data_disks(ec2: Any) -> list[dict[str, Any]]:
+    """Volumes the deployer made (moto also makes each instance's root volume)."""
+    return list(
+        ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["mercato-deployment"]}])["Volumes"]
+    )
+
+
+def customer_key(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "customer_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "customer@example.test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return path, (tmp_path / "customer_ed25519.pub").read_text().strip()
+
+
+# ------------------------------------------------------------------ tests
+def test_cloud_accounts_api_keeps_credentials_in(
+    app: Flask,
+    client: Any,
+    make_user: Callable[..., Any],
+    token_for: Callable[..., dict[str, str]],
+    moto_server: MotoServer,
+    ec2: Any,
+    image_id: str,
+) -> None:
+    admin = token_for(make_user(Role.ADMIN))
+    options = moto_server.libcloud_ec2_kwargs()
+    body = {
+        "slug": "aws-api",
+        "name": "AWS",
+        "provider": "ec2",
+        "credentials": {"key": moto_server.access_key_id, "secret": "s3cr3t-never-shown"},
+        "region": options.pop("region"),
+        "driver_options": options,
+    }
+    made = client.post("/api/v1/admin/cloud-accounts", json=body, headers=admin)
+    assert made.status_code == 201, made.get_data(as_text=True)
+    text = made.get_data(as_text=True)
+    assert "s3cr3t" not in text and "credentials" not in made.get_json()
+    assert made.get_json()["public_key"].startswith("ssh-ed25519 ")
+    listed = client.get("/api/v1/admin/cloud-accounts", headers=admin)
+    assert "s3cr3t" not in listed.get_data(as_text=True) and len(listed.get_json()) == 1
+
+    # the secret is sealed in the database, not stored as given
+    with app.app_context():
+        from cmw.extensions import db
+
+        stored = db.session.scalar(
+            sa.select(CloudAccount.credentials_sealed).where(CloudAccount.slug == "aws-api")
+        )
+        db.session.remove()
+    assert stored and "s3cr3t" not in stored
+
+    # the account works: it lists moto's sizes and finds an image
+    account_id = made.get_json()["id"]
+    tested = client.post(
+        f"/api/v1/admin/cloud-accounts/{account_id}/test", json={"images": [image_id]}, headers=admin
+    )
+    assert tested.status_code == 200, tested.get_data(as_text=True)
+    result = tested.get_json()
+    small = next(s for s in result["sizes"] if s["id"] == "t3.small")
+    assert small == {"id": "t3.small", "name": small["name"], "cores": 2, "ram_mib": 2048, "disk_gib": 0}
+    assert result["images"] == [{"id": image_id, "name": result["images"][0]["name"]}]
+
+    bad = client.post(
+        "/api/v1/admin/cloud-accounts",
+        json={**body, "slug": "nope", "provider": "no-such-cloud"},
+        headers=admin,
+    )
+    assert bad.status_code == 422 and bad.get_json()["errors"][0]["field"] == "provider"
+    taken = client.post("/api/v1/admin/cloud-accounts", json=body, headers=admin)
+    assert taken.status_code == 422 and taken.get_json()["errors"][0]["field"] == "slug"
+    customer = token_for(make_user(Role.CUSTOMER))
+    assert client.get("/api/v1/admin/cloud-accounts", headers=customer).status_code == 403
+
+
+def test_vm_app_end_to_end_through_the_worker(
+    committed_db: Factory,
+    cloud: CloudAccount,
+    ec2: Any,
+    image_id: str,
+    sshd_server: SshdServer,
+    smtp_server: SmtpServer,
+    sealer: Sealer,
+    tmp_path: Path,
+    app: Flask,
+) -> None:
+    smtp_server.clear()
+    key_path, public_key = customer_key(tmp_path)
+    suffix = tag(8)
+    consumers: list[Any] = [
+        NotificationConsumer(),
+        EmailConsumer(
+            SmtpMailer(
+                f"smtp://{smtp_server.host}:{smtp_server.port}",
+                "Mercato <no-reply@mercato.example>",
+                timeout=3,
+            ),
+            "https://shop.example",
+            "Mercato <no-reply@mercato.example>",
+            sealer,
+        ),
+        DeploymentRequests(),
+    ]
+    for consumer in consumers:
+        consumer.name = f"{consumer.name}-{suffix}"
+
+    def connect() -> Connection:
+        return Connection(broker_url(), transport_options={"confirm_publish": True}, heartbeat=30)
+
+    engine = Engine(committed_db, sealer, base_delay=0.05, poll_seconds=0.05)
+    runner = Worker(connect, committed_db, consumers, relay_poll_seconds=0.05, loops=[engine.run])
+    thread = threading.Thread(target=runner.run_forever, daemon=True)
+    thread.start()
+    try:
+        made = order(committed_db, target(image_id), ssh_key=public_key)
+
+        def running() -> Deployment | None:
+            with committed_db() as session:
+                found = session.scalar(
+                    sa.select(Deployment).where(Deployment.subscription_id == made["subscription_id"])
+                )
+                return found if found is not None and found.state in (S.RUNNING, S.FAILED) else None
+
+        deployment = wait_until(running, 90, "the deployment to run")
+        assert deployment.state is S.RUNNING, history(committed_db, deployment.id)
+        received = wait_until(
+            lambda: [m for m in smtp_server.wait_for(0) if "is ready" in str(m.message["Subject"])],
+            30,
+            "the ready e-mail",
+        )
+    finally:
+        runner.stop()
+        thread.join(15)
+        with connect() as conn:
+            for consumer in consumers:
+                consumer.queue()(conn.default_channel).delete()
+
+    # a VM of the smallest, cheapest x86 size with 2 cores and 2 GiB (t3a.small: AMD, cheaper
+    # than t3.small; t4g.small is cheaper still but ARM, and the image is x86_64), from the
+    # image, in the product's group
+    instances = live_instances(ec2)
+    assert [i["InstanceId"] for i in instances] == [deployment.node_id]
+    instance = instances[0]
+    assert instance["InstanceType"] == "t3a.small" and instance["ImageId"] == image_id
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["mercato-deployment"] == str(deployment.id)
+    group = ec2.describe_security_groups(GroupIds=[deployment.security_group])["SecurityGroups"][0]
+    assert {p["FromPort"] for p in group["IpPermissions"]} == {22, 443}
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [deployment.security_group]
+
+    # the data disk: created at the VM's zone, attached, "formatted" with its device name
+    volume = ec2.describe_volumes(VolumeIds=[deployment.volume_id])["Volumes"][0]
+    assert volume["Size"] == 8 and volume["Attachments"][0]["InstanceId"] == deployment.node_id
+    assert (tmp_path / "data" / "disk").read_text().split() == ["/dev/sdf", deployment.volume_id]
+
+    # the setup ran with the login and the password the customer was sent, kept only hashed
+    login, password = (tmp_path / "data" / "setup-ran").read_text().split()
+    assert login == "admin" and deployment.login == "admin"
+    assert PasswordHasher().verify(deployment.password_hash, password)
+    with committed_db() as session:
+        after_mail = session.get(Deployment, deployment.id)
+        assert after_mail is not None and after_mail.password_sealed is None  # wiped once e-mailed
+    mail = received[0]
+    assert mail.rcpt_tos == [made["buyer"]]
+    text = mail.message.get_body(preferencelist=("plain",)).get_content()
+    assert f"One-time password (shown once, not kept by us): {password}" in text
+    assert deployment.url is not None and deployment.url in text and "Sign in as admin" in text
+
+    # the customer's key logs in to the "VM"
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.load_host_keys(str(sshd_server.known_hosts_path))
+    client.connect(
+        sshd_server.host, port=sshd_server.port, username=sshd_server.username, key_filename=str(key_path),
+        look_for_keys=False, allow_agent=False, timeout=10,
+    )  # fmt: skip
+    _in, out, _err = client.exec_command("echo customer-in")
+    assert out.read().decode().strip() == "customer-in"
+    client.close()
+    assert deployment.host_key == " ".join(
+        sshd_server.host_public_key.split()[:2]
+    )  # recorded at first contact
+
+    # every step is in the history; the order is fulfilled
+    states = [to for to, _msg, _err in history(committed_db, deployment.id)]
+    assert states == [s.value for s in (
+        S.REQUESTED, S.PREPARING, S.CREATING_VM, S.STARTING_VM, S.CONFIGURING_ACCESS, S.CREATING_DISK,
+        S.ATTACHING_DISK, S.PREPARING_DISK, S.RUNNING_SETUP, S.RUNNING,
+    )]  # fmt: skip
+    with committed_db() as session:
+        placed = session.get(Order, made["order_id"])
+        assert placed is not None and placed.status is OrderStatus.FULFILLED
+
+
+def test_bare_vm_has_no_disk_and_no_setup(
+    committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine, tmp_path: Path
+) -> None:
+    made = order(committed_db, target(image_id, vm_app=False), vm_app=False)
+    deployment = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
+    assert deployment.state is S.RUNNING, history(committed_db, deployment.id)
+    assert deployment.volume_id is None and data_disks(ec2) == []
+    assert not (tmp_path / "data").exists()
+    assert len(live_instances(ec2)) == 1
+    states = [to for to, _m, _e in history(committed_db, deployment.id)]
+    assert S.CREATING_DISK.value not in states and S.PREPARING_DISK.value not in states
+
+
+def test_a_transient_failure_is_retried(
+    committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine
+) -> None:
+    failures = {"create_node": 2}
+
+    def inject(call: str) -> None:
+        if failures.get(call):
+            failures[call] -= 1
+            raise TimeoutError("the provider timed out")
+
+    clouds.set_fault_injector(inject)
+    made = order(committed_db, target(image_id, vm_app=False), vm_app=False)
+    deployment = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
+    assert deployment.state is S.RUNNING
+    retries = [e for to, _m, e in history(committed_db, deployment.id) if to == S.CREATING_VM.value and e]
+    assert len(retries) == 2 and "timed out" in str(retries[0])
+    assert len(live_instances(ec2)) == 1
+
+
+def test_a_permanent_failure_rolls_back_everything(
+    committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine
+) -> None:
+    def inject(call: str) -> None:
+        if call == "ssh_prepare_disk":
+            raise ValueError("the disk is unusable")
+
+    clouds.set_fault_injector(inject)
+    made = order(committed_db, target(image_id))
+    deployment = drive(engine, committed_db, request(committed_db, made), S.FAILED, S.RUNNING)
+    assert deployment.state is S.FAILED
+    assert "unusable" in (deployment.last_error or "")
+    steps = [(to, m) for to, m, _e in history(committed_db, deployment.id)]
+    assert [to for to, _m in steps][-2:] == [S.ROLLING_BACK.value, S.FAILED.value]
+    assert live_instances(ec2) == [] and data_disks(ec2) == []
+    with committed_db() as session:
+        placed = session.get(Order, made["order_id"])
+        assert placed is not None and placed.status is OrderStatus.FAILED
+        told = session.scalars(sa.select(OutboxEvent).where(OutboxEvent.topic == "deployment.failed")).all()
+        assert [e.payload["deployment_id"] for e in told] == [str(deployment.id)]
+
+
+def test_undeploy_leaves_nothing(
+    committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine
+) -> None:
+    made = order(committed_db, target(image_id))
+    deployment_id = request(committed_db, made)
+    running = drive(engine, committed_db, deployment_id, S.RUNNING, S.FAILED)
+    assert running.state is S.RUNNING and len(live_instances(ec2)) == 1
+    assert len(data_disks(ec2)) == 1
+    with committed_db() as session:
+        service.request_removal(session, made["subscription_id"])
+        session.commit()
+    removed = drive(engine, committed_db, deployment_id, S.REMOVED)
+    assert removed.removed_at is not None
+    assert live_instances(ec2) == [] and data_disks(ec2) == []
+    states = [to for to, _m, _e in history(committed_db, deployment_id)]
+    assert states[-3:] == [S.STOPPING.value, S.DESTROYING.value, S.REMOVED.value]
+
+
+def test_an_unknown_cloud_account_fails_at_once(committed_db: Factory, engine: Engine, ec2: Any) -> None:
+    made = order(committed_db, target("ami-1", cloud_account="nowhere", vm_app=False), vm_app=False)
+    with committed_db() as session:
+        deployment = session.get(Deployment, request(committed_db, made))
+        assert deployment is not None and deployment.state is S.FAILED
+        assert deployment.last_error == "no active cloud account 'nowhere'"
+
+
+def test_the_dummy_cloud_runs_through_every_state(
+    committed_db: Factory, sealer: Sealer, engine: Engine
+) -> None:
+    with committed_db() as session:
+        service.create_cloud_account(
+            session,
+            sealer,
+            service.CloudAccountInput(slug="aws-test", name="Demo cloud", provider="dummy", credentials={}),
+        )
+        session.commit()
+    made = order(committed_db, target("1"))
+    deployment = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
+    assert deployment.state is S.RUNNING, history(committed_db, deployment.id)
+    steps = history(committed_db, deployment.id)
+    skipped = [to for to, message, _e in steps if "skipped" in message]
+    assert S.CREATING_DISK.value in [to for to, _m, _e in steps]
+    assert skipped, steps
+    assert deployment.url == f"https://{deployment.address}/"
