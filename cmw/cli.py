@@ -27,6 +27,7 @@ from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
 from cmw.orders.jobs import run_due
 from deployer.engine import Engine
+from deployer.reaper import ReaperJob
 
 
 @click.group("mercato")
@@ -81,6 +82,7 @@ def worker() -> None:
     config = _config()
     session_factory = sessionmaker(bind=db.engine, expire_on_commit=False)
     consumers = current_app.extensions.get("mercato.consumers", [])
+    sealer = current_app.extensions["mercato.sealer"]
 
     def connect() -> Connection:
         return Connection(config.broker_url, transport_options=config.broker_transport_options, heartbeat=30)
@@ -91,8 +93,8 @@ def worker() -> None:
         consumers,
         relay_batch_size=config.outbox_batch_size,
         relay_poll_seconds=config.outbox_poll_seconds,
-        periodic=[functools.partial(run_due, session_factory)],
-        loops=[Engine(session_factory, current_app.extensions["mercato.sealer"]).run],
+        periodic=[functools.partial(run_due, session_factory), ReaperJob(session_factory, sealer)],
+        loops=[Engine(session_factory, sealer).run],
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

@@ -152,6 +152,26 @@ def match_size(sizes: list[NodeSize], cores: int, ram_mib: int, architecture: st
     return min(fitting, key=lambda s: (size_cores(s) or 0, s.ram or 0, s.price or 0, str(s.id)))
 
 
+def ec2_create_volume(driver: Any, size_gib: int, zone: str, tags: dict[str, str]) -> Any:
+    """CreateVolume with its tags in the same call (``TagSpecification``).
+
+    Libcloud's ``create_volume`` tags in a second call; a worker that dies between the two
+    leaves a volume nobody can find again. Made and tagged at once, it is always found.
+    """
+    params: dict[str, Any] = {
+        "Action": "CreateVolume",
+        "Size": str(size_gib),
+        "AvailabilityZone": zone,
+        "VolumeType": "gp3",
+        "TagSpecification.1.ResourceType": "volume",
+    }
+    for n, (key, value) in enumerate(tags.items(), start=1):
+        params[f"TagSpecification.1.Tag.{n}.Key"] = key
+        params[f"TagSpecification.1.Tag.{n}.Value"] = value
+    response = driver.connection.request(driver.path, params=params).object
+    return driver._to_volume(response, name=tags.get("Name"))
+
+
 # ------------------------------------------------------------------ calls
 _TRANSIENT_WORDS = (
     "requestlimitexceeded",
@@ -196,8 +216,9 @@ def classify(exc: BaseException) -> DeployError:
     return PermanentError(reason)
 
 
-#: tests only: called with the call's name before each call; raise to inject a fault
-FaultInjector = Callable[[str], None]
+#: tests only: called with the call's name and ``"before"`` or ``"after"`` around each
+#: call; raise to inject a fault (or, after, to simulate a crash once the cloud acted)
+FaultInjector = Callable[[str, str], None]
 _fault_injector: FaultInjector | None = None
 
 
@@ -220,8 +241,11 @@ class ProviderCalls:
         self.calls.append(name)
         try:
             if _fault_injector is not None:
-                _fault_injector(name)
-            return fn(*args, **kwargs)
+                _fault_injector(name, "before")
+            result = fn(*args, **kwargs)
+            if _fault_injector is not None:
+                _fault_injector(name, "after")
+            return result
         except NotImplementedError:
             raise
         except Exception as exc:

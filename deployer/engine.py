@@ -598,23 +598,21 @@ def _create_disk(ctx: Context) -> Step:
         return Step(
             S.ATTACHING_DISK, f"disk {found.id} found (made by an earlier attempt)", {"volume_id": found.id}
         )
-    location = None
     if ctx.is_ec2:
         node = _find_node(ctx)
         zone = (node.extra or {}).get("availability") if node else None
-        location = next(
-            (
-                loc
-                for loc in ctx.calls("list_locations", ctx.driver.list_locations)
-                if loc.availability_zone.name == zone
-            ),
-            None,
+        if not zone:
+            raise PermanentError("the VM's availability zone is unknown; cannot place its disk")
+        volume = ctx.calls(
+            "create_volume",
+            clouds.ec2_create_volume,
+            ctx.driver,
+            size,
+            zone,
+            {TAG: ctx.tag, "Name": f"{ctx.name}-data"},
         )
-    volume = ctx.calls("create_volume", ctx.driver.create_volume, size, f"{ctx.name}-data", location=location)
-    if ctx.is_ec2:
-        ctx.calls(
-            "create_tags", ctx.driver.ex_create_tags, volume, {TAG: ctx.tag, "Name": f"{ctx.name}-data"}
-        )
+    else:
+        volume = ctx.calls("create_volume", ctx.driver.create_volume, size, f"{ctx.name}-data")
     deployment.volume_id = volume.id
     return Step(
         S.ATTACHING_DISK, f"disk {volume.id} of {size} GiB created", {"volume_id": volume.id, "gib": size}

@@ -8,6 +8,7 @@ them: the cloud account's SSH endpoint override points at the loopback sshd.
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import threading
 import uuid
@@ -55,6 +56,7 @@ DISK_SCRIPT = (
 SETUP_SCRIPT = """#!/bin/sh
 set -e
 printf '%s\\n%s\\n' "$MERCATO_DEFAULT_LOGIN" "$MERCATO_DEFAULT_PASSWORD" > "$MERCATO_DATA_DIR/setup-ran"
+echo ran >> "$MERCATO_DATA_DIR/setup-runs"
 """
 
 
@@ -461,8 +463,8 @@ def test_a_transient_failure_is_retried(
 ) -> None:
     failures = {"create_node": 2}
 
-    def inject(call: str) -> None:
-        if failures.get(call):
+    def inject(call: str, phase: str) -> None:
+        if phase == "before" and failures.get(call):
             failures[call] -= 1
             raise TimeoutError("the provider timed out")
 
@@ -478,7 +480,7 @@ def test_a_transient_failure_is_retried(
 def test_a_permanent_failure_rolls_back_everything(
     committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine
 ) -> None:
-    def inject(call: str) -> None:
+    def inject(call: str, phase: str) -> None:
         if call == "ssh_prepare_disk":
             raise ValueError("the disk is unusable")
 
@@ -541,3 +543,112 @@ def test_the_dummy_cloud_runs_through_every_state(
     assert S.CREATING_DISK.value in [to for to, _m, _e in steps]
     assert skipped, steps
     assert deployment.url == f"https://{deployment.address}/"
+
+
+class Crash(BaseException):
+    """The worker dies: raised past every ``except Exception``, so nothing is committed."""
+
+
+#: every call that makes or changes something, in the order a vm_app deployment makes them
+MAKING_CALLS = (
+    "import_key_pair",
+    "create_security_group",
+    "authorize_ingress",
+    "create_node",
+    "ssh_install_key",
+    "create_volume",
+    "attach_volume",
+    "ssh_prepare_disk",
+    "ssh_setup",
+)
+
+
+def test_a_worker_killed_after_any_provider_call_resumes_without_duplicates(
+    committed_db: Factory,
+    cloud: CloudAccount,
+    ec2: Any,
+    image_id: str,
+    sealer: Sealer,
+    sshd_server: SshdServer,
+    tmp_path: Path,
+) -> None:
+    armed = set(MAKING_CALLS)
+    crashed: list[str] = []
+
+    def kill_after(call: str, phase: str) -> None:
+        if phase == "after" and call in armed:
+            armed.discard(call)
+            crashed.append(call)
+            raise Crash(call)
+
+    clouds.set_fault_injector(kill_after)
+    _key_path, public_key = customer_key(tmp_path)
+    made = order(committed_db, target(image_id), ssh_key=public_key)
+    deployment_id = request(committed_db, made)
+    workers = 0
+    while True:
+        workers += 1  # a new worker each time, as after a restart
+        engine = Engine(committed_db, sealer, base_delay=0.05, poll_seconds=0.05, max_attempts=3)
+        try:
+            deployment = drive(engine, committed_db, deployment_id, S.RUNNING, S.FAILED)
+            break
+        except Crash:
+            continue
+    assert deployment.state is S.RUNNING, history(committed_db, deployment_id)
+    assert crashed == list(MAKING_CALLS) and workers == len(MAKING_CALLS) + 1
+
+    # exactly one of everything
+    assert [i["InstanceId"] for i in live_instances(ec2)] == [deployment.node_id]
+    assert [v["VolumeId"] for v in data_disks(ec2)] == [deployment.volume_id]
+    assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == [cloud.key_name]
+    groups = [
+        g for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"].startswith("mercato-")
+    ]
+    assert len(groups) == 1 and {p["FromPort"] for p in groups[0]["IpPermissions"]} == {22, 443}
+    assert sshd_server.authorized_keys_path.read_text().splitlines().count(public_key) == 1
+    assert (tmp_path / "data" / "setup-runs").read_text().splitlines() == ["ran"]
+
+
+def test_the_reaper_removes_an_orphan_and_spares_a_live_one(
+    committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine, sealer: Sealer
+) -> None:
+    made = order(committed_db, target(image_id))
+    live = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
+    assert live.state is S.RUNNING
+    # planted: a VM and a disk tagged for a deployment the database never heard of, and an
+    # untagged VM that is not Mercato's at all
+    ghost = str(uuid.uuid4())
+    tagged = [
+        {"ResourceType": kind, "Tags": [{"Key": "mercato-deployment", "Value": ghost}]}
+        for kind in ("instance",)
+    ]
+    orphan = ec2.run_instances(
+        ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=tagged
+    )
+    orphan_id = orphan["Instances"][0]["InstanceId"]
+    orphan_disk = ec2.create_volume(
+        Size=1,
+        AvailabilityZone="us-east-1a",
+        TagSpecifications=[
+            {"ResourceType": "volume", "Tags": [{"Key": "mercato-deployment", "Value": ghost}]}
+        ],
+    )["VolumeId"]
+    stranger = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    stranger_id = stranger["Instances"][0]["InstanceId"]
+
+    from deployer.reaper import reap
+
+    # within the grace period nothing is touched
+    early = reap(committed_db, sealer)
+    assert early.removed == [] and early.errors == []
+    report = reap(committed_db, sealer, grace=dt.timedelta(0))
+    assert report.errors == []
+    assert sorted(report.removed) == sorted(
+        [
+            f"aws-test: disk {orphan_disk} of deployment {ghost}",
+            f"aws-test: VM {orphan_id} of deployment {ghost}",
+        ]
+    )
+    assert sorted(i["InstanceId"] for i in live_instances(ec2)) == sorted([live.node_id, stranger_id])
+    assert [v["VolumeId"] for v in data_disks(ec2)] == [live.volume_id]
+    assert any(live.node_id in line for line in report.kept)
