@@ -46,6 +46,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.logo
 	$(BIN)/python -m bench.orders
+	$(BIN)/python -m bench.deployer
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -145,6 +145,7 @@ class Engine:
     def advance_one(self) -> uuid.UUID | None:
         """Run one step of the deployment due soonest; its id, or None if none is due."""
         now = self.clock()
+        started = time.perf_counter()
         with self.session_factory() as session:
             deployment = session.scalar(
                 sa.select(Deployment)
@@ -155,7 +156,7 @@ class Engine:
             )
             if deployment is None:
                 return None
-            self._advance(session, deployment, now)
+            self._advance(session, deployment, now, started)
             session.commit()
             return deployment.id
 
@@ -184,7 +185,7 @@ class Engine:
             )
 
     # ------------------------------------------------------------ one step
-    def _advance(self, session: Session, deployment: Deployment, now: dt.datetime) -> None:
+    def _advance(self, session: Session, deployment: Deployment, now: dt.datetime, started: float) -> None:
         account = (
             session.get(CloudAccount, deployment.cloud_account_id) if deployment.cloud_account_id else None
         )
@@ -206,10 +207,17 @@ class Engine:
             )
             if step.next_state is not None and step.next_state not in (S.FAILED, S.REMOVED):
                 deployment.last_error = None  # a step went through; a failure's reason stays
-            detail = {**step.detail, "provider_seconds": round(ctx.calls.seconds, 4)}
+            detail = {
+                **step.detail,
+                # the step's time (claim to record) and the part spent in the cloud and SSH
+                "step_seconds": round(time.perf_counter() - started, 4),
+                "provider_seconds": round(ctx.calls.seconds, 4),
+            }
             if step.next_state is not None:
                 service.record(session, deployment, step.next_state, step.message, detail=detail, now=now)
                 deployment.next_attempt_at = now
+                if step.next_state is S.REMOVED:
+                    deployment.removed_at = now
                 if step.next_state is S.RUNNING:
                     self._ready(ctx, now)
                 elif step.next_state is S.FAILED:
@@ -368,12 +376,16 @@ def _prepare(ctx: Context) -> Step:
     try:
         pairs = ctx.calls("list_key_pairs", ctx.driver.list_key_pairs)
         if not any(p.name == ctx.account.key_name for p in pairs):
-            ctx.calls(
-                "import_key_pair",
-                ctx.driver.import_key_pair_from_string,
-                ctx.account.key_name,
-                ctx.account.public_key,
-            )
+            try:
+                ctx.calls(
+                    "import_key_pair",
+                    ctx.driver.import_key_pair_from_string,
+                    ctx.account.key_name,
+                    ctx.account.public_key,
+                )
+            except clouds.DeployError as exc:
+                # two workers importing at once: the loser finds it there on its next try
+                raise TransientError(f"importing the platform key pair: {exc}") from exc
             notes.append(f"key pair {ctx.account.key_name} imported")
         else:
             notes.append(f"key pair {ctx.account.key_name} present")
@@ -411,25 +423,29 @@ def _rules(spec: dict[str, Any]) -> set[tuple[str, int, str]]:
 
 
 def _security_group(ctx: Context) -> str:
-    """The product's security group (one per product and cloud), with its ports opened."""
+    """The product's security group (one per product and cloud), with its ports opened.
+
+    Two workers may deploy the same product at once: whoever loses the race to create
+    the group or a rule gets an error, and simply finds it there on its next try.
+    """
     driver = ctx.driver
     name = f"mercato-product-{ctx.deployment.product_id}"
-    groups = ctx.calls(
-        "describe_security_groups", driver.ex_get_security_groups, filters={"group-name": name}
-    )
-    if groups:
-        group = groups[0]
-    else:
-        made = ctx.calls(
-            "create_security_group", driver.ex_create_security_group, name, "Mercato product ports"
+
+    def find() -> Any:
+        found = ctx.calls(
+            "describe_security_groups", driver.ex_get_security_groups, filters={"group-name": name}
         )
-        group = next(
-            iter(
-                ctx.calls(
-                    "describe_security_groups", driver.ex_get_security_groups, group_ids=[made["group_id"]]
-                )
-            )
-        )
+        return found[0] if found else None
+
+    group = find()
+    if group is None:
+        try:
+            ctx.calls("create_security_group", driver.ex_create_security_group, name, "Mercato product ports")
+        except clouds.DeployError as exc:
+            raise TransientError(f"creating security group {name}: {exc}") from exc
+        group = find()
+        if group is None:
+            raise TransientError(f"security group {name} is not visible yet")
     opened = {
         (str(rule.get("protocol")), int(rule.get("from_port") or 0), cidr)
         for rule in (group.ingress_rules or [])
@@ -437,15 +453,18 @@ def _security_group(ctx: Context) -> str:
         for cidr in rule.get("cidr_ips") or []
     }
     for protocol, port, cidr in sorted(_rules(ctx.deployment.spec) - opened):
-        ctx.calls(
-            "authorize_ingress",
-            driver.ex_authorize_security_group_ingress,
-            group.id,
-            port,
-            port,
-            cidr_ips=[cidr],
-            protocol=protocol,
-        )
+        try:
+            ctx.calls(
+                "authorize_ingress",
+                driver.ex_authorize_security_group_ingress,
+                group.id,
+                port,
+                port,
+                cidr_ips=[cidr],
+                protocol=protocol,
+            )
+        except clouds.DeployError as exc:
+            raise TransientError(f"opening {protocol}/{port} from {cidr}: {exc}") from exc
     return str(group.id)
 
 
@@ -650,7 +669,7 @@ def _prepare_disk(ctx: Context) -> Step:
 def _url(template: str | None, address: str | None) -> str | None:
     if not template or not address:
         return None
-    return template.replace("{ip}", address).replace("{host}", address).replace("{address}", address)
+    return template.replace("{ip}", address).replace("{hostname}", address)
 
 
 def _finish(deployment: Deployment, url: str | None, login: str) -> None:
@@ -726,8 +745,30 @@ def _wait_detached(ctx: Context, volume_id: str, timeout: float = 60.0) -> None:
     raise TransientError(f"disk {volume_id} is still attached")
 
 
+def _final_snapshot(ctx: Context) -> str | None:
+    """The product asks for a last snapshot of the data disk: made once, before deletion."""
+    if not ctx.deployment.spec.get("final_snapshot") or not ctx.deployment.volume_id:
+        return None
+    volume = _find_volume(ctx)
+    if volume is None:
+        return None
+    name = f"{ctx.name}-final"
+    try:
+        existing = ctx.calls("list_snapshots", ctx.driver.list_volume_snapshots, volume)
+        for snapshot in existing:
+            if snapshot.name == name or (snapshot.extra or {}).get("tags", {}).get("Name") == name:
+                return f"snapshot {snapshot.id} (made earlier)"
+        snapshot = ctx.calls("create_snapshot", ctx.driver.create_volume_snapshot, volume, name)
+    except NotImplementedError:
+        return "no final snapshot: this cloud has no snapshots"
+    return f"snapshot {snapshot.id}"
+
+
 def _destroy(ctx: Context) -> Step:
+    snapshot = _final_snapshot(ctx)
     removed = _remove_all(ctx)
+    if snapshot:
+        removed.insert(0, "after " + snapshot)
     ctx.deployment.removed_at = utcnow()
     return Step(S.REMOVED, "removed " + (", ".join(removed) if removed else "nothing (none was found)"))
 

@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -155,6 +156,13 @@ class MotoServer:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     """moto's threaded server on 127.0.0.1, on a port the OS picks."""
+    with running_moto() as server:
+        yield server
+
+
+@contextmanager
+def running_moto() -> Iterator[MotoServer]:
+    """moto's server with the EC2 namespace fix, stopped at the end (also for benchmarks)."""
     server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
     server.start()
     try:
@@ -260,15 +268,29 @@ def _sshd_config(port: int, host_key: Path, authorized_keys: Path, pid_file: Pat
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdServer]:
     """OpenSSH's sshd, as its own process with its own config, on 127.0.0.1."""
+    try:
+        with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+            yield server
+    except SshdUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+class SshdUnavailable(RuntimeError):
+    """sshd is not installed or would not start; the message says what to do."""
+
+
+@contextmanager
+def running_sshd(workdir: Path) -> Iterator[SshdServer]:
+    """sshd on 127.0.0.1 with its keys and config in ``workdir``, stopped at the end
+    (also used by ``bench.deployer``)."""
     if not SSHD.exists():
-        pytest.fail(f"{SSHD} is missing. {INSTALL_SSHD}", pytrace=False)
+        raise SshdUnavailable(f"{SSHD} is missing. {INSTALL_SSHD}")
     if shutil.which(SSH_KEYGEN) is None:
-        pytest.fail(f"{SSH_KEYGEN} is missing. {INSTALL_SSHD}", pytrace=False)
+        raise SshdUnavailable(f"{SSH_KEYGEN} is missing. {INSTALL_SSHD}")
     if os.geteuid() == 0:
         # sshd's privilege separation directory; it refuses to start without it.
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
 
-    workdir = tmp_path_factory.mktemp("sshd")
     username = _current_user()
     host_key = workdir / "ssh_host_ed25519_key"
     host_public_key = _keygen(host_key, "mercato-test-sshd-host")
@@ -302,7 +324,7 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdServer
             _stop_process(process)
             process = None
     if process is None:
-        pytest.fail(f"could not start sshd: {error}", pytrace=False)
+        raise SshdUnavailable(f"could not start sshd: {error}")
 
     known_hosts = workdir / "known_hosts"
     server = SshdServer(

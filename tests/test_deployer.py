@@ -499,10 +499,10 @@ def test_a_permanent_failure_rolls_back_everything(
         assert [e.payload["deployment_id"] for e in told] == [str(deployment.id)]
 
 
-def test_undeploy_leaves_nothing(
+def test_undeploy_leaves_nothing_but_the_final_snapshot(
     committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine
 ) -> None:
-    made = order(committed_db, target(image_id))
+    made = order(committed_db, {**target(image_id), "final_snapshot": True})
     deployment_id = request(committed_db, made)
     running = drive(engine, committed_db, deployment_id, S.RUNNING, S.FAILED)
     assert running.state is S.RUNNING and len(live_instances(ec2)) == 1
@@ -515,6 +515,12 @@ def test_undeploy_leaves_nothing(
     assert live_instances(ec2) == [] and data_disks(ec2) == []
     states = [to for to, _m, _e in history(committed_db, deployment_id)]
     assert states[-3:] == [S.STOPPING.value, S.DESTROYING.value, S.REMOVED.value]
+    # the product asked for a last snapshot of the data disk, made before it was deleted
+    snapshots = ec2.describe_snapshots(Filters=[{"Name": "volume-id", "Values": [running.volume_id]}])[
+        "Snapshots"
+    ]
+    assert len(snapshots) == 1
+    assert snapshots[0]["SnapshotId"] in history(committed_db, deployment_id)[-1][1]
 
 
 def test_an_unknown_cloud_account_fails_at_once(committed_db: Factory, engine: Engine, ec2: Any) -> None:

@@ -84,6 +84,10 @@ class DeploymentTargetSchema(Schema):
         metadata={"example": "https://{ip}/", "description": "placeholders: {ip}, {hostname}"},
     )
     default_login = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    final_snapshot = fields.Boolean(
+        load_default=False,
+        metadata={"description": "snapshot the data disk before it is deleted when the subscription ends"},
+    )
 
     @validates_schema(skip_on_field_errors=False)
     def _url_template(self, data: dict[str, Any], **kwargs: Any) -> None:
