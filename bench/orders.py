@@ -95,7 +95,7 @@ def prepare_in_child() -> int:
                     {
                         "cloud_account": "bench",
                         "region": None,
-                        "image": "img",
+                        "image": "1",
                         "size": {"cores": 1, "ram_mib": 1024, "root_disk_gib": 10},
                         "inbound_ports": [],
                     }
@@ -119,6 +119,14 @@ def prepare_in_child() -> int:
         )
         catalog.submit(session, product)
         catalog.approve(session, product, admin)
+        # the product deploys to Libcloud's dummy driver: each order's machine is made too
+        from deployer import service as deployments
+
+        deployments.create_cloud_account(
+            session,
+            app.extensions["mercato.sealer"],
+            deployments.CloudAccountInput(slug="bench", name="Dummy", provider="dummy", credentials={}),
+        )
         for n in range(CUSTOMERS):
             user = accounts.create_user(
                 session, email=f"bench-{n}@example.test", name=f"C{n}", password="bench-password-1"

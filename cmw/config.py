@@ -150,10 +150,7 @@ class Config:
             return self.secret_key
         self.ensure_data_dirs()
         path = self.data_dir / "secret_key"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
+        _write_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip()
 
     def effective_encryption_keys(self) -> list[str]:
@@ -163,11 +160,26 @@ class Config:
             return keys
         self.ensure_data_dirs()
         path = self.data_dir / "encryption_key"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        _write_once(path, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
         return [path.read_text().strip()]
+
+
+def _write_once(path: Path, value: str) -> None:
+    """Create ``path`` (mode 600) holding ``value`` unless it exists; safe when several
+    processes start at once: one writes (to a temporary file, renamed into place), the
+    others read what it wrote."""
+    if path.exists():
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    try:
+        os.link(temporary, path)  # fails if another process got there first: theirs stays
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
 
 
 def _is_fernet_key(value: str) -> bool:

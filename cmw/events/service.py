@@ -23,7 +23,8 @@ def emit(
     """Add an event to the outbox; it is published only if the session commits."""
     if not _TOPIC.match(topic):
         raise ValueError(f"event topic {topic!r} is not like 'entity.happened'")
-    event = OutboxEvent(topic=topic, payload=payload, marketplace_id=marketplace_id)
+    # The id is set here so callers have it at once; the row goes in with the session's next
+    # flush, together with the change it describes (several events, one INSERT).
+    event = OutboxEvent(id=uuid.uuid4(), topic=topic, payload=payload, marketplace_id=marketplace_id)
     session.add(event)
-    session.flush()
     return event

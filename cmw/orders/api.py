@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import request
+from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
@@ -77,6 +77,9 @@ class OrderSchema(Schema):
     created_at = fields.AwareDateTime()
     confirmed_at = fields.AwareDateTime(allow_none=True)
     failure_reason = fields.String(allow_none=True)
+
+
+ORDER_SCHEMA = OrderSchema()
 
 
 class ChangeSchema(Schema):
@@ -202,8 +205,11 @@ class Orders(MethodView):
                     idempotency_key=key,
                     request_hash=digest if key else None,
                 )
+                # serialised before the commit expires it: no reload on the busiest write
+                response = current_app.json.response(ORDER_SCHEMA.dump(order))
                 session.commit()
-                return order
+                response.status_code = 201
+                return response
             except service.IdempotencyConflict as exc:
                 session.rollback()
                 raise ApiError(409, str(exc), slug="idempotency-key-reused") from None

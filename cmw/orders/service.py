@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from cmw.accounts.models import Organisation, OrganisationKind, User
 from cmw.catalog import service as catalog
@@ -121,7 +121,12 @@ def place_order(
     if customer.kind is not OrganisationKind.CUSTOMER or customer.marketplace_id != marketplace.id:
         raise OrderError("organisation_id", "not a customer organisation of this marketplace")
     product = _product(session, marketplace, request.product)
-    live = session.get(ProductVersion, product.live_version_id)
+    # the version with its plans and their prices in one query (an approved version never changes)
+    live = session.get(
+        ProductVersion,
+        product.live_version_id,
+        options=[joinedload(ProductVersion.plans).joinedload(Plan.components)],
+    )
     assert live is not None
     plan = next((p for p in live.plans if p.code == request.plan or str(p.id) == request.plan), None)
     if plan is None:
@@ -142,6 +147,7 @@ def place_order(
         trial_days = live.trial_days
 
     order = Order(
+        id=uuid.uuid4(),
         marketplace_id=marketplace.id,
         customer_id=customer.id,
         placed_by_id=user.id,
@@ -159,17 +165,16 @@ def place_order(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
-    session.add(order)
-    # Flushed first: a concurrent request with the same key waits here and then fails on
-    # the unique key, before it creates anything else.
-    session.flush()
     if request.trial:
         session.add(TrialGrant(customer_id=customer.id, product_id=product.id, granted_at=now))
-        session.flush()
     subscription = _start(session, order, plan, trial_days, now, user)
     order.subscription_id = subscription.id
     order.status = OrderStatus.CONFIRMED
     order.confirmed_at = now
+    session.add(order)
+    # One flush for the order, its subscription, history and events: a concurrent request
+    # with the same key (or the same trial) waits on the unique index here, then fails and
+    # its transaction rolls back whole.
     session.flush()
     emit(session, "order.placed", _order_payload(order), marketplace_id=marketplace.id)
     emit(
@@ -241,6 +246,7 @@ def _start(
         end = period_end(now, plan.billing_period)
         status, trial_end = SubscriptionStatus.ACTIVE, None
     subscription = Subscription(
+        id=uuid.uuid4(),
         marketplace_id=order.marketplace_id,
         customer_id=order.customer_id,
         product_id=order.product_id,
@@ -255,6 +261,8 @@ def _start(
         region=order.region,
     )
     session.add(subscription)
+    # first: the order, its history and the trial grant refer to it, and the unit of work
+    # orders inserts by relationships, which these tables do not declare
     session.flush()
     record(
         session,
@@ -285,8 +293,7 @@ def record(
         after=after,
         at=at or utcnow(),
     )
-    session.add(change)
-    session.flush()
+    session.add(change)  # written with the session's next flush, after its subscription
     return change
 
 
