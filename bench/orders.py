@@ -212,7 +212,12 @@ def run() -> int:
                 drain_seconds = time.monotonic() - stopped
         finally:
             worker.terminate()
-            worker.wait(timeout=30)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print("bench.orders: the worker did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
+                worker.kill()
+                worker.wait(timeout=10)
     ok = figures.requests_per_second >= 200 and figures.latency_p99_ms < 150
     report = {
         "orders": orders,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -347,3 +348,36 @@ def test_the_worker_relays_and_consumes_end_to_end(
         worker.stop()
         thread.join(15)
     assert not thread.is_alive()
+
+
+def test_a_worker_whose_handler_keeps_failing_still_stops_at_once(committed_db: Factory) -> None:
+    """Retries talk to the broker (a retry queue, a confirmed publish); done inside the
+    delivery callback, every wait there took the next deliveries into nested callbacks
+    and the worker never came back to its loop to see it should stop."""
+    consumer = RecordingConsumer(tag(), fail=True)
+    consumer.max_attempts = 50  # type: ignore[misc]
+    queue = consumer.queue()
+    worker = Worker(connect, committed_db, [consumer], relay_poll_seconds=0.05)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    try:
+        for n in range(30):
+            _publish_raw(queue, str(uuid.uuid4()), {"n": n}, f"test.{consumer.name}.happened")
+        attempts: list[int] = []
+        original = consumer._failed
+
+        def counting(*args: Any) -> str:
+            attempts.append(1)
+            return original(*args)
+
+        consumer._failed = counting  # type: ignore[method-assign]
+        thread.start()
+        wait_until(lambda: len(attempts) >= 60, 30, "the handler failing again and again")
+        stopping = time.monotonic()
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "the worker did not stop"
+        assert time.monotonic() - stopping < 5
+    finally:
+        worker.stop()
+        with connect() as conn:
+            queue(conn.default_channel).delete()

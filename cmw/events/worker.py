@@ -7,6 +7,7 @@ in the main thread. SIGTERM and SIGINT stop both after the message in hand.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import threading
@@ -58,6 +59,8 @@ class Worker(ConsumerMixin):
         #: long-running loops (the deployer engine), each on its own thread until stopped
         self.loops = list(loops)
         self._loop_threads: list[threading.Thread] = []
+        self._live: Connection | None = None
+        self._inbox: collections.deque[tuple[EventConsumer, Any, Any]] = collections.deque()
         self._relay_thread: threading.Thread | None = None
         self._periodic_thread: threading.Thread | None = None
 
@@ -72,13 +75,33 @@ class Worker(ConsumerMixin):
             for c in self.consumers
         ]
 
+    def on_consume_ready(
+        self, connection: Connection, channel: StdChannel, consumers: list[Consumer]
+    ) -> None:
+        # ConsumerMixin consumes on a clone of self.connection: that one carries the heartbeats
+        self._live = connection
+
+    def _heartbeat(self) -> None:
+        if self._live is not None:
+            self._live.heartbeat_check()
+
     def on_iteration(self) -> None:
-        # ConsumerMixin wakes at least once a second; keep the AMQP heartbeat going so an
-        # idle worker is not dropped by the broker.
-        self.connection.heartbeat_check()
+        # ConsumerMixin wakes at least once a second, and after each delivery; keep the
+        # AMQP heartbeat going, busy or idle, so the broker does not drop the worker.
+        self._heartbeat()
+        # Messages are applied here, between two reads of the connection, never inside
+        # one: applying may talk to the broker (a retry queue declared, a publish waiting
+        # for its confirm), and a wait inside a delivery callback would hand the next
+        # deliveries to callbacks nested in it, without end, and the worker would never
+        # get back to its loop to stop.
+        while self._inbox and not self.should_stop:
+            consumer, body, message = self._inbox.popleft()
+            consumer.apply(self.session_factory, body, message)
+            self._heartbeat()
 
     def _on_message(self, consumer: EventConsumer, body: Any, message: Any) -> None:
-        consumer.apply(self.session_factory, body, message)
+        # only noted: applied by on_iteration (unacknowledged ones are redelivered after a stop)
+        self._inbox.append((consumer, body, message))
 
     def start_relay(self) -> None:
         self._relay_thread = threading.Thread(
