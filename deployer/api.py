@@ -12,7 +12,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from cmw.accounts.auth import Identity, require_identity, roles_required
+from cmw.accounts.auth import Identity, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
@@ -213,16 +213,12 @@ class CloudAccountTest(MethodView):
 
 # ------------------------------------------------------------------ deployments
 def _visible(identity: Identity) -> sa.ColumnElement[bool]:
-    scope: list[sa.ColumnElement[bool]] = [sa.false()]
-    if identity.is_admin:
-        scope.append(sa.true())
-    customers = identity.organisations_with(Role.CUSTOMER)
-    if customers:
-        scope.append(Deployment.customer_id.in_(customers))
-    vendors = identity.organisations_with(Role.VENDOR)
-    if vendors:
-        scope.append(Deployment.vendor_id.in_(vendors))
-    return sa.and_(Deployment.marketplace_id == identity.marketplace.id, sa.or_(*scope))
+    return visible_rows(
+        identity,
+        Deployment.marketplace_id,
+        Deployment.customer_id,
+        lambda vendors: Deployment.vendor_id.in_(vendors),
+    )
 
 
 def _deployment(deployment_id: uuid.UUID) -> Deployment:

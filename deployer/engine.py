@@ -468,16 +468,23 @@ def _security_group(ctx: Context) -> str:
     return str(group.id)
 
 
-def _find_node(ctx: Context) -> Node | None:
-    driver = ctx.driver
+def _listed(ctx: Context, call: str, fn: Callable[..., list[Any]]) -> list[Any]:
+    """The cloud's nodes or volumes: only this deployment's where the cloud filters by tag."""
     if ctx.is_ec2:
-        nodes = ctx.calls("list_nodes", driver.list_nodes, ex_filters={f"tag:{TAG}": ctx.tag})
-    else:
-        nodes = ctx.calls("list_nodes", driver.list_nodes)
-    for node in nodes:
-        tags = (node.extra or {}).get("tags") or {}
-        mine = node.id == ctx.deployment.node_id or node.name == ctx.name or tags.get(TAG) == ctx.tag
-        if mine and node.state != NodeState.TERMINATED:
+        found: list[Any] = ctx.calls(call, fn, ex_filters={f"tag:{TAG}": ctx.tag})
+        return found
+    listed: list[Any] = ctx.calls(call, fn)
+    return listed
+
+
+def _is_mine(ctx: Context, resource: Any, known_id: str | None, name: str) -> bool:
+    tags = (resource.extra or {}).get("tags") or {}
+    return bool(resource.id == known_id or resource.name == name or tags.get(TAG) == ctx.tag)
+
+
+def _find_node(ctx: Context) -> Node | None:
+    for node in _listed(ctx, "list_nodes", ctx.driver.list_nodes):
+        if _is_mine(ctx, node, ctx.deployment.node_id, ctx.name) and node.state != NodeState.TERMINATED:
             return node
     return None
 
@@ -587,19 +594,9 @@ def _configure_access(ctx: Context) -> Step:
 
 
 def _find_volume(ctx: Context) -> StorageVolume | None:
-    driver = ctx.driver
-    if ctx.is_ec2:
-        volumes = ctx.calls("list_volumes", driver.list_volumes, ex_filters={f"tag:{TAG}": ctx.tag})
-    else:
-        volumes = ctx.calls("list_volumes", driver.list_volumes)
-    for volume in volumes:
-        tags = (volume.extra or {}).get("tags") or {}
-        if (
-            volume.id == ctx.deployment.volume_id
-            or tags.get(TAG) == ctx.tag
-            or volume.name == f"{ctx.name}-data"
-        ):
-            return volume
+    for volume in _listed(ctx, "list_volumes", ctx.driver.list_volumes):
+        if _is_mine(ctx, volume, ctx.deployment.volume_id, f"{ctx.name}-data"):
+            return volume  # type: ignore[no-any-return]
     return None
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
+import sqlalchemy as sa
 from flask import Response, g, request, session
 from flask_wtf.csrf import generate_csrf
 
@@ -186,6 +187,27 @@ def login_required(view: Callable[P, R]) -> Callable[P, R]:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def visible_rows(
+    identity: Identity,
+    marketplace_id: sa.orm.InstrumentedAttribute[uuid.UUID],
+    customer_id: sa.orm.InstrumentedAttribute[uuid.UUID],
+    of_vendors: Callable[[frozenset[uuid.UUID]], sa.ColumnElement[bool]],
+) -> sa.ColumnElement[bool]:
+    """Rows of the identity's marketplace it may see, whatever mix of roles it holds: all
+    for an admin, its customer organisations' rows, and its vendor organisations' rows
+    (``of_vendors`` says which rows belong to those vendors)."""
+    scope: list[sa.ColumnElement[bool]] = [sa.false()]
+    if identity.is_admin:
+        scope.append(sa.true())
+    customers = identity.organisations_with(Role.CUSTOMER)
+    if customers:
+        scope.append(customer_id.in_(customers))
+    vendors = identity.organisations_with(Role.VENDOR)
+    if vendors:
+        scope.append(of_vendors(vendors))
+    return sa.and_(marketplace_id == identity.marketplace.id, sa.or_(*scope))
 
 
 def roles_required(*roles: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:

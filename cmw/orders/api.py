@@ -16,7 +16,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy.exc import IntegrityError
 
-from cmw.accounts.auth import Identity, require_identity, roles_required
+from cmw.accounts.auth import Identity, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Organisation, Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate, paginate_rows
@@ -122,17 +122,13 @@ class SubscriptionListArgs(Schema):
 
 
 def _visible(identity: Identity, model: type[Order] | type[Subscription]) -> sa.ColumnElement[bool]:
-    """Rows of this marketplace the caller may see, whatever mix of roles they hold."""
-    scope: list[sa.ColumnElement[bool]] = [sa.false()]
-    if identity.is_admin:
-        scope.append(sa.true())
-    customers = identity.organisations_with(Role.CUSTOMER)
-    if customers:
-        scope.append(model.customer_id.in_(customers))
-    vendors = identity.organisations_with(Role.VENDOR)
-    if vendors:
-        scope.append(model.product_id.in_(sa.select(Product.id).where(Product.vendor_id.in_(vendors))))
-    return sa.and_(model.marketplace_id == identity.marketplace.id, sa.or_(*scope))
+    """Orders or subscriptions of this marketplace the caller may see."""
+    return visible_rows(
+        identity,
+        model.marketplace_id,
+        model.customer_id,
+        lambda vendors: model.product_id.in_(sa.select(Product.id).where(Product.vendor_id.in_(vendors))),
+    )
 
 
 def _list(
