@@ -16,8 +16,8 @@ from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.assets.api import storage
 from cmw.assets.models import Image
-from cmw.assets.service import InvalidImage, image_view, save_image
-from cmw.catalog import cache, search, service
+from cmw.assets.service import InvalidImage, save_image
+from cmw.catalog import cache, presenters, search, service
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion, VersionState
 from cmw.catalog.pricing import ComponentSpec, PlanSpec, PricingError, Tier
@@ -86,22 +86,7 @@ def _version_view(version: ProductVersion | None) -> dict[str, Any] | None:
 
 
 def _images_of(version: ProductVersion) -> dict[str, Any]:
-    """The version's logo and screenshots, with browser URLs."""
-    wanted = [version.logo_image_id, *(uuid.UUID(i) for i in version.screenshot_ids or [])]
-    ids = [i for i in wanted if i is not None]
-    found = (
-        {i.id: i for i in current_session().scalars(sa.select(Image).where(Image.id.in_(ids)))} if ids else {}
-    )
-    store = storage()
-    logo = found.get(version.logo_image_id) if version.logo_image_id else None
-    return {
-        "logo": image_view(store, logo),
-        "screenshots": [
-            image_view(store, found[uuid.UUID(i)])
-            for i in version.screenshot_ids or []
-            if uuid.UUID(i) in found
-        ],
-    }
+    return presenters.images_of(current_session(), storage(), version)
 
 
 def _product_view(product: Product) -> dict[str, Any]:
@@ -119,22 +104,7 @@ def _product_view(product: Product) -> dict[str, Any]:
 
 
 def _public_view(product: Product) -> dict[str, Any]:
-    live = product.live_version
-    assert live is not None
-    return {
-        **service.content_of(live),
-        "id": product.id,
-        "slug": product.slug,
-        "vendor_id": product.vendor_id,
-        "vendor_name": product.vendor.name,
-        "version": live.number,
-        "long_description_html": render(live.long_description),
-        "plans": live.plans,
-        "published_at": product.published_at,
-        "price_from": search.price_from_view(live.price_from_amount, live.price_from_currency),
-        "rating": search.rating_view(product.rating_count, product.rating_sum),
-        **_images_of(live),
-    }
+    return presenters.public_view(current_session(), storage(), product)
 
 
 def _card(product: Product) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -113,3 +114,24 @@ def set_hidden(session: Session, review: Review, hidden: bool) -> Review:
         review.hidden = hidden
         session.flush()
     return review
+
+
+def visible_page(session: Session, product_id: uuid.UUID, page: int, per_page: int) -> dict[str, Any]:
+    """A page of the product's visible reviews, newest first: items are (review, reviewer name)."""
+    from cmw.accounts.models import Organisation
+
+    stmt = (
+        sa.select(Review, Organisation.name)
+        .join(Organisation, Organisation.id == Review.organisation_id)
+        .where(Review.product_id == product_id, Review.hidden.is_(False))
+        .order_by(Review.created_at.desc(), Review.id)
+    )
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    rows = session.execute(stmt.limit(per_page).offset((page - 1) * per_page))
+    return {
+        "items": [(review, name) for review, name in rows],
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "pages": -(-total // per_page),
+    }

@@ -83,26 +83,8 @@ class ProductReviews(MethodView):
     def get(self, args: dict[str, Any], ref: str) -> dict[str, Any]:
         """Visible reviews of a published product, newest first. No sign-in needed."""
         product = _published(ref)
-        stmt = (
-            sa.select(Review, Organisation.name)
-            .join(Organisation, Organisation.id == Review.organisation_id)
-            .where(Review.product_id == product.id, Review.hidden.is_(False))
-            .order_by(Review.created_at.desc(), Review.id)
-        )
-        total = (
-            current_session().scalar(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery()))
-            or 0
-        )
-        rows = current_session().execute(
-            stmt.limit(args["per_page"]).offset((args["page"] - 1) * args["per_page"])
-        )
-        return {
-            "items": [_view(review, name) for review, name in rows],
-            "page": args["page"],
-            "per_page": args["per_page"],
-            "total": total,
-            "pages": -(-total // args["per_page"]),
-        }
+        found = reviews.visible_page(current_session(), product.id, args["page"], args["per_page"])
+        return {**found, "items": [_view(review, name) for review, name in found["items"]]}
 
 
 @blp.route("/products/<string:ref>/reviews/mine")

@@ -1,0 +1,76 @@
+"""The storefront pages, rendered by the app: home, catalog search with its filters and
+errors, and the product page with its plans and reviews."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from cmw.accounts.models import Role, User
+from tests.catalog_data import publish
+
+Headers = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def published(client: FlaskClient, make_user: Callable[..., User], token_for: Headers) -> dict[str, Any]:
+    vendor_h, admin_h = token_for(make_user(Role.VENDOR)), token_for(make_user(Role.ADMIN))
+    first = publish(client, vendor_h, admin_h)
+    second = publish(
+        client,
+        vendor_h,
+        admin_h,
+        slug="backup-vault",
+        name="Backup Vault",
+        short_description="Backups, kept safe.",
+    )
+    return {"wiki": first, "backup": second}
+
+
+def test_home_shows_the_newest_products_and_the_categories(
+    client: FlaskClient, published: dict[str, Any]
+) -> None:
+    page = client.get("/")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert 'href="/products/wiki-server"' in html and 'href="/products/backup-vault"' in html
+    assert 'href="/products?category=collaboration"' in html
+    assert "from 71.50 EUR a month" in html  # the cheapest plan, its minimum seats included
+
+
+def test_the_catalog_searches_like_the_api(client: FlaskClient, published: dict[str, Any]) -> None:
+    page = client.get("/products?q=backup")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "Backup Vault" in html and "Wiki Server" not in html
+    assert "1 product" in html
+    api = client.get("/api/v1/products?q=backup").get_json()
+    assert [i["slug"] for i in api["items"]] == ["backup-vault"]
+
+    empty = client.get("/products?q=nothing-like-this").get_data(as_text=True)
+    assert "No product matches" in empty and "0 products" in empty
+
+
+def test_a_bad_filter_is_shown_next_to_its_field(client: FlaskClient, published: dict[str, Any]) -> None:
+    page = client.get("/products?max_price=lots")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 422
+    assert 'id="max_price-error"' in html and 'aria-invalid="true"' in html
+    assert "Some search settings are not valid" in html
+
+
+def test_the_product_page_shows_plans_prices_and_reviews(
+    client: FlaskClient, published: dict[str, Any]
+) -> None:
+    page = client.get("/products/wiki-server")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "<h1>Wiki Server</h1>" in html
+    assert "Team" in html and "Enterprise" in html  # the plans table
+    assert "<strong>simple</strong>" in html  # the Markdown description, rendered
+    assert "No reviews yet" in html
+    missing = client.get("/products/no-such-product")
+    assert missing.status_code == 404 and "<h1>404</h1>" in missing.get_data(as_text=True)
