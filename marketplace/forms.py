@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField
-from wtforms.validators import DataRequired, Length
+from wtforms import BooleanField, EmailField, IntegerField, PasswordField, SelectField, TextAreaField
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 
 class SignInForm(FlaskForm):  # type: ignore[misc]
@@ -14,3 +14,15 @@ class SignInForm(FlaskForm):  # type: ignore[misc]
 
 class SignOutForm(FlaskForm):  # type: ignore[misc]
     pass
+
+
+class OrderForm(FlaskForm):  # type: ignore[misc]
+    """Order a plan (or start the trial) of the product page's product."""
+
+    plan = SelectField("Plan", validators=[DataRequired()])
+    quantity = IntegerField("Quantity", default=1, validators=[Optional(), NumberRange(min=1, max=100_000)])
+    target = SelectField("Cloud and region", validators=[Optional()])
+    ssh_public_key = TextAreaField(
+        "Your SSH public key (optional)", validators=[Optional(), Length(max=16_384)]
+    )
+    trial = BooleanField("Start with the free trial")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from cmw.accounts.auth import (
     marketplace_or_none,
     start_session,
 )
+from cmw.accounts.models import Organisation, Role
 from cmw.api.pagination import PageArgs
 from cmw.assets.api import storage
 from cmw.catalog import presenters, reviews, search
@@ -28,7 +30,11 @@ from cmw.catalog.schemas import ProductListArgs
 from cmw.catalog.search import Sort
 from cmw.extensions import current_session
 from cmw.money import format_amount
-from marketplace.forms import SignInForm, SignOutForm
+from cmw.orders import service as orders
+from cmw.orders.models import Order
+from deployer import service as deployments
+from deployer.models import Deployment
+from marketplace.forms import OrderForm, SignInForm, SignOutForm
 
 bp = Blueprint("pages", __name__)
 
@@ -122,15 +128,101 @@ def catalog() -> ResponseReturnValue:
     )
 
 
-@bp.get("/products/<string:slug>")
+def _order_form(view: dict[str, Any]) -> OrderForm:
+    form = OrderForm()
+    form.plan.choices = [(p.code, p.name) for p in view["plans"]]
+    targets = view.get("deployment") or []
+    form.target.choices = [
+        (
+            f"{t['cloud_account']}|{t.get('region') or ''}",
+            f"{t['cloud_account']} {t.get('region') or ''}".strip(),
+        )
+        for t in targets
+    ]
+    return form
+
+
+@bp.route("/products/<string:slug>", methods=["GET", "POST"])
 def product(slug: str) -> ResponseReturnValue:
+    """The product page; its form places an order (signed-in customers)."""
     session = current_session()
     found = catalog_service.find_published(session, current_marketplace(), slug)
     if found is None:
         abort(404)
     view = presenters.public_view(session, storage(), found)
+    form = _order_form(view)
+    error = None
+    status = 200
+    if request.method == "POST":
+        identity = current_identity()
+        if identity is None:
+            return redirect(url_for("pages.sign_in", next=request.path))
+        customers = sorted(identity.organisations_with(Role.CUSTOMER))
+        if not customers:
+            error, status = "Only a customer organisation's users can order; sign in as one.", 403
+        elif form.validate_on_submit():
+            cloud, _, region = (form.target.data or "|").partition("|")
+            organisation = session.get(Organisation, customers[0])
+            assert organisation is not None
+            try:
+                placed = orders.place_order(
+                    session,
+                    identity.marketplace,
+                    identity.user,
+                    organisation,
+                    orders.OrderRequest(
+                        product=found.slug,
+                        plan=form.plan.data or "",
+                        quantity=form.quantity.data or 1,
+                        trial=bool(form.trial.data),
+                        cloud_account=cloud or None,
+                        region=region or None,
+                        ssh_public_key=form.ssh_public_key.data or None,
+                    ),
+                )
+            except orders.OrderError as exc:
+                session.rollback()
+                getattr(form, exc.field, form.plan).errors = [exc.message]
+                status = 422
+            else:
+                session.commit()
+                return redirect(url_for("pages.order", order_id=placed.id))
+        else:
+            status = 422
     shown = reviews.visible_page(session, found.id, 1, 20)
-    return render_template("product.html", product=view, reviews=shown)
+    return render_template("product.html", product=view, reviews=shown, form=form, error=error), status
+
+
+@bp.get("/account/orders/<uuid:order_id>")
+def order(order_id: uuid.UUID) -> ResponseReturnValue:
+    """One of your orders, following its deployment until the instance is ready."""
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=request.path))
+    session = current_session()
+    placed = session.get(Order, order_id)
+    if (
+        placed is None
+        or placed.marketplace_id != identity.marketplace.id
+        or placed.customer_id not in identity.organisations_with(Role.CUSTOMER)
+    ):
+        abort(404)
+    deployment = (
+        session.scalar(sa.select(Deployment).where(Deployment.subscription_id == placed.subscription_id))
+        if placed.subscription_id
+        else None
+    )
+    history = deployments.history(session, deployment.id) if deployment else []
+    product_name = catalog_service.product_name(session, placed.product_id)
+    busy = deployment is None or deployment.active
+    return render_template(
+        "order.html",
+        order=placed,
+        deployment=deployment,
+        history=history,
+        product_name=product_name,
+        busy=busy,
+    )
 
 
 def _safe_next(target: str | None) -> str:

@@ -148,6 +148,7 @@ def publish_product(
     *,
     trial_days: int = 14,
     admin_email: str | None = None,
+    targets: list[dict[str, Any]] | None = None,
 ) -> Product:
     """A vendor with a published product selling ``plans``, made through the services."""
     marketplace = platform(session)
@@ -163,6 +164,8 @@ def publish_product(
     )
     content = {k: v for k, v in product(trial_days=trial_days).items() if k != "slug"}
     content["category_slug"] = content.pop("category")
+    if targets is not None:
+        content["deployment"] = targets
     made = catalog.create_product(session, marketplace, vendor, slug=slug, content=content)
     catalog.set_plans(session, made, plans)
     catalog.submit(session, made)
