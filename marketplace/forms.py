@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, IntegerField, PasswordField, SelectField, TextAreaField
+from wtforms import (
+    BooleanField,
+    EmailField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 
@@ -26,3 +34,19 @@ class OrderForm(FlaskForm):  # type: ignore[misc]
         "Your SSH public key (optional)", validators=[Optional(), Length(max=16_384)]
     )
     trial = BooleanField("Start with the free trial")
+
+
+class SignUpForm(FlaskForm):  # type: ignore[misc]
+    """A new customer: the person and their company."""
+
+    name = StringField("Your name", validators=[DataRequired(), Length(max=120)])
+    email = EmailField("E-mail", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField(
+        "Password (at least 12 characters)", validators=[DataRequired(), Length(max=256)]
+    )
+    company = StringField("Company", validators=[DataRequired(), Length(max=200)])
+    country = StringField("Country (two letters, e.g. IT)", validators=[DataRequired(), Length(min=2, max=2)])
+
+
+class SubscriptionActionForm(FlaskForm):  # type: ignore[misc]
+    """A button on one of your subscriptions (its CSRF token is all it carries)."""

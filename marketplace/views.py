@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
@@ -31,10 +31,11 @@ from cmw.catalog.search import Sort
 from cmw.extensions import current_session
 from cmw.money import format_amount
 from cmw.orders import service as orders
-from cmw.orders.models import Order
+from cmw.orders import subscriptions
+from cmw.orders.models import Order, Subscription, SubscriptionStatus
 from deployer import service as deployments
 from deployer.models import Deployment
-from marketplace.forms import OrderForm, SignInForm, SignOutForm
+from marketplace.forms import OrderForm, SignInForm, SignOutForm, SignUpForm, SubscriptionActionForm
 
 bp = Blueprint("pages", __name__)
 
@@ -256,9 +257,119 @@ def sign_out() -> ResponseReturnValue:
     return redirect(url_for("pages.home"))
 
 
+@bp.route("/sign-up", methods=["GET", "POST"])
+def sign_up() -> ResponseReturnValue:
+    """A new customer account: the person, their company, the customer role here."""
+    form = SignUpForm()
+    status = 200
+    if form.validate_on_submit():
+        session = current_session()
+        try:
+            user, _organisation = accounts.sign_up(
+                session,
+                current_marketplace(),
+                email=form.email.data or "",
+                name=form.name.data or "",
+                password=form.password.data or "",
+                organisation_name=form.company.data or "",
+                billing=accounts.BillingDetails(
+                    legal_name=form.company.data or "", country=form.country.data or ""
+                ),
+            )
+        except accounts.EmailTaken:
+            session.rollback()
+            form.email.errors = ["an account with this e-mail exists; sign in instead"]
+        except accounts.WeakPassword as exc:
+            session.rollback()
+            form.password.errors = [str(exc)]
+        except accounts.InvalidBillingDetails as exc:
+            session.rollback()
+            form.country.errors = [exc.message]
+        else:
+            start_session(user, current_marketplace())
+            session.commit()
+            return redirect(_safe_next(request.args.get("next")))
+        status = 422
+    elif request.method == "POST":
+        status = 422
+    return render_template("sign_up.html", form=form), status
+
+
 @bp.get("/account")
 def account() -> ResponseReturnValue:
+    """Your account: your subscriptions with their instances, and what you can do with them."""
     identity = current_identity()
     if identity is None:
         return redirect(url_for("pages.sign_in", next=request.path))
-    return render_template("account.html")
+    session = current_session()
+    customers = identity.organisations_with(Role.CUSTOMER)
+    rows = []
+    if customers:
+        found = session.scalars(
+            sa.select(Subscription)
+            .where(
+                Subscription.marketplace_id == identity.marketplace.id,
+                Subscription.customer_id.in_(customers),
+            )
+            .order_by(Subscription.created_at.desc())
+            .limit(100)
+        )
+        for subscription in found:
+            deployment = session.scalar(
+                sa.select(Deployment).where(Deployment.subscription_id == subscription.id)
+            )
+            order_id = session.scalar(sa.select(Order.id).where(Order.subscription_id == subscription.id))
+            rows.append(
+                {
+                    "subscription": subscription,
+                    "product": catalog_service.product_name(session, subscription.product_id),
+                    "deployment": deployment,
+                    "order_id": order_id,
+                }
+            )
+    return render_template("account.html", rows=rows, action_form=SubscriptionActionForm())
+
+
+@bp.post("/account/subscriptions/<uuid:subscription_id>/<any(cancel, end_trial, reactivate):action>")
+def subscription_action(subscription_id: uuid.UUID, action: str) -> ResponseReturnValue:
+    """Cancel at the period's end, end a trial now (nothing to pay, so nothing to wait
+    for), or take a scheduled cancellation back."""
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=url_for("pages.account")))
+    form = SubscriptionActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = current_session()
+    subscription = session.scalar(
+        sa.select(Subscription).where(Subscription.id == subscription_id).with_for_update()
+    )
+    if (
+        subscription is None
+        or subscription.marketplace_id != identity.marketplace.id
+        or subscription.customer_id not in identity.organisations_with(Role.CUSTOMER)
+    ):
+        abort(404)
+    try:
+        if action == "reactivate":
+            subscriptions.reactivate(session, subscription, identity.user.id)
+        elif action == "end_trial":
+            if subscription.status is not SubscriptionStatus.TRIALING:
+                raise subscriptions.ChangeError("status", "only a trial can be ended at once")
+            subscriptions.cancel(session, subscription, identity.user.id, at_once=True)
+        else:
+            subscriptions.cancel(session, subscription, identity.user.id, at_once=False)
+    except subscriptions.ChangeError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash(
+            {
+                "reactivate": "Your subscription continues.",
+                "end_trial": "Your trial has ended; its instance is being removed.",
+                "cancel": "Your subscription ends at the end of the period.",
+            }[action],
+            "info",
+        )
+    return redirect(url_for("pages.account"))

@@ -4,6 +4,9 @@ catalog's results, the product page, sign-in, and the layout on a phone."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from flask import Flask
 from kombu import Connection
@@ -17,7 +20,7 @@ from deployer.engine import Engine
 from tests import catalog_data
 from tests.browser import screenshot
 from tests.conftest import broker_url
-from tests.helpers import tag
+from tests.helpers import tag, wait_until
 from tests.test_pricing import FLAT, _plan
 
 
@@ -65,10 +68,31 @@ def test_a_visitor_finds_a_product_and_signs_in(
     screenshot(page, "signed-in")
 
 
-def test_a_customer_orders_and_watches_the_instance_come_up(
-    page: Page, live_server: str, committed_db: sessionmaker[Session], app: Flask
-) -> None:
-    sealer = app.extensions["mercato.sealer"]
+@contextmanager
+def deploying(committed_db: sessionmaker[Session], sealer: Any) -> Iterator[None]:
+    """A worker that relays events and runs the deployer (on its own queue)."""
+    consumer = DeploymentRequests()
+    consumer.name = f"deployer-{tag(8)}"  # type: ignore[misc]
+    worker = Worker(
+        lambda: Connection(broker_url(), transport_options={"confirm_publish": True}),
+        committed_db,
+        [consumer],
+        relay_poll_seconds=0.05,
+        loops=[Engine(committed_db, sealer, poll_seconds=0.1).run],
+    )
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join(15)
+        with Connection(broker_url()) as conn:
+            consumer.queue()(conn.default_channel).delete()
+
+
+def dummy_product(committed_db: sessionmaker[Session], sealer: Any) -> None:
+    """Wiki Server, deploying to the dummy cloud (image "1"), with a 14-day trial."""
     with committed_db() as session:
         deployments.create_cloud_account(
             session,
@@ -77,22 +101,18 @@ def test_a_customer_orders_and_watches_the_instance_come_up(
         )
         target = {**catalog_data.deployment()[0], "cloud_account": "demo-cloud", "image": "1"}
         catalog_data.publish_product(session, "wiki-server", [_plan(FLAT)], targets=[target])
+        session.commit()
+
+
+def test_a_customer_orders_and_watches_the_instance_come_up(
+    page: Page, live_server: str, committed_db: sessionmaker[Session], app: Flask
+) -> None:
+    sealer = app.extensions["mercato.sealer"]
+    dummy_product(committed_db, sealer)
+    with committed_db() as session:
         catalog_data.add_customer(session, "browser-orderer@example.test")
         session.commit()
-    suffix = tag(8)
-    consumer = DeploymentRequests()
-    consumer.name = f"deployer-{suffix}"  # type: ignore[misc]
-    engine = Engine(committed_db, sealer, poll_seconds=0.1)
-    worker = Worker(
-        lambda: Connection(broker_url(), transport_options={"confirm_publish": True}),
-        committed_db,
-        [consumer],
-        relay_poll_seconds=0.05,
-        loops=[engine.run],
-    )
-    thread = threading.Thread(target=worker.run_forever, daemon=True)
-    thread.start()
-    try:
+    with deploying(committed_db, sealer):
         page.goto(f"{live_server}/products/wiki-server")
         page.get_by_role("link", name="Sign in to order").click()
         page.get_by_label("E-mail").fill("browser-orderer@example.test")
@@ -113,11 +133,6 @@ def test_a_customer_orders_and_watches_the_instance_come_up(
         expect(page.get_by_text("Login")).to_be_visible()
         screenshot(page, "order-ready")
         order_url = page.url
-    finally:
-        worker.stop()
-        thread.join(15)
-        with Connection(broker_url()) as conn:
-            consumer.queue()(conn.default_channel).delete()
 
     # another customer opening that order gets the 404 page
     with committed_db() as session:
@@ -131,3 +146,49 @@ def test_a_customer_orders_and_watches_the_instance_come_up(
     response = page.goto(order_url)
     assert response is not None and response.status == 404
     expect(page.get_by_role("heading", name="404")).to_be_visible()
+
+
+def test_a_new_customer_tries_a_product_then_ends_the_trial(
+    page: Page, live_server: str, committed_db: sessionmaker[Session], app: Flask
+) -> None:
+    sealer = app.extensions["mercato.sealer"]
+    dummy_product(committed_db, sealer)
+    page.goto(f"{live_server}/sign-up")
+    page.get_by_label("Your name").fill("Tina Trial")
+    page.get_by_label("E-mail").fill("tina@example.test")
+    page.get_by_label("Password (at least 12 characters)").fill("short")
+    page.get_by_label("Company").fill("Tina Srl")
+    page.get_by_label("Country (two letters, e.g. IT)").fill("XX")
+    page.get_by_role("button", name="Create the account").click()
+    # the mistakes are shown next to their fields (the password first: it is checked first)
+    expect(page.locator("#password-error")).to_be_visible()
+    screenshot(page, "sign-up-errors")
+    page.get_by_label("Password (at least 12 characters)").fill("a-long-enough-password")
+    page.get_by_label("Country (two letters, e.g. IT)").fill("ZZ")
+    page.get_by_role("button", name="Create the account").click()
+    expect(page.locator("#country-error")).to_contain_text("ISO 3166")
+    page.get_by_label("Password (at least 12 characters)").fill("a-long-enough-password")
+    page.get_by_label("Country (two letters, e.g. IT)").fill("IT")
+    page.get_by_role("button", name="Create the account").click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+    with deploying(committed_db, sealer):
+        page.goto(f"{live_server}/products/wiki-server")
+        page.get_by_label("Start with the free trial").check()
+        page.get_by_role("button", name="Order").click()
+        expect(page.get_by_text("Ready.")).to_be_visible(timeout=30_000)
+        page.get_by_role("link", name="Tina Trial").click()
+        row = page.get_by_role("row", name="Wiki Server")
+        expect(row).to_contain_text("trialing")
+        expect(row).to_contain_text("running")
+        screenshot(page, "account-trial")
+        row.get_by_role("button", name="End the trial now").click()
+        expect(page.get_by_role("status")).to_contain_text("Your trial has ended")
+
+        def removed() -> bool:
+            page.reload()
+            return "removed" in (page.get_by_role("row", name="Wiki Server").inner_text() or "")
+
+        wait_until(removed, 30, "the instance removed")
+        expect(page.get_by_role("row", name="Wiki Server")).to_contain_text("cancelled")
+        screenshot(page, "account-trial-ended")
