@@ -8,6 +8,7 @@ from wtforms import (
     EmailField,
     IntegerField,
     PasswordField,
+    SelectChoice,
     SelectField,
     StringField,
     TextAreaField,
@@ -50,3 +51,18 @@ class SignUpForm(FlaskForm):  # type: ignore[misc]
 
 class SubscriptionActionForm(FlaskForm):  # type: ignore[misc]
     """A button on one of your subscriptions (its CSRF token is all it carries)."""
+
+
+class ReviewForm(FlaskForm):  # type: ignore[misc]
+    rating = SelectField(
+        "Your rating",
+        choices=[
+            SelectChoice(v, label)
+            for v, label in (("5", "5: excellent"), ("4", "4"), ("3", "3"), ("2", "2"), ("1", "1: poor"))
+        ],
+    )
+    comment = TextAreaField("Comment (optional)", validators=[Optional(), Length(max=5000)])
+
+
+class ReplyForm(FlaskForm):  # type: ignore[misc]
+    reply = TextAreaField("Your reply", validators=[DataRequired(), Length(max=5000)])

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
+from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import (
@@ -25,7 +26,7 @@ from cmw.api.pagination import PageArgs
 from cmw.assets.api import storage
 from cmw.catalog import presenters, reviews, search
 from cmw.catalog import service as catalog_service
-from cmw.catalog.models import Category
+from cmw.catalog.models import Category, Product, Review
 from cmw.catalog.schemas import ProductListArgs
 from cmw.catalog.search import Sort
 from cmw.extensions import current_session
@@ -35,7 +36,15 @@ from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription, SubscriptionStatus
 from deployer import service as deployments
 from deployer.models import Deployment
-from marketplace.forms import OrderForm, SignInForm, SignOutForm, SignUpForm, SubscriptionActionForm
+from marketplace.forms import (
+    OrderForm,
+    ReplyForm,
+    ReviewForm,
+    SignInForm,
+    SignOutForm,
+    SignUpForm,
+    SubscriptionActionForm,
+)
 
 bp = Blueprint("pages", __name__)
 
@@ -131,7 +140,7 @@ def catalog() -> ResponseReturnValue:
 
 def _order_form(view: dict[str, Any]) -> OrderForm:
     form = OrderForm()
-    form.plan.choices = [(p.code, p.name) for p in view["plans"]]
+    form.plan.choices = [SelectChoice(p.code, p.name) for p in view["plans"]]
     targets = view.get("deployment") or []
     form.target.choices = [
         (
@@ -191,7 +200,91 @@ def product(slug: str) -> ResponseReturnValue:
         else:
             status = 422
     shown = reviews.visible_page(session, found.id, 1, 20)
-    return render_template("product.html", product=view, reviews=shown, form=form, error=error), status
+    identity = current_identity()
+    is_vendor = identity is not None and found.vendor_id in identity.organisations_with(Role.VENDOR)
+    return (
+        render_template(
+            "product.html",
+            product=view,
+            reviews=shown,
+            form=form,
+            error=error,
+            review_form=ReviewForm(),
+            reply_form=ReplyForm(),
+            is_vendor=is_vendor,
+        ),
+        status,
+    )
+
+
+@bp.post("/products/<string:slug>/review")
+def review(slug: str) -> ResponseReturnValue:
+    """Rate the product (customers who subscribe or subscribed); once, editable."""
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=url_for("pages.product", slug=slug)))
+    session = current_session()
+    found = catalog_service.find_published(session, current_marketplace(), slug)
+    if found is None:
+        abort(404)
+    form = ReviewForm()
+    customers = sorted(identity.organisations_with(Role.CUSTOMER))
+    if not form.validate_on_submit() or not customers:
+        flash("Choose a rating from 1 to 5." if customers else "Only customers can rate products.", "error")
+        return redirect(url_for("pages.product", slug=slug) + "#reviews")
+    try:
+        reviews.write(
+            session, found, customers[0], identity.user.id, int(form.rating.data), form.comment.data or ""
+        )
+    except reviews.ReviewError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash("Thank you: your review is published.", "info")
+    return redirect(url_for("pages.product", slug=slug) + "#reviews")
+
+
+@bp.post("/reviews/<uuid:review_id>/reply")
+def reply(review_id: uuid.UUID) -> ResponseReturnValue:
+    """The product's vendor answers a review, once."""
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in"))
+    session = current_session()
+    found = session.scalar(sa.select(Review).where(Review.id == review_id).with_for_update())
+    product = session.get(Product, found.product_id) if found else None
+    if (
+        found is None
+        or product is None
+        or product.marketplace_id != identity.marketplace.id
+        or product.vendor_id not in identity.organisations_with(Role.VENDOR)
+    ):
+        abort(404)
+    form = ReplyForm()
+    if not form.validate_on_submit():
+        flash("Write a reply first.", "error")
+    else:
+        try:
+            reviews.reply(session, found, form.reply.data or "")
+        except reviews.ReviewError as exc:
+            session.rollback()
+            flash(str(exc), "error")
+        else:
+            session.commit()
+            flash("Your reply is published.", "info")
+    return redirect(url_for("pages.product", slug=product.slug) + "#reviews")
+
+
+@bp.get("/compare")
+def compare() -> ResponseReturnValue:
+    """2 to 4 products side by side: ``?products=a,b,c``."""
+    refs = list(dict.fromkeys(r for r in request.args.get("products", "").split(",") if r.strip()))[:4]
+    session, store = current_session(), storage()
+    found = search.compare_set(session, current_marketplace(), refs) if refs else []
+    views = [presenters.public_view(session, store, p) for p in found]
+    status = 200 if len(views) >= 2 else 422
+    return render_template("compare.html", products=views, asked=refs), status
 
 
 @bp.get("/account/orders/<uuid:order_id>")

@@ -8,12 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask
 from kombu import Connection
 from playwright.sync_api import Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
+from cmw.accounts import service as accounts
+from cmw.accounts.models import Organisation, Role
 from cmw.events.worker import Worker
+from cmw.marketplaces.service import platform
 from deployer import service as deployments
 from deployer.consumer import DeploymentRequests
 from deployer.engine import Engine
@@ -133,6 +137,36 @@ def test_a_customer_orders_and_watches_the_instance_come_up(
         expect(page.get_by_text("Login")).to_be_visible()
         screenshot(page, "order-ready")
         order_url = page.url
+
+    # the customer rates it...
+    page.goto(f"{live_server}/products/wiki-server")
+    page.get_by_label("Your rating").select_option("4")
+    page.get_by_label("Comment (optional)").fill("Solid, set up in seconds.")
+    page.get_by_role("button", name="Publish my review").click()
+    expect(page.get_by_role("status")).to_contain_text("your review is published")
+    review = page.get_by_role("article", name="Review by Customer of browser-orderer@example.test")
+    expect(review).to_contain_text("Solid, set up in seconds.")
+    expect(page.get_by_text("★ 4.0")).to_be_visible()
+
+    # ...and the vendor replies, once
+    with committed_db() as session:
+        vendor_org = session.scalar(sa.select(Organisation).where(Organisation.name == "wiki-server vendor"))
+        assert vendor_org is not None
+        vendor = accounts.create_user(
+            session, email="vendor-replies@example.test", name="Vera", password="long-enough-pw"
+        )
+        accounts.grant(session, vendor, platform(session), Role.VENDOR, vendor_org)
+        session.commit()
+    page.context.clear_cookies()
+    page.goto(f"{live_server}/sign-in?next=/products/wiki-server")
+    page.get_by_label("E-mail").fill("vendor-replies@example.test")
+    page.get_by_label("Password").fill("long-enough-pw")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("Your reply").fill("Thank you!")
+    page.get_by_role("button", name="Reply").click()
+    expect(review).to_contain_text("wiki-server vendor replied: Thank you!")
+    expect(page.get_by_role("button", name="Reply")).to_have_count(0)
+    screenshot(page, "product-reviewed")
 
     # another customer opening that order gets the 404 page
     with committed_db() as session:

@@ -74,3 +74,28 @@ def test_the_product_page_shows_plans_prices_and_reviews(
     assert "No reviews yet" in html
     missing = client.get("/products/no-such-product")
     assert missing.status_code == 404 and "<h1>404</h1>" in missing.get_data(as_text=True)
+
+
+def test_compare_shows_two_to_four_products_side_by_side(
+    client: FlaskClient, published: dict[str, Any]
+) -> None:
+    page = client.get("/compare?products=wiki-server,backup-vault")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "Wiki Server" in html and "Backup Vault" in html
+    assert html.count("2 cores, 4.0 GiB RAM, 50 GiB data disk") == 2
+    one = client.get("/compare?products=wiki-server")
+    assert one.status_code == 422 and "Name 2 to 4 published products" in one.get_data(as_text=True)
+
+
+def test_page_forms_are_refused_without_their_csrf_token(
+    client: FlaskClient, published: dict[str, Any]
+) -> None:
+    for url, data in (
+        ("/products/wiki-server/review", {"rating": "5"}),
+        ("/products/wiki-server", {"plan": "team"}),
+        ("/sign-in", {"email": "a@example.test", "password": "x" * 12}),
+    ):
+        refused = client.post(url, data=data)
+        assert refused.status_code == 400, url
+        assert "CSRF" in refused.get_data(as_text=True), url
