@@ -66,3 +66,9 @@ class ReviewForm(FlaskForm):  # type: ignore[misc]
 
 class ReplyForm(FlaskForm):  # type: ignore[misc]
     reply = TextAreaField("Your reply", validators=[DataRequired(), Length(max=5000)])
+
+
+class ReviewDecisionForm(FlaskForm):  # type: ignore[misc]
+    """Approve a submitted revision, or send it back with the reason."""
+
+    reason = TextAreaField("What the vendor has to change", validators=[Optional(), Length(max=5000)])

@@ -26,9 +26,10 @@ from cmw.api.pagination import PageArgs
 from cmw.assets.api import storage
 from cmw.catalog import presenters, reviews, search
 from cmw.catalog import service as catalog_service
-from cmw.catalog.models import Category, Product, Review
+from cmw.catalog.models import Category, Product, ProductVersion, Review
 from cmw.catalog.schemas import ProductListArgs
 from cmw.catalog.search import Sort
+from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
 from cmw.extensions import current_session
 from cmw.money import format_amount
 from cmw.orders import service as orders
@@ -39,6 +40,7 @@ from deployer.models import Deployment
 from marketplace.forms import (
     OrderForm,
     ReplyForm,
+    ReviewDecisionForm,
     ReviewForm,
     SignInForm,
     SignOutForm,
@@ -466,3 +468,56 @@ def subscription_action(subscription_id: uuid.UUID, action: str) -> ResponseRetu
             "info",
         )
     return redirect(url_for("pages.account"))
+
+
+# ------------------------------------------------------------------ admin
+def _admin() -> Any:
+    identity = current_identity()
+    if identity is None:
+        return None
+    if not identity.is_admin:
+        abort(403)
+    return identity
+
+
+@bp.get("/admin/review")
+def review_queue() -> ResponseReturnValue:
+    """Submitted products and revisions waiting for an administrator, oldest first."""
+    if _admin() is None:
+        return redirect(url_for("pages.sign_in", next=request.path))
+    session = current_session()
+    waiting = []
+    for product in session.scalars(catalog_service.review_queue(current_marketplace()).limit(100)):
+        version = session.get(ProductVersion, product.working_version_id)
+        vendor = session.get(Organisation, product.vendor_id)
+        waiting.append({"product": product, "version": version, "vendor": vendor.name if vendor else ""})
+    return render_template("admin_review.html", waiting=waiting, form=ReviewDecisionForm())
+
+
+@bp.post("/admin/review/<uuid:product_id>/<any(approve, reject):decision>")
+def review_decision(product_id: uuid.UUID, decision: str) -> ResponseReturnValue:
+    identity = _admin()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=url_for("pages.review_queue")))
+    session = current_session()
+    product = session.get(Product, product_id)
+    if product is None or product.marketplace_id != identity.marketplace.id:
+        abort(404)
+    form = ReviewDecisionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    name = catalog_service.product_name(session, product.id)
+    try:
+        if decision == "approve":
+            catalog_service.approve(session, product, identity.user)
+        else:
+            catalog_service.reject(session, product, identity.user, form.reason.data or "")
+    except (catalog_service.CatalogError, InvalidTransition, ConcurrentChange) as exc:
+        session.rollback()
+        flash(f"{name}: {exc}", "error")
+    else:
+        session.commit()
+        flash(
+            f"{name} is published." if decision == "approve" else f"{name} went back to its vendor.", "info"
+        )
+    return redirect(url_for("pages.review_queue"))

@@ -3,13 +3,16 @@ errors, and the product page with its plans and reviews."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from cmw.accounts.models import Role, User
+from tests import catalog_data
 from tests.catalog_data import publish
 
 Headers = Callable[..., dict[str, str]]
@@ -99,3 +102,59 @@ def test_page_forms_are_refused_without_their_csrf_token(
         refused = client.post(url, data=data)
         assert refused.status_code == 400, url
         assert "CSRF" in refused.get_data(as_text=True), url
+
+
+def _signed_in(client: FlaskClient, user: User) -> None:
+    response = client.post("/api/v1/session", json={"email": user.email, "password": "a-long-password-1"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def test_the_review_queue_approves_or_sends_back_with_a_reason(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers
+) -> None:
+    vendor_h = token_for(make_user(Role.VENDOR))
+    made = catalog_data.create(client, vendor_h)
+    catalog_data.set_plans(client, vendor_h, made["id"])
+    assert (
+        catalog_data.post(client, f"/api/v1/vendor/products/{made['id']}/submit", vendor_h).status_code == 200
+    )
+
+    customer, browser = make_user(Role.CUSTOMER, password="a-long-password-1"), app.test_client()
+    _signed_in(browser, customer)
+    assert browser.get("/admin/review").status_code == 403
+
+    admin = make_user(Role.ADMIN, password="a-long-password-1")
+    _signed_in(client, admin)
+    queue = client.get("/admin/review")
+    html = queue.get_data(as_text=True)
+    assert queue.status_code == 200 and "Wiki Server" in html and "new product" in html
+    token = _csrf(html)
+    # sending back needs a reason, said in words
+    back = client.post(f"/admin/review/{made['id']}/reject", data={"csrf_token": token, "reason": ""})
+    assert back.status_code == 302
+    assert "say what the vendor has to change" in client.get("/admin/review").get_data(as_text=True)
+    back = client.post(
+        f"/admin/review/{made['id']}/reject", data={"csrf_token": token, "reason": "Add a logo"}
+    )
+    after = client.get("/admin/review").get_data(as_text=True)
+    assert "went back to its vendor" in after and "Nothing waits for review" in after
+    assert (
+        client.get(f"/api/v1/vendor/products/{made['id']}", headers=vendor_h).get_json()["status"] == "draft"
+    )
+
+    assert (
+        catalog_data.post(client, f"/api/v1/vendor/products/{made['id']}/submit", vendor_h).status_code == 200
+    )
+    approved = client.post(
+        f"/admin/review/{made['id']}/approve",
+        data={"csrf_token": _csrf(client.get("/admin/review").get_data(as_text=True))},
+    )
+    assert approved.status_code == 302
+    assert "Wiki Server is published" in client.get("/admin/review").get_data(as_text=True)
+    assert client.get("/products/wiki-server").status_code == 200

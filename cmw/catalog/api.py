@@ -19,7 +19,7 @@ from cmw.assets.models import Image
 from cmw.assets.service import InvalidImage, save_image
 from cmw.catalog import cache, presenters, search, service
 from cmw.catalog.markdown import render
-from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion, VersionState
+from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion
 from cmw.catalog.pricing import ComponentSpec, PlanSpec, PricingError, Tier
 from cmw.catalog.schemas import (
     CategorySchema,
@@ -440,15 +440,14 @@ class AdminProducts(MethodView):
     def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
         """Every product of this marketplace. ``status=in_review`` is the review queue,
         including published products whose next revision waits for review."""
-        stmt = sa.select(Product).where(Product.marketplace_id == current_marketplace().id)
+        stmt: sa.Select[Any] = sa.select(Product).where(Product.marketplace_id == current_marketplace().id)
         if filters["status"] is ProductStatus.IN_REVIEW:
-            waiting = sa.select(ProductVersion.id).where(ProductVersion.state == VersionState.IN_REVIEW)
-            stmt = stmt.where(Product.working_version_id.in_(waiting))
+            stmt = service.review_queue(current_marketplace())
         elif filters["status"]:
-            stmt = stmt.where(Product.status == filters["status"])
-        page = paginate(
-            current_session(), stmt.order_by(Product.updated_at, Product.id), args["page"], args["per_page"]
-        )
+            stmt = stmt.where(Product.status == filters["status"]).order_by(Product.updated_at, Product.id)
+        else:
+            stmt = stmt.order_by(Product.updated_at, Product.id)
+        page = paginate(current_session(), stmt, args["page"], args["per_page"])
         page["items"] = [_product_view(p) for p in page["items"]]
         return page
 

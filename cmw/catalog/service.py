@@ -457,3 +457,14 @@ def product_name(session: Session, product_id: uuid.UUID) -> str:
     version_id = product.live_version_id or product.working_version_id
     version = session.get(ProductVersion, version_id) if version_id else None
     return version.name if version else product.slug
+
+
+def review_queue(marketplace: Marketplace) -> sa.Select[Any]:
+    """Products of the marketplace whose next revision waits for an administrator, oldest first
+    (new products, and published ones with an edited revision)."""
+    waiting = sa.select(ProductVersion.id).where(ProductVersion.state == VersionState.IN_REVIEW)
+    return (
+        sa.select(Product)
+        .where(Product.marketplace_id == marketplace.id, Product.working_version_id.in_(waiting))
+        .order_by(Product.updated_at, Product.id)
+    )
