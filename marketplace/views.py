@@ -521,3 +521,62 @@ def review_decision(product_id: uuid.UUID, decision: str) -> ResponseReturnValue
             f"{name} is published." if decision == "approve" else f"{name} went back to its vendor.", "info"
         )
     return redirect(url_for("pages.review_queue"))
+
+
+# ------------------------------------------------------------------ vendor
+@bp.get("/vendor/products")
+def vendor_products() -> ResponseReturnValue:
+    """Your products: where each stands, the administrator's reason when one came back,
+    and submitting a draft for review."""
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=request.path))
+    vendors = identity.organisations_with(Role.VENDOR)
+    if not vendors:
+        abort(403)
+    session = current_session()
+    rows = []
+    for product in session.scalars(
+        sa.select(Product)
+        .where(Product.marketplace_id == identity.marketplace.id, Product.vendor_id.in_(vendors))
+        .order_by(Product.updated_at.desc())
+        .limit(200)
+    ):
+        working = (
+            session.get(ProductVersion, product.working_version_id) if product.working_version_id else None
+        )
+        rows.append(
+            {
+                "product": product,
+                "working": working,
+                "name": catalog_service.product_name(session, product.id),
+            }
+        )
+    return render_template("vendor_products.html", rows=rows, form=SubscriptionActionForm())
+
+
+@bp.post("/vendor/products/<uuid:product_id>/submit")
+def vendor_submit(product_id: uuid.UUID) -> ResponseReturnValue:
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=url_for("pages.vendor_products")))
+    session = current_session()
+    product = session.get(Product, product_id)
+    if (
+        product is None
+        or product.marketplace_id != identity.marketplace.id
+        or product.vendor_id not in identity.organisations_with(Role.VENDOR)
+    ):
+        abort(404)
+    if not SubscriptionActionForm().validate_on_submit():
+        abort(400)
+    name = catalog_service.product_name(session, product.id)
+    try:
+        catalog_service.submit(session, product)
+    except (catalog_service.CatalogError, InvalidTransition, ConcurrentChange) as exc:
+        session.rollback()
+        flash(f"{name}: {exc}", "error")
+    else:
+        session.commit()
+        flash(f"{name} is submitted; an administrator reviews it next.", "info")
+    return redirect(url_for("pages.vendor_products"))

@@ -158,3 +158,32 @@ def test_the_review_queue_approves_or_sends_back_with_a_reason(
     assert approved.status_code == 302
     assert "Wiki Server is published" in client.get("/admin/review").get_data(as_text=True)
     assert client.get("/products/wiki-server").status_code == 200
+
+
+def test_a_vendor_sees_the_reason_and_submits_again(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers
+) -> None:
+    vendor = make_user(Role.VENDOR, password="a-long-password-1")
+    vendor_h, admin_h = token_for(vendor), token_for(make_user(Role.ADMIN))
+    made = catalog_data.create(client, vendor_h)
+    catalog_data.set_plans(client, vendor_h, made["id"])
+    assert (
+        catalog_data.post(client, f"/api/v1/vendor/products/{made['id']}/submit", vendor_h).status_code == 200
+    )
+    sent_back = catalog_data.post(
+        client, f"/api/v1/admin/products/{made['id']}/reject", admin_h, json={"reason": "Add a logo"}
+    )
+    assert sent_back.status_code == 200, sent_back.get_data(as_text=True)
+
+    browser = app.test_client()
+    _signed_in(browser, vendor)
+    page = browser.get("/vendor/products").get_data(as_text=True)
+    assert "Sent back: Add a logo" in page and "Submit for review" in page
+    browser.post(f"/vendor/products/{made['id']}/submit", data={"csrf_token": _csrf(page)})
+    after = browser.get("/vendor/products").get_data(as_text=True)
+    assert "is submitted; an administrator reviews it next" in after and "in review" in after
+    assert "Submit for review" not in after
+    # a customer has no vendor panel
+    other = app.test_client()
+    _signed_in(other, make_user(Role.CUSTOMER, password="a-long-password-1"))
+    assert other.get("/vendor/products").status_code == 403
