@@ -15,6 +15,7 @@ from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import (
+    Identity,
     current_identity,
     current_marketplace,
     end_session,
@@ -256,13 +257,9 @@ def reply(review_id: uuid.UUID) -> ResponseReturnValue:
     session = current_session()
     found = session.scalar(sa.select(Review).where(Review.id == review_id).with_for_update())
     product = session.get(Product, found.product_id) if found else None
-    if (
-        found is None
-        or product is None
-        or product.marketplace_id != identity.marketplace.id
-        or product.vendor_id not in identity.organisations_with(Role.VENDOR)
-    ):
+    if product is None or not _belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
         abort(404)
+    assert found is not None
     form = ReplyForm()
     if not form.validate_on_submit():
         flash("Write a reply first.", "error")
@@ -297,11 +294,7 @@ def order(order_id: uuid.UUID) -> ResponseReturnValue:
         return redirect(url_for("pages.sign_in", next=request.path))
     session = current_session()
     placed = session.get(Order, order_id)
-    if (
-        placed is None
-        or placed.marketplace_id != identity.marketplace.id
-        or placed.customer_id not in identity.organisations_with(Role.CUSTOMER)
-    ):
+    if placed is None or not _belongs(identity, placed.marketplace_id, placed.customer_id, Role.CUSTOMER):
         abort(404)
     deployment = (
         session.scalar(sa.select(Deployment).where(Deployment.subscription_id == placed.subscription_id))
@@ -319,6 +312,12 @@ def order(order_id: uuid.UUID) -> ResponseReturnValue:
         product_name=product_name,
         busy=busy,
     )
+
+
+def _belongs(identity: Identity, marketplace_id: uuid.UUID, organisation_id: uuid.UUID, role: Role) -> bool:
+    """The row is in this marketplace and its organisation is one the caller holds ``role`` for;
+    anything else is answered 404, as if it did not exist."""
+    return marketplace_id == identity.marketplace.id and organisation_id in identity.organisations_with(role)
 
 
 def _safe_next(target: str | None) -> str:
@@ -439,10 +438,8 @@ def subscription_action(subscription_id: uuid.UUID, action: str) -> ResponseRetu
     subscription = session.scalar(
         sa.select(Subscription).where(Subscription.id == subscription_id).with_for_update()
     )
-    if (
-        subscription is None
-        or subscription.marketplace_id != identity.marketplace.id
-        or subscription.customer_id not in identity.organisations_with(Role.CUSTOMER)
+    if subscription is None or not _belongs(
+        identity, subscription.marketplace_id, subscription.customer_id, Role.CUSTOMER
     ):
         abort(404)
     try:
@@ -562,11 +559,7 @@ def vendor_submit(product_id: uuid.UUID) -> ResponseReturnValue:
         return redirect(url_for("pages.sign_in", next=url_for("pages.vendor_products")))
     session = current_session()
     product = session.get(Product, product_id)
-    if (
-        product is None
-        or product.marketplace_id != identity.marketplace.id
-        or product.vendor_id not in identity.organisations_with(Role.VENDOR)
-    ):
+    if product is None or not _belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
         abort(404)
     if not SubscriptionActionForm().validate_on_submit():
         abort(400)
