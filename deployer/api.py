@@ -17,7 +17,6 @@ from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.crypto import sealer
-from cmw.db import utcnow
 from cmw.extensions import current_session
 from deployer import clouds, engine, service
 from deployer.models import CloudAccount, Deployment, DeploymentState
@@ -268,16 +267,11 @@ class DeploymentRetry(MethodView):
         """Start a failed deployment again from the beginning (it made nothing that is left)."""
         session = current_session()
         deployment = _deployment(deployment_id)
-        session.refresh(deployment, with_for_update=True)
-        if deployment.state is not DeploymentState.FAILED or deployment.desired != "running":
-            raise ApiError(
-                409, f"only a failed deployment can be retried; this one is {deployment.state.value}"
-            )
-        if deployment.cloud_account_id is None:
-            raise ApiError(409, "its cloud account does not exist; nothing to retry on")
-        deployment.attempt, deployment.last_error = 0, None
-        deployment.next_attempt_at = utcnow()
-        service.record(session, deployment, DeploymentState.REQUESTED, "retried by an administrator")
+        try:
+            service.retry(session, deployment)
+        except service.NotRetryable as exc:
+            session.rollback()
+            raise ApiError(409, str(exc)) from None
         session.commit()
         engine.WAKE.set()
         return deployment

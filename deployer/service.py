@@ -296,3 +296,19 @@ def take_password(session: Session, sealer: Sealer, deployment_id: uuid.UUID) ->
     deployment.password_sealed = None
     session.flush()
     return password
+
+
+class NotRetryable(ValueError):
+    """Only a failed deployment whose subscription still wants it can start again."""
+
+
+def retry(session: Session, deployment: Deployment) -> None:
+    """Start a failed deployment again from the beginning (its rollback left nothing)."""
+    session.refresh(deployment, with_for_update=True)
+    if deployment.state is not DeploymentState.FAILED or deployment.desired != "running":
+        raise NotRetryable(f"only a failed deployment can be retried; this one is {deployment.state.value}")
+    if deployment.cloud_account_id is None:
+        raise NotRetryable("its cloud account does not exist; nothing to retry on")
+    deployment.attempt, deployment.last_error = 0, None
+    deployment.next_attempt_at = utcnow()
+    record(session, deployment, DeploymentState.REQUESTED, "retried by an administrator")

@@ -36,8 +36,9 @@ from cmw.money import format_amount
 from cmw.orders import service as orders
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription, SubscriptionStatus
+from deployer import engine as deployer_engine
 from deployer import service as deployments
-from deployer.models import Deployment
+from deployer.models import Deployment, DeploymentState
 from marketplace.forms import (
     OrderForm,
     ReplyForm,
@@ -573,3 +574,53 @@ def vendor_submit(product_id: uuid.UUID) -> ResponseReturnValue:
         session.commit()
         flash(f"{name} is submitted; an administrator reviews it next.", "info")
     return redirect(url_for("pages.vendor_products"))
+
+
+@bp.get("/admin/deployments")
+def admin_deployments() -> ResponseReturnValue:
+    """Every deployment of the marketplace, newest first, failed ones with their reason."""
+    identity = _admin()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=request.path))
+    session = current_session()
+    state = request.args.get("state") or None
+    stmt = sa.select(Deployment).where(Deployment.marketplace_id == identity.marketplace.id)
+    if state in {s.value for s in DeploymentState}:
+        stmt = stmt.where(Deployment.state == DeploymentState(state))
+    rows = [
+        {"deployment": d, "product": catalog_service.product_name(session, d.product_id)}
+        for d in session.scalars(stmt.order_by(Deployment.created_at.desc()).limit(200))
+    ]
+    return render_template(
+        "admin_deployments.html",
+        rows=rows,
+        state=state,
+        states=list(DeploymentState),
+        form=SubscriptionActionForm(),
+    )
+
+
+@bp.post("/admin/deployments/<uuid:deployment_id>/<any(retry, remove):action>")
+def admin_deployment_action(deployment_id: uuid.UUID, action: str) -> ResponseReturnValue:
+    identity = _admin()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=url_for("pages.admin_deployments")))
+    session = current_session()
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or deployment.marketplace_id != identity.marketplace.id:
+        abort(404)
+    if not SubscriptionActionForm().validate_on_submit():
+        abort(400)
+    try:
+        if action == "retry":
+            deployments.retry(session, deployment)
+        else:
+            deployments.request_removal(session, deployment.subscription_id)
+    except deployments.NotRetryable as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        deployer_engine.WAKE.set()
+        flash("Started again." if action == "retry" else "Being removed.", "info")
+    return redirect(url_for("pages.admin_deployments"))

@@ -26,6 +26,7 @@ from deployer.engine import Engine
 from deployer.models import Deployment, DeploymentState
 from tests.catalog_data import deployment as spec_of
 from tests.catalog_data import publish
+from tests.test_pages_storefront import _csrf, _signed_in
 
 Headers = Callable[..., dict[str, str]]
 S = DeploymentState
@@ -201,3 +202,45 @@ def test_a_failure_is_told_to_customer_and_vendor(
     }
     assert set(told) == {shop["buyer"].id, shop["vendor"].id}
     assert "quota exceeded" in told[shop["buyer"].id].body
+
+
+def test_admin_deployments_page_retries_and_removes(
+    app: Flask,
+    client: FlaskClient,
+    db_session: Session,
+    engine: Engine,
+    shop: dict[str, Any],
+    token_for: Headers,
+    make_user: Callable[..., User],
+) -> None:
+    placed = place(client, token_for(shop["buyer"]))
+    consume(db_session, "deployment.requested", subscription_id=placed["subscription_id"])
+    deployment = db_session.scalar(
+        sa.select(Deployment).where(Deployment.subscription_id == uuid.UUID(placed["subscription_id"]))
+    )
+    assert deployment is not None
+    deployment.spec = {**deployment.spec, "image": "no-such-image"}
+    db_session.commit()
+    run(engine)
+
+    admin = make_user(Role.ADMIN, password="a-long-password-1")
+    browser = app.test_client()
+    _signed_in(browser, admin)
+    page = browser.get("/admin/deployments?state=failed").get_data(as_text=True)
+    assert "no image &#39;no-such-image&#39;" in page and "Retry" in page
+    deployment.spec = {**deployment.spec, "image": "1"}
+    db_session.commit()
+    browser.post(f"/admin/deployments/{deployment.id}/retry", data={"csrf_token": _csrf(page)})
+    assert "Started again." in browser.get("/admin/deployments").get_data(as_text=True)
+    run(engine)
+    db_session.refresh(deployment)
+    assert deployment.state is S.RUNNING
+    page = browser.get("/admin/deployments?state=running").get_data(as_text=True)
+    browser.post(f"/admin/deployments/{deployment.id}/remove", data={"csrf_token": _csrf(page)})
+    run(engine)
+    db_session.refresh(deployment)
+    assert deployment.state is S.REMOVED
+    # a customer has no such page
+    customer = app.test_client()
+    _signed_in(customer, make_user(Role.CUSTOMER, password="a-long-password-1"))
+    assert customer.get("/admin/deployments").status_code == 403
