@@ -23,7 +23,7 @@ from cmw.accounts.auth import (
     start_session,
 )
 from cmw.accounts.models import Organisation, Role
-from cmw.api.pagination import PageArgs
+from cmw.api.pagination import PageArgs, paginate
 from cmw.assets.api import storage
 from cmw.catalog import presenters, reviews, search
 from cmw.catalog import service as catalog_service
@@ -31,8 +31,11 @@ from cmw.catalog.models import Category, Product, ProductVersion, Review
 from cmw.catalog.schemas import ProductListArgs
 from cmw.catalog.search import Sort
 from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
+from cmw.db import utcnow
 from cmw.extensions import current_session
 from cmw.money import format_amount
+from cmw.notifications.consumers import in_marketplace, unread_count
+from cmw.notifications.models import Notification
 from cmw.orders import service as orders
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription, SubscriptionStatus
@@ -624,3 +627,44 @@ def admin_deployment_action(deployment_id: uuid.UUID, action: str) -> ResponseRe
         deployer_engine.WAKE.set()
         flash("Started again." if action == "retry" else "Being removed.", "info")
     return redirect(url_for("pages.admin_deployments"))
+
+
+@bp.get("/account/notifications")
+def notifications() -> ResponseReturnValue:
+    """Your notifications here, newest first; opening the page leaves them unread until you
+    mark them read."""
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=request.path))
+    session = current_session()
+    try:
+        number = max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        number = 1
+    stmt = sa.select(Notification).where(
+        Notification.user_id == identity.user.id, in_marketplace(identity.marketplace.id)
+    )
+    found = paginate(session, stmt.order_by(Notification.created_at.desc(), Notification.id), number, 20)
+    unread = unread_count(session, identity.user.id, identity.marketplace.id)
+    return render_template("notifications.html", found=found, unread=unread, form=SubscriptionActionForm())
+
+
+@bp.post("/account/notifications/read-all")
+def notifications_read() -> ResponseReturnValue:
+    identity = current_identity()
+    if identity is None:
+        return redirect(url_for("pages.sign_in", next=url_for("pages.notifications")))
+    if not SubscriptionActionForm().validate_on_submit():
+        abort(400)
+    session = current_session()
+    session.execute(
+        sa.update(Notification)
+        .where(
+            Notification.user_id == identity.user.id,
+            Notification.read_at.is_(None),
+            in_marketplace(identity.marketplace.id),
+        )
+        .values(read_at=utcnow())
+    )
+    session.commit()
+    return redirect(url_for("pages.notifications"))

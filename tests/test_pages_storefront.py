@@ -3,6 +3,7 @@ errors, and the product page with its plans and reviews."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
 
 from cmw.accounts.models import Role, User
+from cmw.notifications.models import Notification
 from tests import catalog_data
 from tests.catalog_data import publish
 
@@ -187,3 +190,28 @@ def test_a_vendor_sees_the_reason_and_submits_again(
     other = app.test_client()
     _signed_in(other, make_user(Role.CUSTOMER, password="a-long-password-1"))
     assert other.get("/vendor/products").status_code == 403
+
+
+def test_notifications_page_lists_and_marks_read(
+    app: Flask, db_session: Session, make_user: Callable[..., User]
+) -> None:
+    user = make_user(Role.CUSTOMER, password="a-long-password-1")
+    marketplace_id = user.memberships[0].marketplace_id
+    for n in range(3):
+        db_session.add(
+            Notification(
+                user_id=user.id, marketplace_id=marketplace_id, event_id=f"e{n}", kind="order.placed",
+                title=f"Order {n} confirmed", body="We are preparing your instance.", link=None,
+                created_at=dt.datetime(2026, 11, 1, 9, n, tzinfo=dt.UTC),
+            )
+        )  # fmt: skip
+    db_session.commit()
+    browser = app.test_client()
+    assert browser.get("/account/notifications").status_code == 302  # sign in first
+    _signed_in(browser, user)
+    page = browser.get("/account/notifications").get_data(as_text=True)
+    assert "3 unread" in page and "Order 2 confirmed" in page and "Mark all read" in page
+    assert page.index("Order 2 confirmed") < page.index("Order 0 confirmed")  # newest first
+    browser.post("/account/notifications/read-all", data={"csrf_token": _csrf(page)})
+    after = browser.get("/account/notifications").get_data(as_text=True)
+    assert "0 unread" in after and "Mark all read" not in after
