@@ -22,6 +22,7 @@ import requests
 from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
 from libcloud.common.types import InvalidCredsError
 from libcloud.compute.base import NodeDriver, NodeSize
+from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
 from libcloud.compute.providers import DRIVERS, get_driver
 
 from deployer.models import CloudAccount
@@ -150,6 +151,28 @@ def match_size(sizes: list[NodeSize], cores: int, ram_mib: int, architecture: st
             f"no size has {cores} cores and {ram_mib} MiB of RAM; the cloud offers {offered}"
         )
     return min(fitting, key=lambda s: (size_cores(s) or 0, s.ram or 0, s.price or 0, str(s.id)))
+
+
+#: volume states meaning "attached to a VM", as the drivers spell them
+ATTACHED_STATES = ("inuse", "in-use", "attached")
+
+
+def is_attached(volume: Any) -> bool:
+    return bool((volume.extra or {}).get("instance_id")) or str(volume.state).lower() in ATTACHED_STATES
+
+
+def wait_detached(calls: ProviderCalls, driver: NodeDriver, volume_id: str, timeout: float = 60.0) -> None:
+    """Wait until the volume is neither attached nor detaching (a disk is deleted only then)."""
+    filters = {"ex_filters": {"volume-id": volume_id}} if isinstance(driver, BaseEC2NodeDriver) else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        volume = next(
+            (v for v in calls("list_volumes", driver.list_volumes, **filters) if v.id == volume_id), None
+        )
+        if volume is None or not (is_attached(volume) or str(volume.state).lower() == "detaching"):
+            return
+        time.sleep(1.0)
+    raise TransientError(f"disk {volume_id} is still attached")
 
 
 def ec2_create_volume(driver: Any, size_gib: int, zone: str, tags: dict[str, str]) -> Any:

@@ -137,9 +137,6 @@ class Engine:
         self.poll_seconds = poll_seconds
         self.start_timeout = start_timeout
         self.clock = clock
-        #: seconds spent inside provider and SSH calls, over the engine's life
-        self.provider_seconds = 0.0
-        self.steps = 0
 
     # ------------------------------------------------------------ driving
     def advance_one(self) -> uuid.UUID | None:
@@ -178,12 +175,6 @@ class Engine:
             WAKE.wait(idle_seconds)
             WAKE.clear()
 
-    def next_due(self) -> dt.datetime | None:
-        with self.session_factory() as session:
-            return session.scalar(
-                sa.select(sa.func.min(Deployment.next_attempt_at)).where(Deployment.active.is_(True))
-            )
-
     # ------------------------------------------------------------ one step
     def _advance(self, session: Session, deployment: Deployment, now: dt.datetime, started: float) -> None:
         account = (
@@ -196,7 +187,6 @@ class Engine:
         ctx = Context(session, deployment, account, self.sealer, clouds.ProviderCalls())
         state = deployment.state
         handler = self._handler(deployment)
-        self.steps += 1
         try:
             step = handler(ctx)
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
@@ -225,8 +215,6 @@ class Engine:
                     self._order_failed(ctx)
             else:
                 deployment.next_attempt_at = now + dt.timedelta(seconds=step.delay)
-        finally:
-            self.provider_seconds += ctx.calls.seconds
 
     def _handler(self, deployment: Deployment) -> Callable[[Context], Step]:
         state = deployment.state
@@ -641,7 +629,7 @@ def _attach_disk(ctx: Context) -> Step:
     if volume is None or node is None:
         raise PermanentError("the data disk or the VM disappeared before attaching")
     extra = volume.extra or {}
-    if extra.get("instance_id") == node.id or str(volume.state).lower() in ("inuse", "in-use", "attached"):
+    if extra.get("instance_id") == node.id or str(volume.state).lower() in clouds.ATTACHED_STATES:
         return Step(S.PREPARING_DISK, f"disk {volume.id} already attached")
     ctx.calls("attach_volume", ctx.driver.attach_volume, node, volume, DEVICE)
     return Step(S.PREPARING_DISK, f"disk {volume.id} attached as {DEVICE}", {"device": DEVICE})
@@ -707,13 +695,9 @@ def _remove_all(ctx: Context) -> list[str]:
     except NotImplementedError:
         volume = None
     if volume is not None:
-        if (volume.extra or {}).get("instance_id") or str(volume.state).lower() in (
-            "inuse",
-            "in-use",
-            "attached",
-        ):
+        if clouds.is_attached(volume):
             ctx.calls("detach_volume", ctx.driver.detach_volume, volume)
-            _wait_detached(ctx, volume.id)
+            clouds.wait_detached(ctx.calls, ctx.driver, volume.id)
         ctx.calls("destroy_volume", ctx.driver.destroy_volume, volume)
         removed.append(f"disk {volume.id}")
     node = _find_node(ctx)
@@ -721,25 +705,6 @@ def _remove_all(ctx: Context) -> list[str]:
         ctx.calls("destroy_node", ctx.driver.destroy_node, node)
         removed.append(f"VM {node.id}")
     return removed
-
-
-def _wait_detached(ctx: Context, volume_id: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        volume = _find_volume(ctx)
-        if volume is None or (
-            not (volume.extra or {}).get("instance_id")
-            and str(volume.state).lower()
-            not in (
-                "inuse",
-                "in-use",
-                "attached",
-                "detaching",
-            )
-        ):
-            return
-        time.sleep(1.0)
-    raise TransientError(f"disk {volume_id} is still attached")
 
 
 def _final_snapshot(ctx: Context) -> str | None:

@@ -130,9 +130,9 @@ def _reap_account(
     where = f"{account.slug}"
     for volume in (v for v in volumes if doomed(v)):
         try:
-            if (volume.extra or {}).get("instance_id"):
+            if clouds.is_attached(volume):
                 calls("detach_volume", driver.detach_volume, volume)
-                _wait_detached(calls, driver, volume.id, ec2)
+                clouds.wait_detached(calls, driver, volume.id)
             calls("destroy_volume", driver.destroy_volume, volume)
             report.removed.append(f"{where}: disk {volume.id} of deployment {_owner(volume)}")
         except Exception as exc:  # noqa: BLE001
@@ -147,21 +147,6 @@ def _reap_account(
         owner = _owner(resource)
         if owner is not None and states.get(owner) not in (None, *_GONE):
             report.kept.append(f"{where}: {resource.id} of deployment {owner}")
-
-
-def _wait_detached(
-    calls: clouds.ProviderCalls, driver: Any, volume_id: str, ec2: bool, timeout: float = 60.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = calls(
-            "list_volumes", driver.list_volumes, **({"ex_filters": {"volume-id": volume_id}} if ec2 else {})
-        )
-        volume = next((v for v in found if v.id == volume_id), None)
-        if volume is None or not (volume.extra or {}).get("instance_id"):
-            return
-        time.sleep(1.0)
-    raise clouds.TransientError(f"disk {volume_id} is still attached")
 
 
 class ReaperJob:
