@@ -49,8 +49,9 @@ class SignUpForm(FlaskForm):  # type: ignore[misc]
     country = StringField("Country (two letters, e.g. IT)", validators=[DataRequired(), Length(min=2, max=2)])
 
 
-class SubscriptionActionForm(FlaskForm):  # type: ignore[misc]
-    """A button on one of your subscriptions (its CSRF token is all it carries)."""
+class ActionForm(FlaskForm):  # type: ignore[misc]
+    """A button that acts on something (cancel, submit, retry, mark read): its CSRF token is
+    all it carries."""
 
 
 class ReviewForm(FlaskForm):  # type: ignore[misc]

@@ -43,6 +43,7 @@ from deployer import engine as deployer_engine
 from deployer import service as deployments
 from deployer.models import Deployment, DeploymentState
 from marketplace.forms import (
+    ActionForm,
     OrderForm,
     ReplyForm,
     ReviewDecisionForm,
@@ -50,7 +51,6 @@ from marketplace.forms import (
     SignInForm,
     SignOutForm,
     SignUpForm,
-    SubscriptionActionForm,
 )
 
 bp = Blueprint("pages", __name__)
@@ -412,20 +412,36 @@ def account() -> ResponseReturnValue:
             .order_by(Subscription.created_at.desc())
             .limit(100)
         )
-        for subscription in found:
-            deployment = session.scalar(
-                sa.select(Deployment).where(Deployment.subscription_id == subscription.id)
+        subscriptions_shown = list(found)
+        ids = [sub.id for sub in subscriptions_shown]
+        # the page's deployments and orders in one query each, not two per row
+        deployments_by_sub = (
+            {
+                d.subscription_id: d
+                for d in session.scalars(sa.select(Deployment).where(Deployment.subscription_id.in_(ids)))
+            }
+            if ids
+            else {}
+        )
+        orders_by_sub = (
+            dict(
+                session.execute(
+                    sa.select(Order.subscription_id, Order.id).where(Order.subscription_id.in_(ids))
+                ).all()
             )
-            order_id = session.scalar(sa.select(Order.id).where(Order.subscription_id == subscription.id))
+            if ids
+            else {}
+        )
+        for subscription in subscriptions_shown:
             rows.append(
                 {
                     "subscription": subscription,
                     "product": catalog_service.product_name(session, subscription.product_id),
-                    "deployment": deployment,
-                    "order_id": order_id,
+                    "deployment": deployments_by_sub.get(subscription.id),
+                    "order_id": orders_by_sub.get(subscription.id),
                 }
             )
-    return render_template("account.html", rows=rows, action_form=SubscriptionActionForm())
+    return render_template("account.html", rows=rows, action_form=ActionForm())
 
 
 @bp.post("/account/subscriptions/<uuid:subscription_id>/<any(cancel, end_trial, reactivate):action>")
@@ -435,7 +451,7 @@ def subscription_action(subscription_id: uuid.UUID, action: str) -> ResponseRetu
     identity = current_identity()
     if identity is None:
         return redirect(url_for("pages.sign_in", next=url_for("pages.account")))
-    form = SubscriptionActionForm()
+    form = ActionForm()
     if not form.validate_on_submit():
         abort(400)
     session = current_session()
@@ -553,7 +569,7 @@ def vendor_products() -> ResponseReturnValue:
                 "name": catalog_service.product_name(session, product.id),
             }
         )
-    return render_template("vendor_products.html", rows=rows, form=SubscriptionActionForm())
+    return render_template("vendor_products.html", rows=rows, form=ActionForm())
 
 
 @bp.post("/vendor/products/<uuid:product_id>/submit")
@@ -565,7 +581,7 @@ def vendor_submit(product_id: uuid.UUID) -> ResponseReturnValue:
     product = session.get(Product, product_id)
     if product is None or not _belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
         abort(404)
-    if not SubscriptionActionForm().validate_on_submit():
+    if not ActionForm().validate_on_submit():
         abort(400)
     name = catalog_service.product_name(session, product.id)
     try:
@@ -599,7 +615,7 @@ def admin_deployments() -> ResponseReturnValue:
         rows=rows,
         state=state,
         states=list(DeploymentState),
-        form=SubscriptionActionForm(),
+        form=ActionForm(),
     )
 
 
@@ -612,7 +628,7 @@ def admin_deployment_action(deployment_id: uuid.UUID, action: str) -> ResponseRe
     deployment = session.get(Deployment, deployment_id)
     if deployment is None or deployment.marketplace_id != identity.marketplace.id:
         abort(404)
-    if not SubscriptionActionForm().validate_on_submit():
+    if not ActionForm().validate_on_submit():
         abort(400)
     try:
         if action == "retry":
@@ -646,7 +662,7 @@ def notifications() -> ResponseReturnValue:
     )
     found = paginate(session, stmt.order_by(Notification.created_at.desc(), Notification.id), number, 20)
     unread = unread_count(session, identity.user.id, identity.marketplace.id)
-    return render_template("notifications.html", found=found, unread=unread, form=SubscriptionActionForm())
+    return render_template("notifications.html", found=found, unread=unread, form=ActionForm())
 
 
 @bp.post("/account/notifications/read-all")
@@ -654,7 +670,7 @@ def notifications_read() -> ResponseReturnValue:
     identity = current_identity()
     if identity is None:
         return redirect(url_for("pages.sign_in", next=url_for("pages.notifications")))
-    if not SubscriptionActionForm().validate_on_submit():
+    if not ActionForm().validate_on_submit():
         abort(400)
     session = current_session()
     session.execute(
