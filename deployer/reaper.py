@@ -89,6 +89,11 @@ def reap(
             except Exception as exc:  # noqa: BLE001 - one cloud failing must not stop the others
                 report.errors.append(f"{account.slug}: {exc}")
                 log.warning("reaper: cloud account %s: %s", account.slug, exc)
+    with session_factory() as session:
+        forgotten = service.forget_passwords(session, now)
+        session.commit()
+    if forgotten:
+        report.removed.append(f"{forgotten} one-time password(s) nobody asked the order page for")
     for line in report.removed:
         log.info("reaper removed %s", line)
     return report

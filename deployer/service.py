@@ -129,6 +129,12 @@ def by_slug(session: Session, slug: str) -> CloudAccount | None:
     return session.scalar(sa.select(CloudAccount).where(CloudAccount.slug == slug))
 
 
+def account_choices(session: Session) -> list[tuple[str, str]]:
+    """(slug, name) of every cloud account, for vendors choosing where a product runs."""
+    rows = session.execute(sa.select(CloudAccount.slug, CloudAccount.name).order_by(CloudAccount.name))
+    return [(slug, name) for slug, name in rows]
+
+
 def test_cloud_account(
     sealer: Sealer, account: CloudAccount, image_ids: list[str] | None = None
 ) -> dict[str, Any]:
@@ -287,8 +293,16 @@ def history(session: Session, deployment_id: uuid.UUID) -> list[DeploymentEvent]
     )
 
 
+def read_password(session: Session, sealer: Sealer, deployment_id: uuid.UUID) -> str | None:
+    """The one-time password for the ready e-mail, if the order page has not shown it yet."""
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or deployment.password_sealed is None:
+        return None
+    return sealer.open(deployment.password_sealed)
+
+
 def take_password(session: Session, sealer: Sealer, deployment_id: uuid.UUID) -> str | None:
-    """The one-time password, once: the sealed copy is wiped as it is read."""
+    """The one-time password, once, for the order page: the sealed copy is wiped as it is read."""
     deployment = session.get(Deployment, deployment_id, with_for_update=True)
     if deployment is None or deployment.password_sealed is None:
         return None
@@ -296,6 +310,21 @@ def take_password(session: Session, sealer: Sealer, deployment_id: uuid.UUID) ->
     deployment.password_sealed = None
     session.flush()
     return password
+
+
+#: how long a password nobody asked the order page for stays sealed
+PASSWORD_KEPT = dt.timedelta(days=7)
+
+
+def forget_passwords(session: Session, now: dt.datetime) -> int:
+    """Wipe the sealed passwords of machines ready for longer than :data:`PASSWORD_KEPT`."""
+    result = session.execute(
+        sa.update(Deployment)
+        .where(Deployment.password_sealed.is_not(None), Deployment.ready_at < now - PASSWORD_KEPT)
+        .values(password_sealed=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 class NotRetryable(ValueError):

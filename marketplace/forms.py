@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
     EmailField,
+    FieldList,
+    Form,
+    FormField,
     IntegerField,
     PasswordField,
     SelectChoice,
     SelectField,
     StringField,
     TextAreaField,
+    URLField,
 )
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
@@ -73,3 +78,136 @@ class ReviewDecisionForm(FlaskForm):  # type: ignore[misc]
     """Approve a submitted revision, or send it back with the reason."""
 
     reason = TextAreaField("What the vendor has to change", validators=[Optional(), Length(max=5000)])
+
+
+# ------------------------------------------------------------------ vendors' editor
+# The editor's forms carry the fields and the CSRF token; the values are checked by the
+# API's schemas and the catalog service, so the pages and the API accept the same input.
+class ProductForm(FlaskForm):  # type: ignore[misc]
+    slug = StringField(
+        "Address name",
+        validators=[DataRequired(), Length(max=80)],
+        description="Lowercase letters, digits and hyphens: the product's page is /products/<address name>.",
+    )
+    name = StringField("Name", validators=[DataRequired(), Length(max=120)])
+    short_description = StringField(
+        "Short description", validators=[Optional(), Length(max=300)], description="One line for the cards."
+    )
+    long_description = TextAreaField(
+        "Description",
+        validators=[Optional(), Length(max=50_000)],
+        description="Markdown: **bold**, lists, links.",
+    )
+    category = SelectField("Category", validators=[DataRequired()])
+    tags = StringField("Tags", validators=[Optional(), Length(max=900)], description="Separated by commas.")
+    product_type = SelectField(
+        "Kind of product",
+        choices=[
+            SelectChoice("vm_app", "Application on a VM (runs a setup script, has a data disk)"),
+            SelectChoice("bare_vm", "Bare VM (the customer sets it up)"),
+        ],
+    )
+    trial_days = IntegerField(
+        "Free trial, in days",
+        default=0,
+        validators=[Optional(), NumberRange(min=0, max=365)],
+        description="0 for no trial.",
+    )
+    website = URLField("Website", validators=[Optional(), Length(max=500)])
+    support_email = EmailField("Support e-mail", validators=[Optional(), Length(max=254)])
+
+
+class UploadForm(FlaskForm):  # type: ignore[misc]
+    file = FileField(
+        "Image (PNG, JPEG or WebP, at most 5 MB)", validators=[FileRequired("Choose an image file.")]
+    )
+
+
+class ComponentForm(Form):  # type: ignore[misc]
+    """One price component of a plan; a row whose kind is left blank is not used."""
+
+    kind = SelectField(
+        "Kind",
+        choices=[
+            SelectChoice("", "(not used)"),
+            SelectChoice("flat", "Recurring fee"),
+            SelectChoice("setup", "Setup fee, once"),
+            SelectChoice("per_unit", "Per unit (the customer chooses how many)"),
+            SelectChoice("metered", "By usage (metered)"),
+        ],
+        validators=[Optional()],
+    )
+    label = StringField("Label", validators=[Optional(), Length(max=100)])
+    unit_price = StringField("Price", validators=[Optional(), Length(max=30)])
+    metric = StringField("Metric (usage only)", validators=[Optional(), Length(max=100)])
+    unit = StringField("Unit (usage only)", validators=[Optional(), Length(max=30)])
+    pricing_model = SelectField(
+        "Price model (usage only)",
+        choices=[
+            SelectChoice("", "(none)"),
+            SelectChoice("per_unit", "Same price per unit"),
+            SelectChoice("graduated", "Graduated tiers"),
+            SelectChoice("volume", "Volume tiers"),
+        ],
+        validators=[Optional()],
+    )
+    included_quantity = StringField("Included quantity", validators=[Optional(), Length(max=30)])
+    tiers = TextAreaField(
+        "Tiers (usage only)",
+        validators=[Optional(), Length(max=5000)],
+        description=(
+            "One per line: from-up to: price, e.g. 0-100: 0.10 then 100-: 0.05; add + 5 for a flat fee."
+        ),
+    )
+    min_quantity = IntegerField("Minimum quantity", validators=[Optional()])
+    max_quantity = IntegerField("Maximum quantity", validators=[Optional()])
+
+
+#: price component rows on the plan form
+COMPONENT_ROWS = 5
+
+
+class PlanForm(FlaskForm):  # type: ignore[misc]
+    code = StringField(
+        "Code",
+        validators=[DataRequired(), Length(max=50)],
+        description="Lowercase, e.g. basic; it stays the same across revisions.",
+    )
+    name = StringField("Name", validators=[DataRequired(), Length(max=100)])
+    description = TextAreaField("Description", validators=[Optional(), Length(max=2000)])
+    currency = StringField("Currency", default="EUR", validators=[DataRequired(), Length(min=3, max=3)])
+    billing_period = SelectField(
+        "Billed every", choices=[SelectChoice("month", "month"), SelectChoice("year", "year")]
+    )
+    components = FieldList(FormField(ComponentForm), min_entries=COMPONENT_ROWS, max_entries=30)
+
+
+class TargetForm(FlaskForm):  # type: ignore[misc]
+    """Where and how the product is deployed: one cloud account and region."""
+
+    cloud_account = SelectField("Cloud account", validators=[DataRequired()])
+    region = StringField(
+        "Region",
+        validators=[Optional(), Length(max=64)],
+        description="Leave blank for the account's default.",
+    )
+    image = StringField(
+        "Image", validators=[DataRequired(), Length(max=255)], description="The cloud's image id."
+    )
+    cores = IntegerField("CPU cores", default=2, validators=[DataRequired(), NumberRange(min=1, max=512)])
+    ram_mib = IntegerField("Memory (MiB)", default=4096, validators=[DataRequired(), NumberRange(min=256)])
+    root_disk_gib = IntegerField(
+        "Root disk (GiB)", default=20, validators=[DataRequired(), NumberRange(min=1)]
+    )
+    data_disk_gib = IntegerField("Data disk (GiB)", validators=[Optional(), NumberRange(min=1)])
+    inbound_ports = StringField(
+        "Open ports",
+        validators=[Optional(), Length(max=2000)],
+        description="Separated by commas, e.g. 443, 80/tcp, 53/udp from 10.0.0.0/8.",
+    )
+    setup_script = TextAreaField("Setup script", validators=[Optional(), Length(max=100_000)])
+    app_url_template = StringField(
+        "Application address", validators=[Optional(), Length(max=500)], description="e.g. https://{ip}/"
+    )
+    default_login = StringField("Login shown to the customer", validators=[Optional(), Length(max=64)])
+    final_snapshot = BooleanField("Snapshot the data disk before it is deleted")

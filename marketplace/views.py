@@ -8,7 +8,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 from wtforms import SelectChoice
@@ -66,10 +76,11 @@ def branding() -> dict[str, Any]:
 
 
 @bp.app_template_filter("money")
-def money(amount: Decimal | None, currency: str | None = None) -> str:
+def money(amount: Decimal | str | None, currency: str | None = None) -> str:
     """``12.50 EUR`` with the currency's minor unit at least (``0.021`` keeps its digits)."""
-    if amount is None:
+    if amount is None or amount == "":
         return ""
+    amount = Decimal(amount)
     places = max(2, -amount.normalize().as_tuple().exponent)  # type: ignore[operator]
     return f"{amount:,.{places}f} {currency or ''}".strip()
 
@@ -261,7 +272,7 @@ def reply(review_id: uuid.UUID) -> ResponseReturnValue:
     session = current_session()
     found = session.scalar(sa.select(Review).where(Review.id == review_id).with_for_update())
     product = session.get(Product, found.product_id) if found else None
-    if product is None or not _belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
+    if product is None or not belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
         abort(404)
     assert found is not None
     form = ReplyForm()
@@ -281,8 +292,9 @@ def reply(review_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.get("/compare")
 def compare() -> ResponseReturnValue:
-    """2 to 4 products side by side: ``?products=a,b,c``."""
-    refs = list(dict.fromkeys(r for r in request.args.get("products", "").split(",") if r.strip()))[:4]
+    """2 to 4 products side by side: ``?products=a,b,c``, or the catalog's ticked ``pick``s."""
+    asked = [*request.args.get("products", "").split(","), *request.args.getlist("pick")]
+    refs = list(dict.fromkeys(r.strip() for r in asked if r.strip()))[:4]
     session, store = current_session(), storage()
     found = search.compare_set(session, current_marketplace(), refs) if refs else []
     views = [presenters.public_view(session, store, p) for p in found]
@@ -290,35 +302,56 @@ def compare() -> ResponseReturnValue:
     return render_template("compare.html", products=views, asked=refs), status
 
 
-@bp.get("/account/orders/<uuid:order_id>")
+@bp.route("/account/orders/<uuid:order_id>", methods=["GET", "POST"])
 def order(order_id: uuid.UUID) -> ResponseReturnValue:
-    """One of your orders, following its deployment until the instance is ready."""
+    """One of your orders, following its deployment until the instance is ready. Whoever
+    placed the order may see the machine's one-time password here, once (a POST, so neither
+    a reload nor a prefetch spends it)."""
     identity = current_identity()
     if identity is None:
         return redirect(url_for("pages.sign_in", next=request.path))
     session = current_session()
     placed = session.get(Order, order_id)
-    if placed is None or not _belongs(identity, placed.marketplace_id, placed.customer_id, Role.CUSTOMER):
+    if placed is None or not belongs(identity, placed.marketplace_id, placed.customer_id, Role.CUSTOMER):
         abort(404)
     deployment = (
         session.scalar(sa.select(Deployment).where(Deployment.subscription_id == placed.subscription_id))
         if placed.subscription_id
         else None
     )
+    is_placer = placed.placed_by_id == identity.user.id
+    password = None
+    if request.method == "POST":
+        if not ActionForm().validate_on_submit():
+            abort(400)
+        if deployment is not None and is_placer and deployment.state is DeploymentState.RUNNING:
+            password = deployments.take_password(
+                session, current_app.extensions["mercato.sealer"], deployment.id
+            )
+            session.commit()
     history = deployments.history(session, deployment.id) if deployment else []
     product_name = catalog_service.product_name(session, placed.product_id)
     busy = deployment is None or deployment.active
-    return render_template(
-        "order.html",
-        order=placed,
-        deployment=deployment,
-        history=history,
-        product_name=product_name,
-        busy=busy,
+    response = make_response(
+        render_template(
+            "order.html",
+            order=placed,
+            deployment=deployment,
+            history=history,
+            product_name=product_name,
+            busy=busy,
+            password=password,
+            is_placer=is_placer,
+            can_reveal=is_placer and deployment is not None and deployment.password_sealed is not None,
+            form=ActionForm(),
+        )
     )
+    if password is not None:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
-def _belongs(identity: Identity, marketplace_id: uuid.UUID, organisation_id: uuid.UUID, role: Role) -> bool:
+def belongs(identity: Identity, marketplace_id: uuid.UUID, organisation_id: uuid.UUID, role: Role) -> bool:
     """The row is in this marketplace and its organisation is one the caller holds ``role`` for;
     anything else is answered 404, as if it did not exist."""
     return marketplace_id == identity.marketplace.id and organisation_id in identity.organisations_with(role)
@@ -458,7 +491,7 @@ def subscription_action(subscription_id: uuid.UUID, action: str) -> ResponseRetu
     subscription = session.scalar(
         sa.select(Subscription).where(Subscription.id == subscription_id).with_for_update()
     )
-    if subscription is None or not _belongs(
+    if subscription is None or not belongs(
         identity, subscription.marketplace_id, subscription.customer_id, Role.CUSTOMER
     ):
         abort(404)
@@ -579,7 +612,7 @@ def vendor_submit(product_id: uuid.UUID) -> ResponseReturnValue:
         return redirect(url_for("pages.sign_in", next=url_for("pages.vendor_products")))
     session = current_session()
     product = session.get(Product, product_id)
-    if product is None or not _belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
+    if product is None or not belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
         abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)

@@ -412,11 +412,13 @@ def test_vm_app_end_to_end_through_the_worker(
     assert PasswordHasher().verify(deployment.password_hash, password)
     with committed_db() as session:
         after_mail = session.get(Deployment, deployment.id)
-        assert after_mail is not None and after_mail.password_sealed is None  # wiped once e-mailed
+        assert after_mail is not None and after_mail.password_sealed is not None  # for the order page
+        assert service.take_password(session, sealer, deployment.id) == password
+        assert service.take_password(session, sealer, deployment.id) is None  # shown once
     mail = received[0]
     assert mail.rcpt_tos == [made["buyer"]]
     text = mail.message.get_body(preferencelist=("plain",)).get_content()
-    assert f"One-time password (shown once, not kept by us): {password}" in text
+    assert f"One-time password (change it when you first sign in): {password}" in text
     assert deployment.url is not None and deployment.url in text and "Sign in as admin" in text
 
     # the customer's key logs in to the "VM"

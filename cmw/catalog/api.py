@@ -20,7 +20,7 @@ from cmw.assets.service import InvalidImage, save_image
 from cmw.catalog import cache, presenters, search, service
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Category, Product, ProductStatus, ProductVersion
-from cmw.catalog.pricing import ComponentSpec, PlanSpec, PricingError, Tier
+from cmw.catalog.pricing import PricingError
 from cmw.catalog.schemas import (
     CategorySchema,
     CompareArgs,
@@ -35,6 +35,7 @@ from cmw.catalog.schemas import (
     RejectSchema,
     UploadSchema,
     VendorProductListArgs,
+    plan_specs,
 )
 from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
 from cmw.extensions import current_session
@@ -125,42 +126,6 @@ def _card(product: Product) -> dict[str, Any]:
         "rating": search.rating_view(product.rating_count, product.rating_sum),
         "published_at": product.published_at,
     }
-
-
-def _plan_specs(plans: list[dict[str, Any]]) -> list[PlanSpec]:
-    return [
-        PlanSpec(
-            code=p["code"],
-            name=p["name"],
-            description=p.get("description", ""),
-            currency=p["currency"],
-            billing_period=p["billing_period"],
-            components=tuple(
-                ComponentSpec(
-                    kind=c["kind"],
-                    label=c["label"],
-                    unit_price=c.get("unit_price"),
-                    metric=c.get("metric"),
-                    unit=c.get("unit"),
-                    pricing_model=c.get("pricing_model"),
-                    included_quantity=c.get("included_quantity"),
-                    tiers=tuple(
-                        Tier(
-                            start=t["start"],
-                            up_to=t["up_to"],
-                            unit_price=t["unit_price"],
-                            flat_fee=t["flat_fee"],
-                        )
-                        for t in c.get("tiers") or ()
-                    ),
-                    min_quantity=c.get("min_quantity"),
-                    max_quantity=c.get("max_quantity"),
-                )
-                for c in p["components"]
-            ),
-        )
-        for p in plans
-    ]
 
 
 # ---------------------------------------------------------------- public
@@ -325,7 +290,7 @@ class VendorProductPlans(MethodView):
     def put(self, data: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
         """Replace the working version's plans and prices."""
         product = _own_product(product_id)
-        _run(service.set_plans, product, _plan_specs(data["plans"]))
+        _run(service.set_plans, product, plan_specs(data["plans"]))
         current_session().commit()
         return _product_view(product)
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 
-from cmw.catalog.models import BillingPeriod, ComponentKind, PriceComponent, PricingModel
+from cmw.catalog.models import BillingPeriod, ComponentKind, Plan, PriceComponent, PricingModel
 from cmw.money import CurrencyError, check_currency, format_amount
 
 ZERO = Decimal(0)
@@ -246,4 +246,16 @@ def spec_of(component: PriceComponent) -> ComponentSpec:
         ),
         min_quantity=component.min_quantity,
         max_quantity=component.max_quantity,
+    )
+
+
+def plan_spec_of(plan: Plan) -> PlanSpec:
+    """A stored plan as a definition again (to change one plan and store the set back)."""
+    return PlanSpec(
+        code=plan.code,
+        name=plan.name,
+        description=plan.description,
+        currency=plan.currency,
+        billing_period=plan.billing_period,
+        components=tuple(spec_of(c) for c in plan.components),
     )

@@ -18,6 +18,7 @@ from cmw.catalog.models import (
     ProductType,
     VersionState,
 )
+from cmw.catalog.pricing import ComponentSpec, PlanSpec, Tier
 from cmw.catalog.search import Sort
 from cmw.money import PRICE_SCALE, format_amount, parse_amount
 
@@ -335,3 +336,40 @@ class CompareItemSchema(ProductCardSchema):
 
 class VendorProductListArgs(Schema):
     status = fields.Enum(ProductStatus, by_value=True, load_default=None)
+
+
+def plan_specs(plans: list[dict[str, Any]]) -> list[PlanSpec]:
+    """Plans loaded by :class:`PlanSchema`, as the pricing rules take them."""
+    return [
+        PlanSpec(
+            code=p["code"],
+            name=p["name"],
+            description=p.get("description", ""),
+            currency=p["currency"],
+            billing_period=p["billing_period"],
+            components=tuple(
+                ComponentSpec(
+                    kind=c["kind"],
+                    label=c["label"],
+                    unit_price=c.get("unit_price"),
+                    metric=c.get("metric"),
+                    unit=c.get("unit"),
+                    pricing_model=c.get("pricing_model"),
+                    included_quantity=c.get("included_quantity"),
+                    tiers=tuple(
+                        Tier(
+                            start=t["start"],
+                            up_to=t["up_to"],
+                            unit_price=t["unit_price"],
+                            flat_fee=t["flat_fee"],
+                        )
+                        for t in c.get("tiers") or ()
+                    ),
+                    min_quantity=c.get("min_quantity"),
+                    max_quantity=c.get("max_quantity"),
+                )
+                for c in p["components"]
+            ),
+        )
+        for p in plans
+    ]

@@ -112,8 +112,8 @@ class EmailConsumer(EventConsumer):
         ) or platform(session)
         secret = None
         if deployment_id := _uuid(event.payload.get("password_of_deployment")):
-            # read and wiped in this transaction: if sending fails, it is rolled back and kept
-            password = deployments.take_password(session, self.sealer, deployment_id)
+            # a copy: the order page shows the password once too, then forgets it
+            password = deployments.read_password(session, self.sealer, deployment_id)
             if password is not None:
                 secret = ("One-time password", password)
         self.mailer.send(self.render(notification, user, marketplace, secret))

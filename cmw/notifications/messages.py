@@ -62,8 +62,8 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         f"Your instance of {product} is ready"
         + (f" at {p['url']}" if p.get("url") else (f" at {p['address']}" if p.get("address") else ""))
         + (f". Sign in as {p['login']}" if p.get("login") else "")
-        + ". The one-time password was sent by e-mail to whoever placed the order;"
-        " change it when you first sign in.",
+        + ". Whoever placed the order finds the one-time password in their e-mail and, once,"
+        " on the order page; change it when you first sign in.",
         _subscription_link(p),
     ),
     "deployment.failed": lambda p, product: Message(
