@@ -32,7 +32,10 @@ from cmw.mail import mailer_for
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
 from deployer.consumer import DeploymentRequests
-from marketplace import vendor as _vendor_pages  # noqa: F401  (the editor's routes, on pages_bp)
+
+# the control panel's modules add their routes to the pages blueprint
+from marketplace import account as _account_pages  # noqa: F401
+from marketplace import vendor as _vendor_pages  # noqa: F401
 from marketplace.views import bp as pages_bp
 
 ROOT = Path(__file__).resolve().parent

@@ -211,3 +211,33 @@ class TargetForm(FlaskForm):  # type: ignore[misc]
     )
     default_login = StringField("Login shown to the customer", validators=[Optional(), Length(max=64)])
     final_snapshot = BooleanField("Snapshot the data disk before it is deleted")
+
+
+# ------------------------------------------------------------------ customers' panel
+class ChangePlanForm(FlaskForm):  # type: ignore[misc]
+    plan = SelectField("New plan", validators=[DataRequired()])
+
+
+class QuantityForm(FlaskForm):  # type: ignore[misc]
+    quantity = IntegerField("Quantity", validators=[DataRequired(), NumberRange(min=1, max=100_000)])
+
+
+class TokenForm(FlaskForm):  # type: ignore[misc]
+    name = StringField(
+        "Name", validators=[DataRequired(), Length(max=100)], description="What it is for, e.g. CI pipeline."
+    )
+    expires_in_days = SelectField(
+        "Expires",
+        choices=[
+            SelectChoice("30", "in 30 days"),
+            SelectChoice("90", "in 90 days"),
+            SelectChoice("365", "in a year"),
+            SelectChoice("0", "never"),
+        ],
+        default="90",
+    )
+
+
+class PasswordForm(FlaskForm):  # type: ignore[misc]
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
+    new = PasswordField("New password (at least 12 characters)", validators=[DataRequired(), Length(max=256)])

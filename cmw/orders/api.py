@@ -29,7 +29,6 @@ from cmw.orders.models import (
     OrderKind,
     OrderStatus,
     Subscription,
-    SubscriptionChange,
     SubscriptionStatus,
 )
 
@@ -258,12 +257,8 @@ class Subscriptions(MethodView):
 
 
 def _detail(subscription: Subscription) -> dict[str, Any]:
-    history = current_session().scalars(
-        sa.select(SubscriptionChange)
-        .where(SubscriptionChange.subscription_id == subscription.id)
-        .order_by(SubscriptionChange.id)
-    )
-    return {**attributes(subscription, SubscriptionSchema), "history": list(history)}
+    history = subscriptions.changes(current_session(), subscription.id)
+    return {**attributes(subscription, SubscriptionSchema), "history": history}
 
 
 @blp.route("/subscriptions/<uuid:subscription_id>")

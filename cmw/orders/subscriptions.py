@@ -8,12 +8,13 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cmw.catalog.models import BillingPeriod, ComponentKind, Plan, Product
 from cmw.db import utcnow
 from cmw.events.service import emit
-from cmw.orders.models import Subscription, SubscriptionStatus
+from cmw.orders.models import Subscription, SubscriptionChange, SubscriptionStatus
 from cmw.orders.pricing import QuantityError, check_quantity
 from cmw.orders.service import record
 
@@ -183,3 +184,33 @@ def reactivate(
         now,
     )
     _event(session, subscription, "subscription.changed", change="reactivated")
+
+
+def changes(session: Session, subscription_id: uuid.UUID) -> list[SubscriptionChange]:
+    """The subscription's history of changes, oldest first."""
+    return list(
+        session.scalars(
+            sa.select(SubscriptionChange)
+            .where(SubscriptionChange.subscription_id == subscription_id)
+            .order_by(SubscriptionChange.id)
+        )
+    )
+
+
+def plans_to_change_to(session: Session, subscription: Subscription) -> list[Plan]:
+    """The plans the product sells now in the subscription's currency, its own excepted."""
+    product = session.get(Product, subscription.product_id)
+    current = session.get(Plan, subscription.plan_id)
+    if product is None or current is None or product.live_version_id is None:
+        return []
+    return list(
+        session.scalars(
+            sa.select(Plan)
+            .where(
+                Plan.version_id == product.live_version_id,
+                Plan.currency == current.currency,
+                Plan.id != current.id,
+            )
+            .order_by(Plan.position)
+        )
+    )

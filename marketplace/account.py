@@ -1,0 +1,240 @@
+"""The customers' control panel beyond the subscriptions list: a subscription's page (plan,
+quantity, instance and history, changing plan or quantity), API tokens, and the profile."""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from wtforms import SelectChoice
+
+from cmw.accounts import service as accounts
+from cmw.accounts.auth import Identity, current_identity
+from cmw.accounts.models import ApiToken, Role, User
+from cmw.catalog import service as catalog_service
+from cmw.catalog.models import Plan
+from cmw.extensions import current_session
+from cmw.orders import subscriptions
+from cmw.orders.models import Order, Subscription
+from deployer import service as deployments
+from deployer.models import Deployment
+from marketplace.forms import ActionForm, ChangePlanForm, PasswordForm, QuantityForm, TokenForm
+from marketplace.views import belongs, bp
+
+
+def _signed_in() -> Identity | None:
+    return current_identity()
+
+
+def _sign_in() -> ResponseReturnValue:
+    return redirect(url_for("pages.sign_in", next=request.path))
+
+
+def _own_subscription(identity: Identity, subscription_id: uuid.UUID, lock: bool = False) -> Subscription:
+    stmt = sa.select(Subscription).where(Subscription.id == subscription_id)
+    subscription = current_session().scalar(stmt.with_for_update() if lock else stmt)
+    if subscription is None or not belongs(
+        identity, subscription.marketplace_id, subscription.customer_id, Role.CUSTOMER
+    ):
+        abort(404)
+    return subscription
+
+
+def _plan_label(plan: Plan, quantity: int) -> str:
+    monthly = subscriptions.monthly_price(plan, subscriptions.quantity_on(plan, quantity))
+    return f"{plan.name}: {monthly:,.2f} {plan.currency} a month"
+
+
+@bp.get("/account/subscriptions/<uuid:subscription_id>")
+def subscription(subscription_id: uuid.UUID) -> ResponseReturnValue:
+    """One subscription: its plan, quantity and period, its instance and what happened to
+    it, and changing plan (upgrades now, downgrades at the period's end) or quantity."""
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    found = _own_subscription(identity, subscription_id)
+    return _subscription_page(found, ChangePlanForm(formdata=None), QuantityForm(formdata=None), 200)
+
+
+def _subscription_page(
+    found: Subscription, plan_form: ChangePlanForm, quantity_form: QuantityForm, status: int
+) -> ResponseReturnValue:
+    session = current_session()
+    plan = session.get(Plan, found.plan_id)
+    assert plan is not None
+    pending = session.get(Plan, found.pending_plan_id) if found.pending_plan_id else None
+    others = subscriptions.plans_to_change_to(session, found)
+    plan_form.plan.choices = [SelectChoice(str(p.id), _plan_label(p, found.quantity)) for p in others]
+    if quantity_form.quantity.data is None:
+        quantity_form.quantity.data = found.quantity
+    per_unit = any(c.kind.value == "per_unit" for c in plan.components)
+    deployment = session.scalar(sa.select(Deployment).where(Deployment.subscription_id == found.id))
+    order_id = session.scalar(sa.select(Order.id).where(Order.subscription_id == found.id))
+    actors = {
+        u.id: u.name
+        for u in session.scalars(
+            sa.select(User).where(
+                User.id.in_({c.actor_id for c in subscriptions.changes(session, found.id)} - {None})
+            )
+        )
+    }
+    return (
+        render_template(
+            "subscription.html",
+            subscription=found,
+            product=catalog_service.product_name(session, found.product_id),
+            plan=plan,
+            pending=pending,
+            plan_form=plan_form,
+            quantity_form=quantity_form,
+            per_unit=per_unit,
+            deployment=deployment,
+            history=deployments.history(session, deployment.id) if deployment else [],
+            changes=subscriptions.changes(session, found.id),
+            actors=actors,
+            order_id=order_id,
+            action_form=ActionForm(),
+            live=found.status in subscriptions.LIVE,
+        ),
+        status,
+    )
+
+
+@bp.post("/account/subscriptions/<uuid:subscription_id>/<any(plan, quantity):what>")
+def change_subscription(subscription_id: uuid.UUID, what: str) -> ResponseReturnValue:
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    found = _own_subscription(identity, subscription_id, lock=True)
+    plan_form = ChangePlanForm() if what == "plan" else ChangePlanForm(formdata=None)
+    quantity_form = QuantityForm() if what == "quantity" else QuantityForm(formdata=None)
+    form = plan_form if what == "plan" else quantity_form
+    if what == "plan":
+        plan_form.plan.choices = [
+            SelectChoice(str(p.id), p.name) for p in subscriptions.plans_to_change_to(session, found)
+        ]
+    if not form.validate_on_submit():
+        if form.csrf_token.errors:
+            abort(400)
+        return _subscription_page(found, plan_form, quantity_form, 422)
+    try:
+        if what == "plan":
+            new_plan = session.get(Plan, uuid.UUID(plan_form.plan.data))
+            assert new_plan is not None
+            when = subscriptions.change_plan(session, found, new_plan, identity.user.id)
+            message = (
+                f"You are on {new_plan.name} from now on."
+                if when == "now"
+                else f"You move to {new_plan.name} when the period ends, {found.current_period_end:%d %b %Y}."
+            )
+        else:
+            subscriptions.change_quantity(session, found, quantity_form.quantity.data, identity.user.id)
+            message = f"The quantity is now {found.quantity}."
+    except subscriptions.ChangeError as exc:
+        session.rollback()
+        getattr(form, exc.field, form[next(iter(form._fields))]).errors = [exc.message]
+        found = _own_subscription(identity, subscription_id)
+        return _subscription_page(found, plan_form, quantity_form, 422)
+    session.commit()
+    flash(message, "info")
+    return redirect(url_for("pages.subscription", subscription_id=found.id))
+
+
+# ------------------------------------------------------------------ API tokens
+@bp.route("/account/tokens", methods=["GET", "POST"])
+def tokens() -> ResponseReturnValue:
+    """Personal API tokens for this marketplace: create one (its secret is shown once), revoke."""
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    form = TokenForm()
+    secret = None
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            days = int(form.expires_in_days.data or 0)
+            _token, secret = accounts.create_token(
+                session,
+                identity.user,
+                identity.marketplace,
+                name=form.name.data or "",
+                expires_at=accounts.default_token_expiry(days),
+            )
+            session.commit()
+            form = TokenForm(formdata=None)
+        elif form.csrf_token.errors:
+            abort(400)
+        else:
+            status = 422
+    listed = session.scalars(
+        sa.select(ApiToken)
+        .where(ApiToken.user_id == identity.user.id, ApiToken.marketplace_id == identity.marketplace.id)
+        .order_by(ApiToken.created_at.desc())
+        .limit(100)
+    )
+    response = current_app.make_response(
+        (
+            render_template(
+                "tokens.html", tokens=list(listed), form=form, secret=secret, action_form=ActionForm()
+            ),
+            status,
+        )
+    )
+    if secret is not None:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/account/tokens/<uuid:token_id>/revoke")
+def revoke_token(token_id: uuid.UUID) -> ResponseReturnValue:
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    session = current_session()
+    token = session.get(ApiToken, token_id)
+    if token is None or token.user_id != identity.user.id or token.marketplace_id != identity.marketplace.id:
+        abort(404)
+    accounts.revoke_token(session, token)
+    session.commit()
+    flash(f"The token {token.name} is revoked: requests with it are refused from now on.", "info")
+    return redirect(url_for("pages.tokens"))
+
+
+# ------------------------------------------------------------------ profile
+@bp.route("/account/profile", methods=["GET", "POST"])
+def profile() -> ResponseReturnValue:
+    """Who you are here, and changing your password."""
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    form = PasswordForm()
+    status = 200
+    if request.method == "POST":
+        status = 422
+        if form.validate_on_submit():
+            user = session.get(User, identity.user.id)
+            assert user is not None
+            try:
+                accounts.authenticate(session, user.email, form.current.data or "")
+            except accounts.InvalidCredentials:
+                form.current.errors = ["this is not your current password"]
+            else:
+                try:
+                    accounts.set_password(session, user, form.new.data or "")
+                except accounts.WeakPassword as exc:
+                    session.rollback()
+                    form.new.errors = [str(exc)]
+                else:
+                    session.commit()
+                    flash("Your password is changed.", "info")
+                    return redirect(url_for("pages.profile"))
+        elif form.csrf_token.errors:
+            abort(400)
+    return render_template("profile.html", form=form), status

@@ -1,0 +1,139 @@
+"""The customers' control panel pages: a subscription (plan and quantity changes with their
+errors, history, instance), API tokens (secret shown once, revoking), the profile."""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cmw.accounts.models import Role, User
+from tests.test_orders import order
+from tests.test_pages_storefront import _csrf, _signed_in
+
+PASSWORD = "a-long-password-1"
+
+
+def _error(page: str, field_id: str) -> str:
+    match = re.search(rf'<span class="field-error" id="{re.escape(field_id)}-error">([^<]*)</span>', page)
+    assert match, f"no error next to {field_id}"
+    return html_lib.unescape(match.group(1))
+
+
+def test_a_customer_changes_quantity_and_plan_from_the_subscription_page(
+    app: Flask,
+    client: FlaskClient,
+    make_user: Callable[..., User],
+    token_for: Callable[..., dict[str, str]],
+    shop: dict[str, Any],
+) -> None:
+    customer = make_user(Role.CUSTOMER, password=PASSWORD)
+    placed = order(client, token_for(customer), quantity=5).get_json()
+    url = f"/account/subscriptions/{placed['subscription_id']}"
+    _signed_in(client, customer)
+
+    listed = client.get("/account").get_data(as_text=True)
+    assert f'href="{url}"' in listed
+    page = client.get(url)
+    body = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "<dt>Plan</dt><dd>Team (EUR, billed each month)" in body
+    assert "Enterprise: 415.83 EUR a month" in body  # 4990 a year, a twelfth a month
+    token = _csrf(body)
+
+    below = client.post(f"{url}/quantity", data={"csrf_token": token, "quantity": "3"})
+    assert below.status_code == 422
+    assert "at least 5" in _error(below.get_data(as_text=True), "quantity")
+
+    more = client.post(f"{url}/quantity", data={"csrf_token": token, "quantity": "7"})
+    assert more.status_code == 302
+    body = client.get(url).get_data(as_text=True)
+    assert "The quantity is now 7." in body
+    assert re.search(r"quantity changed: 5 → 7</td><td>Test User</td>", body)
+
+    choices = dict(re.findall(r'<option value="([0-9a-f-]{36})">([^<]+)</option>', body))
+    enterprise = next(k for k, v in choices.items() if v.startswith("Enterprise"))
+    upgraded = client.post(f"{url}/plan", data={"csrf_token": token, "plan": enterprise})
+    assert upgraded.status_code == 302
+    body = client.get(url).get_data(as_text=True)
+    assert "You are on Enterprise from now on." in body
+    assert "<dt>Plan</dt><dd>Enterprise (EUR, billed each year)" in body
+    # a plan that is not on offer is refused in words, not with a 500
+    refused = client.post(f"{url}/plan", data={"csrf_token": token, "plan": enterprise})
+    assert refused.status_code == 422
+    assert "Not a valid choice" in _error(refused.get_data(as_text=True), "plan")
+
+    assert client.post(f"{url}/quantity", data={"quantity": "8"}).status_code == 400  # no CSRF token
+    other = app.test_client()
+    _signed_in(other, make_user(Role.CUSTOMER, password=PASSWORD))
+    assert other.get(url).status_code == 404
+    assert other.post(f"{url}/quantity", data={"csrf_token": token, "quantity": "8"}).status_code in (
+        400,
+        404,
+    )
+
+
+def test_an_api_token_is_shown_once_and_revoked_from_the_page(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User]
+) -> None:
+    user = make_user(Role.CUSTOMER, password=PASSWORD)
+    _signed_in(client, user)
+    page = client.get("/account/tokens").get_data(as_text=True)
+    assert "No tokens yet" in page
+    missing = client.post(
+        "/account/tokens", data={"csrf_token": _csrf(page), "name": "", "expires_in_days": "90"}
+    )
+    assert missing.status_code == 422 and _error(missing.get_data(as_text=True), "name")
+
+    created = client.post(
+        "/account/tokens", data={"csrf_token": _csrf(page), "name": "Nightly export", "expires_in_days": "30"}
+    )
+    body = created.get_data(as_text=True)
+    assert created.status_code == 200 and created.headers["Cache-Control"] == "no-store"
+    secret = re.search(r'aria-label="New API token">([^<]+)</code>', body)
+    assert secret
+    api = app.test_client()
+    me = api.get("/api/v1/me", headers={"Authorization": f"Bearer {secret.group(1)}"})
+    assert me.status_code == 200 and me.get_json()["user"]["email"] == user.email
+
+    again = client.get("/account/tokens").get_data(as_text=True)
+    assert secret.group(1) not in again and "Nightly export" in again
+    revoke = re.search(r'action="(/account/tokens/[0-9a-f-]{36}/revoke)"', again)
+    assert revoke
+    client.post(revoke.group(1), data={"csrf_token": _csrf(again)})
+    assert "is revoked" in client.get("/account/tokens").get_data(as_text=True)
+    assert api.get("/api/v1/me", headers={"Authorization": f"Bearer {secret.group(1)}"}).status_code == 401
+
+    other = app.test_client()
+    _signed_in(other, make_user(Role.CUSTOMER, password=PASSWORD))
+    other_page = other.get("/account/tokens").get_data(as_text=True)
+    assert "Nightly export" not in other_page
+    assert other.post(revoke.group(1), data={"csrf_token": _csrf(other_page)}).status_code == 404
+
+
+def test_the_password_changes_only_with_the_current_one(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User]
+) -> None:
+    user = make_user(Role.CUSTOMER, password=PASSWORD)
+    _signed_in(client, user)
+    token = _csrf(client.get("/account/profile").get_data(as_text=True))
+    wrong = client.post(
+        "/account/profile", data={"csrf_token": token, "current": "not-it-at-all", "new": "another-long-pw-2"}
+    )
+    assert wrong.status_code == 422
+    assert "not your current password" in _error(wrong.get_data(as_text=True), "current")
+    weak = client.post("/account/profile", data={"csrf_token": token, "current": PASSWORD, "new": "short"})
+    assert weak.status_code == 422 and _error(weak.get_data(as_text=True), "new")
+    done = client.post(
+        "/account/profile", data={"csrf_token": token, "current": PASSWORD, "new": "another-long-pw-2"}
+    )
+    assert done.status_code == 302
+    fresh = app.test_client()
+    refused = fresh.post("/api/v1/session", json={"email": user.email, "password": PASSWORD})
+    assert refused.status_code == 401
+    accepted = fresh.post("/api/v1/session", json={"email": user.email, "password": "another-long-pw-2"})
+    assert accepted.status_code == 200
