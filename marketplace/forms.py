@@ -241,3 +241,37 @@ class TokenForm(FlaskForm):  # type: ignore[misc]
 class PasswordForm(FlaskForm):  # type: ignore[misc]
     current = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
     new = PasswordField("New password (at least 12 characters)", validators=[DataRequired(), Length(max=256)])
+
+
+# ------------------------------------------------------------------ administrators
+class CloudAccountForm(FlaskForm):  # type: ignore[misc]
+    """A cloud account: its Libcloud provider, credentials (sealed when stored) and the SSH
+    endpoint the deployer uses."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=120)])
+    slug = StringField(
+        "Short name",
+        validators=[DataRequired(), Length(max=63)],
+        description="What vendors' deployment targets name.",
+    )
+    provider = SelectField("Libcloud provider", validators=[DataRequired()])
+    region = StringField("Region", validators=[Optional(), Length(max=64)])
+    credentials = TextAreaField(
+        "Credentials",
+        validators=[Optional(), Length(max=20_000)],
+        description="One per line, name = value: key = …, secret = …. Stored encrypted, never shown again.",
+    )
+    driver_options = TextAreaField(
+        "Driver options",
+        validators=[Optional(), Length(max=5000)],
+        description="One per line, name = value, e.g. host = 127.0.0.1 or secure = false.",
+    )
+    default_network = StringField("Default network", validators=[Optional(), Length(max=255)])
+    ssh_host = StringField(
+        "SSH host override",
+        validators=[Optional(), Length(max=255)],
+        description="Where the deployer connects instead of the VM's address (a bastion, a test sshd).",
+    )
+    ssh_port = IntegerField("SSH port", validators=[Optional(), NumberRange(min=1, max=65535)])
+    ssh_username = StringField("SSH user", default="ubuntu", validators=[DataRequired(), Length(max=64)])
+    is_active = BooleanField("Active (deployments may use it)", default=True)

@@ -1,0 +1,159 @@
+"""The administrators' control panel beyond the review queue and deployments: cloud
+accounts, with the connection test."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from wtforms import SelectChoice
+
+from cmw.accounts.auth import Identity, current_identity
+from cmw.extensions import current_session
+from deployer import clouds
+from deployer import service as deployments
+from deployer.models import CloudAccount
+from marketplace.forms import ActionForm, CloudAccountForm
+from marketplace.views import bp
+
+
+def _admin() -> Identity | None:
+    identity = current_identity()
+    if identity is not None and not identity.is_admin:
+        abort(403)
+    return identity
+
+
+def _sign_in() -> ResponseReturnValue:
+    return redirect(url_for("pages.sign_in", next=request.path))
+
+
+def _pairs(text: str, field: Any) -> dict[str, Any] | None:
+    """``name = value`` lines as a dict; None (with the error on ``field``) if a line is not one.
+    ``true``/``false`` and whole numbers become booleans and integers (driver options)."""
+    found: dict[str, Any] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            field.errors = [*field.errors, f"line {number}: write name = value"]
+            return None
+        raw = value.strip()
+        found[name.strip()] = {"true": True, "false": False}.get(
+            raw.lower(), int(raw) if raw.isdigit() else raw
+        )
+    return found
+
+
+def _provider_choices() -> list[SelectChoice]:
+    return [SelectChoice(p, p) for p in clouds.providers()]
+
+
+def _account_form(account: CloudAccount | None = None) -> CloudAccountForm:
+    form = (
+        CloudAccountForm(obj=account)
+        if account is not None and request.method == "GET"
+        else CloudAccountForm()
+    )
+    form.provider.choices = _provider_choices()
+    if account is not None and request.method == "GET":
+        form.credentials.data = ""
+        form.driver_options.data = "\n".join(f"{k} = {v}" for k, v in (account.driver_options or {}).items())
+    return form
+
+
+def _values(form: CloudAccountForm, creating: bool) -> dict[str, Any] | None:
+    credentials = _pairs(form.credentials.data or "", form.credentials)
+    options = _pairs(form.driver_options.data or "", form.driver_options)
+    if credentials is None or options is None:
+        return None
+    values: dict[str, Any] = {
+        "slug": (form.slug.data or "").strip(),
+        "name": (form.name.data or "").strip(),
+        "provider": form.provider.data,
+        "region": (form.region.data or "").strip() or None,
+        "driver_options": options,
+        "default_network": (form.default_network.data or "").strip() or None,
+        "ssh_host": (form.ssh_host.data or "").strip() or None,
+        "ssh_port": form.ssh_port.data,
+        "ssh_username": (form.ssh_username.data or "").strip(),
+        "is_active": bool(form.is_active.data),
+    }
+    if credentials or creating:
+        values["credentials"] = credentials  # left blank on an edit: unchanged
+    return values
+
+
+@bp.get("/admin/cloud-accounts")
+def cloud_accounts() -> ResponseReturnValue:
+    """The clouds the platform deploys to: provider, region, SSH endpoint, whether active."""
+    if _admin() is None:
+        return _sign_in()
+    listed = current_session().scalars(sa.select(CloudAccount).order_by(CloudAccount.name).limit(500))
+    return render_template("admin_cloud_accounts.html", accounts=list(listed), form=ActionForm())
+
+
+@bp.route("/admin/cloud-accounts/new", methods=["GET", "POST"], defaults={"account_id": None})
+@bp.route("/admin/cloud-accounts/<uuid:account_id>", methods=["GET", "POST"])
+def cloud_account(account_id: uuid.UUID | None) -> ResponseReturnValue:
+    """Add a cloud account or change one (credentials left blank stay as they are)."""
+    if _admin() is None:
+        return _sign_in()
+    session = current_session()
+    account = session.get(CloudAccount, account_id) if account_id else None
+    if account_id and account is None:
+        abort(404)
+    form = _account_form(account)
+    status = 200
+    if request.method == "POST":
+        valid = form.validate_on_submit()
+        if form.csrf_token.errors:
+            abort(400)
+        status = 422
+        values = _values(form, creating=account is None)
+        if valid and values is not None:
+            sealer = current_app.extensions["mercato.sealer"]
+            try:
+                if account is None:
+                    account = deployments.create_cloud_account(
+                        session, sealer, deployments.CloudAccountInput(**values)
+                    )
+                else:
+                    deployments.update_cloud_account(session, sealer, account, values)
+            except deployments.CloudAccountError as exc:
+                session.rollback()
+                target = form._fields.get(exc.field, form.name)
+                target.errors = [*target.errors, str(exc)]
+            else:
+                session.commit()
+                flash(f"{account.name} is saved. Test its connection next.", "info")
+                return redirect(url_for("pages.cloud_accounts") + f"#account-{account.slug}")
+    return render_template("admin_cloud_account.html", form=form, account=account), status
+
+
+@bp.post("/admin/cloud-accounts/<uuid:account_id>/test")
+def test_cloud_account(account_id: uuid.UUID) -> ResponseReturnValue:
+    """Try the account's credentials: list its sizes and images, and say how long it took."""
+    if _admin() is None:
+        return _sign_in()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    session = current_session()
+    account = session.get(CloudAccount, account_id)
+    if account is None:
+        abort(404)
+    try:
+        result = deployments.test_cloud_account(current_app.extensions["mercato.sealer"], account)
+    except clouds.DeployError as exc:
+        flash(f"{account.name} does not work: {exc}", "error")
+    else:
+        flash(
+            f"{account.name} works: {len(result['sizes'])} sizes and {len(result['images'])} images"
+            f" listed in {result['seconds']:.1f} s.",
+            "info",
+        )
+    return redirect(url_for("pages.cloud_accounts") + f"#account-{account.slug}")
