@@ -1,9 +1,11 @@
 """The customers' control panel beyond the subscriptions list: a subscription's page (plan,
-quantity, instance and history, changing plan or quantity), API tokens, and the profile."""
+quantity, instance and history, changing plan or quantity), API tokens, the profile; and
+the cost estimator customers use before ordering."""
 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
@@ -11,13 +13,15 @@ from flask.typing import ResponseReturnValue
 from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
-from cmw.accounts.auth import Identity, current_identity
+from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import ApiToken, Role, User
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Plan
 from cmw.extensions import current_session
+from cmw.money import parse_amount
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription
+from cmw.usage import estimates
 from deployer import service as deployments
 from deployer.models import Deployment
 from marketplace.forms import ActionForm, ChangePlanForm, PasswordForm, QuantityForm, TokenForm
@@ -238,3 +242,75 @@ def profile() -> ResponseReturnValue:
         elif form.csrf_token.errors:
             abort(400)
     return render_template("profile.html", form=form), status
+
+
+# ------------------------------------------------------------------ cost estimator
+@bp.get("/products/<string:slug>/estimate")
+def estimate(slug: str) -> ResponseReturnValue:
+    """The product page's cost estimator: plan, quantity, expected usage per month and a
+    number of months in; the estimate with its breakdown out (the API's calculation)."""
+    session = current_session()
+    found = catalog_service.find_published(session, current_marketplace(), slug)
+    if found is None:
+        abort(404)
+    live = found.live_version
+    assert live is not None
+    metered = estimate_inputs(live.plans)
+    errors: dict[str, str] = {}
+    args = request.args
+    plan = next((p for p in live.plans if p.code == args.get("plan")), live.plans[0] if live.plans else None)
+    quantity = _int_arg("quantity", 1, 1, 100_000, errors)
+    months = _int_arg("months", 12, 1, 120, errors)
+    usage: dict[str, Decimal] = {}
+    for metric in (str(m["metric"]) for m in metered):
+        raw = (args.get(f"u.{metric}") or "").strip()
+        if not raw:
+            continue
+        try:
+            usage[metric] = parse_amount(raw)
+        except ValueError as exc:
+            errors[f"u.{metric}"] = str(exc)
+    result = None
+    if plan is not None and not errors:
+        own = {c.metric for c in plan.components if c.metric}
+        item = estimates.Item(plan, quantity, {k: v for k, v in usage.items() if k in own}, live.name)
+        try:
+            result = estimates.estimate([item], months)
+        except estimates.EstimateError as exc:
+            errors[exc.field.replace("usage.", "u.", 1)] = exc.message
+    return (
+        render_template(
+            "estimate.html",
+            product=found,
+            name=live.name,
+            plans=live.plans,
+            plan=plan,
+            metered=metered,
+            quantity=quantity,
+            months=months,
+            usage=args,
+            errors=errors,
+            result=result,
+        ),
+        422 if errors else 200,
+    )
+
+
+def estimate_inputs(plans: list[Plan]) -> list[dict[str, str | None]]:
+    """One input per metric any plan meters: its metric, label and unit."""
+    seen: dict[str, dict[str, str | None]] = {}
+    for plan in plans:
+        for c in plan.components:
+            if c.metric and c.metric not in seen:
+                seen[c.metric] = {"metric": c.metric, "label": c.label, "unit": c.unit}
+    return list(seen.values())
+
+
+def _int_arg(name: str, default: int, low: int, high: int, errors: dict[str, str]) -> int:
+    raw = (request.args.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        errors[name] = f"a whole number from {low} to {high}"
+        return default
+    return int(raw)

@@ -27,6 +27,7 @@ from cmw.catalog.reviews_api import blp as reviews_blp
 from cmw.marketplaces.api import blp as marketplaces_blp
 from cmw.notifications.api import blp as notifications_blp
 from cmw.orders.api import blp as orders_blp
+from cmw.usage.api import blp as usage_blp
 from deployer.api import blp as deployer_blp
 
 log = logging.getLogger(__name__)
@@ -128,4 +129,5 @@ def register(app: Flask) -> MercatoApi:
     api.register_blueprint(orders_blp)
     api.register_blueprint(notifications_blp)
     api.register_blueprint(deployer_blp)
+    api.register_blueprint(usage_blp)
     return api

@@ -1,0 +1,1 @@
+"""Usage: metering, real-time cost and cost estimates."""
