@@ -129,6 +129,14 @@ def by_slug(session: Session, slug: str) -> CloudAccount | None:
     return session.scalar(sa.select(CloudAccount).where(CloudAccount.slug == slug))
 
 
+def of_subscriptions(session: Session, subscription_ids: list[uuid.UUID]) -> dict[uuid.UUID, Deployment]:
+    """The deployment of each subscription that has one."""
+    if not subscription_ids:
+        return {}
+    found = session.scalars(sa.select(Deployment).where(Deployment.subscription_id.in_(subscription_ids)))
+    return {d.subscription_id: d for d in found}
+
+
 def account_choices(session: Session) -> list[tuple[str, str]]:
     """(slug, name) of every cloud account, for vendors choosing where a product runs."""
     rows = session.execute(sa.select(CloudAccount.slug, CloudAccount.name).order_by(CloudAccount.name))

@@ -21,6 +21,7 @@ from wtforms import Form as BaseForm
 
 from cmw.accounts.auth import Identity, current_identity
 from cmw.accounts.models import Organisation, Role
+from cmw.api.pagination import PageArgs, paginate
 from cmw.assets.api import storage
 from cmw.assets.service import InvalidImage, save_image
 from cmw.catalog import presenters
@@ -39,6 +40,8 @@ from cmw.catalog.schemas import (
 from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
 from cmw.extensions import current_session
 from cmw.money import format_amount
+from cmw.orders import service as orders_service
+from cmw.orders.models import Order, Subscription
 from deployer import service as deployments
 from marketplace.forms import (
     COMPONENT_ROWS,
@@ -705,3 +708,77 @@ def vendor_withdraw(product_id: uuid.UUID) -> ResponseReturnValue:
         session.commit()
         flash("The submission is withdrawn: you can change it and submit it again.", "info")
     return redirect(url_for("pages.vendor_edit_product", product_id=product.id))
+
+
+# ----------------------------------------------------------------- sales
+@bp.get("/vendor/sales")
+def vendor_sales() -> ResponseReturnValue:
+    """Who bought your products: subscriptions with their customer, plan and instance,
+    newest first and paginated, and the latest orders."""
+    identity = _vendor()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    vendors = identity.organisations_with(Role.VENDOR)
+    in_marketplace = Subscription.marketplace_id == identity.marketplace.id
+    try:
+        paging = PageArgs().load({k: v for k, v in request.args.items() if k in ("page", "per_page")})
+    except ValidationError:
+        paging = {"page": 1, "per_page": 25}
+    page = paginate(
+        session,
+        sa.select(Subscription)
+        .where(in_marketplace, orders_service.of_vendors(Subscription, vendors))
+        .order_by(Subscription.created_at.desc(), Subscription.id),
+        paging["page"],
+        paging["per_page"],
+    )
+    subscriptions_shown: list[Subscription] = page["items"]
+    machines = deployments.of_subscriptions(session, [s.id for s in subscriptions_shown])
+    recent = list(
+        session.scalars(
+            sa.select(Order)
+            .where(Order.marketplace_id == identity.marketplace.id, orders_service.of_vendors(Order, vendors))
+            .order_by(Order.created_at.desc(), Order.id)
+            .limit(10)
+        )
+    )
+    counts = dict(
+        session.execute(
+            sa.select(Subscription.status, sa.func.count())
+            .where(in_marketplace, orders_service.of_vendors(Subscription, vendors))
+            .group_by(Subscription.status)
+        ).all()
+    )
+    names = _names(
+        session,
+        {s.customer_id for s in subscriptions_shown} | {o.customer_id for o in recent},
+        {s.product_id for s in subscriptions_shown} | {o.product_id for o in recent},
+        {s.plan_id for s in subscriptions_shown} | {o.plan_id for o in recent},
+    )
+    return render_template(
+        "vendor_sales.html",
+        page=page,
+        machines=machines,
+        recent=recent,
+        counts={status.value: n for status, n in counts.items()},
+        names=names,
+    )
+
+
+def _names(
+    session: Any, organisations: set[uuid.UUID], products: set[uuid.UUID], plans: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """Display names of the page's customers, products and plans, in one query each."""
+    found: dict[uuid.UUID, str] = {}
+    if organisations:
+        found.update(
+            session.execute(
+                sa.select(Organisation.id, Organisation.name).where(Organisation.id.in_(organisations))
+            ).all()
+        )
+    for product_id in products:
+        found[product_id] = catalog_service.product_name(session, product_id)
+    if plans:
+        found.update(session.execute(sa.select(Plan.id, Plan.name).where(Plan.id.in_(plans))).all())
+    return found

@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from cmw.accounts.models import Role, User
 from deployer import service as deployments
 from marketplace.forms import COMPONENT_ROWS
+from tests.conftest import PASSWORD as DEFAULT_PASSWORD
+from tests.test_orders import order
 from tests.test_pages_storefront import _csrf, _signed_in
 
 PASSWORD = "a-long-password-1"
@@ -334,3 +336,25 @@ def test_only_the_products_vendor_opens_the_editor(
     assert customer.get(url).status_code == 403
     anonymous = app.test_client().get(url)
     assert anonymous.status_code == 302 and "/sign-in" in anonymous.headers["Location"]
+
+
+def test_the_sales_page_lists_customers_orders_and_instances(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Callable[..., dict[str, str]],
+    shop: dict[str, Any],
+) -> None:  # fmt: skip
+    buyer = make_user(Role.CUSTOMER, password=PASSWORD)
+    placed = order(client, token_for(buyer), quantity=6)
+    assert placed.status_code == 201, placed.get_data(as_text=True)
+    seller = app.test_client()
+    signed = seller.post(
+        "/api/v1/session", json={"email": shop["vendor"].email, "password": DEFAULT_PASSWORD}
+    )
+    assert signed.status_code == 200
+    page = seller.get("/vendor/sales").get_data(as_text=True)
+    assert "<strong>1</strong> active" in page
+    assert re.search(r"<th scope=\"row\">[^<]+</th>\s*<td>Wiki Server · Team \u00d7 6</td>", page)
+    assert re.search(r"<td>Wiki Server · Team</td><td>purchase</td><td>confirmed</td>", page)
+
+    other = app.test_client()
+    _signed_in(other, make_user(Role.VENDOR, password=PASSWORD))
+    assert "No customer yet" in other.get("/vendor/sales").get_data(as_text=True)

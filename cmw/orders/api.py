@@ -126,7 +126,7 @@ def _visible(identity: Identity, model: type[Order] | type[Subscription]) -> sa.
         identity,
         model.marketplace_id,
         model.customer_id,
-        lambda vendors: model.product_id.in_(sa.select(Product.id).where(Product.vendor_id.in_(vendors))),
+        lambda vendors: service.of_vendors(model, vendors),
     )
 
 

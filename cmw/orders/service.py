@@ -347,3 +347,10 @@ def placed_by(session: Session, subscription_id: uuid.UUID) -> uuid.UUID | None:
 def product_of_subscription(session: Session, subscription_id: uuid.UUID) -> uuid.UUID | None:
     subscription = session.get(Subscription, subscription_id)
     return subscription.product_id if subscription else None
+
+
+def of_vendors(
+    model: type[Order] | type[Subscription], vendor_ids: frozenset[uuid.UUID]
+) -> sa.ColumnElement[bool]:
+    """Orders or subscriptions of products sold by ``vendor_ids``."""
+    return model.product_id.in_(sa.select(Product.id).where(Product.vendor_id.in_(vendor_ids)))
