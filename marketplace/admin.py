@@ -1,5 +1,5 @@
 """The administrators' control panel beyond the review queue and deployments: cloud
-accounts, with the connection test."""
+accounts with the connection test, and users with their roles and organisations."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from marshmallow import ValidationError
 from wtforms import SelectChoice
 
+from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity
+from cmw.accounts.models import Membership, Organisation, Role, User
+from cmw.api.pagination import PageArgs, paginate
 from cmw.extensions import current_session
 from deployer import clouds
 from deployer import service as deployments
@@ -157,3 +161,85 @@ def test_cloud_account(account_id: uuid.UUID) -> ResponseReturnValue:
             "info",
         )
     return redirect(url_for("pages.cloud_accounts") + f"#account-{account.slug}")
+
+
+# ------------------------------------------------------------------ users
+@bp.get("/admin/users")
+def admin_users() -> ResponseReturnValue:
+    """The marketplace's users with their roles and organisations; search; disable or enable."""
+    identity = _admin()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    q = (request.args.get("q") or "").strip()[:100]
+    role_arg = request.args.get("role") or ""
+    role = Role(role_arg) if role_arg in {r.value for r in Role} else None
+    try:
+        paging = PageArgs().load({k: v for k, v in request.args.items() if k in ("page", "per_page")})
+    except ValidationError:
+        paging = {"page": 1, "per_page": 25}
+    page = paginate(
+        session, accounts.users_of(identity.marketplace, role, q or None), paging["page"], paging["per_page"]
+    )
+    users: list[User] = page["items"]
+    grants = session.execute(
+        sa.select(Membership.user_id, Membership.role, Organisation.name)
+        .outerjoin(Organisation, Organisation.id == Membership.organisation_id)
+        .where(
+            Membership.marketplace_id == identity.marketplace.id,
+            Membership.user_id.in_([u.id for u in users]),
+        )
+        .order_by(Membership.role)
+    ).all()
+    roles: dict[uuid.UUID, list[str]] = {}
+    for user_id, granted, organisation in grants:
+        roles.setdefault(user_id, []).append(
+            f"{granted.value}{f' of {organisation}' if organisation else ''}"
+        )
+
+    def page_url(number: int) -> str:
+        return url_for("pages.admin_users", q=q or None, role=role_arg or None, page=number)
+
+    return render_template(
+        "admin_users.html",
+        page=page,
+        roles=roles,
+        q=q,
+        role=role_arg,
+        all_roles=[r.value for r in Role],
+        form=ActionForm(),
+        page_url=page_url,
+    )
+
+
+@bp.post("/admin/users/<uuid:user_id>/<any(disable, enable):action>")
+def admin_user_active(user_id: uuid.UUID, action: str) -> ResponseReturnValue:
+    identity = _admin()
+    if identity is None:
+        return _sign_in()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    session = current_session()
+    user = session.scalar(
+        accounts.users_of(identity.marketplace).where(User.id == user_id).with_for_update(of=User)
+    )
+    if user is None:
+        abort(404)
+    try:
+        accounts.set_active_by(session, identity.user, user, action == "enable")
+    except accounts.CannotChangeUser as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash(
+            f"{user.name} is disabled: their sessions and API tokens stop working."
+            if action == "disable"
+            else f"{user.name} can sign in again.",
+            "info",
+        )
+    return redirect(
+        request.referrer
+        if request.referrer and request.referrer.startswith(request.host_url)
+        else url_for("pages.admin_users")
+    )

@@ -28,6 +28,7 @@ from cmw.accounts import service as accounts
 from cmw.accounts.models import OrganisationKind, Role
 from cmw.catalog import service as catalog
 from cmw.crypto import Sealer
+from cmw.db import utcnow
 from cmw.events.models import OutboxEvent
 from cmw.events.worker import Worker
 from cmw.mail import SmtpMailer
@@ -660,3 +661,13 @@ def test_the_reaper_removes_an_orphan_and_spares_a_live_one(
     assert sorted(i["InstanceId"] for i in live_instances(ec2)) == sorted([live.node_id, stranger_id])
     assert [v["VolumeId"] for v in data_disks(ec2)] == [live.volume_id]
     assert any(live.node_id in line for line in report.kept)
+
+    # a one-time password nobody asked the order page for is forgotten after a week
+    with committed_db() as session:
+        assert session.get(Deployment, live.id).password_sealed is not None  # type: ignore[union-attr]
+        assert service.forget_passwords(session, utcnow()) == 0
+        assert (
+            service.forget_passwords(session, utcnow() + service.PASSWORD_KEPT + dt.timedelta(hours=1)) == 1
+        )
+        session.commit()
+        assert service.take_password(session, sealer, live.id) is None

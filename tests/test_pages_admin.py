@@ -134,3 +134,35 @@ def test_an_admin_adds_changes_and_tests_cloud_accounts(
     taken = client.post("/admin/cloud-accounts/new", data={**ACCOUNT, "csrf_token": token})
     assert "'lab' is taken" in _error(taken.get_data(as_text=True), "slug")
     assert client.post(f"/admin/cloud-accounts/{account.id}/test", data={}).status_code == 400
+
+
+def test_an_admin_finds_users_and_disables_one(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User]
+) -> None:
+    admin = make_user(Role.ADMIN, password=PASSWORD)
+    vendor = make_user(Role.VENDOR, password=PASSWORD, email="vera@vendor.test")
+    buyer = make_user(Role.CUSTOMER, password=PASSWORD, email="bob@buyer.test")
+    _signed_in(client, admin)
+    page = client.get("/admin/users?q=buyer").get_data(as_text=True)
+    assert "bob@buyer.test" in page and "vera@vendor.test" not in page and "1 user<" in page
+    assert re.search(r"customer of [^<]+</td>", page)
+    vendors = client.get("/admin/users?role=vendor").get_data(as_text=True)
+    assert "vera@vendor.test" in vendors and "bob@buyer.test" not in vendors
+
+    customer = app.test_client()
+    _signed_in(customer, buyer)
+    assert customer.get("/account").status_code == 200
+    disabled = client.post(f"/admin/users/{buyer.id}/disable", data={"csrf_token": _csrf(page)})
+    assert disabled.status_code == 302
+    assert "is disabled" in client.get("/admin/users?q=buyer").get_data(as_text=True)
+    # their session ends at once
+    assert customer.get("/account").status_code == 302
+    client.post(f"/admin/users/{buyer.id}/enable", data={"csrf_token": _csrf(page)})
+    assert "can sign in again" in client.get("/admin/users").get_data(as_text=True)
+
+    # an admin cannot disable themselves; a non-admin cannot open the page
+    client.post(f"/admin/users/{admin.id}/disable", data={"csrf_token": _csrf(page)})
+    assert "cannot disable your own account" in client.get("/admin/users").get_data(as_text=True)
+    other = app.test_client()
+    _signed_in(other, vendor)
+    assert other.get("/admin/users").status_code == 403

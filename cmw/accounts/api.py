@@ -197,14 +197,7 @@ class UsersResource(MethodView):
     @roles_required(Role.ADMIN)
     def get(self, filters: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
         """Users holding a role in this marketplace (admins)."""
-        marketplace = current_marketplace()
-        members = sa.select(Membership.user_id).where(Membership.marketplace_id == marketplace.id)
-        if filters.get("role") is not None:
-            members = members.where(Membership.role == filters["role"])
-        stmt = sa.select(User).where(User.id.in_(members)).order_by(User.email, User.id)
-        if filters.get("q"):
-            needle = f"%{filters['q'].lower()}%"
-            stmt = stmt.where(sa.or_(User.email.like(needle), sa.func.lower(User.name).like(needle)))
+        stmt = service.users_of(current_marketplace(), filters.get("role"), filters.get("q"))
         page = paginate(current_session(), stmt, args["page"], args["per_page"])
         page["items"] = [_user_detail(u) for u in page["items"]]
         return page

@@ -457,3 +457,33 @@ def administers_everywhere(session: Session, admin: User, user: User) -> bool:
         ):
             return False
     return True
+
+
+def users_of(marketplace: Marketplace, role: Role | None = None, q: str | None = None) -> sa.Select[Any]:
+    """Users holding a role (``role``, or any) in ``marketplace``, matching ``q`` in their
+    e-mail or name, by e-mail."""
+    members = sa.select(Membership.user_id).where(Membership.marketplace_id == marketplace.id)
+    if role is not None:
+        members = members.where(Membership.role == role)
+    stmt = sa.select(User).where(User.id.in_(members)).order_by(User.email, User.id)
+    if q:
+        needle = f"%{q.lower()}%"
+        stmt = stmt.where(sa.or_(User.email.like(needle), sa.func.lower(User.name).like(needle)))
+    return stmt
+
+
+class CannotChangeUser(AccountError):
+    pass
+
+
+def set_active_by(session: Session, admin: User, user: User, active: bool) -> None:
+    """An administrator disables or re-enables ``user``: not themselves, and only a user
+    whose every marketplace they administer."""
+    if user.id == admin.id and not active:
+        raise CannotChangeUser("you cannot disable your own account")
+    if not administers_everywhere(session, admin, user):
+        raise CannotChangeUser(
+            "this user also holds roles in marketplaces you do not administer;"
+            " remove their roles in yours instead"
+        )
+    set_active(session, user, active)
