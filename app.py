@@ -117,6 +117,7 @@ def register_extensions(app: Flask) -> None:
 def import_models() -> sa.MetaData:
     from cmw.accounts import models as _accounts  # noqa: F401
     from cmw.assets import models as _assets  # noqa: F401
+    from cmw.billing import models as _billing  # noqa: F401
     from cmw.catalog import cache as _catalog_cache  # noqa: F401  (its session events)
     from cmw.catalog import models as _catalog  # noqa: F401
     from cmw.events import models as _events  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 import signal
@@ -21,6 +22,7 @@ from sqlalchemy.orm import sessionmaker
 from cmw import demo
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
+from cmw.billing import service as billing
 from cmw.config import Config
 from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
@@ -93,7 +95,11 @@ def worker() -> None:
         consumers,
         relay_batch_size=config.outbox_batch_size,
         relay_poll_seconds=config.outbox_poll_seconds,
-        periodic=[functools.partial(run_due, session_factory), ReaperJob(session_factory, sealer)],
+        periodic=[
+            functools.partial(run_due, session_factory),
+            ReaperJob(session_factory, sealer),
+            billing.BillingJob(session_factory),
+        ],
         loops=[Engine(session_factory, sealer).run],
     )
 
@@ -107,6 +113,39 @@ def worker() -> None:
         f"worker: relaying the outbox to {config.broker_url.split('@')[-1]}; {len(consumers)} consumer(s)"
     )
     runner.run_forever()
+
+
+@mercato.group("billing")
+def billing_group() -> None:
+    """Billing runs."""
+
+
+@billing_group.command("run")
+@click.option(
+    "--at",
+    "at",
+    default=None,
+    help="bill up to this moment (ISO 8601, UTC if no offset); default: now. Never in the future.",
+)
+@with_appcontext
+def billing_run(at: str | None) -> None:
+    """Bill every subscription up to --at: fees in advance, setup fees, usage of ended periods.
+    Safe to run again or twice at once: nothing is billed twice."""
+    when = None
+    if at:
+        try:
+            when = dt.datetime.fromisoformat(at)
+        except ValueError:
+            raise click.BadParameter(f"{at!r} is not an ISO 8601 time such as 2026-11-30T00:00:00Z") from None
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    session_factory = sessionmaker(bind=db.engine, expire_on_commit=False)
+    try:
+        report = billing.run(session_factory, when)
+    except billing.BillingError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"billing run {report.run_id}: {len(report.invoices)} invoice(s), {report.lines} line(s)")
+    for number in report.invoices:
+        click.echo(f"  {number}")
 
 
 @mercato.command("bootstrap")

@@ -21,6 +21,12 @@ def _subscription_link(p: dict[str, Any]) -> str:
 
 #: topic -> how to word it, from the event payload and the product's name
 MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
+    "invoice.issued": lambda p, product: Message(
+        f"Invoice {p.get('number', '')}",
+        f"Invoice {p.get('number', '')} for {p.get('total', '')} {p.get('currency', '')} is issued;"
+        f" it is due on {str(p.get('due_at', ''))[:10]}.",
+        f"/account/invoices/{p.get('invoice_id', '')}",
+    ),
     "order.placed": lambda p, product: Message(
         f"Order confirmed: {product}",
         f"Your order for {product} is confirmed. We are preparing your instance "

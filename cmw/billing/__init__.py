@@ -1,0 +1,1 @@
+"""Billing: billing runs, invoice lines, invoices with gapless numbers."""

@@ -1,0 +1,173 @@
+"""``Invoice`` and its ``InvoiceLine``\\ s, ``BilledItem`` (a subscription-period billed
+once, by a unique constraint), ``NumberSeries`` (gapless invoice numbers), ``BillingRun``,
+and ``UsageHourly`` (the per-subscription, per-metric, per-hour usage billing rates)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from cmw.db import Timestamps, UUIDPrimaryKey, str_enum, utcnow
+from cmw.extensions import db
+
+#: amounts on invoices: rounded to the currency's minor unit (at most 4 decimals, e.g. BHD 3)
+MONEY = sa.Numeric(18, 4)
+#: quantities and unit prices: as precise as the catalog's prices
+QUANTITY = sa.Numeric(24, 8)
+
+
+class InvoiceStatus(enum.StrEnum):
+    #: being put together; no number yet
+    DRAFT = "draft"
+    #: numbered and sent; never changed again
+    ISSUED = "issued"
+    #: paid in full
+    PAID = "paid"
+    #: cancelled after issue (a credit note corrects it)
+    VOID = "void"
+
+
+class LineKind(enum.StrEnum):
+    #: a flat recurring fee, in advance
+    FEE = "fee"
+    #: the one-time setup fee
+    SETUP = "setup"
+    #: a per-unit recurring fee times the quantity, in advance
+    PER_UNIT = "per_unit"
+    #: metered usage of an ended period, in arrears
+    USAGE = "usage"
+
+
+class BilledKind(enum.StrEnum):
+    #: the fees paid in advance for a period (flat and per-unit)
+    ADVANCE = "advance"
+    #: the setup fee (once per subscription)
+    SETUP = "setup"
+    #: the usage of an ended period
+    USAGE = "usage"
+
+
+class BillingRun(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "billing_runs"
+
+    #: what the run billed up to
+    at: Mapped[dt.datetime]
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    #: running, finished or failed
+    status: Mapped[str] = mapped_column(sa.String(10), default="running")
+    invoices: Mapped[int] = mapped_column(default=0)
+    lines: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Invoice(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "invoices"
+    __table_args__ = (
+        sa.UniqueConstraint("series", "year", "sequence", name="uq_invoices_series_year_sequence"),
+        sa.Index("ix_invoices_customer", "marketplace_id", "customer_id", "created_at"),
+        sa.CheckConstraint("length(currency) = 3", name="currency_alpha3"),
+    )
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="RESTRICT"))
+    customer_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("organisations.id", ondelete="RESTRICT"))
+    billing_run_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("billing_runs.id", ondelete="SET NULL")
+    )
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    status: Mapped[InvoiceStatus] = mapped_column(str_enum(InvoiceStatus, "invoice_status"), index=True)
+    #: the numbering series (per marketplace) and year; sequence is gapless within them
+    series: Mapped[str | None] = mapped_column(sa.String(40))
+    year: Mapped[int | None]
+    sequence: Mapped[int | None]
+    #: the printed number, e.g. MKT-2026-000042
+    number: Mapped[str | None] = mapped_column(sa.String(60), unique=True)
+    issued_at: Mapped[dt.datetime | None]
+    due_at: Mapped[dt.datetime | None]
+    subtotal: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    tax_total: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    total: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    #: the buyer as billed, frozen at issue (legal name, address, country, VAT number)
+    buyer: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        back_populates="invoice", cascade="all, delete-orphan", order_by="InvoiceLine.position"
+    )
+
+
+class InvoiceLine(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "invoice_lines"
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("invoices.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(default=0)
+    kind: Mapped[LineKind] = mapped_column(str_enum(LineKind, "invoice_line_kind"))
+    description: Mapped[str] = mapped_column(sa.String(300))
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("subscriptions.id", ondelete="RESTRICT"), index=True
+    )
+    #: whose product: revenue per vendor reads these
+    product_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("products.id", ondelete="RESTRICT"))
+    vendor_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("organisations.id", ondelete="RESTRICT")
+    )
+    plan_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("plans.id", ondelete="RESTRICT"))
+    period_start: Mapped[dt.datetime | None]
+    period_end: Mapped[dt.datetime | None]
+    quantity: Mapped[Decimal] = mapped_column(QUANTITY, default=Decimal(1))
+    unit: Mapped[str | None] = mapped_column(sa.String(30))
+    #: unit price where one applies (tiered usage has none: see amount)
+    unit_price: Mapped[Decimal | None] = mapped_column(QUANTITY)
+    #: the line's amount, rounded to the currency's minor unit
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class BilledItem(db.Model):  # type: ignore[name-defined,misc]
+    """A subscription's period billed for one kind of charge: at most once, ever."""
+
+    __tablename__ = "billed_items"
+
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("subscriptions.id", ondelete="RESTRICT"), primary_key=True
+    )
+    kind: Mapped[BilledKind] = mapped_column(str_enum(BilledKind, "billed_kind"), primary_key=True)
+    period_start: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("invoices.id", ondelete="RESTRICT"), index=True
+    )
+    billed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class NumberSeries(db.Model):  # type: ignore[name-defined,misc]
+    """The last number given in a series and year. Incremented under its row lock inside
+    the issuing transaction, so numbers have no gaps and no duplicates."""
+
+    __tablename__ = "number_series"
+
+    series: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    year: Mapped[int] = mapped_column(primary_key=True)
+    last: Mapped[int] = mapped_column(default=0)
+
+
+class UsageHourly(db.Model):  # type: ignore[name-defined,misc]
+    """Usage of a subscription, per metric and hour: what billing rates. Filled by the
+    metering (and, until it lands, by tests and the demo)."""
+
+    __tablename__ = "usage_hourly"
+
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("subscriptions.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    #: the hour's start (UTC)
+    hour: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    quantity: Mapped[Decimal] = mapped_column(QUANTITY)

@@ -1,0 +1,480 @@
+"""The billing run: what each subscription owes up to a moment, on one invoice per customer
+organisation, marketplace and currency, issued with a gapless number.
+
+A subscription's paid periods start at its billing anchor (the purchase, or the trial's
+conversion) and follow each other by the plan's period. Up to ``at`` the run bills:
+
+* the fees of each period that has started, in advance: flat fees, and per-unit fees
+  times the quantity in effect when the period starts;
+* the setup fee, once, with the first period;
+* the metered usage of each period that has ended (or ended early by a cancellation),
+  rated from ``usage_hourly`` with the catalog's one rating function.
+
+Each (subscription, kind, period start) is recorded in ``billed_items`` under its primary
+key, so nothing is ever billed twice: not by a second run, not by two runs racing (each
+customer is billed in one transaction that locks its subscriptions, ``SKIP LOCKED``, and
+the key refuses what a racing transaction got first). Lines are rounded to the currency's
+minor unit; totals are sums of rounded lines.
+
+Not yet: proration of mid-period changes, coupons, taxes, credit notes (next slices); the
+plan and quantity of a period are those in effect at its start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cmw.accounts.models import Organisation
+from cmw.billing.models import (
+    BilledItem,
+    BilledKind,
+    BillingRun,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LineKind,
+    NumberSeries,
+    UsageHourly,
+)
+from cmw.catalog import service as catalog
+from cmw.catalog.models import BillingPeriod, ComponentKind, Plan, Product
+from cmw.catalog.pricing import rate_component, spec_of
+from cmw.db import utcnow
+from cmw.events.service import emit
+from cmw.marketplaces.models import Marketplace
+from cmw.money import format_amount, round_to_minor
+from cmw.orders.models import Subscription, SubscriptionChange, SubscriptionStatus
+from cmw.orders.service import next_period_end
+
+log = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+#: payment terms: an invoice is due this long after issue
+PAYMENT_TERMS = dt.timedelta(days=14)
+#: statuses whose subscriptions may still owe something
+BILLABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.CANCELLED)
+#: change kinds after which a subscription is paid (not a trial)
+PAID_FROM = ("activated", "converted")
+
+
+class BillingError(ValueError):
+    """A billing request that cannot be done; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Charge:
+    """One line to bill, and the billed item that makes it happen once."""
+
+    billed: BilledKind
+    kind: LineKind
+    subscription: Subscription
+    plan: Plan
+    period_start: dt.datetime
+    period_end: dt.datetime
+    description: str
+    quantity: Decimal
+    unit: str | None
+    unit_price: Decimal | None
+    amount: Decimal
+
+
+@dataclasses.dataclass
+class RunReport:
+    run_id: uuid.UUID | None = None
+    invoices: list[str] = dataclasses.field(default_factory=list)
+    lines: int = 0
+    skipped_customers: int = 0
+
+
+# ------------------------------------------------------------------ history
+def _effective(change: SubscriptionChange) -> dt.datetime:
+    """When a recorded change took effect: a scheduled plan change at its ISO time, else when recorded."""
+    when = change.after.get("effective") if isinstance(change.after, dict) else None
+    if isinstance(when, str) and when not in ("now", "period_end"):
+        try:
+            parsed = dt.datetime.fromisoformat(when)
+        except ValueError:
+            return change.at
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return change.at
+
+
+def state_at(
+    changes: Sequence[SubscriptionChange], instant: dt.datetime
+) -> tuple[uuid.UUID | None, int | None]:
+    """The plan id and quantity in effect at ``instant``, from the subscription's history."""
+    plan_id: uuid.UUID | None = None
+    quantity: int | None = None
+    for change in sorted(changes, key=lambda c: (_effective(c), c.id)):
+        if _effective(change) > instant:
+            break
+        after = change.after or {}
+        if after.get("plan_id"):
+            plan_id = uuid.UUID(str(after["plan_id"]))
+        if after.get("quantity") is not None:
+            quantity = int(after["quantity"])
+    return plan_id, quantity
+
+
+def paid_periods(
+    subscription: Subscription, period: BillingPeriod, at: dt.datetime, ends_at: dt.datetime | None = None
+) -> Iterable[tuple[dt.datetime, dt.datetime]]:
+    """The subscription's paid periods (start, end) that have started by ``at`` (a period
+    starting at ``at`` has started) and before the subscription ended at ``ends_at``."""
+    start = subscription.billing_anchor
+    while start <= at and (ends_at is None or start < ends_at):
+        end = next_period_end(subscription.billing_anchor, start, period)
+        yield start, end
+        start = end
+
+
+# ------------------------------------------------------------------ charges
+def _usage(
+    session: Session, subscription_id: uuid.UUID, start: dt.datetime, end: dt.datetime
+) -> dict[str, Decimal]:
+    rows = session.execute(
+        sa.select(UsageHourly.metric, sa.func.sum(UsageHourly.quantity))
+        .where(
+            UsageHourly.subscription_id == subscription_id,
+            UsageHourly.hour >= start,
+            UsageHourly.hour < end,
+        )
+        .group_by(UsageHourly.metric)
+    )
+    return {metric: Decimal(total) for metric, total in rows}
+
+
+def charges_for(
+    session: Session,
+    subscription: Subscription,
+    at: dt.datetime,
+    billed: set[tuple[BilledKind, dt.datetime]],
+    product_name: str,
+) -> list[Charge]:
+    """What ``subscription`` owes up to ``at`` and has not been billed."""
+    changes = list(
+        session.scalars(
+            sa.select(SubscriptionChange)
+            .where(SubscriptionChange.subscription_id == subscription.id)
+            .order_by(SubscriptionChange.id)
+        )
+    )
+    if not any(c.kind in PAID_FROM for c in changes):
+        return []  # a trial that never converted owes nothing
+    ends_at = subscription.cancelled_at if subscription.status is SubscriptionStatus.CANCELLED else None
+    current = session.get(Plan, subscription.plan_id)
+    assert current is not None
+    found: list[Charge] = []
+    first = True
+    for start, end in paid_periods(subscription, current.billing_period, at, ends_at):
+        plan_id, quantity = state_at(changes, start)
+        plan = session.get(Plan, plan_id) if plan_id else current
+        assert plan is not None
+        quantity = quantity or subscription.quantity
+        period_label = f"{start:%d %b %Y} to {end:%d %b %Y}"
+        if first and (BilledKind.SETUP, start) not in billed:
+            for c in plan.components:
+                if c.kind is ComponentKind.SETUP:
+                    amount = round_to_minor(rate_component(spec_of(c), Decimal(1)), plan.currency)
+                    found.append(
+                        Charge(BilledKind.SETUP, LineKind.SETUP, subscription, plan, start, end,
+                               f"{product_name} · {plan.name} · {c.label}", Decimal(1), None, amount, amount)
+                    )  # fmt: skip
+        first = False
+        if (BilledKind.ADVANCE, start) not in billed:
+            for c in plan.components:
+                if c.kind is ComponentKind.FLAT:
+                    amount = round_to_minor(rate_component(spec_of(c), Decimal(1)), plan.currency)
+                    found.append(
+                        Charge(BilledKind.ADVANCE, LineKind.FEE, subscription, plan, start, end,
+                               f"{product_name} · {plan.name} · {c.label}, {period_label}",
+                               Decimal(1), None, c.unit_price, amount)
+                    )  # fmt: skip
+                elif c.kind is ComponentKind.PER_UNIT:
+                    amount = round_to_minor(rate_component(spec_of(c), Decimal(quantity)), plan.currency)
+                    found.append(
+                        Charge(BilledKind.ADVANCE, LineKind.PER_UNIT, subscription, plan, start, end,
+                               f"{product_name} · {plan.name} · {c.label}, {period_label}",
+                               Decimal(quantity), c.unit, c.unit_price, amount)
+                    )  # fmt: skip
+        usage_end = min(end, ends_at) if ends_at is not None else end
+        metered = [c for c in plan.components if c.kind is ComponentKind.METERED]
+        if metered and usage_end <= at and (BilledKind.USAGE, start) not in billed:
+            used = _usage(session, subscription.id, start, usage_end)
+            usage_label = f"{start:%d %b %Y} to {usage_end:%d %b %Y}"
+            for c in metered:
+                assert c.metric is not None
+                quantity_used = used.get(c.metric, ZERO)
+                amount = round_to_minor(rate_component(spec_of(c), quantity_used), plan.currency)
+                found.append(
+                    Charge(BilledKind.USAGE, LineKind.USAGE, subscription, plan, start, usage_end,
+                           f"{product_name} · {plan.name} · {c.label}, {usage_label}",
+                           quantity_used, c.unit, c.unit_price, amount)
+                )  # fmt: skip
+    return found
+
+
+# ------------------------------------------------------------------ invoices
+def _series(marketplace: Marketplace) -> str:
+    return marketplace.slug.upper()[:36]
+
+
+def issue(session: Session, invoice: Invoice, now: dt.datetime) -> None:
+    """Number the invoice (gapless in its series and year) and make it final."""
+    if invoice.status is not InvoiceStatus.DRAFT:
+        raise BillingError(
+            "status", f"invoice {invoice.number} is {invoice.status.value}: it cannot be issued again"
+        )
+    marketplace = session.get(Marketplace, invoice.marketplace_id)
+    assert marketplace is not None
+    series, year = _series(marketplace), now.year
+    # the counter row exists before it is locked and incremented
+    session.execute(_insert_counter(session, series, year))
+    sequence = session.execute(
+        sa.update(NumberSeries)
+        .where(NumberSeries.series == series, NumberSeries.year == year)
+        .values(last=NumberSeries.last + 1)
+        .returning(NumberSeries.last)
+    ).scalar_one()
+    invoice.series, invoice.year, invoice.sequence = series, year, sequence
+    invoice.number = f"{series}-{year}-{sequence:06d}"
+    invoice.status = InvoiceStatus.ISSUED
+    invoice.issued_at = now
+    invoice.due_at = now + PAYMENT_TERMS
+    session.flush()
+    emit(
+        session,
+        "invoice.issued",
+        {
+            "invoice_id": str(invoice.id),
+            "customer_id": str(invoice.customer_id),
+            "number": invoice.number,
+            "total": format_amount(invoice.total),
+            "currency": invoice.currency,
+            "due_at": invoice.due_at.isoformat(),
+        },
+        marketplace_id=invoice.marketplace_id,
+    )
+
+
+def _insert_counter(session: Session, series: str, year: int) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(NumberSeries).values(series=series, year=year, last=0).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(NumberSeries).values(series=series, year=year, last=0).on_conflict_do_nothing()
+
+
+def _buyer(organisation: Organisation) -> dict[str, Any]:
+    return {
+        "name": organisation.name,
+        "legal_name": organisation.legal_name,
+        "country": organisation.country,
+        "vat_number": organisation.vat_number,
+        "address": [
+            line
+            for line in (
+                organisation.address_line1,
+                organisation.address_line2,
+                " ".join(p for p in (organisation.postal_code, organisation.city) if p),
+                organisation.region,
+            )
+            if line
+        ],
+        "email": organisation.billing_email,
+    }
+
+
+def _invoice_for(
+    session: Session,
+    run_id: uuid.UUID,
+    customer: Organisation,
+    currency: str,
+    charges: list[Charge],
+    now: dt.datetime,
+) -> Invoice:
+    invoice = Invoice(
+        id=uuid.uuid4(),
+        marketplace_id=customer.marketplace_id,
+        customer_id=customer.id,
+        billing_run_id=run_id,
+        currency=currency,
+        status=InvoiceStatus.DRAFT,
+        buyer=_buyer(customer),
+    )
+    session.add(invoice)
+    session.flush()
+    vendors = dict(
+        session.execute(
+            sa.select(Product.id, Product.vendor_id).where(
+                Product.id.in_({c.subscription.product_id for c in charges})
+            )
+        ).all()
+    )
+    seen: set[tuple[uuid.UUID, BilledKind, dt.datetime]] = set()
+    for position, charge in enumerate(charges):
+        invoice.lines.append(
+            InvoiceLine(
+                position=position,
+                kind=charge.kind,
+                description=charge.description[:300],
+                subscription_id=charge.subscription.id,
+                product_id=charge.subscription.product_id,
+                vendor_id=vendors.get(charge.subscription.product_id),
+                plan_id=charge.plan.id,
+                period_start=charge.period_start,
+                period_end=charge.period_end,
+                quantity=charge.quantity,
+                unit=charge.unit,
+                unit_price=charge.unit_price,
+                amount=charge.amount,
+            )
+        )
+        key = (charge.subscription.id, charge.billed, charge.period_start)
+        if key not in seen:
+            seen.add(key)
+            session.add(
+                BilledItem(
+                    subscription_id=charge.subscription.id,
+                    kind=charge.billed,
+                    period_start=charge.period_start,
+                    invoice_id=invoice.id,
+                )
+            )
+    subtotal = sum((c.amount for c in charges), ZERO)
+    invoice.subtotal, invoice.tax_total, invoice.total = subtotal, ZERO, subtotal
+    session.flush()
+    issue(session, invoice, now)
+    return invoice
+
+
+def bill_customer(
+    session: Session,
+    run_id: uuid.UUID,
+    marketplace_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    at: dt.datetime,
+    now: dt.datetime,
+) -> list[Invoice]:
+    """Bill one customer organisation of a marketplace up to ``at`` (the caller commits)."""
+    subscriptions = list(
+        session.scalars(
+            sa.select(Subscription)
+            .where(
+                Subscription.marketplace_id == marketplace_id,
+                Subscription.customer_id == customer_id,
+                Subscription.status.in_(BILLABLE),
+                Subscription.billing_anchor <= at,
+            )
+            .order_by(Subscription.created_at, Subscription.id)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not subscriptions:
+        return []
+    billed: dict[uuid.UUID, set[tuple[BilledKind, dt.datetime]]] = defaultdict(set)
+    for subscription_id, kind, start in session.execute(
+        sa.select(BilledItem.subscription_id, BilledItem.kind, BilledItem.period_start).where(
+            BilledItem.subscription_id.in_([s.id for s in subscriptions])
+        )
+    ):
+        billed[subscription_id].add((kind, _aware(start)))
+    by_currency: dict[str, list[Charge]] = defaultdict(list)
+    for subscription in subscriptions:
+        name = catalog.product_name(session, subscription.product_id)
+        for charge in charges_for(session, subscription, at, billed[subscription.id], name):
+            by_currency[charge.plan.currency].append(charge)
+    customer = session.get(Organisation, customer_id)
+    assert customer is not None
+    return [
+        _invoice_for(session, run_id, customer, currency, charges, now)
+        for currency, charges in sorted(by_currency.items())
+        if charges
+    ]
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def run(
+    session_factory: Callable[[], Session], at: dt.datetime | None = None, *, now: dt.datetime | None = None
+) -> RunReport:
+    """Bill every customer up to ``at`` (default: now). Safe to repeat and to race."""
+    now = now or utcnow()
+    at = at or now
+    if at > now:
+        raise BillingError("at", "a billing run cannot bill the future: use a time up to now")
+    report = RunReport()
+    with session_factory() as session:
+        billing_run = BillingRun(id=uuid.uuid4(), at=at)
+        session.add(billing_run)
+        session.commit()
+        report.run_id = billing_run.id
+        customers = session.execute(
+            sa.select(Subscription.marketplace_id, Subscription.customer_id)
+            .where(Subscription.status.in_(BILLABLE), Subscription.billing_anchor <= at)
+            .distinct()
+        ).all()
+    try:
+        for marketplace_id, customer_id in customers:
+            with session_factory() as session:
+                try:
+                    invoices = bill_customer(session, report.run_id, marketplace_id, customer_id, at, now)
+                    session.commit()
+                except IntegrityError:
+                    # a racing run billed some of it first: its invoice stands, this one is dropped
+                    session.rollback()
+                    report.skipped_customers += 1
+                    continue
+                report.invoices += [i.number or "" for i in invoices]
+                report.lines += sum(len(i.lines) for i in invoices)
+    except Exception as exc:
+        with session_factory() as session:
+            failed = session.get(BillingRun, report.run_id)
+            assert failed is not None
+            failed.status, failed.error, failed.finished_at = "failed", str(exc)[:2000], utcnow()
+            session.commit()
+        raise
+    with session_factory() as session:
+        done = session.get(BillingRun, report.run_id)
+        assert done is not None
+        done.status, done.finished_at = "finished", utcnow()
+        done.invoices, done.lines = len(report.invoices), report.lines
+        session.commit()
+    log.info("billing run %s: %d invoices, %d lines", report.run_id, len(report.invoices), report.lines)
+    return report
+
+
+class BillingJob:
+    """The billing run as a periodic job of the worker: at most once every ``interval``."""
+
+    def __init__(self, session_factory: Callable[[], Session], interval: float = 3600.0) -> None:
+        self.session_factory, self.interval = session_factory, interval
+        self._last: float | None = None
+
+    def __call__(self) -> RunReport | None:
+        import time
+
+        if self._last is not None and time.monotonic() - self._last < self.interval:
+            return None
+        self._last = time.monotonic()
+        return run(self.session_factory)

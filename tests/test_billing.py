@@ -1,0 +1,293 @@
+"""Billing runs on PostgreSQL, with worked examples computed by hand: fees in advance,
+setup once, per-unit fees, metered usage with graduated and volume tiers and included
+quantities, yearly plans and catch-up, trial conversion, cancellation; idempotence, two
+runs racing, gapless numbers, and the invoice.issued event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+
+from cmw.accounts.models import Organisation, User
+from cmw.billing import service as billing
+from cmw.billing.models import BilledItem, Invoice, InvoiceLine, UsageHourly
+from cmw.catalog.models import BillingPeriod, ComponentKind, PricingModel
+from cmw.catalog.pricing import ComponentSpec, PlanSpec, Tier
+from cmw.events.models import OutboxEvent
+from cmw.marketplaces.service import platform
+from cmw.orders import service as orders
+from cmw.orders import subscriptions
+from cmw.orders.jobs import run_due
+from cmw.orders.models import Subscription
+from tests import catalog_data
+
+Factory = sessionmaker[Session]
+D = Decimal
+T0 = dt.datetime(2026, 1, 15, 10, 0, tzinfo=dt.UTC)
+
+
+def _plan(code: str, *components: ComponentSpec, period: BillingPeriod = BillingPeriod.MONTH) -> PlanSpec:
+    return PlanSpec(
+        code=code, name=code.title(), currency="EUR", billing_period=period, components=components
+    )
+
+
+FEE = ComponentSpec(kind=ComponentKind.FLAT, label="Fee", unit_price=D("10"))
+SETUP = ComponentSpec(kind=ComponentKind.SETUP, label="Setup", unit_price=D("25"))
+SEATS = ComponentSpec(kind=ComponentKind.PER_UNIT, label="Seats", unit_price=D("4.50"), unit="seat")
+TRAFFIC = ComponentSpec(
+    kind=ComponentKind.METERED, label="Traffic", metric="bandwidth.gb", unit="GB",
+    pricing_model=PricingModel.GRADUATED, included_quantity=D(100),
+    tiers=(Tier(D(0), D(1000), D("0.08")), Tier(D(1000), None, D("0.05"))),
+)  # fmt: skip
+CPU = ComponentSpec(
+    kind=ComponentKind.METERED, label="CPU", metric="cpu.hours", unit="hour",
+    pricing_model=PricingModel.VOLUME, tiers=(Tier(D(0), D(500), D("0.02")), Tier(D(500), None, D("0.015"))),
+)  # fmt: skip
+THIRD = ComponentSpec(kind=ComponentKind.PER_UNIT, label="Thirds", unit_price=D("0.333"), unit="unit")
+YEARLY = ComponentSpec(kind=ComponentKind.FLAT, label="Licence", unit_price=D("1200"))
+
+
+@pytest.fixture
+def world(committed_db: Factory) -> dict[str, Any]:
+    """One product selling every kind of plan, and a paying customer."""
+    with committed_db() as session:
+        catalog_data.publish_product(
+            session,
+            "billed",
+            [
+                _plan("seats", FEE, SETUP, SEATS),
+                _plan("usage", FEE, TRAFFIC, CPU),
+                _plan("thirds", THIRD),
+                _plan("yearly", YEARLY, period=BillingPeriod.YEAR),
+            ],
+            trial_days=14,
+        )
+        user, org = catalog_data.add_customer(session, "payer@example.test", paying=True)
+        session.commit()
+        return {"user": user.id, "org": org.id}
+
+
+def subscribe(
+    factory: Factory,
+    world: dict[str, Any],
+    plan: str,
+    *,
+    quantity: int = 1,
+    at: dt.datetime = T0,
+    trial: bool = False,
+    org: uuid.UUID | None = None,
+    user: uuid.UUID | None = None,
+) -> uuid.UUID:
+    with factory() as session:
+        placed = orders.place_order(
+            session, platform(session), session.get(User, user or world["user"]),  # type: ignore[arg-type]
+            session.get(Organisation, org or world["org"]),  # type: ignore[arg-type]
+            orders.OrderRequest(product="billed", plan=plan, quantity=quantity, trial=trial), now=at,
+        )  # fmt: skip
+        session.commit()
+        assert placed.subscription_id is not None
+        return placed.subscription_id
+
+
+def invoices(factory: Factory) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(number, total, [(description, amount)]) of every invoice, in number order."""
+    with factory() as session:
+        found = session.scalars(sa.select(Invoice).order_by(Invoice.sequence)).all()
+        return [
+            (
+                i.number or "",
+                f"{i.total:.2f}",
+                [(line.description.split(" · ", 2)[-1], f"{line.amount:.2f}") for line in i.lines],
+            )
+            for i in found
+        ]
+
+
+def use(factory: Factory, subscription_id: uuid.UUID, metric: str, hours: dict[dt.datetime, str]) -> None:
+    with factory() as session:
+        for hour, quantity in hours.items():
+            session.add(
+                UsageHourly(subscription_id=subscription_id, metric=metric, hour=hour, quantity=D(quantity))
+            )
+        session.commit()
+
+
+def test_fees_in_advance_setup_once_and_the_next_period(committed_db: Factory, world: dict[str, Any]) -> None:
+    subscribe(committed_db, world, "seats", quantity=3)
+    billing.run(committed_db, T0 + dt.timedelta(hours=2), now=T0 + dt.timedelta(hours=2))
+    assert invoices(committed_db) == [
+        (
+            "PLATFORM-2026-000001",
+            "48.50",  # 25 setup + 10 fee + 3 x 4.50 seats
+            [
+                ("Setup", "25.00"),
+                ("Fee, 15 Jan 2026 to 15 Feb 2026", "10.00"),
+                ("Seats, 15 Jan 2026 to 15 Feb 2026", "13.50"),
+            ],
+        )
+    ]
+    # again: nothing new
+    billing.run(committed_db, T0 + dt.timedelta(days=1), now=T0 + dt.timedelta(days=1))
+    assert len(invoices(committed_db)) == 1
+    # the next period starts on 15 Feb: its fees, and nothing else
+    feb = dt.datetime(2026, 2, 15, 10, 0, tzinfo=dt.UTC)
+    billing.run(committed_db, feb, now=feb)
+    number, total, lines = invoices(committed_db)[1]
+    assert number == "PLATFORM-2026-000002" and total == "23.50"
+    assert lines == [
+        ("Fee, 15 Feb 2026 to 15 Mar 2026", "10.00"),
+        ("Seats, 15 Feb 2026 to 15 Mar 2026", "13.50"),
+    ]
+
+
+def test_usage_is_billed_when_its_period_ends_with_tiers_and_included_quantity(
+    committed_db: Factory, world: dict[str, Any]
+) -> None:
+    sub = subscribe(committed_db, world, "usage")
+    # 1,500 GB over three hours of the period, one record outside it; 600 CPU hours
+    use(
+        committed_db,
+        sub,
+        "bandwidth.gb",
+        {T0: "500", T0 + dt.timedelta(days=3): "700", T0 + dt.timedelta(days=20): "300"},
+    )
+    use(committed_db, sub, "cpu.hours", {T0 + dt.timedelta(hours=5): "600"})
+    use(committed_db, sub, "bandwidth.gb", {T0 + dt.timedelta(days=40): "999"})  # next period
+    mid = T0 + dt.timedelta(days=10)
+    billing.run(committed_db, mid, now=mid)
+    assert invoices(committed_db)[0][2] == [("Fee, 15 Jan 2026 to 15 Feb 2026", "10.00")]
+
+    end = dt.datetime(2026, 2, 15, 10, 0, tzinfo=dt.UTC)
+    billing.run(committed_db, end, now=end)
+    _, total, lines = invoices(committed_db)[1]
+    assert lines == [
+        # graduated: 1,500 - 100 included = 1,400 GB: 1,000 at 0.08 + 400 at 0.05
+        ("Traffic, 15 Jan 2026 to 15 Feb 2026", "100.00"),
+        # volume: 600 hours are all in the second tier, at 0.015
+        ("CPU, 15 Jan 2026 to 15 Feb 2026", "9.00"),
+        ("Fee, 15 Feb 2026 to 15 Mar 2026", "10.00"),
+    ]
+    assert total == "119.00"
+
+
+def test_a_yearly_plan_catches_up_and_lines_are_rounded_one_by_one(
+    committed_db: Factory, world: dict[str, Any]
+) -> None:
+    subscribe(committed_db, world, "yearly", at=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    subscribe(committed_db, world, "thirds", quantity=3, at=dt.datetime(2027, 2, 20, tzinfo=dt.UTC))
+    # nobody ran billing for a year: both yearly periods that started are billed
+    late = dt.datetime(2027, 3, 1, 0, 0, tzinfo=dt.UTC)
+    billing.run(committed_db, late, now=late)
+    ((number, total, lines),) = invoices(committed_db)
+    assert number == "PLATFORM-2027-000001"
+    assert lines == [
+        ("Licence, 01 Mar 2026 to 01 Mar 2027", "1200.00"),
+        ("Licence, 01 Mar 2027 to 01 Mar 2028", "1200.00"),
+        ("Thirds, 20 Feb 2027 to 20 Mar 2027", "1.00"),  # 3 x 0.333 = 0.999, rounded once, on its line
+    ]
+    assert total == "2401.00"
+
+
+def test_a_trial_is_free_and_billing_starts_at_its_conversion(
+    committed_db: Factory, world: dict[str, Any]
+) -> None:
+    subscribe(committed_db, world, "seats", quantity=2, trial=True)
+    during = T0 + dt.timedelta(days=5)
+    billing.run(committed_db, during, now=during)
+    assert invoices(committed_db) == []
+    converted = T0 + dt.timedelta(days=14, hours=1)
+    run_due(committed_db, converted)
+    billing.run(committed_db, converted, now=converted)
+    ((_, total, lines),) = invoices(committed_db)
+    assert lines == [
+        ("Setup", "25.00"),
+        ("Fee, 29 Jan 2026 to 28 Feb 2026", "10.00"),  # anchored on the conversion; February is short
+        ("Seats, 29 Jan 2026 to 28 Feb 2026", "9.00"),
+    ]
+    assert total == "44.00"
+
+
+def test_a_cancelled_subscription_pays_its_last_usage_and_no_new_period(
+    committed_db: Factory, world: dict[str, Any]
+) -> None:
+    sub = subscribe(committed_db, world, "usage")
+    with committed_db() as session:
+        subscription = session.get(Subscription, sub)
+        assert subscription is not None
+        subscriptions.cancel(
+            session, subscription, world["user"], at_once=False, now=T0 + dt.timedelta(days=2)
+        )
+        session.commit()
+    use(committed_db, sub, "cpu.hours", {T0 + dt.timedelta(days=3): "100"})
+    end = dt.datetime(2026, 2, 15, 11, 0, tzinfo=dt.UTC)
+    run_due(committed_db, end)  # the period ends: the subscription is cancelled
+    billing.run(committed_db, end, now=end)
+    lines = [line for _, _, ls in invoices(committed_db) for line in ls]
+    assert lines == [
+        ("Fee, 15 Jan 2026 to 15 Feb 2026", "10.00"),
+        ("Traffic, 15 Jan 2026 to 15 Feb 2026", "0.00"),
+        ("CPU, 15 Jan 2026 to 15 Feb 2026", "2.00"),  # 100 hours in the first volume tier
+    ]
+
+
+def test_two_runs_racing_bill_everything_once_with_gapless_numbers(
+    committed_db: Factory, world: dict[str, Any]
+) -> None:
+    customers = []
+    with committed_db() as session:
+        for n in range(12):
+            user, org = catalog_data.add_customer(session, f"racer-{n}@example.test", paying=True)
+            customers.append((user.id, org.id))
+        session.commit()
+    for user_id, org_id in customers:
+        subscribe(committed_db, world, "seats", quantity=2, user=user_id, org=org_id)
+    at = T0 + dt.timedelta(hours=1)
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        try:
+            billing.run(committed_db, at, now=at)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    billing.run(committed_db, at, now=at)  # and a third, afterwards
+    found = invoices(committed_db)
+    assert len(found) == 12
+    assert [n for n, _, _ in found] == [f"PLATFORM-2026-{i:06d}" for i in range(1, 13)]
+    with committed_db() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(InvoiceLine)) == 36
+        assert (
+            session.scalar(sa.select(sa.func.count()).select_from(BilledItem)) == 24
+        )  # setup + advance each
+        issued = session.scalars(sa.select(OutboxEvent).where(OutboxEvent.topic == "invoice.issued")).all()
+        assert sorted(e.payload["number"] for e in issued) == [n for n, _, _ in found]
+
+
+def test_a_run_cannot_bill_the_future(app: Flask, committed_db: Factory, world: dict[str, Any]) -> None:
+    now = T0
+    with pytest.raises(billing.BillingError, match="cannot bill the future"):
+        billing.run(committed_db, now + dt.timedelta(seconds=1), now=now)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["mercato", "billing", "run", "--at", "2999-01-01T00:00:00Z"])
+    assert result.exit_code != 0 and "cannot bill the future" in result.output
+    result = runner.invoke(args=["mercato", "billing", "run", "--at", "yesterday"])
+    assert result.exit_code != 0 and "not an ISO 8601 time" in result.output
+    subscribe(committed_db, world, "seats", at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    result = runner.invoke(args=["mercato", "billing", "run", "--at", "2026-01-02T00:00:00"])
+    assert result.exit_code == 0, result.output
+    assert "1 invoice(s), 3 line(s)" in result.output and "PLATFORM-2026-000001" in result.output
