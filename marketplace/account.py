@@ -10,11 +10,14 @@ from decimal import Decimal
 import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from marshmallow import ValidationError
 from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import ApiToken, Role, User
+from cmw.api.pagination import PageArgs, paginate
+from cmw.billing.models import Invoice, InvoiceStatus
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Plan
 from cmw.extensions import current_session
@@ -314,3 +317,45 @@ def _int_arg(name: str, default: int, low: int, high: int, errors: dict[str, str
         errors[name] = f"a whole number from {low} to {high}"
         return default
     return int(raw)
+
+
+# ------------------------------------------------------------------ invoices
+@bp.get("/account/invoices")
+def invoices() -> ResponseReturnValue:
+    """Your organisations' invoices, newest first."""
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    try:
+        paging = PageArgs().load({k: v for k, v in request.args.items() if k in ("page", "per_page")})
+    except ValidationError:
+        paging = {"page": 1, "per_page": 25}
+    page = paginate(
+        session,
+        sa.select(Invoice)
+        .where(
+            Invoice.marketplace_id == identity.marketplace.id,
+            Invoice.customer_id.in_(identity.organisations_with(Role.CUSTOMER)),
+            Invoice.status != InvoiceStatus.DRAFT,
+        )
+        .order_by(Invoice.issued_at.desc(), Invoice.id),
+        paging["page"],
+        paging["per_page"],
+    )
+    return render_template("invoices.html", page=page)
+
+
+@bp.get("/account/invoices/<uuid:invoice_id>")
+def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    found = current_session().get(Invoice, invoice_id)
+    if (
+        found is None
+        or found.status is InvoiceStatus.DRAFT
+        or not belongs(identity, found.marketplace_id, found.customer_id, Role.CUSTOMER)
+    ):
+        abort(404)
+    return render_template("invoice.html", invoice=found)

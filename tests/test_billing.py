@@ -291,3 +291,36 @@ def test_a_run_cannot_bill_the_future(app: Flask, committed_db: Factory, world: 
     result = runner.invoke(args=["mercato", "billing", "run", "--at", "2026-01-02T00:00:00"])
     assert result.exit_code == 0, result.output
     assert "1 invoice(s), 3 line(s)" in result.output and "PLATFORM-2026-000001" in result.output
+
+
+def test_customers_see_their_invoices_in_the_api_and_the_pages(
+    app: Flask, committed_db: Factory, world: dict[str, Any]
+) -> None:
+    subscribe(committed_db, world, "seats", quantity=3)
+    with committed_db() as session:
+        catalog_data.add_customer(session, "stranger@example.test")
+        session.commit()
+    billing.run(committed_db, T0 + dt.timedelta(hours=1), now=T0 + dt.timedelta(hours=1))
+
+    owner, stranger = app.test_client(), app.test_client()
+    for browser, email in ((owner, "payer@example.test"), (stranger, "stranger@example.test")):
+        signed = browser.post("/api/v1/session", json={"email": email, "password": "long-enough-pw"})
+        assert signed.status_code == 200
+    listed = owner.get("/api/v1/invoices").get_json()
+    (summary,) = listed["items"]
+    assert summary["number"] == "PLATFORM-2026-000001" and summary["total"] == "48.5"
+    assert summary["buyer"]["legal_name"] == "Customer Srl"
+    detail = owner.get(f"/api/v1/invoices/{summary['id']}").get_json()
+    assert [(line["kind"], line["amount"]) for line in detail["lines"]] == [
+        ("setup", "25"),
+        ("fee", "10"),
+        ("per_unit", "13.5"),
+    ]
+    assert stranger.get("/api/v1/invoices").get_json()["items"] == []
+    assert stranger.get(f"/api/v1/invoices/{summary['id']}").status_code == 404
+    assert stranger.get(f"/account/invoices/{summary['id']}").status_code == 404
+
+    page = owner.get("/account/invoices").get_data(as_text=True)
+    assert "PLATFORM-2026-000001" in page and "48.50 EUR" in page
+    shown = owner.get(f"/account/invoices/{summary['id']}").get_data(as_text=True)
+    assert "Seats, 15 Jan 2026 to 15 Feb 2026" in shown and "13.50 EUR" in shown and "Customer Srl" in shown

@@ -17,6 +17,7 @@ from kombu import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
+from cmw.billing import service as billing
 from cmw.crypto import Sealer
 from cmw.events.models import ProcessedMessage
 from cmw.events.worker import Worker
@@ -173,3 +174,22 @@ def test_an_smtp_outage_delays_the_email_and_delivers_it_once(
     assert len(delivered) == len(subjects) == 2, subjects
     assert subjects == ["Order confirmed: Wiki Server", "Wiki Server is active"]
     print(f"SMTP outage: {mailer.attempts} attempts, 2 e-mails delivered, 0 lost, 0 duplicated")
+
+
+def test_an_issued_invoice_is_told_in_app_and_by_email(
+    committed_db: Factory, worker: Any, smtp_server: SmtpServer
+) -> None:
+    made = _shop_and_order(committed_db, colleagues=0)
+    report = billing.run(committed_db)
+    (number,) = report.invoices
+    received = smtp_server.wait_for(3, timeout=30)  # the order's two, and the invoice
+    mail = next(m.message for m in received if m.message["Subject"].startswith("Invoice"))
+    assert mail["Subject"] == f"Invoice {number}"
+    assert mail["To"] == made["emails"][0] or made["emails"][0] in str(mail["To"])
+    text = mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert (
+        f"Invoice {number} for 10 EUR is issued" in text and "https://shop.example/account/invoices/" in text
+    )
+    with committed_db() as session:
+        kinds = set(session.scalars(sa.select(Notification.kind)))
+    assert "invoice.issued" in kinds

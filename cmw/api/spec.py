@@ -22,6 +22,7 @@ from cmw.api.errors import (
     is_api_request,
     problem_response,
 )
+from cmw.billing.api import blp as billing_blp
 from cmw.catalog.api import blp as catalog_blp
 from cmw.catalog.reviews_api import blp as reviews_blp
 from cmw.marketplaces.api import blp as marketplaces_blp
@@ -130,4 +131,5 @@ def register(app: Flask) -> MercatoApi:
     api.register_blueprint(notifications_blp)
     api.register_blueprint(deployer_blp)
     api.register_blueprint(usage_blp)
+    api.register_blueprint(billing_blp)
     return api
