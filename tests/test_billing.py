@@ -54,6 +54,7 @@ CPU = ComponentSpec(
 )  # fmt: skip
 THIRD = ComponentSpec(kind=ComponentKind.PER_UNIT, label="Thirds", unit_price=D("0.333"), unit="unit")
 YEARLY = ComponentSpec(kind=ComponentKind.FLAT, label="Licence", unit_price=D("1200"))
+BIG = ComponentSpec(kind=ComponentKind.FLAT, label="Big fee", unit_price=D("40"))
 
 
 @pytest.fixture
@@ -68,6 +69,7 @@ def world(committed_db: Factory) -> dict[str, Any]:
                 _plan("usage", FEE, TRAFFIC, CPU),
                 _plan("thirds", THIRD),
                 _plan("yearly", YEARLY, period=BillingPeriod.YEAR),
+                _plan("big", BIG),
             ],
             trial_days=14,
         )
@@ -324,3 +326,75 @@ def test_customers_see_their_invoices_in_the_api_and_the_pages(
     assert "PLATFORM-2026-000001" in page and "48.50 EUR" in page
     shown = owner.get(f"/account/invoices/{summary['id']}").get_data(as_text=True)
     assert "Seats, 15 Jan 2026 to 15 Feb 2026" in shown and "13.50 EUR" in shown and "Customer Srl" in shown
+
+
+MARCH = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+DAY_11 = dt.datetime(2026, 3, 11, tzinfo=dt.UTC)  # 10 days of March's 31 gone, 21 left
+
+
+def _change(factory: Factory, subscription_id: uuid.UUID, action: Any) -> None:
+    with factory() as session:
+        subscription = session.get(Subscription, subscription_id)
+        assert subscription is not None
+        action(session, subscription)
+        session.commit()
+
+
+def _plan_id(factory: Factory, code: str) -> Any:
+    with factory() as session:
+        from cmw.catalog.models import Plan
+
+        return session.scalar(sa.select(Plan).where(Plan.code == code))
+
+
+def test_an_upgrade_on_day_10_is_prorated_by_the_second(committed_db: Factory, world: dict[str, Any]) -> None:
+    sub = subscribe(committed_db, world, "seats", quantity=2, at=MARCH)
+    billing.run(committed_db, MARCH, now=MARCH)
+    big = _plan_id(committed_db, "big")
+    _change(committed_db, sub, lambda s, x: subscriptions.change_plan(s, x, s.merge(big), None, now=DAY_11))
+    billing.run(committed_db, DAY_11, now=DAY_11)
+    (first, second) = invoices(committed_db)
+    assert first[1] == "44.00"  # setup 25 + fee 10 + 2 seats at 4.50
+    assert second[2] == [
+        # the unused 21 of 31 days of the old plan: 19 x 21/31 = 12.8709... -> 12.87
+        ("Seats, quantity 2, unused 11 Mar 2026 00:00 to 01 Apr 2026", "-12.87"),
+        # the rest of the period on the new plan: 40 x 21/31 = 27.0967... -> 27.10
+        ("Big, quantity 1, 11 Mar 2026 00:00 to 01 Apr 2026", "27.10"),
+    ]
+    assert second[1] == "14.23"
+    # April is billed on the new plan, with no proration again
+    april = dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
+    billing.run(committed_db, april, now=april)
+    assert invoices(committed_db)[2][2] == [("Big fee, 01 Apr 2026 to 01 May 2026", "40.00")]
+
+
+def test_more_seats_mid_period_and_a_cancellation_at_once(
+    committed_db: Factory, world: dict[str, Any]
+) -> None:
+    sub = subscribe(committed_db, world, "seats", quantity=2, at=MARCH)
+    billing.run(committed_db, MARCH, now=MARCH)
+    _change(committed_db, sub, lambda s, x: subscriptions.change_quantity(s, x, 5, None, now=DAY_11))
+    later = DAY_11 + dt.timedelta(days=7)  # 14 of 31 days left
+    _change(committed_db, sub, lambda s, x: subscriptions.cancel(s, x, None, at_once=True, now=later))
+    billing.run(committed_db, later, now=later)
+    assert invoices(committed_db)[1][2] == [
+        ("Seats, quantity 2, unused 11 Mar 2026 00:00 to 01 Apr 2026", "-12.87"),
+        # 10 + 5 x 4.50 = 32.50 for 21/31 of the period
+        ("Seats, quantity 5, 11 Mar 2026 00:00 to 01 Apr 2026", "22.02"),
+        # cancelled with 14 of 31 days left: 32.50 x 14/31 = 14.677... back
+        ("Seats, quantity 5, unused 18 Mar 2026 00:00 to 01 Apr 2026", "-14.68"),
+    ]
+    assert invoices(committed_db)[1][1] == "-5.53"
+    # nothing more, ever: the subscription ended
+    billing.run(
+        committed_db, dt.datetime(2026, 5, 1, tzinfo=dt.UTC), now=dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    )
+    assert len(invoices(committed_db)) == 2
+
+
+def test_proration_properties() -> None:
+    start, end = MARCH, dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
+    assert billing.prorate(D("19"), start, end, start) == D("19")  # over the full period: the full price
+    assert billing.prorate(D("19"), start, end, end) == 0
+    half = start + (end - start) / 2
+    assert billing.prorate(D("10"), start, end, half) == D("5")

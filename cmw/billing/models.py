@@ -42,6 +42,8 @@ class LineKind(enum.StrEnum):
     PER_UNIT = "per_unit"
     #: metered usage of an ended period, in arrears
     USAGE = "usage"
+    #: credit for the unused part of a period's fees, or the charge for the rest of it
+    PRORATION = "proration"
 
 
 class BilledKind(enum.StrEnum):
@@ -51,6 +53,8 @@ class BilledKind(enum.StrEnum):
     SETUP = "setup"
     #: the usage of an ended period
     USAGE = "usage"
+    #: a change within a period (plan, quantity, cancellation at once), keyed by its time
+    PRORATION = "proration"
 
 
 class BillingRun(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]

@@ -16,8 +16,13 @@ customer is billed in one transaction that locks its subscriptions, ``SKIP LOCKE
 the key refuses what a racing transaction got first). Lines are rounded to the currency's
 minor unit; totals are sums of rounded lines.
 
-Not yet: proration of mid-period changes, coupons, taxes, credit notes (next slices); the
-plan and quantity of a period are those in effect at its start.
+Changes inside a period are prorated by the second: an upgrade or a quantity change
+credits the rest of the period at the old plan and quantity and charges it at the new
+ones; a cancellation at once credits the rest. A downgrade waits for the period's end, so
+the next period is simply billed at the new plan. Usage is rated with the plan in effect
+at the period's start.
+
+Not yet: coupons, taxes, credit notes, payments (next slices).
 """
 
 from __future__ import annotations
@@ -144,6 +149,36 @@ def paid_periods(
         start = end
 
 
+def _immediate(change: SubscriptionChange) -> bool:
+    """A change that takes effect when recorded, inside a period: an upgrade, a quantity
+    change, a cancellation at once (not a downgrade scheduled for the period's end)."""
+    if change.kind == "quantity_changed":
+        return True
+    if change.kind == "plan_changed":
+        return (change.after or {}).get("effective") == "now"
+    return change.kind == "cancelled" and (change.after or {}).get("at") is None
+
+
+def advance_amount(plan: Plan, quantity: int) -> Decimal:
+    """A period's fees paid in advance (flat and per unit), unrounded."""
+    return sum(
+        (
+            rate_component(spec_of(c), Decimal(quantity))
+            for c in plan.components
+            if c.kind in (ComponentKind.FLAT, ComponentKind.PER_UNIT)
+        ),
+        ZERO,
+    )
+
+
+def prorate(amount: Decimal, start: dt.datetime, end: dt.datetime, at: dt.datetime) -> Decimal:
+    """The part of a period's ``amount`` from ``at`` to the period's ``end``, by the second
+    (unrounded): the whole amount at the period's start, nothing at its end."""
+    whole = Decimal(int((end - start).total_seconds()))
+    rest = Decimal(int((end - max(at, start)).total_seconds()))
+    return amount * max(rest, ZERO) / whole if whole else ZERO
+
+
 # ------------------------------------------------------------------ charges
 def _usage(
     session: Session, subscription_id: uuid.UUID, start: dt.datetime, end: dt.datetime
@@ -213,6 +248,7 @@ def charges_for(
                                f"{product_name} · {plan.name} · {c.label}, {period_label}",
                                Decimal(quantity), c.unit, c.unit_price, amount)
                     )  # fmt: skip
+        found += _prorations(session, subscription, changes, start, end, at, billed, product_name)
         usage_end = min(end, ends_at) if ends_at is not None else end
         metered = [c for c in plan.components if c.kind is ComponentKind.METERED]
         if metered and usage_end <= at and (BilledKind.USAGE, start) not in billed:
@@ -227,6 +263,54 @@ def charges_for(
                            f"{product_name} · {plan.name} · {c.label}, {usage_label}",
                            quantity_used, c.unit, c.unit_price, amount)
                 )  # fmt: skip
+    return found
+
+
+def _prorations(
+    session: Session,
+    subscription: Subscription,
+    changes: Sequence[SubscriptionChange],
+    start: dt.datetime,
+    end: dt.datetime,
+    at: dt.datetime,
+    billed: set[tuple[BilledKind, dt.datetime]],
+    product_name: str,
+) -> list[Charge]:
+    """For each change that took effect inside the period by ``at``: a credit for the rest
+    of the period at the old plan and quantity, and a charge for it at the new ones."""
+    found: list[Charge] = []
+    for change in changes:
+        when = _effective(change)
+        if not (start < when < end and when <= at and _immediate(change)):
+            continue
+        if (BilledKind.PRORATION, when) in billed:
+            continue
+        before = [c for c in changes if c.id < change.id]
+        old_plan_id, old_quantity = state_at(before, when)
+        new_plan_id, new_quantity = state_at([*before, change], when)
+        old_plan = session.get(Plan, old_plan_id) if old_plan_id else None
+        new_plan = session.get(Plan, new_plan_id) if new_plan_id else None
+        if old_plan is None or new_plan is None:
+            continue
+        currency = old_plan.currency
+        span = f"{when:%d %b %Y %H:%M} to {end:%d %b %Y}"
+        credit = round_to_minor(
+            prorate(advance_amount(old_plan, old_quantity or 1), start, end, when), currency
+        )
+        found.append(
+            Charge(BilledKind.PRORATION, LineKind.PRORATION, subscription, old_plan, when, end,
+                   f"{product_name} · {old_plan.name}, quantity {old_quantity or 1}, unused {span}",
+                   Decimal(-1), None, None, -credit)
+        )  # fmt: skip
+        if change.kind != "cancelled":
+            charge = round_to_minor(
+                prorate(advance_amount(new_plan, new_quantity or 1), start, end, when), new_plan.currency
+            )
+            found.append(
+                Charge(BilledKind.PRORATION, LineKind.PRORATION, subscription, new_plan, when, end,
+                       f"{product_name} · {new_plan.name}, quantity {new_quantity or 1}, {span}",
+                       Decimal(1), None, None, charge)
+            )  # fmt: skip
     return found
 
 

@@ -66,7 +66,7 @@ def upgrade():
     op.create_index(op.f('ix_invoices_status'), 'invoices', ['status'], unique=False)
     op.create_table('billed_items',
     sa.Column('subscription_id', sa.Uuid(), nullable=False),
-    sa.Column('kind', sa.Enum('advance', 'setup', 'usage', name='billed_kind', native_enum=False, create_constraint=True), nullable=False),
+    sa.Column('kind', sa.Enum('advance', 'setup', 'usage', 'proration', name='billed_kind', native_enum=False, create_constraint=True), nullable=False),
     sa.Column('period_start', sa.DateTime(timezone=True), nullable=False),
     sa.Column('invoice_id', sa.Uuid(), nullable=False),
     sa.Column('billed_at', sa.DateTime(timezone=True), nullable=False),
@@ -78,7 +78,7 @@ def upgrade():
     op.create_table('invoice_lines',
     sa.Column('invoice_id', sa.Uuid(), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('kind', sa.Enum('fee', 'setup', 'per_unit', 'usage', name='invoice_line_kind', native_enum=False, create_constraint=True), nullable=False),
+    sa.Column('kind', sa.Enum('fee', 'setup', 'per_unit', 'usage', 'proration', name='invoice_line_kind', native_enum=False, create_constraint=True), nullable=False),
     sa.Column('description', sa.String(length=300), nullable=False),
     sa.Column('subscription_id', sa.Uuid(), nullable=True),
     sa.Column('product_id', sa.Uuid(), nullable=True),
