@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts.models import Organisation, User
 from cmw.billing import service as billing
+from cmw.billing import taxes
 from cmw.billing.models import BilledItem, Invoice, InvoiceLine, UsageHourly
 from cmw.catalog.models import BillingPeriod, ComponentKind, PricingModel
 from cmw.catalog.pricing import ComponentSpec, PlanSpec, Tier
@@ -398,3 +399,109 @@ def test_proration_properties() -> None:
     assert billing.prorate(D("19"), start, end, end) == 0
     half = start + (end - start) / 2
     assert billing.prorate(D("10"), start, end, half) == D("5")
+
+
+def _buyer(factory: Factory, email: str, country: str, vat: str | None = None) -> tuple[uuid.UUID, uuid.UUID]:
+    from cmw.accounts import service as accounts
+    from cmw.accounts.models import OrganisationKind
+
+    with factory() as session:
+        org = accounts.create_organisation(
+            session,
+            platform(session),
+            kind=OrganisationKind.CUSTOMER,
+            name=f"Buyer in {country}",
+            billing=accounts.BillingDetails(
+                legal_name=f"Müller & Søn {country}", country=country, vat_number=vat
+            ),
+        )
+        org.has_payment_method = True
+        user, _ = catalog_data.add_customer(session, email, organisation=org)
+        session.commit()
+        return user.id, org.id
+
+
+def test_taxes_by_country_and_the_eu_reverse_charge(
+    app: Flask, committed_db: Factory, world: dict[str, Any]
+) -> None:
+    with committed_db() as session:
+        admin = catalog_data.add_customer(session, "tax-admin@example.test")[0]
+        from cmw.accounts import service as accounts
+        from cmw.accounts.models import Role
+
+        accounts.grant(session, admin, platform(session), Role.ADMIN)
+        session.commit()
+    browser = app.test_client()
+    assert (
+        browser.post(
+            "/api/v1/session", json={"email": "tax-admin@example.test", "password": "long-enough-pw"}
+        ).status_code
+        == 200
+    )
+    me = browser.get("/api/v1/me").get_json()
+    headers = {"X-CSRF-Token": me["csrf_token"]}
+    bad = browser.patch("/api/v1/admin/billing-settings", json={"seller_country": "XX"}, headers=headers)
+    assert bad.status_code == 422 and bad.get_json()["errors"][0]["field"] == "seller_country"
+    settings = browser.patch(
+        "/api/v1/admin/billing-settings",
+        json={
+            "seller_legal_name": "Mercato S.r.l.",
+            "seller_country": "it",
+            "seller_vat_number": "IT 123 456 789 01",
+            "seller_address": ["Via Roma 1", "00100 Roma"],
+            "payment_terms_days": 30,
+        },
+        headers=headers,
+    )
+    assert settings.status_code == 200, settings.get_data(as_text=True)
+    assert settings.get_json()["seller_vat_number"] == "IT12345678901"
+    for seller, buyer, rate, name in (
+        ("IT", "IT", "22", "VAT"),
+        ("IT", "DE", "19", "VAT (OSS)"),
+        ("IT", "*", "0", "Outside the scope of EU VAT"),
+    ):
+        made = browser.post(
+            "/api/v1/admin/tax-rates",
+            json={"seller_country": seller, "buyer_country": buyer, "rate": rate, "name": name},
+            headers=headers,
+        )
+        assert made.status_code == 201, made.get_data(as_text=True)
+    again = browser.post(
+        "/api/v1/admin/tax-rates",
+        json={"seller_country": "IT", "buyer_country": "DE", "rate": "7"},
+        headers=headers,
+    )
+    assert again.status_code == 422 and "exists" in again.get_json()["errors"][0]["message"]
+
+    buyers = {
+        "italian": (world["user"], world["org"]),
+        "german business": _buyer(committed_db, "gmbh@example.test", "DE", "DE123456789"),
+        "german consumer": _buyer(committed_db, "privat@example.test", "DE"),
+        "american": _buyer(committed_db, "inc@example.test", "US"),
+    }
+    for user, org in buyers.values():
+        subscribe(committed_db, world, "seats", quantity=3, user=user, org=org)
+    billing.run(committed_db, T0 + dt.timedelta(hours=1), now=T0 + dt.timedelta(hours=1))
+    with committed_db() as session:
+        by_org = {i.customer_id: i for i in session.scalars(sa.select(Invoice))}
+        summary = {
+            name: (
+                f"{by_org[org].subtotal:.2f}",
+                f"{by_org[org].tax_total:.2f}",
+                f"{by_org[org].total:.2f}",
+                by_org[org].tax_rule,
+            )
+            for name, (_, org) in buyers.items()
+        }
+        italian = by_org[world["org"]]
+        assert italian.seller["vat_number"] == "IT12345678901" and italian.seller["address"] == [
+            "Via Roma 1",
+            "00100 Roma",
+        ]
+        assert italian.due_at - italian.issued_at == dt.timedelta(days=30)  # type: ignore[operator]
+    assert summary == {
+        "italian": ("48.50", "10.67", "59.17", "VAT 22%"),  # 48.50 x 22% = 10.67
+        "german business": ("48.50", "0.00", "48.50", taxes.REVERSE_CHARGE),
+        "german consumer": ("48.50", "9.22", "57.72", "VAT (OSS) 19%"),  # 9.215, rounded half up
+        "american": ("48.50", "0.00", "48.50", "Outside the scope of EU VAT 0%"),
+    }

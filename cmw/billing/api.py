@@ -1,6 +1,6 @@
-"""Invoices through the REST API: customers see their organisations' invoices, admins all
-of the marketplace's. (Vendors see their revenue, not customers' invoices, which carry
-other vendors' lines.)"""
+"""Invoices, billing settings and tax rates through the REST API. Customers see their
+organisations' invoices, admins all of the marketplace's. (Vendors see their revenue,
+not customers' invoices, which carry other vendors' lines.)"""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from typing import Any
 import sqlalchemy as sa
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from cmw.accounts.auth import Identity, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
-from cmw.billing.models import Invoice, InvoiceStatus, LineKind
+from cmw.billing import taxes
+from cmw.billing.errors import BillingError
+from cmw.billing.models import Invoice, InvoiceStatus, LineKind, TaxRate
 from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
 
@@ -59,6 +61,9 @@ class InvoiceSchema(Schema):
     tax_total = Amount()
     total = Amount(metadata={"description": "the sum of the rounded lines, plus tax"})
     buyer = fields.Dict(metadata={"description": "the buyer as billed, frozen at issue"})
+    seller = fields.Dict(metadata={"description": "the seller (the marketplace), frozen at issue"})
+    tax_rate = Amount(metadata={"description": "percent"})
+    tax_rule = fields.String(metadata={"description": "the tax rule applied, as printed"})
 
 
 class InvoiceDetailSchema(InvoiceSchema):
@@ -102,3 +107,106 @@ class InvoiceResource(MethodView):
         if found is None:
             raise ApiError(404, "no such invoice")
         return found
+
+
+# ------------------------------------------------------------------ administration
+class BillingSettingsSchema(Schema):
+    seller_legal_name = fields.String(validate=validate.Length(max=200))
+    seller_country = fields.String(allow_none=True, validate=validate.Length(equal=2))
+    seller_vat_number = fields.String(allow_none=True, validate=validate.Length(max=32))
+    seller_address = fields.List(
+        fields.String(validate=validate.Length(max=200)), validate=validate.Length(max=6)
+    )
+    payment_terms_days = fields.Integer(validate=validate.Range(min=0, max=180))
+    payment_instructions = fields.String(validate=validate.Length(max=2000))
+
+
+class TaxRateSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    seller_country = fields.String(required=True, validate=validate.Length(equal=2))
+    buyer_country = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=2),
+        metadata={"description": "ISO code, or * for any"},
+    )
+    rate = Amount(required=True, metadata={"description": 'percent, e.g. "22"'})
+    name = fields.String(load_default="VAT", validate=validate.Length(max=60))
+
+
+def _refused(exc: BillingError) -> ApiError:
+    current_session().rollback()
+    return ApiError(
+        422,
+        f"invalid input: {exc.field}",
+        errors=[{"location": "json", "field": exc.field, "message": exc.message}],
+    )
+
+
+@blp.route("/admin/billing-settings")
+class BillingSettingsResource(MethodView):
+    @blp.response(200, BillingSettingsSchema)
+    @roles_required(Role.ADMIN)
+    def get(self) -> Any:
+        """The seller details and payment terms printed on this marketplace's invoices."""
+        settings = taxes.settings_of(current_session(), require_identity().marketplace.id)
+        current_session().commit()
+        return settings
+
+    @blp.arguments(BillingSettingsSchema)
+    @blp.response(200, BillingSettingsSchema)
+    @roles_required(Role.ADMIN)
+    def patch(self, data: dict[str, Any]) -> Any:
+        """Change them; invoices issued from now on print the new details."""
+        try:
+            settings = taxes.update_settings(current_session(), require_identity().marketplace.id, data)
+        except BillingError as exc:
+            raise _refused(exc) from None
+        current_session().commit()
+        return settings
+
+
+@blp.route("/admin/tax-rates")
+class TaxRates(MethodView):
+    @blp.response(200, TaxRateSchema(many=True))
+    @roles_required(Role.ADMIN)
+    def get(self) -> list[TaxRate]:
+        """The tax rates by seller and buyer country."""
+        return list(
+            current_session().scalars(
+                sa.select(TaxRate)
+                .where(TaxRate.marketplace_id == require_identity().marketplace.id)
+                .order_by(TaxRate.seller_country, TaxRate.buyer_country)
+            )
+        )
+
+    @blp.arguments(TaxRateSchema)
+    @blp.response(201, TaxRateSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any]) -> TaxRate:
+        """Add a rate for sales from a seller country to a buyer country (``*``: any other)."""
+        try:
+            found = taxes.add_rate(
+                current_session(),
+                require_identity().marketplace.id,
+                data["seller_country"],
+                data["buyer_country"],
+                data["rate"],
+                data["name"],
+            )
+        except BillingError as exc:
+            raise _refused(exc) from None
+        current_session().commit()
+        return found
+
+
+@blp.route("/admin/tax-rates/<uuid:rate_id>")
+class TaxRateResource(MethodView):
+    @blp.response(204)
+    @roles_required(Role.ADMIN)
+    def delete(self, rate_id: uuid.UUID) -> None:
+        """Remove a rate: invoices issued from now on no longer use it."""
+        found = current_session().get(TaxRate, rate_id)
+        if found is None or found.marketplace_id != require_identity().marketplace.id:
+            raise ApiError(404, "no such tax rate")
+        current_session().delete(found)
+        current_session().commit()

@@ -99,6 +99,11 @@ class Invoice(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-define
     total: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
     #: the buyer as billed, frozen at issue (legal name, address, country, VAT number)
     buyer: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: the seller (the marketplace's legal entity), frozen at issue
+    seller: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: the tax rate applied, in percent, and the rule as printed on the invoice
+    tax_rate: Mapped[Decimal] = mapped_column(sa.Numeric(7, 4), default=Decimal(0))
+    tax_rule: Mapped[str] = mapped_column(sa.Text, default="")
 
     lines: Mapped[list[InvoiceLine]] = relationship(
         back_populates="invoice", cascade="all, delete-orphan", order_by="InvoiceLine.position"
@@ -175,3 +180,43 @@ class UsageHourly(db.Model):  # type: ignore[name-defined,misc]
     #: the hour's start (UTC)
     hour: Mapped[dt.datetime] = mapped_column(primary_key=True)
     quantity: Mapped[Decimal] = mapped_column(QUANTITY)
+
+
+class BillingSettings(db.Model):  # type: ignore[name-defined,misc]
+    """A marketplace's seller details and payment terms, printed on its invoices."""
+
+    __tablename__ = "billing_settings"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("marketplaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    seller_legal_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    #: ISO 3166-1 alpha-2
+    seller_country: Mapped[str | None] = mapped_column(sa.String(2))
+    seller_vat_number: Mapped[str | None] = mapped_column(sa.String(32))
+    #: address lines as printed
+    seller_address: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    payment_terms_days: Mapped[int] = mapped_column(default=14)
+    #: how to pay (bank account, IBAN), printed with the payment terms
+    payment_instructions: Mapped[str] = mapped_column(sa.Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class TaxRate(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """A tax rate for sales from ``seller_country`` to ``buyer_country`` (``*``: any buyer)."""
+
+    __tablename__ = "tax_rates"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "marketplace_id", "seller_country", "buyer_country", name="uq_tax_rates_countries"
+        ),
+        sa.CheckConstraint("rate >= 0 AND rate <= 100", name="rate_percent"),
+    )
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="CASCADE"))
+    seller_country: Mapped[str] = mapped_column(sa.String(2))
+    buyer_country: Mapped[str] = mapped_column(sa.String(2))
+    #: percent, e.g. 22 for 22 %
+    rate: Mapped[Decimal] = mapped_column(sa.Numeric(7, 4))
+    #: printed before the rate, e.g. "VAT"
+    name: Mapped[str] = mapped_column(sa.String(60), default="VAT")

@@ -22,7 +22,10 @@ ones; a cancellation at once credits the rest. A downgrade waits for the period'
 the next period is simply billed at the new plan. Usage is rated with the plan in effect
 at the period's start.
 
-Not yet: coupons, taxes, credit notes, payments (next slices).
+Tax is decided per invoice by :mod:`cmw.billing.taxes` (rates by seller and buyer
+country, EU reverse charge) and computed on the subtotal, rounded once.
+
+Not yet: coupons, credit notes, payments (next slices).
 """
 
 from __future__ import annotations
@@ -41,10 +44,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cmw.accounts.models import Organisation
+from cmw.billing import taxes
+from cmw.billing.errors import BillingError as BillingError
 from cmw.billing.models import (
     BilledItem,
     BilledKind,
     BillingRun,
+    BillingSettings,
     Invoice,
     InvoiceLine,
     InvoiceStatus,
@@ -65,21 +71,12 @@ from cmw.orders.service import next_period_end
 log = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
-#: payment terms: an invoice is due this long after issue
+#: payment terms where the marketplace set none: an invoice is due this long after issue
 PAYMENT_TERMS = dt.timedelta(days=14)
 #: statuses whose subscriptions may still owe something
 BILLABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.CANCELLED)
 #: change kinds after which a subscription is paid (not a trial)
 PAID_FROM = ("activated", "converted")
-
-
-class BillingError(ValueError):
-    """A billing request that cannot be done; ``field`` names the culprit."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +316,9 @@ def _series(marketplace: Marketplace) -> str:
     return marketplace.slug.upper()[:36]
 
 
-def issue(session: Session, invoice: Invoice, now: dt.datetime) -> None:
+def issue(
+    session: Session, invoice: Invoice, now: dt.datetime, settings: BillingSettings | None = None
+) -> None:
     """Number the invoice (gapless in its series and year) and make it final."""
     if invoice.status is not InvoiceStatus.DRAFT:
         raise BillingError(
@@ -340,7 +339,7 @@ def issue(session: Session, invoice: Invoice, now: dt.datetime) -> None:
     invoice.number = f"{series}-{year}-{sequence:06d}"
     invoice.status = InvoiceStatus.ISSUED
     invoice.issued_at = now
-    invoice.due_at = now + PAYMENT_TERMS
+    invoice.due_at = now + (dt.timedelta(days=settings.payment_terms_days) if settings else PAYMENT_TERMS)
     session.flush()
     emit(
         session,
@@ -365,6 +364,20 @@ def _insert_counter(session: Session, series: str, year: int) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(NumberSeries).values(series=series, year=year, last=0).on_conflict_do_nothing()
+
+
+def _seller(session: Session, marketplace_id: uuid.UUID, settings: BillingSettings | None) -> dict[str, Any]:
+    marketplace = session.get(Marketplace, marketplace_id)
+    assert marketplace is not None
+    return {
+        "name": marketplace.name,
+        "legal_name": (settings.seller_legal_name if settings else "") or marketplace.name,
+        "country": settings.seller_country if settings else None,
+        "vat_number": settings.seller_vat_number if settings else None,
+        "address": list(settings.seller_address or []) if settings else [],
+        "email": marketplace.support_email,
+        "payment_instructions": settings.payment_instructions if settings else "",
+    }
 
 
 def _buyer(organisation: Organisation) -> dict[str, Any]:
@@ -444,9 +457,14 @@ def _invoice_for(
                 )
             )
     subtotal = sum((c.amount for c in charges), ZERO)
-    invoice.subtotal, invoice.tax_total, invoice.total = subtotal, ZERO, subtotal
+    settings = session.get(BillingSettings, customer.marketplace_id)
+    rule = taxes.rule_for(session, customer.marketplace_id, settings, customer.country, customer.vat_number)
+    tax = round_to_minor(subtotal * rule.rate / 100, currency)
+    invoice.subtotal, invoice.tax_total, invoice.total = subtotal, tax, subtotal + tax
+    invoice.tax_rate, invoice.tax_rule = rule.rate, rule.text
+    invoice.seller = _seller(session, customer.marketplace_id, settings)
     session.flush()
-    issue(session, invoice, now)
+    issue(session, invoice, now, settings)
     return invoice
 
 
