@@ -17,6 +17,7 @@ from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import ApiToken, Role, User
 from cmw.api.pagination import PageArgs, paginate
+from cmw.billing.api import pdf_response
 from cmw.billing.models import Invoice, InvoiceStatus
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Plan
@@ -359,3 +360,18 @@ def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
     ):
         abort(404)
     return render_template("invoice.html", invoice=found)
+
+
+@bp.get("/account/invoices/<uuid:invoice_id>/pdf")
+def invoice_pdf(invoice_id: uuid.UUID) -> ResponseReturnValue:
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    found = current_session().get(Invoice, invoice_id)
+    if (
+        found is None
+        or found.status is InvoiceStatus.DRAFT
+        or not belongs(identity, found.marketplace_id, found.customer_id, Role.CUSTOMER)
+    ):
+        abort(404)
+    return pdf_response(found)

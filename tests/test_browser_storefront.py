@@ -3,16 +3,19 @@ catalog's results, the product page, sign-in, and the layout on a phone."""
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask
 from kombu import Connection
 from playwright.sync_api import Page, expect
+from pypdf import PdfReader
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
@@ -333,3 +336,31 @@ def test_a_new_customer_tries_a_product_then_ends_the_trial(
         wait_until(removed, 30, "the instance removed")
         expect(page.get_by_role("row", name="Wiki Server")).to_contain_text("cancelled")
         screenshot(page, "account-trial-ended")
+
+
+def test_a_customer_downloads_an_invoice_pdf(
+    page: Page, live_server: str, committed_db: sessionmaker[Session]
+) -> None:
+    from cmw.billing import service as billing
+    from cmw.orders import service as orders
+
+    with committed_db() as session:
+        catalog_data.publish_product(session, "wiki-server", [_plan(FLAT)])
+        buyer, org = catalog_data.add_customer(session, "invoiced@example.test", paying=True)
+        orders.place_order(
+            session, platform(session), buyer, org, orders.OrderRequest(product="wiki-server", plan="basic")
+        )
+        session.commit()
+    (number,) = billing.run(committed_db).invoices
+    sign_in(page, live_server, "invoiced@example.test", "/account/invoices")
+    row = page.get_by_role("row", name=number)
+    expect(row).to_contain_text("10.00 EUR")
+    screenshot(page, "invoices")
+    with page.expect_download() as download_info:
+        row.get_by_role("link", name=f"PDF of {number}").click()
+    download = download_info.value
+    assert download.suggested_filename == f"{number}.pdf"
+    data = Path(download.path()).read_bytes()
+    assert data.startswith(b"%PDF")
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages)
+    assert f"Invoice {number}" in text and "€10.00" in text

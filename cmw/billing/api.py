@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
@@ -16,7 +17,8 @@ from cmw.accounts.auth import Identity, require_identity, roles_required, visibl
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
-from cmw.billing import taxes
+from cmw.assets.api import storage
+from cmw.billing import documents, taxes
 from cmw.billing.errors import BillingError
 from cmw.billing.models import Invoice, InvoiceStatus, LineKind, TaxRate
 from cmw.catalog.schemas import Amount
@@ -107,6 +109,31 @@ class InvoiceResource(MethodView):
         if found is None:
             raise ApiError(404, "no such invoice")
         return found
+
+
+def pdf_response(invoice: Invoice) -> Response:
+    """The invoice's PDF as a download named after its number."""
+    data = documents.pdf_of(current_session(), storage(), invoice)
+    response = Response(data, mimetype="application/pdf")
+    response.headers["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+    response.headers["Cache-Control"] = "private, max-age=300"
+    return response
+
+
+@blp.route("/invoices/<uuid:invoice_id>/pdf")
+class InvoicePdf(MethodView):
+    @blp.response(200, content_type="application/pdf", description="the invoice as PDF")
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def get(self, invoice_id: uuid.UUID) -> Response:
+        """The issued invoice as a PDF."""
+        found = current_session().scalar(
+            sa.select(Invoice).where(
+                Invoice.id == invoice_id, Invoice.status != InvoiceStatus.DRAFT, visible(require_identity())
+            )
+        )
+        if found is None:
+            raise ApiError(404, "no such invoice")
+        return pdf_response(found)
 
 
 # ------------------------------------------------------------------ administration
