@@ -10,17 +10,23 @@ import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
+from sqlalchemy.orm import sessionmaker
 from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
-from cmw.accounts.auth import Identity, current_identity
+from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import Membership, Organisation, Role, User
 from cmw.api.pagination import PageArgs, paginate
+from cmw.billing import service as billing
+from cmw.billing import taxes
+from cmw.billing.errors import BillingError
+from cmw.billing.models import BillingRun, TaxRate
 from cmw.extensions import current_session
+from cmw.money import parse_amount
 from deployer import clouds
 from deployer import service as deployments
 from deployer.models import CloudAccount
-from marketplace.forms import ActionForm, CloudAccountForm
+from marketplace.forms import ActionForm, CloudAccountForm, SellerForm, TaxRateForm
 from marketplace.views import bp
 
 
@@ -243,3 +249,135 @@ def admin_user_active(user_id: uuid.UUID, action: str) -> ResponseReturnValue:
         if request.referrer and request.referrer.startswith(request.host_url)
         else url_for("pages.admin_users")
     )
+
+
+# ------------------------------------------------------------------ billing
+@bp.route("/admin/billing", methods=["GET", "POST"])
+def admin_billing() -> ResponseReturnValue:
+    """Billing runs (and running one now), the seller details printed on invoices, and
+    the tax rates."""
+    identity = _admin()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    settings = taxes.settings_of(session, identity.marketplace.id)
+    seller_form = SellerForm(obj=settings) if request.method == "GET" else SellerForm()
+    if request.method == "GET":
+        seller_form.seller_address.data = "\n".join(settings.seller_address or [])
+    status = 200
+    if request.method == "POST":
+        valid = seller_form.validate_on_submit()
+        if seller_form.csrf_token.errors:
+            abort(400)
+        status = 422
+        if valid:
+            changes = {
+                "seller_legal_name": (seller_form.seller_legal_name.data or "").strip(),
+                "seller_country": (seller_form.seller_country.data or "").strip() or None,
+                "seller_vat_number": (seller_form.seller_vat_number.data or "").strip() or None,
+                "seller_address": [
+                    line.strip()
+                    for line in (seller_form.seller_address.data or "").splitlines()
+                    if line.strip()
+                ][:6],
+                "payment_terms_days": seller_form.payment_terms_days.data,
+                "payment_instructions": seller_form.payment_instructions.data or "",
+            }
+            try:
+                taxes.update_settings(session, identity.marketplace.id, changes)
+            except BillingError as exc:
+                session.rollback()
+                target = seller_form._fields.get(exc.field, seller_form.seller_legal_name)
+                target.errors = [*target.errors, exc.message]
+            else:
+                session.commit()
+                flash("The seller details are saved: invoices issued from now on print them.", "info")
+                return redirect(url_for("pages.admin_billing"))
+    else:
+        session.commit()  # the settings row, made on first visit
+    return _billing_page(seller_form, TaxRateForm(formdata=None), status)
+
+
+def _billing_page(seller_form: SellerForm, rate_form: TaxRateForm, status: int) -> ResponseReturnValue:
+    session = current_session()
+    marketplace_id = current_marketplace().id
+    runs = session.scalars(sa.select(BillingRun).order_by(BillingRun.started_at.desc()).limit(20))
+    rates = session.scalars(
+        sa.select(TaxRate)
+        .where(TaxRate.marketplace_id == marketplace_id)
+        .order_by(TaxRate.seller_country, TaxRate.buyer_country)
+    )
+    return (
+        render_template(
+            "admin_billing.html",
+            runs=list(runs),
+            rates=list(rates),
+            seller_form=seller_form,
+            rate_form=rate_form,
+            form=ActionForm(),
+        ),
+        status,
+    )
+
+
+@bp.post("/admin/billing/run")
+def admin_billing_run() -> ResponseReturnValue:
+    """Bill everything due now (what the worker does every hour)."""
+    if _admin() is None:
+        return _sign_in()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    factory = sessionmaker(bind=current_session().get_bind(), expire_on_commit=False)
+    report = billing.run(factory)
+    flash(f"Billing run done: {len(report.invoices)} invoice(s) issued, {report.lines} line(s).", "info")
+    return redirect(url_for("pages.admin_billing"))
+
+
+@bp.post("/admin/billing/tax-rates")
+def admin_add_tax_rate() -> ResponseReturnValue:
+    identity = _admin()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    form = TaxRateForm()
+    valid = form.validate_on_submit()
+    if form.csrf_token.errors:
+        abort(400)
+    if valid:
+        try:
+            rate = parse_amount((form.rate.data or "").strip())
+        except ValueError as exc:
+            form.rate.errors = [str(exc)]
+        else:
+            try:
+                seller, buyer = form.seller_country.data or "", form.buyer_country.data or ""
+                taxes.add_rate(session, identity.marketplace.id, seller, buyer, rate, form.name.data or "VAT")
+            except BillingError as exc:
+                session.rollback()
+                target = form._fields.get(exc.field, form.rate)
+                target.errors = [*target.errors, exc.message]
+            else:
+                session.commit()
+                flash("The tax rate is added.", "info")
+                return redirect(url_for("pages.admin_billing") + "#tax-rates")
+    settings = taxes.settings_of(session, identity.marketplace.id)
+    seller_form = SellerForm(obj=settings, formdata=None)
+    seller_form.seller_address.data = "\n".join(settings.seller_address or [])
+    return _billing_page(seller_form, form, 422)
+
+
+@bp.post("/admin/billing/tax-rates/<uuid:rate_id>/remove")
+def admin_remove_tax_rate(rate_id: uuid.UUID) -> ResponseReturnValue:
+    identity = _admin()
+    if identity is None:
+        return _sign_in()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    session = current_session()
+    found = session.get(TaxRate, rate_id)
+    if found is None or found.marketplace_id != identity.marketplace.id:
+        abort(404)
+    session.delete(found)
+    session.commit()
+    flash("The tax rate is removed.", "info")
+    return redirect(url_for("pages.admin_billing") + "#tax-rates")

@@ -275,3 +275,25 @@ class CloudAccountForm(FlaskForm):  # type: ignore[misc]
     ssh_port = IntegerField("SSH port", validators=[Optional(), NumberRange(min=1, max=65535)])
     ssh_username = StringField("SSH user", default="ubuntu", validators=[DataRequired(), Length(max=64)])
     is_active = BooleanField("Active (deployments may use it)", default=True)
+
+
+class TaxRateForm(FlaskForm):  # type: ignore[misc]
+    seller_country = StringField("Seller country", validators=[DataRequired(), Length(min=2, max=2)])
+    buyer_country = StringField(
+        "Buyer country",
+        validators=[DataRequired(), Length(min=1, max=2)],
+        description="Two letters, or * for any other.",
+    )
+    rate = StringField("Rate (%)", validators=[DataRequired(), Length(max=10)])
+    name = StringField("Name on the invoice", default="VAT", validators=[DataRequired(), Length(max=60)])
+
+
+class SellerForm(FlaskForm):  # type: ignore[misc]
+    seller_legal_name = StringField("Legal name", validators=[Optional(), Length(max=200)])
+    seller_country = StringField("Country (two letters)", validators=[Optional(), Length(min=2, max=2)])
+    seller_vat_number = StringField("VAT number", validators=[Optional(), Length(max=32)])
+    seller_address = TextAreaField("Address (one line each)", validators=[Optional(), Length(max=1200)])
+    payment_terms_days = IntegerField(
+        "Payment terms (days)", default=14, validators=[NumberRange(min=0, max=180)]
+    )
+    payment_instructions = TextAreaField("How to pay", validators=[Optional(), Length(max=2000)])

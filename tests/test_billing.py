@@ -505,3 +505,53 @@ def test_taxes_by_country_and_the_eu_reverse_charge(
         "german consumer": ("48.50", "9.22", "57.72", "VAT (OSS) 19%"),  # 9.215, rounded half up
         "american": ("48.50", "0.00", "48.50", "Outside the scope of EU VAT 0%"),
     }
+
+
+def test_the_admins_billing_page(app: Flask, committed_db: Factory, world: dict[str, Any]) -> None:
+    import re
+
+    from cmw.accounts import service as accounts
+    from cmw.accounts.models import Role
+
+    with committed_db() as session:
+        admin = catalog_data.add_customer(session, "billing-admin@example.test")[0]
+        accounts.grant(session, admin, platform(session), Role.ADMIN)
+        session.commit()
+    browser = app.test_client()
+    assert (
+        browser.post(
+            "/api/v1/session", json={"email": "billing-admin@example.test", "password": "long-enough-pw"}
+        ).status_code
+        == 200
+    )
+    page = browser.get("/admin/billing").get_data(as_text=True)
+    assert "No billing run yet" in page and "No tax rate yet" in page
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+
+    seller = {
+        "seller_legal_name": "Mercato S.r.l.",
+        "seller_country": "ZZ",
+        "payment_terms_days": "30",
+        "csrf_token": token,
+    }
+    refused = browser.post("/admin/billing", data=seller)
+    assert refused.status_code == 422 and "not an ISO 3166-1" in refused.get_data(as_text=True)
+    assert browser.post("/admin/billing", data={**seller, "seller_country": "IT"}).status_code == 302
+    rate = {"seller_country": "IT", "buyer_country": "IT", "rate": "22", "name": "VAT", "csrf_token": token}
+    assert browser.post("/admin/billing/tax-rates", data=rate).status_code == 302
+    again = browser.post("/admin/billing/tax-rates", data=rate)
+    assert again.status_code == 422 and "exists" in again.get_data(as_text=True)
+
+    subscribe(committed_db, world, "seats", quantity=3, at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    ran = browser.post("/admin/billing/run", data={"csrf_token": token})
+    assert ran.status_code == 302
+    page = browser.get("/admin/billing").get_data(as_text=True)
+    assert "Billing run done: 1 invoice(s) issued" in page and "<td>finished</td>" in page
+    assert "22%" in page and 'value="Mercato S.r.l."' in page
+    with committed_db() as session:
+        (invoice,) = session.scalars(sa.select(Invoice)).all()
+        assert invoice.tax_rule == "VAT 22%" and invoice.total > invoice.subtotal
+    remove = re.search(r'action="(/admin/billing/tax-rates/[0-9a-f-]{36}/remove)"', page)
+    assert remove
+    browser.post(remove.group(1), data={"csrf_token": token})
+    assert "No tax rate yet" in browser.get("/admin/billing").get_data(as_text=True)
