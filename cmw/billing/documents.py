@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def pdf_key(invoice: Invoice) -> str:
-    return f"invoices/{invoice.marketplace_id}/{invoice.number}.pdf"
+    return f"invoices/{invoice.marketplace_id}/{invoice.id}/{invoice.number}.pdf"
 
 
 def _party(snapshot: dict[str, object], fallback: str) -> pdf.Party:
