@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from cmw.accounts.models import Organisation, Role
 from cmw.api.pagination import PageArgs, paginate
 from cmw.assets.api import storage
 from cmw.assets.service import InvalidImage, save_image
+from cmw.billing import service as billing
 from cmw.catalog import presenters
 from cmw.catalog import service as catalog_service
 from cmw.catalog.api import MAX_UPLOAD
@@ -756,14 +758,30 @@ def vendor_sales() -> ResponseReturnValue:
         {s.product_id for s in subscriptions_shown} | {o.product_id for o in recent},
         {s.plan_id for s in subscriptions_shown} | {o.plan_id for o in recent},
     )
+    revenue = billing.vendor_revenue(session, identity.marketplace.id, vendors)
     return render_template(
         "vendor_sales.html",
+        revenue=revenue,
+        chart=_chart(revenue),
         page=page,
         machines=machines,
         recent=recent,
         counts={status.value: n for status, n in counts.items()},
         names=names,
     )
+
+
+def _chart(revenue: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bars of an SVG chart per currency: month, amount and height in percent of the tallest."""
+    by_currency: dict[str, list[dict[str, Any]]] = {}
+    for row in revenue:
+        by_currency.setdefault(row["currency"], []).append(row)
+    charts = []
+    for currency, rows in sorted(by_currency.items()):
+        top = max((r["invoiced"] for r in rows), default=Decimal(0)) or Decimal(1)
+        bars = [{**r, "height": float(max(r["invoiced"], Decimal(0)) / top * 100)} for r in rows]
+        charts.append({"currency": currency, "bars": bars})
+    return charts
 
 
 def _names(

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
-from cmw.accounts.models import Organisation, User
+from cmw.accounts.models import Organisation, OrganisationKind, User
 from cmw.billing import service as billing
 from cmw.billing import taxes
 from cmw.billing.models import BilledItem, Invoice, InvoiceLine, UsageHourly
@@ -555,3 +555,42 @@ def test_the_admins_billing_page(app: Flask, committed_db: Factory, world: dict[
     assert remove
     browser.post(remove.group(1), data={"csrf_token": token})
     assert "No tax rate yet" in browser.get("/admin/billing").get_data(as_text=True)
+
+
+def test_vendors_see_their_revenue_by_month(app: Flask, committed_db: Factory, world: dict[str, Any]) -> None:
+    from cmw.accounts import service as accounts
+    from cmw.accounts.models import Role
+    from cmw.db import utcnow
+
+    now = utcnow()
+    subscribe(committed_db, world, "seats", quantity=3, at=now - dt.timedelta(hours=1))
+    billing.run(committed_db, now, now=now)
+    with committed_db() as session:
+        vendor_org = session.scalar(sa.select(Organisation).where(Organisation.name == "billed vendor"))
+        assert vendor_org is not None
+        seller = accounts.create_user(
+            session, email="seller@example.test", name="Sel", password="long-enough-pw"
+        )
+        accounts.grant(session, seller, platform(session), Role.VENDOR, vendor_org)
+        other_org = accounts.create_organisation(
+            session, platform(session), kind=OrganisationKind.VENDOR, name="Other vendor",
+            billing=accounts.BillingDetails(legal_name="Other", country="FR"),
+        )  # fmt: skip
+        other = accounts.create_user(
+            session, email="other-seller@example.test", name="O", password="long-enough-pw"
+        )
+        accounts.grant(session, other, platform(session), Role.VENDOR, other_org)
+        session.commit()
+    browser, stranger = app.test_client(), app.test_client()
+    for client, email in ((browser, "seller@example.test"), (stranger, "other-seller@example.test")):
+        assert (
+            client.post("/api/v1/session", json={"email": email, "password": "long-enough-pw"}).status_code
+            == 200
+        )
+    assert browser.get("/api/v1/vendor/revenue").get_json() == [
+        {"month": f"{now:%Y-%m}", "currency": "EUR", "invoiced": "48.5", "paid": "0"}
+    ]
+    assert stranger.get("/api/v1/vendor/revenue").get_json() == []
+    page = browser.get("/vendor/sales").get_data(as_text=True)
+    assert f"{now:%Y-%m}: 48.50 EUR" in page and "<svg" in page
+    assert "Nothing invoiced yet" in stranger.get("/vendor/sales").get_data(as_text=True)

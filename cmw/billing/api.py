@@ -19,6 +19,7 @@ from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.assets.api import storage
 from cmw.billing import documents, taxes
+from cmw.billing import service as billing
 from cmw.billing.errors import BillingError
 from cmw.billing.models import Invoice, InvoiceStatus, LineKind, TaxRate
 from cmw.catalog.schemas import Amount
@@ -134,6 +135,33 @@ class InvoicePdf(MethodView):
         if found is None:
             raise ApiError(404, "no such invoice")
         return pdf_response(found)
+
+
+class RevenueArgs(Schema):
+    months = fields.Integer(load_default=12, validate=validate.Range(min=1, max=60))
+
+
+class RevenueSchema(Schema):
+    month = fields.String(metadata={"example": "2026-11"})
+    currency = fields.String()
+    invoiced = Amount(metadata={"description": "your products' invoice lines, before tax"})
+    paid = Amount()
+
+
+@blp.route("/vendor/revenue")
+class VendorRevenue(MethodView):
+    @blp.arguments(RevenueArgs, location="query")
+    @blp.response(200, RevenueSchema(many=True))
+    @roles_required(Role.VENDOR)
+    def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """What your products were invoiced for, by month and currency, oldest first."""
+        identity = require_identity()
+        return billing.vendor_revenue(
+            current_session(),
+            identity.marketplace.id,
+            identity.organisations_with(Role.VENDOR),
+            args["months"],
+        )
 
 
 # ------------------------------------------------------------------ administration

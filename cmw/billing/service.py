@@ -580,3 +580,47 @@ class BillingJob:
             return None
         self._last = time.monotonic()
         return run(self.session_factory)
+
+
+def vendor_revenue(
+    session: Session,
+    marketplace_id: uuid.UUID,
+    vendor_ids: Iterable[uuid.UUID],
+    months: int = 12,
+    now: dt.datetime | None = None,
+) -> list[dict[str, Any]]:
+    """What the vendors' products were invoiced for, by month of issue and currency, for the
+    last ``months`` months (oldest first): invoiced net of tax, and how much of it is paid."""
+    now = now or utcnow()
+    first = (
+        now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=31 * (months - 1))
+    ).replace(day=1)
+    month = (
+        sa.func.date_trunc("month", Invoice.issued_at)
+        if session.get_bind().dialect.name == "postgresql"
+        else sa.func.strftime("%Y-%m-01", Invoice.issued_at)
+    )
+    rows = session.execute(
+        sa.select(
+            month.label("month"),
+            Invoice.currency,
+            sa.func.sum(InvoiceLine.amount),
+            sa.func.sum(sa.case((Invoice.status == InvoiceStatus.PAID, InvoiceLine.amount), else_=0)),
+        )
+        .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .where(
+            Invoice.marketplace_id == marketplace_id,
+            Invoice.status.in_([InvoiceStatus.ISSUED, InvoiceStatus.PAID]),
+            Invoice.issued_at >= first,
+            InvoiceLine.vendor_id.in_(list(vendor_ids)),
+        )
+        .group_by(month, Invoice.currency)
+        .order_by(month, Invoice.currency)
+    ).all()
+    found = []
+    for when, currency, invoiced, paid in rows:
+        label = when.strftime("%Y-%m") if isinstance(when, dt.datetime | dt.date) else str(when)[:7]
+        found.append(
+            {"month": label, "currency": currency, "invoiced": Decimal(invoiced), "paid": Decimal(paid or 0)}
+        )
+    return found
