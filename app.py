@@ -22,7 +22,7 @@ from cmw import cli
 from cmw.accounts.auth import load_identity, record_token_use
 from cmw.api import spec
 from cmw.assets.api import bp as assets_bp
-from cmw.billing.documents import InvoiceDocuments
+from cmw.billing.documents import FailedDeployments, InvoiceDocuments
 from cmw.catalog import reviews
 from cmw.config import Config, ConfigError
 from cmw.crypto import Sealer
@@ -103,6 +103,7 @@ def register_extensions(app: Flask) -> None:
         EmailConsumer(mailer_for(config), config.base_url, config.mail_from, sealer),
         DeploymentRequests(),
         InvoiceDocuments(app.extensions["mercato.storage"]),
+        FailedDeployments(),
     ]
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)

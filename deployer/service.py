@@ -137,6 +137,21 @@ def of_subscriptions(session: Session, subscription_ids: list[uuid.UUID]) -> dic
     return {d.subscription_id: d for d in found}
 
 
+def never_ran(session: Session, subscription_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of the subscriptions whose machine failed without ever being ready."""
+    if not subscription_ids:
+        return set()
+    return set(
+        session.scalars(
+            sa.select(Deployment.subscription_id).where(
+                Deployment.subscription_id.in_(subscription_ids),
+                Deployment.state == DeploymentState.FAILED,
+                Deployment.ready_at.is_(None),
+            )
+        )
+    )
+
+
 def account_choices(session: Session) -> list[tuple[str, str]]:
     """(slug, name) of every cloud account, for vendors choosing where a product runs."""
     rows = session.execute(sa.select(CloudAccount.slug, CloudAccount.name).order_by(CloudAccount.name))

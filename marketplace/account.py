@@ -17,8 +17,9 @@ from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import ApiToken, Role, User
 from cmw.api.pagination import PageArgs, paginate
+from cmw.billing import payments as billing_payments
 from cmw.billing.api import pdf_response
-from cmw.billing.models import Invoice, InvoiceStatus
+from cmw.billing.models import CreditNote, Invoice, InvoiceStatus, Payment
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Plan
 from cmw.extensions import current_session
@@ -359,7 +360,18 @@ def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
         or not belongs(identity, found.marketplace_id, found.customer_id, Role.CUSTOMER)
     ):
         abort(404)
-    return render_template("invoice.html", invoice=found)
+    session = current_session()
+    return render_template(
+        "invoice.html",
+        invoice=found,
+        payments=session.scalars(
+            sa.select(Payment).where(Payment.invoice_id == found.id).order_by(Payment.received_at)
+        ).all(),
+        credit_notes=session.scalars(
+            sa.select(CreditNote).where(CreditNote.invoice_id == found.id).order_by(CreditNote.sequence)
+        ).all(),
+        outstanding=billing_payments.outstanding(session, found),
+    )
 
 
 @bp.get("/account/invoices/<uuid:invoice_id>/pdf")

@@ -18,10 +18,10 @@ from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.assets.api import storage
-from cmw.billing import documents, taxes
+from cmw.billing import documents, payments, taxes
 from cmw.billing import service as billing
 from cmw.billing.errors import BillingError
-from cmw.billing.models import Invoice, InvoiceStatus, LineKind, TaxRate
+from cmw.billing.models import CreditNote, Invoice, InvoiceStatus, LineKind, Payment, PaymentMethod, TaxRate
 from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
 
@@ -69,8 +69,36 @@ class InvoiceSchema(Schema):
     tax_rule = fields.String(metadata={"description": "the tax rule applied, as printed"})
 
 
+class PaymentSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    amount = Amount(required=True)
+    currency = fields.String(dump_only=True)
+    method = fields.Enum(PaymentMethod, by_value=True, load_default=PaymentMethod.BANK_TRANSFER)
+    reference = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=120),
+        metadata={"description": "the bank's reference: a payment is recorded once per reference"},
+    )  # fmt: skip
+    received_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
+class CreditNoteSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    invoice_id = fields.UUID(dump_only=True)
+    number = fields.String(dump_only=True)
+    issued_at = fields.AwareDateTime(dump_only=True)
+    currency = fields.String(dump_only=True)
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    subtotal = Amount(required=True, data_key="amount", metadata={"description": "credited before tax"})
+    tax_total = Amount(dump_only=True)
+    total = Amount(dump_only=True)
+    subscription_id = fields.UUID(dump_only=True, allow_none=True)
+
+
 class InvoiceDetailSchema(InvoiceSchema):
     lines = fields.List(fields.Nested(InvoiceLineSchema))
+    payments = fields.List(fields.Nested(PaymentSchema))
+    credit_notes = fields.List(fields.Nested(CreditNoteSchema))
+    outstanding = Amount(metadata={"description": "what is still owed"})
 
 
 def visible(identity: Identity) -> sa.ColumnElement[bool]:
@@ -102,14 +130,127 @@ class Invoices(MethodView):
 class InvoiceResource(MethodView):
     @blp.response(200, InvoiceDetailSchema)
     @roles_required(Role.CUSTOMER, Role.ADMIN)
-    def get(self, invoice_id: uuid.UUID) -> Invoice:
-        """One invoice with its lines."""
+    def get(self, invoice_id: uuid.UUID) -> dict[str, Any]:
+        """One invoice with its lines, payments, credit notes and what it still owes."""
         found = current_session().scalar(
             sa.select(Invoice).where(Invoice.id == invoice_id, visible(require_identity()))
         )
         if found is None:
             raise ApiError(404, "no such invoice")
-        return found
+        return _detail(found)
+
+
+def _detail(invoice: Invoice) -> dict[str, Any]:
+    session = current_session()
+    return {
+        **{name: getattr(invoice, name) for name in InvoiceSchema().fields},
+        "lines": invoice.lines,
+        "payments": list(
+            session.scalars(
+                sa.select(Payment).where(Payment.invoice_id == invoice.id).order_by(Payment.received_at)
+            )
+        ),
+        "credit_notes": list(
+            session.scalars(
+                sa.select(CreditNote).where(CreditNote.invoice_id == invoice.id).order_by(CreditNote.sequence)
+            )
+        ),
+        "outstanding": payments.outstanding(session, invoice)
+        if invoice.status is not InvoiceStatus.DRAFT
+        else invoice.total,
+    }
+
+
+def _admin_invoice(invoice_id: uuid.UUID) -> Invoice:
+    found = current_session().get(Invoice, invoice_id)
+    if found is None or found.marketplace_id != require_identity().marketplace.id:
+        raise ApiError(404, "no such invoice")
+    return found
+
+
+class InvoiceUpdateSchema(Schema):
+    buyer = fields.Dict(metadata={"description": "the buyer details printed (drafts only)"})
+
+
+@blp.route("/admin/invoices/<uuid:invoice_id>")
+class AdminInvoice(MethodView):
+    @blp.arguments(InvoiceUpdateSchema)
+    @blp.response(200, InvoiceDetailSchema)
+    @roles_required(Role.ADMIN)
+    def patch(self, data: dict[str, Any], invoice_id: uuid.UUID) -> dict[str, Any]:
+        """Change a draft invoice. An issued invoice never changes: credit it instead."""
+        invoice = _admin_invoice(invoice_id)
+        if invoice.status is not InvoiceStatus.DRAFT:
+            raise ApiError(
+                422,
+                f"invoice {invoice.number} is {invoice.status.value}: an issued invoice cannot change;"
+                " issue a credit note to correct it",
+                errors=[{"location": "path", "field": "invoice_id", "message": "issued invoices are final"}],
+            )
+        if "buyer" in data:
+            invoice.buyer = data["buyer"]
+        current_session().commit()
+        return _detail(invoice)
+
+
+@blp.route("/admin/invoices/<uuid:invoice_id>/payments")
+class InvoicePayments(MethodView):
+    @blp.arguments(PaymentSchema)
+    @blp.response(201, PaymentSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any], invoice_id: uuid.UUID) -> Payment:
+        """Record money received for the invoice (never more than it still owes)."""
+        invoice = _admin_invoice(invoice_id)
+        try:
+            payment = payments.record_payment(
+                current_session(),
+                invoice,
+                data["amount"],
+                method=data["method"],
+                reference=data["reference"],
+                actor_id=require_identity().user.id,
+                at=data["received_at"],
+            )
+        except BillingError as exc:
+            raise _refused(exc) from None
+        current_session().commit()
+        return payment
+
+
+@blp.route("/admin/invoices/<uuid:invoice_id>/credit-notes")
+class InvoiceCreditNotes(MethodView):
+    @blp.arguments(CreditNoteSchema)
+    @blp.response(201, CreditNoteSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any], invoice_id: uuid.UUID) -> CreditNote:
+        """Credit (part of) an issued invoice: never more than is left to credit."""
+        invoice = _admin_invoice(invoice_id)
+        try:
+            note = payments.issue_credit_note(current_session(), invoice, data["subtotal"], data["reason"])
+        except BillingError as exc:
+            raise _refused(exc) from None
+        current_session().commit()
+        return note
+
+
+@blp.route("/credit-notes")
+class CreditNotes(MethodView):
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(CreditNoteSchema))
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Credit notes you may see, newest first."""
+        stmt = sa.select(CreditNote).where(
+            visible_rows(
+                require_identity(), CreditNote.marketplace_id, CreditNote.customer_id, lambda _v: sa.false()
+            )
+        )
+        return paginate(
+            current_session(),
+            stmt.order_by(CreditNote.issued_at.desc(), CreditNote.id),
+            args["page"],
+            args["per_page"],
+        )
 
 
 def pdf_response(invoice: Invoice) -> Response:

@@ -101,3 +101,25 @@ class InvoiceDocuments(EventConsumer):
         if invoice is None or invoice.status is InvoiceStatus.DRAFT:
             return
         pdf_of(session, self.storage, invoice)
+
+
+class FailedDeployments(EventConsumer):
+    """A machine that failed without ever running is not charged for: what was invoiced for
+    its subscription is credited back, and the customer is told (``credit_note.issued``)."""
+
+    name = "billing-failed-deployments"
+    topics = ("deployment.failed",)
+
+    def handle(self, session: Session, event: Event) -> None:
+        from cmw.billing import payments
+        from deployer import service as deployments
+
+        try:
+            subscription_id = uuid.UUID(str(event.payload.get("subscription_id")))
+        except ValueError:
+            return
+        if subscription_id not in deployments.never_ran(session, [subscription_id]):
+            return
+        payments.credit_subscription(
+            session, subscription_id, "The instance could not be set up: nothing is charged for it."
+        )

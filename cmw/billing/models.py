@@ -220,3 +220,64 @@ class TaxRate(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-define
     rate: Mapped[Decimal] = mapped_column(sa.Numeric(7, 4))
     #: printed before the rate, e.g. "VAT"
     name: Mapped[str] = mapped_column(sa.String(60), default="VAT")
+
+
+class PaymentMethod(enum.StrEnum):
+    MANUAL = "manual"
+    BANK_TRANSFER = "bank_transfer"
+    #: reserved for a payment provider's notifications
+    PROVIDER = "provider"
+
+
+class Payment(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]
+    """Money received against an invoice."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        sa.CheckConstraint("amount > 0", name="amount_positive"),
+        sa.UniqueConstraint("method", "reference", name="uq_payments_method_reference"),
+    )
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("invoices.id", ondelete="RESTRICT"), index=True
+    )
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    method: Mapped[PaymentMethod] = mapped_column(str_enum(PaymentMethod, "payment_method"))
+    #: the bank's or provider's reference; unique per method, so a payment is recorded once
+    reference: Mapped[str | None] = mapped_column(sa.String(120))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    recorded_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class CreditNote(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """A correction of an issued invoice, with its own gapless number series."""
+
+    __tablename__ = "credit_notes"
+    __table_args__ = (
+        sa.UniqueConstraint("series", "year", "sequence", name="uq_credit_notes_series_year_sequence"),
+        sa.CheckConstraint("total > 0", name="total_positive"),
+    )
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("invoices.id", ondelete="RESTRICT"), index=True
+    )
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="RESTRICT"))
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organisations.id", ondelete="RESTRICT"), index=True
+    )
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    series: Mapped[str] = mapped_column(sa.String(40))
+    year: Mapped[int]
+    sequence: Mapped[int]
+    number: Mapped[str] = mapped_column(sa.String(60), unique=True)
+    issued_at: Mapped[dt.datetime]
+    reason: Mapped[str] = mapped_column(sa.Text)
+    #: amounts credited (positive), net, tax at the invoice's rate, and gross
+    subtotal: Mapped[Decimal] = mapped_column(MONEY)
+    tax_total: Mapped[Decimal] = mapped_column(MONEY)
+    total: Mapped[Decimal] = mapped_column(MONEY)
+    #: the subscription a credit is for, when it corrects one (a failed deployment)
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("subscriptions.id", ondelete="RESTRICT")
+    )

@@ -67,6 +67,7 @@ from cmw.marketplaces.models import Marketplace
 from cmw.money import format_amount, round_to_minor
 from cmw.orders.models import Subscription, SubscriptionChange, SubscriptionStatus
 from cmw.orders.service import next_period_end
+from deployer import service as deployments
 
 log = logging.getLogger(__name__)
 
@@ -316,17 +317,15 @@ def _series(marketplace: Marketplace) -> str:
     return marketplace.slug.upper()[:36]
 
 
-def issue(
-    session: Session, invoice: Invoice, now: dt.datetime, settings: BillingSettings | None = None
-) -> None:
-    """Number the invoice (gapless in its series and year) and make it final."""
-    if invoice.status is not InvoiceStatus.DRAFT:
-        raise BillingError(
-            "status", f"invoice {invoice.number} is {invoice.status.value}: it cannot be issued again"
-        )
-    marketplace = session.get(Marketplace, invoice.marketplace_id)
+def next_number(
+    session: Session, marketplace_id: uuid.UUID, now: dt.datetime, *, credit_note: bool = False
+) -> tuple[str, int, int]:
+    """The next number of the marketplace's invoice (or credit note) series for ``now``'s
+    year: the counter row is locked and incremented in the caller's transaction, so numbers
+    are gapless (a rolled-back issue gives its number back) and never given twice."""
+    marketplace = session.get(Marketplace, marketplace_id)
     assert marketplace is not None
-    series, year = _series(marketplace), now.year
+    series, year = _series(marketplace) + ("-CN" if credit_note else ""), now.year
     # the counter row exists before it is locked and incremented
     session.execute(_insert_counter(session, series, year))
     sequence = session.execute(
@@ -335,6 +334,18 @@ def issue(
         .values(last=NumberSeries.last + 1)
         .returning(NumberSeries.last)
     ).scalar_one()
+    return series, year, int(sequence)
+
+
+def issue(
+    session: Session, invoice: Invoice, now: dt.datetime, settings: BillingSettings | None = None
+) -> None:
+    """Number the invoice (gapless in its series and year) and make it final."""
+    if invoice.status is not InvoiceStatus.DRAFT:
+        raise BillingError(
+            "status", f"invoice {invoice.number} is {invoice.status.value}: it cannot be issued again"
+        )
+    series, year, sequence = next_number(session, invoice.marketplace_id, now)
     invoice.series, invoice.year, invoice.sequence = series, year, sequence
     invoice.number = f"{series}-{year}-{sequence:06d}"
     invoice.status = InvoiceStatus.ISSUED
@@ -499,8 +510,12 @@ def bill_customer(
         )
     ):
         billed[subscription_id].add((kind, _aware(start)))
+    # a machine that failed without ever running is not charged for (see FailedDeployments)
+    unrun = deployments.never_ran(session, [s.id for s in subscriptions])
     by_currency: dict[str, list[Charge]] = defaultdict(list)
     for subscription in subscriptions:
+        if subscription.id in unrun:
+            continue
         name = catalog.product_name(session, subscription.product_id)
         for charge in charges_for(session, subscription, at, billed[subscription.id], name):
             by_currency[charge.plan.currency].append(charge)

@@ -27,6 +27,17 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         f" it is due on {str(p.get('due_at', ''))[:10]}.",
         f"/account/invoices/{p.get('invoice_id', '')}",
     ),
+    "invoice.paid": lambda p, product: Message(
+        f"Invoice {p.get('number', '')} is paid",
+        f"Thank you: invoice {p.get('number', '')} is paid in full.",
+        f"/account/invoices/{p.get('invoice_id', '')}",
+    ),
+    "credit_note.issued": lambda p, product: Message(
+        f"Credit note {p.get('number', '')}",
+        f"Credit note {p.get('number', '')} credits {p.get('total', '')} {p.get('currency', '')}"
+        f" of invoice {p.get('invoice_number', '')}: {p.get('reason', '')}",
+        f"/account/invoices/{p.get('invoice_id', '')}",
+    ),
     "order.placed": lambda p, product: Message(
         f"Order confirmed: {product}",
         f"Your order for {product} is confirmed. We are preparing your instance "

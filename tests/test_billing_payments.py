@@ -1,0 +1,156 @@
+"""Payments and credit notes: never more than owed or left to credit, gapless credit note
+numbers, issued invoices that never change, and the automatic credit for a machine that
+failed without ever running."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from cmw.accounts import service as accounts
+from cmw.accounts.models import Role
+from cmw.billing import service as billing
+from cmw.billing.documents import FailedDeployments
+from cmw.billing.models import CreditNote, Invoice, InvoiceStatus
+from cmw.catalog.models import Product
+from cmw.events.consumer import Event
+from cmw.events.models import OutboxEvent
+from cmw.marketplaces.service import platform
+from cmw.orders.models import Subscription
+from deployer.models import Deployment, DeploymentState
+from tests import catalog_data
+from tests.test_billing import T0, subscribe, world  # noqa: F401  (the fixture)
+
+Factory = sessionmaker[Session]
+
+
+def _admin(app: Flask, factory: Factory) -> tuple[FlaskClient, dict[str, str]]:
+    with factory() as session:
+        admin = catalog_data.add_customer(session, "money-admin@example.test")[0]
+        accounts.grant(session, admin, platform(session), Role.ADMIN)
+        session.commit()
+    browser = app.test_client()
+    signed = browser.post(
+        "/api/v1/session", json={"email": "money-admin@example.test", "password": "long-enough-pw"}
+    )
+    assert signed.status_code == 200
+    return browser, {"X-CSRF-Token": browser.get("/api/v1/me").get_json()["csrf_token"]}
+
+
+def _invoice(factory: Factory, world: dict[str, Any], at: dt.datetime = T0) -> str:  # noqa: F811
+    subscribe(factory, world, "seats", quantity=3, at=at)
+    (number,) = billing.run(factory, at + dt.timedelta(minutes=5), now=at + dt.timedelta(minutes=5)).invoices
+    with factory() as session:
+        return str(session.scalar(sa.select(Invoice.id).where(Invoice.number == number)))
+
+
+def _errors(response: Any) -> dict[str, str]:
+    assert response.status_code == 422, response.get_data(as_text=True)
+    return {e["field"]: e["message"] for e in response.get_json()["errors"]}
+
+
+def test_payments_settle_an_invoice_and_never_exceed_it(
+    app: Flask,
+    committed_db: Factory,
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    browser, headers = _admin(app, committed_db)
+    invoice_id = _invoice(committed_db, world)  # 48.50 EUR
+    url = f"/api/v1/admin/invoices/{invoice_id}/payments"
+    assert "payment is larger" in _errors(browser.post(url, json={"amount": "50"}, headers=headers))["amount"]
+    assert "minor unit" in _errors(browser.post(url, json={"amount": "0.001"}, headers=headers))["amount"]
+    first = browser.post(url, json={"amount": "20", "reference": "BANK-1"}, headers=headers)
+    assert first.status_code == 201 and first.get_json()["amount"] == "20"
+    assert (
+        "recorded already"
+        in _errors(browser.post(url, json={"amount": "1", "reference": "BANK-1"}, headers=headers))[
+            "reference"
+        ]
+    )
+    detail = browser.get(f"/api/v1/invoices/{invoice_id}").get_json()
+    assert detail["outstanding"] == "28.5" and detail["status"] == "issued"
+    assert (
+        browser.post(url, json={"amount": "28.50", "reference": "BANK-2"}, headers=headers).status_code == 201
+    )
+    detail = browser.get(f"/api/v1/invoices/{invoice_id}").get_json()
+    assert detail["status"] == "paid" and detail["outstanding"] == "0"
+    assert [p["amount"] for p in detail["payments"]] == ["20", "28.5"]
+    assert "owes 0 EUR" in _errors(browser.post(url, json={"amount": "1"}, headers=headers))["amount"]
+    with committed_db() as session:
+        assert session.scalar(sa.select(sa.func.count()).where(OutboxEvent.topic == "invoice.paid")) == 1
+
+    # an issued invoice never changes
+    refused = browser.patch(
+        f"/api/v1/admin/invoices/{invoice_id}", json={"buyer": {"name": "Someone"}}, headers=headers
+    )
+    assert refused.status_code == 422 and "cannot change" in refused.get_json()["detail"]
+    assert browser.get(f"/api/v1/invoices/{invoice_id}").get_json()["buyer"]["legal_name"] == "Customer Srl"
+
+
+def test_credit_notes_are_numbered_and_never_exceed_the_invoice(
+    app: Flask,
+    committed_db: Factory,
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    browser, headers = _admin(app, committed_db)
+    invoice_id = _invoice(committed_db, world)
+    url = f"/api/v1/admin/invoices/{invoice_id}/credit-notes"
+    assert (
+        "48.5 EUR more"
+        in _errors(browser.post(url, json={"amount": "100", "reason": "x"}, headers=headers))["amount"]
+    )
+    assert _errors(browser.post(url, json={"amount": "10"}, headers=headers))["reason"]
+    first = browser.post(url, json={"amount": "10", "reason": "Goodwill"}, headers=headers).get_json()
+    assert first["number"] == "PLATFORM-CN-2026-000001" and first["total"] == "10"
+    second = browser.post(url, json={"amount": "38.50", "reason": "Cancelled"}, headers=headers).get_json()
+    assert second["number"] == "PLATFORM-CN-2026-000002"
+    detail = browser.get(f"/api/v1/invoices/{invoice_id}").get_json()
+    assert detail["status"] == "void" and detail["outstanding"] == "0"  # credited in full, never paid
+    assert (
+        "0 EUR more"
+        in _errors(browser.post(url, json={"amount": "1", "reason": "x"}, headers=headers))["amount"]
+    )
+    notes = browser.get("/api/v1/credit-notes").get_json()
+    assert [n["number"] for n in notes["items"]] == ["PLATFORM-CN-2026-000002", "PLATFORM-CN-2026-000001"]
+
+
+def test_a_machine_that_never_ran_is_credited_and_not_billed_again(
+    committed_db: Factory,
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    _invoice(committed_db, world)
+    with committed_db() as session:
+        subscription = session.scalars(sa.select(Subscription)).one()
+        product = session.get(Product, subscription.product_id)
+        assert product is not None
+        session.add(
+            Deployment(
+                subscription_id=subscription.id, marketplace_id=subscription.marketplace_id,
+                customer_id=subscription.customer_id, product_id=product.id, vendor_id=product.vendor_id,
+                product_type="vm_app", spec={}, state=DeploymentState.FAILED, active=False,
+                last_error="the image does not exist",
+            )
+        )  # fmt: skip
+        session.commit()
+        payload = {"subscription_id": str(subscription.id)}
+        FailedDeployments().handle(session, Event(id="e1", topic="deployment.failed", payload=payload))
+        session.commit()
+        (note,) = session.scalars(sa.select(CreditNote)).all()
+        assert note.total == 48.5 and note.subscription_id == subscription.id
+        invoice = session.get(Invoice, note.invoice_id)
+        assert invoice is not None and invoice.status is InvoiceStatus.VOID
+        # told to the customer
+        told = session.scalars(sa.select(OutboxEvent).where(OutboxEvent.topic == "credit_note.issued")).one()
+        assert "could not be set up" in told.payload["reason"]
+        # the same event again credits nothing more
+        FailedDeployments().handle(session, Event(id="e2", topic="deployment.failed", payload=payload))
+        session.commit()
+        assert session.scalar(sa.select(sa.func.count()).select_from(CreditNote)) == 1
+    # next month: nothing billed for a machine that never ran
+    march = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    assert billing.run(committed_db, march, now=march).invoices == []
