@@ -23,6 +23,7 @@ from cmw import demo
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
 from cmw.billing import service as billing
+from cmw.billing.dunning import DunningJob
 from cmw.config import Config
 from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
@@ -99,6 +100,7 @@ def worker() -> None:
             functools.partial(run_due, session_factory),
             ReaperJob(session_factory, sealer),
             billing.BillingJob(session_factory),
+            DunningJob(session_factory),
         ],
         loops=[Engine(session_factory, sealer).run],
     )

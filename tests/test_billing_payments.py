@@ -154,3 +154,57 @@ def test_a_machine_that_never_ran_is_credited_and_not_billed_again(
     # next month: nothing billed for a machine that never ran
     march = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
     assert billing.run(committed_db, march, now=march).invoices == []
+
+
+def test_dunning_reminds_then_puts_past_due_then_cancels(
+    committed_db: Factory,
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    from cmw.billing import dunning, payments
+    from cmw.orders.models import SubscriptionStatus
+
+    invoice_id = _invoice(committed_db, world)
+    with committed_db() as session:
+        invoice = session.get(Invoice, invoice_id)
+        assert invoice is not None and invoice.due_at is not None
+        due = invoice.due_at
+
+    def status() -> SubscriptionStatus:
+        with committed_db() as session:
+            return session.scalars(sa.select(Subscription)).one().status
+
+    def topics() -> list[str]:
+        with committed_db() as session:
+            return [
+                e.topic
+                for e in session.scalars(sa.select(OutboxEvent).order_by(OutboxEvent.seq))
+                if e.topic in ("invoice.overdue", "subscription.past_due", "subscription.cancelled")
+            ]
+
+    assert dunning.run(committed_db, due + dt.timedelta(hours=12))["reminders"] == 0
+    assert dunning.run(committed_db, due + dt.timedelta(days=1, hours=1))["reminders"] == 1
+    assert dunning.run(committed_db, due + dt.timedelta(days=1, hours=2))["reminders"] == 0  # once
+    assert status() is SubscriptionStatus.ACTIVE
+    assert dunning.run(committed_db, due + dt.timedelta(days=3, hours=1))["past_due"] == 1
+    assert status() is SubscriptionStatus.PAST_DUE
+    assert topics() == ["invoice.overdue", "subscription.past_due"]
+
+    # paid in full: active again, and no more dunning
+    with committed_db() as session:
+        invoice = session.get(Invoice, invoice_id)
+        assert invoice is not None
+        payments.record_payment(session, invoice, invoice.total)
+        session.commit()
+    assert status() is SubscriptionStatus.ACTIVE
+    assert dunning.run(committed_db, due + dt.timedelta(days=40))["invoices"] == 0
+
+    # the next month's invoice is never paid: a month late, the subscription is cancelled
+    feb = dt.datetime(2026, 2, 15, 10, 5, tzinfo=dt.UTC)
+    (number,) = billing.run(committed_db, feb, now=feb).invoices
+    with committed_db() as session:
+        second_due = session.scalar(sa.select(Invoice.due_at).where(Invoice.number == number))
+        assert second_due is not None
+    late = dunning.run(committed_db, second_due + dt.timedelta(days=31))
+    assert late == {"invoices": 1, "reminders": 1, "past_due": 0, "cancelled": 1}
+    assert status() is SubscriptionStatus.CANCELLED
+    assert topics()[-2:] == ["invoice.overdue", "subscription.cancelled"]

@@ -90,6 +90,8 @@ class Invoice(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-define
     series: Mapped[str | None] = mapped_column(sa.String(40))
     year: Mapped[int | None]
     sequence: Mapped[int | None]
+    #: dunning: how many reminders were sent, and whether the subscriptions went past due
+    reminders_sent: Mapped[int] = mapped_column(default=0)
     #: the printed number, e.g. MKT-2026-000042
     number: Mapped[str | None] = mapped_column(sa.String(60), unique=True)
     issued_at: Mapped[dt.datetime | None]
@@ -199,6 +201,12 @@ class BillingSettings(db.Model):  # type: ignore[name-defined,misc]
     payment_terms_days: Mapped[int] = mapped_column(default=14)
     #: how to pay (bank account, IBAN), printed with the payment terms
     payment_instructions: Mapped[str] = mapped_column(sa.Text, default="")
+    #: dunning: reminders this many days after the due date
+    reminder_days: Mapped[list[int]] = mapped_column(sa.JSON, default=lambda: [1, 7, 14])
+    #: the invoice's subscriptions become past_due this many days after the due date
+    past_due_after_days: Mapped[int] = mapped_column(default=3)
+    #: and are cancelled (their instances removed) this many days after it
+    cancel_after_days: Mapped[int] = mapped_column(default=30)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

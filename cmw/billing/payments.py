@@ -52,6 +52,7 @@ def _settle(session: Session, invoice: Invoice) -> None:
         invoice.status = InvoiceStatus.PAID if paid(session, invoice) > 0 else InvoiceStatus.VOID
         session.flush()
         if invoice.status is InvoiceStatus.PAID:
+            _paid_up(session, invoice)
             emit(
                 session,
                 "invoice.paid",
@@ -62,6 +63,29 @@ def _settle(session: Session, invoice: Invoice) -> None:
                 },
                 marketplace_id=invoice.marketplace_id,
             )
+
+
+def _paid_up(session: Session, invoice: Invoice) -> None:
+    """Past-due subscriptions of a paid invoice are active again, unless another of their
+    invoices is still overdue."""
+    from cmw.billing.dunning import subscriptions_of
+    from cmw.orders import subscriptions
+
+    now = utcnow()
+    for subscription in subscriptions_of(session, invoice):
+        overdue = session.scalar(
+            sa.select(Invoice.id)
+            .join(InvoiceLine, InvoiceLine.invoice_id == Invoice.id)
+            .where(
+                InvoiceLine.subscription_id == subscription.id,
+                Invoice.id != invoice.id,
+                Invoice.status == InvoiceStatus.ISSUED,
+                Invoice.due_at < now,
+            )
+            .limit(1)
+        )
+        if overdue is None:
+            subscriptions.mark_paid_up(session, subscription, now)
 
 
 def record_payment(

@@ -27,6 +27,19 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         f" it is due on {str(p.get('due_at', ''))[:10]}.",
         f"/account/invoices/{p.get('invoice_id', '')}",
     ),
+    "invoice.overdue": lambda p, product: Message(
+        f"Invoice {p.get('number', '')} is overdue",
+        f"Invoice {p.get('number', '')} was due on {str(p.get('due_at', ''))[:10]};"
+        f" {p.get('outstanding', '')} {p.get('currency', '')} is still to pay."
+        " Unpaid invoices put your subscriptions on hold and, in the end, cancel them.",
+        f"/account/invoices/{p.get('invoice_id', '')}",
+    ),
+    "subscription.past_due": lambda p, product: Message(
+        f"{product}: payment overdue",
+        f"Your subscription to {product} is past due because {p.get('reason', 'an invoice is unpaid')}."
+        " Pay it to keep the subscription.",
+        _subscription_link(p),
+    ),
     "invoice.paid": lambda p, product: Message(
         f"Invoice {p.get('number', '')} is paid",
         f"Thank you: invoice {p.get('number', '')} is paid in full.",

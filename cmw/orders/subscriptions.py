@@ -214,3 +214,33 @@ def plans_to_change_to(session: Session, subscription: Subscription) -> list[Pla
             .order_by(Plan.position)
         )
     )
+
+
+def mark_past_due(session: Session, subscription: Subscription, reason: str, now: dt.datetime) -> bool:
+    """An invoice of an active subscription is overdue; False if it was not active."""
+    if subscription.status is not SubscriptionStatus.ACTIVE:
+        return False
+    subscription.status = SubscriptionStatus.PAST_DUE
+    session.flush()
+    record(
+        session,
+        subscription,
+        "past_due",
+        None,
+        {"status": "active"},
+        {"status": "past_due", "reason": reason},
+        now,
+    )
+    _event(session, subscription, "subscription.past_due", reason=reason)
+    return True
+
+
+def mark_paid_up(session: Session, subscription: Subscription, now: dt.datetime) -> bool:
+    """What was overdue is paid: a past-due subscription is active again."""
+    if subscription.status is not SubscriptionStatus.PAST_DUE:
+        return False
+    subscription.status = SubscriptionStatus.ACTIVE
+    session.flush()
+    record(session, subscription, "paid_up", None, {"status": "past_due"}, {"status": "active"}, now)
+    _event(session, subscription, "subscription.changed", change="paid_up")
+    return True
