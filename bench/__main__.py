@@ -13,11 +13,18 @@ What it does, all on loopback and all stopping by itself:
    ``/api/v1/me`` (token authentication, one user with their grants) and the catalog
    query (a search term and a filter, 20 a page): at 50 connections, at 10, and with a
    query string that changes every request so that no answer comes from the catalog cache;
-5. prints requests/s, p50 and p99 latency and the non-2xx/3xx count per endpoint, writes
-   them to ``var/bench/http.json``, stops gunicorn and drops the database.
+5. runs wrk at 20 connections against the storefront pages (:mod:`bench.pages`): the
+   catalog page with a search term and a filter, its first page without a query, the page
+   of a seeded product, the search page with a query string that changes every request,
+   and product pages of a different seeded product each request; and measures each page's
+   weight without images (HTML as served plus the CSS it links);
+6. prints requests/s, p50 and p99 latency and the non-2xx/3xx count per endpoint, the
+   pages' weights and whether the pages' targets (p99 < 100 ms at 20 users, < 200 KB) are
+   met, writes them to ``var/bench/http.json``, stops gunicorn and drops the database.
 
-``BENCH_DURATION`` changes the duration of each run (``15s``, ``30``, ``1m``). The
-child processes get a clean environment: inherited ``MERCATO_*`` settings are dropped.
+``BENCH_DURATION`` changes the duration of each run (``15s``, ``30``, ``1m``);
+``BENCH_ONLY=api`` or ``BENCH_ONLY=pages`` runs only that part. The child processes get a
+clean environment: inherited ``MERCATO_*`` settings are dropped.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
+from bench import pages
 from bench.catalog_seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +125,16 @@ def duration() -> tuple[str, float]:
         raise BenchError(f"BENCH_DURATION: {raw!r} is not a duration such as 15s, 30 or 1m")
     value, unit = int(match.group(1)), match.group(2) or "s"
     return f"{value}{unit}", value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def only() -> set[str]:
+    """The parts ``BENCH_ONLY`` asks for: ``api``, ``pages`` or (unset) both."""
+    raw = os.environ.get("BENCH_ONLY", "").strip().lower()
+    if raw in ("", "all"):
+        return {"api", "pages"}
+    if raw not in ("api", "pages"):
+        raise BenchError(f"BENCH_ONLY: {raw!r} is not api or pages")
+    return {raw}
 
 
 def redact(url: str) -> str:
@@ -399,7 +417,7 @@ def table(results: list[Result]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)])
 
 
-def write_json(results: list[Result], wrk_duration: str) -> None:
+def write_json(results: list[Result], wrk_duration: str, page_part: dict[str, Any] | None = None) -> None:
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] = {
         "benchmark": "http",
@@ -418,13 +436,17 @@ def write_json(results: list[Result], wrk_duration: str) -> None:
         },
         "results": [asdict(r) for r in results],
     }
+    if page_part is not None:
+        document["pages"] = page_part
     OUTPUT.write_text(json.dumps(document, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------- main
-def catalog_verdict(results: list[Result]) -> str:
+def catalog_verdict(results: list[Result]) -> str | None:
     """The catalog target: at least half the requests per second of /api/v1/me, p99 under 100 ms."""
     by_name = {r.endpoint: r for r in results}
+    if "/api/v1/me" not in by_name:
+        return None
     me, catalog = by_name["/api/v1/me"], by_name[CATALOG_QUERY]
     ratio = catalog.requests_per_second / me.requests_per_second if me.requests_per_second else 0.0
     ok = ratio >= 0.5 and catalog.latency_p99_ms < 100
@@ -443,11 +465,142 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def run_api(wrk: str, base: str, token: str, wrk_duration: str, seconds: float, tmp: Path) -> list[Result]:
+    """The API endpoints at 50 connections, the catalog query also at 10 and uncached."""
+    results: list[Result] = []
+    auth = {"Authorization": f"Bearer {token}"}
+    status, body = get(f"{base}/api/v1/me", auth)
+    if status != 200:
+        raise BenchError(f"GET /api/v1/me with the bench token answered {status}: {body[:500]}")
+    for endpoint, headers in (("/healthz", {}), ("/api/v1/me", auth), (CATALOG_QUERY, {})):
+        results.append(run_wrk(wrk, base, endpoint, wrk_duration, seconds, headers))
+    # The same query at low concurrency: its latency without 50 requests queueing.
+    results.append(run_wrk(wrk, base, CATALOG_QUERY, wrk_duration, seconds, {}, connections=10))
+    # And with every request a different query string, so none is answered from the
+    # catalog cache: the cost of the search itself.
+    script = tmp / "miss.lua"
+    script.write_text(MISS_SCRIPT % {"path": CATALOG_QUERY})
+    results.append(
+        run_wrk(wrk, base, CATALOG_QUERY, wrk_duration, seconds, {}, label=CATALOG_MISS, script=script)
+    )
+    return results
+
+
+def run_pages(
+    wrk: str, base: str, slugs: tuple[str, list[str]], wrk_duration: str, seconds: float, tmp: Path
+) -> tuple[list[Result], list[pages.PageSize]]:
+    """The storefront pages at 20 connections, and their weight."""
+    heaviest, spread = slugs
+    product = pages.product_path(heaviest)
+    fixed = [
+        ("catalog page, search and filter", pages.CATALOG_SEARCH),
+        ("catalog page, first page", pages.CATALOG_FIRST),
+        ("product page", product),
+    ]
+    sizes = [pages.measure(base, name, path) for name, path in fixed]
+    for size, (_name, path) in zip(sizes, fixed, strict=True):
+        if size.status != 200:
+            raise BenchError(f"GET {path} answered {size.status}")
+    results: list[Result] = []
+    for _name, path in fixed:
+        results.append(
+            run_wrk(
+                wrk,
+                base,
+                path,
+                wrk_duration,
+                seconds,
+                {},
+                connections=pages.CONNECTIONS,
+                label=f"page {path} [{pages.CONNECTIONS} conn]",
+            )
+        )
+    miss = tmp / "pages-miss.lua"
+    miss.write_text(pages.MISS_SCRIPT % {"path": pages.CATALOG_SEARCH})
+    results.append(
+        run_wrk(
+            wrk,
+            base,
+            pages.CATALOG_SEARCH,
+            wrk_duration,
+            seconds,
+            {},
+            connections=pages.CONNECTIONS,
+            script=miss,
+            label=f"page {pages.CATALOG_SEARCH_MISS} [{pages.CONNECTIONS} conn]",
+        )
+    )
+    varied = tmp / "pages-products.lua"
+    varied.write_text(pages.varied_script(spread))
+    results.append(
+        run_wrk(
+            wrk,
+            base,
+            product,
+            wrk_duration,
+            seconds,
+            {},
+            connections=pages.CONNECTIONS,
+            script=varied,
+            label=f"page {pages.PRODUCT_VARIED} [{pages.CONNECTIONS} conn]",
+        )
+    )
+    return results, sizes
+
+
+def pages_verdict(results: list[Result], sizes: list[pages.PageSize]) -> tuple[list[str], dict[str, Any]]:
+    """Lines saying whether each page meets its targets, and the JSON part of the pages.
+
+    The target is judged on the pages asked again and again (as visitors do), and on
+    their weight; the runs where every request is new are judged and shown apart: what
+    a page costs when nothing of it is cached.
+    """
+    lines: list[str] = []
+    checks: list[dict[str, Any]] = []
+    for r in results:
+        uncached = pages.CATALOG_SEARCH_MISS in r.endpoint or pages.PRODUCT_VARIED in r.endpoint
+        ok, text = pages.latency_verdict(r.endpoint, r.latency_p99_ms)
+        lines.append(text + (" (every request new)" if uncached else ""))
+        checks.append(
+            {
+                "page": r.endpoint,
+                "target": "p99 < 100 ms",
+                "value": r.latency_p99_ms,
+                "met": ok,
+                "every_request_new": uncached,
+            }
+        )
+    for size in sizes:
+        ok, text = pages.size_verdict(size)
+        lines.append(text)
+        checks.append(
+            {
+                "page": size.page,
+                "target": "< 200 KB",
+                "value": size.total_bytes,
+                "met": ok,
+                "every_request_new": False,
+            }
+        )
+    part: dict[str, Any] = {
+        "connections": pages.CONNECTIONS,
+        "targets": {"p99_ms_below": pages.P99_TARGET_MS, "bytes_below": pages.SIZE_TARGET_BYTES},
+        "sizes": [asdict(s) for s in sizes],
+        "checks": checks,
+        "targets_met": all(c["met"] for c in checks if not c["every_request_new"]),
+        "every_request_new_met": all(c["met"] for c in checks if c["every_request_new"]),
+    }
+    return lines, part
+
+
 def run() -> int:
     wrk = wrk_path()
     wrk_duration, seconds = duration()
+    parts = only()
     check_broker(broker_url())
     results: list[Result] = []
+    page_results: list[Result] = []
+    sizes: list[pages.PageSize] = []
     with (
         fresh_database() as database_url,
         tempfile.TemporaryDirectory(prefix="mercato-bench-") as tmp,
@@ -458,40 +611,51 @@ def run() -> int:
         print(f"seeding {CATALOG_PRODUCTS} products and {CATALOG_REVIEWS} reviews ...", file=sys.stderr)
         seeded = seed(database_url, CATALOG_PRODUCTS, CATALOG_REVIEWS)
         print(f"seeded {seeded['products']} products, {seeded['reviews']} reviews", file=sys.stderr)
+        try:
+            slugs = pages.pick_slugs(database_url)
+        except LookupError as exc:
+            raise BenchError(str(exc)) from None
         port = free_port()
         base = f"http://{HOST}:{port}"
         log_path = Path(tmp) / "gunicorn.log"
         with gunicorn(env, port, log_path) as proc:
             wait_healthy(proc, base, log_path)
-            auth = {"Authorization": f"Bearer {token}"}
-            status, body = get(f"{base}/api/v1/me", auth)
-            if status != 200:
-                raise BenchError(f"GET /api/v1/me with the bench token answered {status}: {body[:500]}")
-            for endpoint, headers in (("/healthz", {}), ("/api/v1/me", auth), (CATALOG_QUERY, {})):
-                results.append(run_wrk(wrk, base, endpoint, wrk_duration, seconds, headers))
-            # The same query at low concurrency: its latency without 50 requests queueing.
-            results.append(run_wrk(wrk, base, CATALOG_QUERY, wrk_duration, seconds, {}, connections=10))
-            # And with every request a different query string, so none is answered from the
-            # catalog cache: the cost of the search itself.
-            script = Path(tmp) / "miss.lua"
-            script.write_text(MISS_SCRIPT % {"path": CATALOG_QUERY})
-            results.append(
-                run_wrk(
-                    wrk, base, CATALOG_QUERY, wrk_duration, seconds, {}, label=CATALOG_MISS, script=script
-                )
-            )
+            if "api" in parts:
+                results += run_api(wrk, base, token, wrk_duration, seconds, Path(tmp))
+            if "pages" in parts:
+                page_results, sizes = run_pages(wrk, base, slugs, wrk_duration, seconds, Path(tmp))
             if proc.poll() is not None:
                 raise BenchError(f"gunicorn died during the run:\n{tail(log_path)}")
-    write_json(results, wrk_duration)
+    verdict_lines, page_part = pages_verdict(page_results, sizes) if "pages" in parts else ([], None)
+    everything = results + page_results
+    write_json(everything, wrk_duration, page_part)
     print()
     print(
         f"gunicorn {GUNICORN_WORKERS} gthread workers x {GUNICORN_THREADS} threads; "
-        f"wrk {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, {wrk_duration} per endpoint"
+        f"wrk {WRK_THREADS} threads, {WRK_CONNECTIONS} connections (pages {pages.CONNECTIONS}), "
+        f"{wrk_duration} per endpoint"
     )
-    print(table(results))
-    print(catalog_verdict(results))
+    print(table(everything))
+    api_verdict = catalog_verdict(results)
+    if api_verdict is not None:
+        print(api_verdict)
+    if page_part is not None:
+        print()
+        print(pages.size_table(sizes))
+        print()
+        print("storefront pages (10,000 products, 20 concurrent users):")
+        for text in verdict_lines:
+            print("  " + text)
+        print(
+            "  the pages' targets (the same pages asked again, and their weight): "
+            + ("met" if page_part["targets_met"] else "NOT met")
+        )
+        print(
+            "  p99 with every request new (nothing from the cache): "
+            + ("met" if page_part["every_request_new_met"] else "NOT met")
+        )
     print(f"\nwritten to {OUTPUT.relative_to(ROOT)}")
-    failed = [r for r in results if r.non_2xx_3xx]
+    failed = [r for r in everything if r.non_2xx_3xx]
     if failed:
         names = ", ".join(r.endpoint for r in failed)
         print(

@@ -35,7 +35,7 @@ from cmw.accounts.auth import (
 from cmw.accounts.models import Organisation, Role
 from cmw.api.pagination import PageArgs, paginate
 from cmw.assets.api import storage
-from cmw.catalog import presenters, reviews, search
+from cmw.catalog import cache, presenters, reviews, search
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Category, Product, ProductVersion, Review
 from cmw.catalog.schemas import ProductListArgs
@@ -92,6 +92,7 @@ def amount(value: Decimal | None) -> str:
 
 
 @bp.get("/")
+@cache.cached_page
 def home() -> ResponseReturnValue:
     session, marketplace, store = current_session(), current_marketplace(), storage()
     featured = search.page(session, marketplace, search.Query(sort=search.Sort.RATING), 1, 4, store)["items"]
@@ -116,6 +117,7 @@ SORTS = [
 
 
 @bp.get("/products")
+@cache.cached_page
 def catalog() -> ResponseReturnValue:
     raw = {k: v for k, v in request.args.items() if v != ""}
     errors: dict[str, list[str]] = {}
@@ -171,6 +173,7 @@ def _order_form(view: dict[str, Any]) -> OrderForm:
 
 
 @bp.route("/products/<string:slug>", methods=["GET", "POST"])
+@cache.cached_page
 def product(slug: str) -> ResponseReturnValue:
     """The product page; its form places an order (signed-in customers)."""
     session = current_session()

@@ -10,11 +10,14 @@ its own, and a change made in any process is seen by every process on its next r
 
 What counts as a change is found by SQLAlchemy session events, not by each service
 remembering to say so: an ORM flush or an ORM-enabled ``UPDATE``/``DELETE``/``INSERT``
-touching products, their versions, plans and prices, reviews, categories, images or a
-vendor organisation marks the transaction, and the generation is bumped just before it
-commits (last, so the single row is locked only for the commit itself). Writes through
+touching products, their versions, plans and prices, reviews, categories, images, a
+vendor organisation or a reviewer's name marks the transaction, and the generation is
+bumped just before it commits (last, so the single row is locked only for the commit itself). Writes through
 plain Core on those tables must call :func:`catalog_changed`. Entries also expire after
 :data:`TTL_SECONDS`, well inside the life of the presigned asset URLs they contain.
+
+The storefront's public pages (:func:`cached_page`) are kept the same way, but only as
+visitors who are not signed in see them: nothing that belongs to one user is ever stored.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any, ParamSpec
 
 import sqlalchemy as sa
 from cachetools import TTLCache
-from flask import Response, current_app, g, request
+from flask import Response, current_app, g, get_flashed_messages, request
+from flask import session as browser_session
 from flask.typing import ResponseReturnValue
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTransaction
@@ -39,7 +43,7 @@ from cmw.marketplaces.models import CatalogState, Marketplace
 
 #: how long an entry may be served at most, whatever the generation says
 TTL_SECONDS = 60
-#: entries kept per process (a catalog page body is a few kB)
+#: entries kept per process (an API answer is a few kB, a storefront page 5 to 15 kB)
 MAX_ENTRIES = 2048
 
 CATALOG_CLASSES: tuple[type[Any], ...] = (
@@ -60,20 +64,29 @@ def catalog_changed(session: Session) -> None:
     session.info[_FLAG] = True
 
 
-def _touches_catalog(instance: object) -> bool:
+def _touches_catalog(instance: object, how: str) -> bool:
+    """Whether flushing ``instance`` (``how``: new, dirty or deleted) changes what the
+    storefront shows."""
     if isinstance(instance, CATALOG_CLASSES):
         return True
-    # cards show the vendor's name
-    return isinstance(instance, Organisation) and instance.kind == OrganisationKind.VENDOR
+    if not isinstance(instance, Organisation):
+        return False
+    if instance.kind == OrganisationKind.VENDOR:  # cards show the vendor's name
+        return True
+    # product pages show each review's organisation by name; a new one has written none
+    if how == "dirty":
+        return bool(sa.inspect(instance).attrs.name.history.has_changes())
+    return how == "deleted"
 
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _context: UOWTransaction) -> None:
-    # the new/dirty/deleted collections still hold the flushed objects here
+    # the new/dirty/deleted collections and the attributes' history still hold the
+    # flushed changes here
     if session.info.get(_FLAG):
         return
-    for collection in (session.new, session.dirty, session.deleted):
-        if any(_touches_catalog(instance) for instance in collection):
+    for how, collection in (("new", session.new), ("dirty", session.dirty), ("deleted", session.deleted)):
+        if any(_touches_catalog(instance, how) for instance in collection):
             catalog_changed(session)
             return
 
@@ -164,6 +177,75 @@ def cached_by_catalog(view: Callable[P, ResponseReturnValue]) -> Callable[P, Res
         response.headers["Cache-Control"] = "public, no-cache"
         response.make_conditional(request)  # a 304 when If-None-Match matches
         return response
+
+    return wrapper
+
+
+#: what a page stored for visitors may carry besides its body: nothing set by the view
+_PLAIN_PAGE_HEADERS = frozenset({"Content-Type", "Content-Length"})
+#: a form's CSRF field: it belongs to one browser session, so such a page is never stored
+_CSRF_FIELD = b'name="csrf_token"'
+
+
+def _page_key() -> Hashable:
+    """What a public page depends on, besides the catalog: the URL asked and the whole
+    marketplace row (its name, colours, description and footer show on every page), which
+    carries the catalog generation."""
+    marketplace: Marketplace = g.marketplace
+    row = tuple(getattr(marketplace, attr.key) for attr in sa.inspect(Marketplace).column_attrs)
+    return ("page", request.endpoint, request.host_url, request.path, request.query_string, row)
+
+
+def _for_visitors() -> bool:
+    """A GET by a visitor who is not signed in and has no flash message waiting."""
+    return (
+        request.method == "GET"
+        and g.get("identity") is None
+        and "_flashes" not in browser_session
+        and isinstance(g.get("marketplace"), Marketplace)
+    )
+
+
+def _shareable(response: Response) -> bool:
+    """A page every visitor who is not signed in would get the same: a 200 HTML page
+    with no header of its own, no flash message shown and no CSRF field."""
+    return (
+        response.status_code == 200
+        and response.content_type == "text/html; charset=utf-8"
+        and set(response.headers.keys()) <= _PLAIN_PAGE_HEADERS
+        and g.get("identity") is None
+        and "_flashes" not in browser_session
+        and not get_flashed_messages()  # those shown by this response
+        and _CSRF_FIELD not in response.get_data()
+    )
+
+
+def cached_page(view: Callable[P, ResponseReturnValue]) -> Callable[P, ResponseReturnValue]:
+    """Serve a public storefront page to visitors who are not signed in from
+    :data:`catalog_pages`, with the same invalidation as the API's answers.
+
+    Put it below the route decorator. Only a GET without a signed-in user and without a
+    flash message waiting is answered from memory or stored; a signed-in user's page (their
+    name, their forms' CSRF tokens) is always rendered for them. What is stored is the HTML
+    body of a 200 answer that carries no CSRF field and no header of its own, keyed by the
+    URL, the marketplace row and the catalog generation; the response around it is made
+    afresh, and the template context processors run as for a rendered page, so the session
+    (its CSRF token, its cookie) is kept exactly as rendering would keep it.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+        if not _for_visitors():
+            return view(*args, **kwargs)
+        key = _page_key()
+        entry = catalog_pages.get(key)
+        if entry is None:
+            fresh = current_app.make_response(view(*args, **kwargs))
+            if _shareable(fresh):
+                catalog_pages.put(key, fresh.get_data())
+            return fresh
+        current_app.update_template_context({})
+        return current_app.response_class(entry[0], mimetype="text/html")
 
     return wrapper
 

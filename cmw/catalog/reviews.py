@@ -126,10 +126,17 @@ def visible_page(session: Session, product_id: uuid.UUID, page: int, per_page: i
         .where(Review.product_id == product_id, Review.hidden.is_(False))
         .order_by(Review.created_at.desc(), Review.id)
     )
-    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery())) or 0
-    rows = session.execute(stmt.limit(per_page).offset((page - 1) * per_page))
+    # the page and the total in one round trip; a page past the last counts on its own
+    counted = stmt.add_columns(sa.func.count().over().label("total_rows"))
+    rows = session.execute(counted.limit(per_page).offset((page - 1) * per_page)).all()
+    if rows:
+        total = int(rows[0].total_rows)
+    elif page == 1:
+        total = 0
+    else:
+        total = session.scalar(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery())) or 0
     return {
-        "items": [(review, name) for review, name in rows],
+        "items": [(review, name) for review, name, _total in rows],
         "page": page,
         "per_page": per_page,
         "total": total,

@@ -1,0 +1,130 @@
+"""The storefront's page cache: visitors who are not signed in get the stored page without a
+catalog query, a change shows on the next request, and nothing that belongs to one user
+(their name, a CSRF token, a flash message) is ever stored or shown to another."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from cmw.accounts.models import Organisation, Role, User
+from cmw.catalog import cache, reviews
+from cmw.extensions import db
+from cmw.marketplaces.models import Marketplace
+from tests.catalog_data import publish
+from tests.conftest import PASSWORD
+
+Headers = Callable[..., dict[str, str]]
+
+
+@contextmanager
+def _statements(app: Flask) -> Iterator[list[str]]:
+    seen: list[str] = []
+    with app.app_context():
+        engine = db.engine
+
+    def record(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        if "SAVEPOINT" not in statement:
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def _signed_in(client: FlaskClient, user: User) -> None:
+    r = client.post("/api/v1/session", json={"email": user.email, "password": PASSWORD})
+    assert r.status_code == 200, r.get_data(as_text=True)
+
+
+def test_public_pages_come_from_memory_until_the_catalog_changes(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers, db_session: Session
+) -> None:
+    vendor = make_user(Role.VENDOR)
+    vendor_h, admin_h = token_for(vendor), token_for(make_user(Role.ADMIN))
+    publish(client, vendor_h, admin_h)
+    for url in ("/", "/products", "/products?q=wiki", "/products/wiki-server"):
+        first = app.test_client().get(url)
+        assert first.status_code == 200
+        assert "Set-Cookie" in first.headers and first.headers["Vary"] == "Cookie"
+        with _statements(app) as seen:
+            second = app.test_client().get(url)
+        assert second.get_data() == first.get_data(), url
+        assert "Set-Cookie" in second.headers and second.headers["Vary"] == "Cookie", second.headers
+        assert second.headers["Content-Type"] == first.headers["Content-Type"]
+        assert not any("product" in s for s in seen), (url, seen)
+    # a new product shows on the next request
+    publish(client, vendor_h, admin_h, slug="backup-vault", name="Backup Vault", short_description="B.")
+    assert "Backup Vault" in app.test_client().get("/products").get_data(as_text=True)
+    assert "Backup Vault" in app.test_client().get("/").get_data(as_text=True)
+    # a review and its reviewer's name, then a rename of the reviewer
+    customer = make_user(Role.CUSTOMER)
+    org_id = customer.memberships[0].organisation_id
+    previous = reviews.set_eligibility(lambda _s, org, _p: org == org_id)
+    try:
+        w = client.put(
+            "/api/v1/products/wiki-server/reviews/mine",
+            json={"rating": 4, "comment": "Good one"},
+            headers=token_for(customer),
+        )
+    finally:
+        reviews.set_eligibility(previous)
+    assert w.status_code == 200
+    page = app.test_client().get("/products/wiki-server").get_data(as_text=True)
+    assert "Good one" in page
+    org = db_session.get(Organisation, org_id)
+    assert org is not None
+    org.name = "Renamed Customer Org"
+    db_session.commit()
+    page = app.test_client().get("/products/wiki-server").get_data(as_text=True)
+    assert "Renamed Customer Org" in page
+    # the marketplace's branding shows on the next request
+    mp = db_session.scalar(sa.select(Marketplace).where(Marketplace.kind == "platform"))
+    assert mp is not None
+    mp.name = "Renamed Market"
+    db_session.commit()
+    assert "Renamed Market" in app.test_client().get("/products").get_data(as_text=True)
+
+
+def test_nothing_of_one_user_is_stored_or_shown_to_another(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers
+) -> None:
+    vendor_h, admin_h = token_for(make_user(Role.VENDOR)), token_for(make_user(Role.ADMIN))
+    publish(client, vendor_h, admin_h)
+    user = make_user(Role.CUSTOMER)
+    signed = app.test_client()
+    _signed_in(signed, user)
+    for url in ("/", "/products", "/products/wiki-server"):
+        cache.catalog_pages.clear()
+        html = signed.get(url).get_data(as_text=True)
+        assert user.name in html and 'name="csrf_token"' in html
+        assert len(cache.catalog_pages) == 0, url
+        anonymous = app.test_client().get(url).get_data(as_text=True)
+        assert user.name not in anonymous and 'name="csrf_token"' not in anonymous
+        assert len(cache.catalog_pages) == 1
+        again = signed.get(url).get_data(as_text=True)
+        assert user.name in again and 'name="csrf_token"' in again
+    # a flash message waiting: shown, not stored, not shown to the next visitor
+    cache.catalog_pages.clear()
+    visitor = app.test_client()
+    visitor.get("/products")
+    assert len(cache.catalog_pages) == 1
+    with visitor.session_transaction() as s:
+        s["_flashes"] = [("info", "Only for you")]
+    html = visitor.get("/products").get_data(as_text=True)
+    assert "Only for you" in html
+    assert "Only for you" not in visitor.get("/products").get_data(as_text=True)
+    assert "Only for you" not in app.test_client().get("/products").get_data(as_text=True)
+    # a 404 and a 422 are not stored
+    cache.catalog_pages.clear()
+    assert app.test_client().get("/products/nothing").status_code == 404
+    assert app.test_client().get("/products?max_price=lots").status_code == 422
+    assert len(cache.catalog_pages) == 0
