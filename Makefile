@@ -47,6 +47,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.logo
 	$(BIN)/python -m bench.orders
 	$(BIN)/python -m bench.deployer
+	$(BIN)/python -m bench.billing
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
