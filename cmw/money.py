@@ -8,6 +8,7 @@ rounded with :func:`round_to_minor`. Never float.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 import pycountry
@@ -35,6 +36,7 @@ def check_currency(code: str) -> str:
     return upper
 
 
+@functools.cache
 def minor_unit_exponent(currency: str) -> int:
     """Decimals of the currency's minor unit: 2 for EUR, 0 for JPY, 3 for KWD."""
     return int(get_currency_precision(check_currency(currency)))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import uuid
 from collections import defaultdict
@@ -39,9 +40,10 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from cmw.accounts.models import Organisation
 from cmw.billing import taxes
@@ -178,47 +180,95 @@ def prorate(amount: Decimal, start: dt.datetime, end: dt.datetime, at: dt.dateti
 
 
 # ------------------------------------------------------------------ charges
-def _usage(
-    session: Session, subscription_id: uuid.UUID, start: dt.datetime, end: dt.datetime
-) -> dict[str, Decimal]:
-    rows = session.execute(
-        sa.select(UsageHourly.metric, sa.func.sum(UsageHourly.quantity))
-        .where(
-            UsageHourly.subscription_id == subscription_id,
-            UsageHourly.hour >= start,
-            UsageHourly.hour < end,
-        )
-        .group_by(UsageHourly.metric)
-    )
-    return {metric: Decimal(total) for metric, total in rows}
+class RunContext:
+    """What a billing run reads again and again, read once: plans with their price
+    components, products' names and vendors, each marketplace's billing settings, seller
+    details and tax rules. Read through a session of its own, kept for the run."""
+
+    def __init__(
+        self, session_factory: Callable[[], Session], run_id: uuid.UUID, at: dt.datetime, now: dt.datetime
+    ):
+        self.run_id, self.at, self.now = run_id, at, now
+        self.reader = session_factory()
+        self._plans: dict[uuid.UUID, Plan] = {}
+        self._products: dict[uuid.UUID, tuple[str, uuid.UUID]] = {}
+        self._settings: dict[uuid.UUID, BillingSettings | None] = {}
+        self._sellers: dict[uuid.UUID, dict[str, Any]] = {}
+        self._rules: dict[tuple[uuid.UUID, str, bool], taxes.TaxRule] = {}
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def plan(self, plan_id: uuid.UUID) -> Plan:
+        found = self._plans.get(plan_id)
+        if found is None:
+            found = self.reader.scalars(
+                sa.select(Plan).options(selectinload(Plan.components)).where(Plan.id == plan_id)
+            ).one()
+            self._plans[plan_id] = found
+        return found
+
+    def product(self, product_id: uuid.UUID) -> tuple[str, uuid.UUID]:
+        """The product's name and its vendor."""
+        found = self._products.get(product_id)
+        if found is None:
+            vendor_id = self.reader.scalar(sa.select(Product.vendor_id).where(Product.id == product_id))
+            assert vendor_id is not None
+            found = self._products[product_id] = (catalog.product_name(self.reader, product_id), vendor_id)
+        return found
+
+    def settings(self, marketplace_id: uuid.UUID) -> BillingSettings | None:
+        if marketplace_id not in self._settings:
+            self._settings[marketplace_id] = self.reader.get(BillingSettings, marketplace_id)
+        return self._settings[marketplace_id]
+
+    def seller(self, marketplace_id: uuid.UUID) -> dict[str, Any]:
+        if marketplace_id not in self._sellers:
+            self._sellers[marketplace_id] = _seller(
+                self.reader, marketplace_id, self.settings(marketplace_id)
+            )
+        return self._sellers[marketplace_id]
+
+    def rule(self, marketplace_id: uuid.UUID, country: str, vat_number: str | None) -> taxes.TaxRule:
+        key = (marketplace_id, country.upper(), bool(vat_number))
+        if key not in self._rules:
+            self._rules[key] = taxes.rule_for(
+                self.reader, marketplace_id, self.settings(marketplace_id), country, vat_number
+            )
+        return self._rules[key]
+
+
+#: one hour's usage: metric, hour, quantity
+UsageRow = tuple[str, dt.datetime, Decimal]
+
+
+def _used(rows: Sequence[UsageRow], start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for metric, hour, quantity in rows:
+        if start <= hour < end:
+            totals[metric] += quantity
+    return totals
 
 
 def charges_for(
-    session: Session,
+    ctx: RunContext,
     subscription: Subscription,
-    at: dt.datetime,
+    changes: Sequence[SubscriptionChange],
     billed: set[tuple[BilledKind, dt.datetime]],
-    product_name: str,
+    usage: Sequence[UsageRow],
 ) -> list[Charge]:
-    """What ``subscription`` owes up to ``at`` and has not been billed."""
-    changes = list(
-        session.scalars(
-            sa.select(SubscriptionChange)
-            .where(SubscriptionChange.subscription_id == subscription.id)
-            .order_by(SubscriptionChange.id)
-        )
-    )
+    """What ``subscription`` owes up to the run's ``at`` and has not been billed."""
     if not any(c.kind in PAID_FROM for c in changes):
         return []  # a trial that never converted owes nothing
+    at = ctx.at
+    product_name = ctx.product(subscription.product_id)[0]
     ends_at = subscription.cancelled_at if subscription.status is SubscriptionStatus.CANCELLED else None
-    current = session.get(Plan, subscription.plan_id)
-    assert current is not None
+    current = ctx.plan(subscription.plan_id)
     found: list[Charge] = []
     first = True
     for start, end in paid_periods(subscription, current.billing_period, at, ends_at):
         plan_id, quantity = state_at(changes, start)
-        plan = session.get(Plan, plan_id) if plan_id else current
-        assert plan is not None
+        plan = ctx.plan(plan_id) if plan_id else current
         quantity = quantity or subscription.quantity
         period_label = f"{start:%d %b %Y} to {end:%d %b %Y}"
         if first and (BilledKind.SETUP, start) not in billed:
@@ -246,11 +296,11 @@ def charges_for(
                                f"{product_name} · {plan.name} · {c.label}, {period_label}",
                                Decimal(quantity), c.unit, c.unit_price, amount)
                     )  # fmt: skip
-        found += _prorations(session, subscription, changes, start, end, at, billed, product_name)
+        found += _prorations(ctx, subscription, changes, start, end, billed, product_name)
         usage_end = min(end, ends_at) if ends_at is not None else end
         metered = [c for c in plan.components if c.kind is ComponentKind.METERED]
         if metered and usage_end <= at and (BilledKind.USAGE, start) not in billed:
-            used = _usage(session, subscription.id, start, usage_end)
+            used = _used(usage, start, usage_end)
             usage_label = f"{start:%d %b %Y} to {usage_end:%d %b %Y}"
             for c in metered:
                 assert c.metric is not None
@@ -265,12 +315,11 @@ def charges_for(
 
 
 def _prorations(
-    session: Session,
+    ctx: RunContext,
     subscription: Subscription,
     changes: Sequence[SubscriptionChange],
     start: dt.datetime,
     end: dt.datetime,
-    at: dt.datetime,
     billed: set[tuple[BilledKind, dt.datetime]],
     product_name: str,
 ) -> list[Charge]:
@@ -279,15 +328,15 @@ def _prorations(
     found: list[Charge] = []
     for change in changes:
         when = _effective(change)
-        if not (start < when < end and when <= at and _immediate(change)):
+        if not (start < when < end and when <= ctx.at and _immediate(change)):
             continue
         if (BilledKind.PRORATION, when) in billed:
             continue
         before = [c for c in changes if c.id < change.id]
         old_plan_id, old_quantity = state_at(before, when)
         new_plan_id, new_quantity = state_at([*before, change], when)
-        old_plan = session.get(Plan, old_plan_id) if old_plan_id else None
-        new_plan = session.get(Plan, new_plan_id) if new_plan_id else None
+        old_plan = ctx.plan(old_plan_id) if old_plan_id else None
+        new_plan = ctx.plan(new_plan_id) if new_plan_id else None
         if old_plan is None or new_plan is None:
             continue
         currency = old_plan.currency
@@ -318,11 +367,17 @@ def _series(marketplace: Marketplace) -> str:
 
 
 def next_number(
-    session: Session, marketplace_id: uuid.UUID, now: dt.datetime, *, credit_note: bool = False
+    session: Session,
+    marketplace_id: uuid.UUID,
+    now: dt.datetime,
+    *,
+    credit_note: bool = False,
+    count: int = 1,
 ) -> tuple[str, int, int]:
     """The next number of the marketplace's invoice (or credit note) series for ``now``'s
-    year: the counter row is locked and incremented in the caller's transaction, so numbers
-    are gapless (a rolled-back issue gives its number back) and never given twice."""
+    year (the first of ``count`` consecutive ones): the counter row is locked and moved on in
+    the caller's transaction, so numbers are gapless (a rolled-back issue gives its numbers
+    back) and never given twice."""
     marketplace = session.get(Marketplace, marketplace_id)
     assert marketplace is not None
     series, year = _series(marketplace) + ("-CN" if credit_note else ""), now.year
@@ -331,10 +386,10 @@ def next_number(
     sequence = session.execute(
         sa.update(NumberSeries)
         .where(NumberSeries.series == series, NumberSeries.year == year)
-        .values(last=NumberSeries.last + 1)
+        .values(last=NumberSeries.last + count)
         .returning(NumberSeries.last)
     ).scalar_one()
-    return series, year, int(sequence)
+    return series, year, int(sequence) - count + 1
 
 
 def issue(
@@ -411,131 +466,209 @@ def _buyer(organisation: Organisation) -> dict[str, Any]:
     }
 
 
-def _invoice_for(
-    session: Session,
-    run_id: uuid.UUID,
-    customer: Organisation,
-    currency: str,
-    charges: list[Charge],
-    now: dt.datetime,
-) -> Invoice:
-    invoice = Invoice(
-        id=uuid.uuid4(),
-        marketplace_id=customer.marketplace_id,
-        customer_id=customer.id,
-        billing_run_id=run_id,
-        currency=currency,
-        status=InvoiceStatus.DRAFT,
-        buyer=_buyer(customer),
-    )
-    session.add(invoice)
-    session.flush()
-    vendors = dict(
-        session.execute(
-            sa.select(Product.id, Product.vendor_id).where(
-                Product.id.in_({c.subscription.product_id for c in charges})
-            )
-        ).all()
-    )
-    seen: set[tuple[uuid.UUID, BilledKind, dt.datetime]] = set()
-    for position, charge in enumerate(charges):
-        invoice.lines.append(
-            InvoiceLine(
-                position=position,
-                kind=charge.kind,
-                description=charge.description[:300],
-                subscription_id=charge.subscription.id,
-                product_id=charge.subscription.product_id,
-                vendor_id=vendors.get(charge.subscription.product_id),
-                plan_id=charge.plan.id,
-                period_start=charge.period_start,
-                period_end=charge.period_end,
-                quantity=charge.quantity,
-                unit=charge.unit,
-                unit_price=charge.unit_price,
-                amount=charge.amount,
-            )
-        )
-        key = (charge.subscription.id, charge.billed, charge.period_start)
-        if key not in seen:
-            seen.add(key)
-            session.add(
-                BilledItem(
-                    subscription_id=charge.subscription.id,
-                    kind=charge.billed,
-                    period_start=charge.period_start,
-                    invoice_id=invoice.id,
-                )
-            )
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    """An invoice a run issued: its number and how many lines it has."""
+
+    id: uuid.UUID
+    number: str
+    lines: int
+
+
+def _invoice_rows(
+    ctx: RunContext, customer: Organisation, currency: str, charges: list[Charge]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One customer's charges in one currency as an invoice row and its line rows, taxed,
+    not yet numbered (written with Core: a run writes hundreds of thousands of lines)."""
+    invoice_id = uuid.uuid4()
+    lines = [
+        {
+            "id": uuid.uuid4(),
+            "invoice_id": invoice_id,
+            "position": position,
+            "kind": charge.kind,
+            "description": charge.description[:300],
+            "subscription_id": charge.subscription.id,
+            "product_id": charge.subscription.product_id,
+            "vendor_id": ctx.product(charge.subscription.product_id)[1],
+            "plan_id": charge.plan.id,
+            "period_start": charge.period_start,
+            "period_end": charge.period_end,
+            "quantity": charge.quantity,
+            "unit": charge.unit,
+            "unit_price": charge.unit_price,
+            "amount": charge.amount,
+        }
+        for position, charge in enumerate(charges)
+    ]
     subtotal = sum((c.amount for c in charges), ZERO)
-    settings = session.get(BillingSettings, customer.marketplace_id)
-    rule = taxes.rule_for(session, customer.marketplace_id, settings, customer.country, customer.vat_number)
+    rule = ctx.rule(customer.marketplace_id, customer.country, customer.vat_number)
     tax = round_to_minor(subtotal * rule.rate / 100, currency)
-    invoice.subtotal, invoice.tax_total, invoice.total = subtotal, tax, subtotal + tax
-    invoice.tax_rate, invoice.tax_rule = rule.rate, rule.text
-    invoice.seller = _seller(session, customer.marketplace_id, settings)
-    session.flush()
-    issue(session, invoice, now, settings)
-    return invoice
+    invoice = {
+        "id": invoice_id,
+        "marketplace_id": customer.marketplace_id,
+        "customer_id": customer.id,
+        "billing_run_id": ctx.run_id,
+        "currency": currency,
+        "buyer": _buyer(customer),
+        "seller": ctx.seller(customer.marketplace_id),
+        "subtotal": subtotal,
+        "tax_total": tax,
+        "total": subtotal + tax,
+        "tax_rate": rule.rate,
+        "tax_rule": rule.text,
+        "reminders_sent": 0,
+        "created_at": ctx.now,
+        "updated_at": ctx.now,
+    }
+    return invoice, lines
 
 
-def bill_customer(
-    session: Session,
-    run_id: uuid.UUID,
-    marketplace_id: uuid.UUID,
-    customer_id: uuid.UUID,
-    at: dt.datetime,
-    now: dt.datetime,
-) -> list[Invoice]:
-    """Bill one customer organisation of a marketplace up to ``at`` (the caller commits)."""
+def _bulk_insert(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows: with COPY on PostgreSQL (one round trip), else an executemany. A
+    duplicate key fails the whole statement as an IntegrityError, like an INSERT would."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        connection.execute(table.insert(), rows)
+        return
+    columns = list(rows[0])
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([v.value if isinstance(v, enum.Enum) else v for v in row.values()])
+    except psycopg.errors.UniqueViolation as exc:
+        raise IntegrityError(statement, None, exc) from exc
+
+
+def bill_customers(
+    session: Session, ctx: RunContext, marketplace_id: uuid.UUID, customer_ids: Sequence[uuid.UUID]
+) -> list[Issued]:
+    """Bill customer organisations of one marketplace up to ``ctx.at`` (the caller commits).
+    Subscriptions another run holds are skipped (``SKIP LOCKED``): that run bills them."""
+    at = ctx.at
     subscriptions = list(
         session.scalars(
             sa.select(Subscription)
             .where(
                 Subscription.marketplace_id == marketplace_id,
-                Subscription.customer_id == customer_id,
+                Subscription.customer_id.in_(customer_ids),
                 Subscription.status.in_(BILLABLE),
                 Subscription.billing_anchor <= at,
             )
-            .order_by(Subscription.created_at, Subscription.id)
+            .order_by(Subscription.customer_id, Subscription.created_at, Subscription.id)
             .with_for_update(skip_locked=True)
         )
     )
     if not subscriptions:
         return []
+    ids = [s.id for s in subscriptions]
     billed: dict[uuid.UUID, set[tuple[BilledKind, dt.datetime]]] = defaultdict(set)
     for subscription_id, kind, start in session.execute(
         sa.select(BilledItem.subscription_id, BilledItem.kind, BilledItem.period_start).where(
-            BilledItem.subscription_id.in_([s.id for s in subscriptions])
+            BilledItem.subscription_id.in_(ids)
         )
     ):
         billed[subscription_id].add((kind, _aware(start)))
+    changes: dict[uuid.UUID, list[SubscriptionChange]] = defaultdict(list)
+    for change in session.scalars(
+        sa.select(SubscriptionChange)
+        .where(SubscriptionChange.subscription_id.in_(ids))
+        .order_by(SubscriptionChange.id)
+    ):
+        changes[change.subscription_id].append(change)
+    usage: dict[uuid.UUID, list[UsageRow]] = defaultdict(list)
+    for subscription_id, metric, hour, quantity in session.execute(
+        sa.select(
+            UsageHourly.subscription_id, UsageHourly.metric, UsageHourly.hour, UsageHourly.quantity
+        ).where(UsageHourly.subscription_id.in_(ids), UsageHourly.hour < at)
+    ):
+        usage[subscription_id].append((metric, _aware(hour), Decimal(quantity)))
     # a machine that failed without ever running is not charged for (see FailedDeployments)
-    unrun = deployments.never_ran(session, [s.id for s in subscriptions])
-    by_currency: dict[str, list[Charge]] = defaultdict(list)
+    unrun = deployments.never_ran(session, ids)
+    grouped: dict[tuple[uuid.UUID, str], list[Charge]] = defaultdict(list)
     for subscription in subscriptions:
         if subscription.id in unrun:
             continue
-        name = catalog.product_name(session, subscription.product_id)
-        for charge in charges_for(session, subscription, at, billed[subscription.id], name):
-            by_currency[charge.plan.currency].append(charge)
-    customer = session.get(Organisation, customer_id)
-    assert customer is not None
-    return [
-        _invoice_for(session, run_id, customer, currency, charges, now)
-        for currency, charges in sorted(by_currency.items())
-        if charges
+        for charge in charges_for(
+            ctx, subscription, changes[subscription.id], billed[subscription.id], usage[subscription.id]
+        ):
+            grouped[(subscription.customer_id, charge.plan.currency)].append(charge)
+    if not grouped:
+        return []
+    customers = {
+        c.id: c
+        for c in session.scalars(sa.select(Organisation).where(Organisation.id.in_({k[0] for k in grouped})))
+    }
+    ordered = sorted(grouped.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
+    rows = [
+        _invoice_rows(ctx, customers[customer_id], currency, charges)
+        for (customer_id, currency), charges in ordered
     ]
+    # numbered in one go, gapless: the series' row is locked until this transaction ends
+    series, year, first = next_number(session, marketplace_id, ctx.now, count=len(rows))
+    settings = ctx.settings(marketplace_id)
+    due = ctx.now + (dt.timedelta(days=settings.payment_terms_days) if settings else PAYMENT_TERMS)
+    for offset, (invoice, _lines) in enumerate(rows):
+        invoice.update(
+            series=series,
+            year=year,
+            sequence=first + offset,
+            number=f"{series}-{year}-{first + offset:06d}",
+            status=InvoiceStatus.ISSUED,
+            issued_at=ctx.now,
+            due_at=due,
+        )
+    session.execute(sa.insert(Invoice), [invoice for invoice, _ in rows])
+    _bulk_insert(session, InvoiceLine.__table__, [line for _, lines in rows for line in lines])
+    items: dict[tuple[uuid.UUID, BilledKind, dt.datetime], uuid.UUID] = {}
+    for (invoice, _lines), (_key, charges) in zip(rows, ordered, strict=True):
+        for charge in charges:
+            items.setdefault((charge.subscription.id, charge.billed, charge.period_start), invoice["id"])
+    _bulk_insert(
+        session,
+        BilledItem.__table__,
+        [
+            {"subscription_id": s, "kind": k, "period_start": p, "invoice_id": i, "billed_at": ctx.now}
+            for (s, k, p), i in items.items()
+        ],
+    )
+    for invoice, _lines in rows:
+        emit(
+            session,
+            "invoice.issued",
+            {
+                "invoice_id": str(invoice["id"]),
+                "customer_id": str(invoice["customer_id"]),
+                "number": invoice["number"],
+                "total": format_amount(invoice["total"]),
+                "currency": invoice["currency"],
+                "due_at": due.isoformat(),
+            },
+            marketplace_id=invoice["marketplace_id"],
+        )
+    session.flush()
+    return [Issued(invoice["id"], invoice["number"], len(lines)) for invoice, lines in rows]
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+#: customers billed in one transaction
+CHUNK = 100
+
+
 def run(
     session_factory: Callable[[], Session], at: dt.datetime | None = None, *, now: dt.datetime | None = None
 ) -> RunReport:
-    """Bill every customer up to ``at`` (default: now). Safe to repeat and to race."""
+    """Bill every customer up to ``at`` (default: now). Safe to repeat and to race: a chunk
+    that meets what a racing run billed first is done again customer by customer, and a
+    customer whose charges another run holds is left to it."""
     now = now or utcnow()
     at = at or now
     if at > now:
@@ -550,20 +683,34 @@ def run(
             sa.select(Subscription.marketplace_id, Subscription.customer_id)
             .where(Subscription.status.in_(BILLABLE), Subscription.billing_anchor <= at)
             .distinct()
+            .order_by(Subscription.marketplace_id, Subscription.customer_id)
         ).all()
+    by_marketplace: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    for marketplace_id, customer_id in customers:
+        by_marketplace[marketplace_id].append(customer_id)
+    ctx = RunContext(session_factory, report.run_id, at, now)
+
+    def bill(marketplace_id: uuid.UUID, chunk: Sequence[uuid.UUID]) -> bool:
+        with session_factory() as session:
+            try:
+                invoices = bill_customers(session, ctx, marketplace_id, chunk)
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                return False
+            report.invoices += [i.number for i in invoices]
+            report.lines += sum(i.lines for i in invoices)
+            return True
+
     try:
-        for marketplace_id, customer_id in customers:
-            with session_factory() as session:
-                try:
-                    invoices = bill_customer(session, report.run_id, marketplace_id, customer_id, at, now)
-                    session.commit()
-                except IntegrityError:
-                    # a racing run billed some of it first: its invoice stands, this one is dropped
-                    session.rollback()
-                    report.skipped_customers += 1
+        for marketplace_id, ids in by_marketplace.items():
+            for offset in range(0, len(ids), CHUNK):
+                chunk = ids[offset : offset + CHUNK]
+                if bill(marketplace_id, chunk):
                     continue
-                report.invoices += [i.number or "" for i in invoices]
-                report.lines += sum(len(i.lines) for i in invoices)
+                for customer_id in chunk:  # a racing run billed part of it first
+                    if not bill(marketplace_id, [customer_id]):
+                        report.skipped_customers += 1
     except Exception as exc:
         with session_factory() as session:
             failed = session.get(BillingRun, report.run_id)
@@ -571,6 +718,8 @@ def run(
             failed.status, failed.error, failed.finished_at = "failed", str(exc)[:2000], utcnow()
             session.commit()
         raise
+    finally:
+        ctx.close()
     with session_factory() as session:
         done = session.get(BillingRun, report.run_id)
         assert done is not None
