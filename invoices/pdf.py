@@ -88,16 +88,15 @@ def money(amount: Decimal, currency: str) -> str:
 
 
 def _party(party: Party, heading: str, styles: dict[str, ParagraphStyle]) -> list[Paragraph]:
-    parts = [Paragraph(heading, styles["label"]), Paragraph(escape(party.name), styles["strong"])]
-    for line in party.address:
-        parts.append(Paragraph(escape(line), styles["body"]))
+    """One paragraph per party (a paragraph each line would cost more than the rest)."""
+    lines = [f"<font name='{BOLD}'>{escape(party.name)}</font>", *(escape(a) for a in party.address)]
     if party.country:
-        parts.append(Paragraph(escape(party.country), styles["body"]))
+        lines.append(escape(party.country))
     if party.vat_number:
-        parts.append(Paragraph(f"VAT {escape(party.vat_number)}", styles["body"]))
+        lines.append(f"VAT {escape(party.vat_number)}")
     if party.email:
-        parts.append(Paragraph(escape(party.email), styles["body"]))
-    return parts
+        lines.append(escape(party.email))
+    return [Paragraph(heading, styles["label"]), Paragraph("<br/>".join(lines), styles["body"])]
 
 
 def render(document: Document) -> bytes:
@@ -151,10 +150,8 @@ def render(document: Document) -> bytes:
     story.append(parties)
     story.append(Spacer(1, 8 * mm))
 
-    rows: list[list[object]] = [
-        [Paragraph(h, styles["label"]) for h in ("DESCRIPTION", "PERIOD", "QUANTITY", "UNIT PRICE")]
-        + [Paragraph("AMOUNT", ParagraphStyle("lr", parent=styles["label"], alignment=TA_RIGHT))]
-    ]
+    # plain strings where nothing wraps (a Paragraph per cell costs most of the rendering)
+    rows: list[list[object]] = [["DESCRIPTION", "PERIOD", "QUANTITY", "UNIT PRICE", "AMOUNT"]]
     for line in document.lines:
         quantity = format_decimal(line.quantity.normalize(), locale="en_IE") + (
             f" {line.unit}" if line.unit else ""
@@ -162,21 +159,23 @@ def render(document: Document) -> bytes:
         rows.append(
             [
                 Paragraph(escape(line.description), styles["body"]),
-                Paragraph(escape(line.period), styles["body"]),
-                Paragraph(escape(quantity), styles["body"]),
-                Paragraph(
-                    money(line.unit_price, document.currency) if line.unit_price is not None else "",
-                    styles["body"],
-                ),
-                Paragraph(money(line.amount, document.currency), styles["right"]),
+                line.period,
+                quantity,
+                money(line.unit_price, document.currency) if line.unit_price is not None else "",
+                money(line.amount, document.currency),
             ]
         )
     lines = Table(
-        rows, colWidths=[width * 0.40, width * 0.22, width * 0.12, width * 0.12, width * 0.14], repeatRows=1
+        rows, colWidths=[width * 0.34, width * 0.28, width * 0.11, width * 0.12, width * 0.15], repeatRows=1
     )
     lines.setStyle(
         TableStyle(
             [
+                ("FONTNAME", (0, 0), (-1, -1), FONT),
+                ("FONTSIZE", (0, 1), (-1, -1), 8.5),
+                ("FONTSIZE", (0, 0), (-1, 0), 7),
+                ("TEXTCOLOR", (0, 0), (-1, 0), colors.HexColor("#555555")),
+                ("ALIGN", (-1, 0), (-1, -1), "RIGHT"),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
                 ("LINEBELOW", (0, 0), (-1, 0), 0.8, colour),
                 ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.HexColor("#cccccc")),
@@ -190,22 +189,26 @@ def render(document: Document) -> bytes:
 
     rate = format_decimal(document.tax_rate.normalize(), locale="en_IE")
 
-    def total_row(label: str, amount: Decimal, style: str) -> list[object]:
-        return [
-            "",
-            Paragraph(label, styles[style]),
-            Paragraph(money(amount, document.currency), styles[style]),
-        ]
-
     totals = Table(
         [
-            total_row("Subtotal", document.subtotal, "right"),
-            total_row(f"Tax ({rate}%)", document.tax_total, "right"),
-            total_row("Total", document.total, "right_strong"),
+            ["", "Subtotal", money(document.subtotal, document.currency)],
+            ["", f"Tax ({rate}%)", money(document.tax_total, document.currency)],
+            ["", "Total", money(document.total, document.currency)],
         ],
         colWidths=[width * 0.56, width * 0.24, width * 0.20],
     )
-    totals.setStyle(TableStyle([("LINEABOVE", (1, 2), (-1, 2), 0.8, colour)]))
+    totals.setStyle(
+        TableStyle(
+            [
+                ("FONTNAME", (0, 0), (-1, -1), FONT),
+                ("FONTSIZE", (0, 0), (-1, -1), 9),
+                ("FONTNAME", (0, 2), (-1, 2), BOLD),
+                ("FONTSIZE", (0, 2), (-1, 2), 10),
+                ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                ("LINEABOVE", (1, 2), (-1, 2), 0.8, colour),
+            ]
+        )
+    )
     story.append(totals)
     story.append(Spacer(1, 6 * mm))
     story.append(Paragraph("TAX", styles["label"]))
