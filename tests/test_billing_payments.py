@@ -16,7 +16,7 @@ from cmw.accounts import service as accounts
 from cmw.accounts.models import Role
 from cmw.billing import service as billing
 from cmw.billing.documents import FailedDeployments
-from cmw.billing.models import CreditNote, Invoice, InvoiceStatus
+from cmw.billing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus
 from cmw.catalog.models import Product
 from cmw.events.consumer import Event
 from cmw.events.models import OutboxEvent
@@ -208,3 +208,79 @@ def test_dunning_reminds_then_puts_past_due_then_cancels(
     assert late == {"invoices": 1, "reminders": 1, "past_due": 0, "cancelled": 1}
     assert status() is SubscriptionStatus.CANCELLED
     assert topics()[-2:] == ["invoice.overdue", "subscription.cancelled"]
+
+
+def test_coupons_are_invoice_lines_within_their_limits(
+    app: Flask,
+    committed_db: Factory,
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    browser, headers = _admin(app, committed_db)
+    made = [
+        browser.post("/api/v1/admin/coupons", json=body, headers=headers)
+        for body in (
+            {"code": "welcome20", "kind": "percent", "percent": "20", "plan_codes": ["seats"]},
+            {"code": "FIVEOFF", "kind": "fixed", "amount": "5", "currency": "EUR",
+             "duration": "repeating", "periods": 2},
+            {"code": "ONCEONLY", "kind": "percent", "percent": "10", "duration": "forever",
+             "max_redemptions": 1},
+            {"code": "OLD", "kind": "percent", "percent": "50", "expires_at": "2020-01-01T00:00:00Z"},
+        )
+    ]  # fmt: skip
+    assert [m.status_code for m in made] == [201, 201, 201, 201], [m.get_json() for m in made]
+    assert made[0].get_json()["code"] == "WELCOME20"
+    for body, field in (
+        ({"code": "BAD", "kind": "percent", "percent": "120"}, "percent"),
+        ({"code": "BAD", "kind": "fixed", "amount": "5", "currency": "EURO"}, "currency"),
+        ({"code": "BAD", "kind": "percent", "percent": "5", "duration": "repeating"}, "periods"),
+        ({"code": "welcome20", "kind": "percent", "percent": "5"}, "code"),
+    ):
+        assert field in _errors(browser.post("/api/v1/admin/coupons", json=body, headers=headers)), body
+
+    first = subscribe(committed_db, world, "seats", quantity=3)
+    second = subscribe(committed_db, world, "usage")
+    customer = app.test_client()
+    assert (
+        customer.post(
+            "/api/v1/session", json={"email": "payer@example.test", "password": "long-enough-pw"}
+        ).status_code
+        == 200
+    )
+    csrf = {"X-CSRF-Token": customer.get("/api/v1/me").get_json()["csrf_token"]}
+
+    def redeem(subscription: Any, code: str) -> Any:
+        return customer.post(
+            f"/api/v1/subscriptions/{subscription}/coupon", json={"code": code}, headers=csrf
+        )
+
+    assert "expired" in _errors(redeem(first, "old"))["code"]
+    assert "for the plans seats" in _errors(redeem(second, "welcome20"))["code"]
+    assert redeem(first, "welcome20").status_code == 201
+    assert "has a coupon already" in _errors(redeem(first, "FIVEOFF"))["code"]
+    assert redeem(second, "ONCEONLY").status_code == 201
+    third = subscribe(committed_db, world, "seats")
+    assert "used as often" in _errors(redeem(third, "ONCEONLY"))["code"]
+    assert redeem(third, "FIVEOFF").status_code == 201
+
+    billing.run(committed_db, T0 + dt.timedelta(hours=1), now=T0 + dt.timedelta(hours=1))
+    feb = dt.datetime(2026, 2, 15, 10, 30, tzinfo=dt.UTC)
+    billing.run(committed_db, feb, now=feb)
+    march = dt.datetime(2026, 3, 15, 10, 30, tzinfo=dt.UTC)
+    billing.run(committed_db, march, now=march)
+    with committed_db() as session:
+        discounts = session.execute(
+            sa.select(InvoiceLine.subscription_id, InvoiceLine.period_start, InvoiceLine.amount)
+            .where(InvoiceLine.kind == "discount")
+            .order_by(InvoiceLine.period_start, InvoiceLine.amount)
+        ).all()
+    months = {T0.month: "jan", 2: "feb", 3: "mar"}
+    found = sorted(
+        (months[p.month], {first: "first", second: "second", third: "third"}[s], f"{a:.2f}")
+        for s, p, a in discounts
+    )
+    assert found == sorted([
+        ("jan", "first", "-4.70"),  # 20% of 10 + 3 x 4.50, once
+        # 10% of 10, for ever
+        ("jan", "second", "-1.00"), ("feb", "second", "-1.00"), ("mar", "second", "-1.00"),
+        ("jan", "third", "-5.00"), ("feb", "third", "-5.00"),  # 5 off 14.50, two periods
+    ])  # fmt: skip

@@ -18,12 +18,25 @@ from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.assets.api import storage
-from cmw.billing import documents, payments, taxes
+from cmw.billing import coupons, documents, payments, taxes
 from cmw.billing import service as billing
 from cmw.billing.errors import BillingError
-from cmw.billing.models import CreditNote, Invoice, InvoiceStatus, LineKind, Payment, PaymentMethod, TaxRate
+from cmw.billing.models import (
+    Coupon,
+    CouponDuration,
+    CouponKind,
+    CouponRedemption,
+    CreditNote,
+    Invoice,
+    InvoiceStatus,
+    LineKind,
+    Payment,
+    PaymentMethod,
+    TaxRate,
+)
 from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
+from cmw.orders.models import Subscription
 
 blp = Blueprint("billing", __name__, url_prefix="/api/v1", description="Invoices")
 
@@ -406,3 +419,97 @@ class TaxRateResource(MethodView):
             raise ApiError(404, "no such tax rate")
         current_session().delete(found)
         current_session().commit()
+
+
+# ------------------------------------------------------------------ coupons
+class CouponSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    code = fields.String(required=True, validate=validate.Length(min=2, max=40))
+    kind = fields.Enum(CouponKind, by_value=True, required=True)
+    percent = Amount(
+        load_default=None, allow_none=True, metadata={"description": "percent coupons: 0 to 100"}
+    )
+    amount = Amount(
+        load_default=None, allow_none=True, metadata={"description": "fixed coupons: off each period"}
+    )
+    currency = fields.String(load_default=None, allow_none=True, validate=validate.Length(equal=3))
+    duration = fields.Enum(CouponDuration, by_value=True, load_default=CouponDuration.ONCE)
+    periods = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=120))
+    product_ids = fields.List(fields.UUID(), load_default=list)
+    plan_codes = fields.List(fields.String(validate=validate.Length(max=50)), load_default=list)
+    max_redemptions = fields.Integer(load_default=None, allow_none=True)
+    expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    redemptions = fields.Integer(dump_only=True)
+
+
+class RedeemSchema(Schema):
+    code = fields.String(required=True, validate=validate.Length(min=1, max=40))
+
+
+class RedemptionSchema(Schema):
+    id = fields.UUID()
+    coupon_id = fields.UUID()
+    subscription_id = fields.UUID()
+    redeemed_at = fields.AwareDateTime()
+    periods_applied = fields.Integer()
+
+
+@blp.route("/admin/coupons")
+class Coupons(MethodView):
+    @blp.response(200, CouponSchema(many=True))
+    @roles_required(Role.ADMIN)
+    def get(self) -> list[dict[str, Any]]:
+        """The marketplace's coupons, with how often each was redeemed."""
+        session = current_session()
+        counts = dict(
+            session.execute(
+                sa.select(CouponRedemption.coupon_id, sa.func.count()).group_by(CouponRedemption.coupon_id)
+            ).all()
+        )
+        found = session.scalars(
+            sa.select(Coupon)
+            .where(Coupon.marketplace_id == require_identity().marketplace.id)
+            .order_by(Coupon.code)
+        )
+        return [
+            {**{name: getattr(c, name) for name in CouponSchema().fields if name != "redemptions"},
+             "redemptions": counts.get(c.id, 0)}
+            for c in found
+        ]  # fmt: skip
+
+    @blp.arguments(CouponSchema)
+    @blp.response(201, CouponSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any]) -> Coupon:
+        """Create a coupon."""
+        try:
+            coupon = coupons.create(current_session(), require_identity().marketplace.id, data)
+        except BillingError as exc:
+            raise _refused(exc) from None
+        current_session().commit()
+        return coupon
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/coupon")
+class SubscriptionCoupon(MethodView):
+    @blp.arguments(RedeemSchema)
+    @blp.response(201, RedemptionSchema)
+    @roles_required(Role.CUSTOMER)
+    def post(self, data: dict[str, Any], subscription_id: uuid.UUID) -> CouponRedemption:
+        """Redeem a coupon on one of your subscriptions: its next periods' fees are discounted."""
+        identity = require_identity()
+        subscription = current_session().scalar(
+            sa.select(Subscription).where(Subscription.id == subscription_id).with_for_update()
+        )
+        if (
+            subscription is None
+            or subscription.marketplace_id != identity.marketplace.id
+            or subscription.customer_id not in identity.organisations_with(Role.CUSTOMER)
+        ):
+            raise ApiError(404, "no such subscription among yours")
+        try:
+            redemption = coupons.redeem(current_session(), subscription, data["code"], identity.user.id)
+        except BillingError as exc:
+            raise _refused(exc) from None
+        current_session().commit()
+        return redemption

@@ -44,6 +44,8 @@ class LineKind(enum.StrEnum):
     USAGE = "usage"
     #: credit for the unused part of a period's fees, or the charge for the rest of it
     PRORATION = "proration"
+    #: a coupon's discount on a period's fees
+    DISCOUNT = "discount"
 
 
 class BilledKind(enum.StrEnum):
@@ -294,3 +296,61 @@ class CreditNote(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("subscriptions.id", ondelete="RESTRICT")
     )
+
+
+class CouponKind(enum.StrEnum):
+    PERCENT = "percent"
+    FIXED = "fixed"
+
+
+class CouponDuration(enum.StrEnum):
+    #: the first period billed after it is redeemed
+    ONCE = "once"
+    #: ``periods`` periods
+    REPEATING = "repeating"
+    FOREVER = "forever"
+
+
+class Coupon(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """A discount on a subscription's recurring fees, applied as an invoice line."""
+
+    __tablename__ = "coupons"
+    __table_args__ = (
+        sa.UniqueConstraint("marketplace_id", "code", name="uq_coupons_marketplace_code"),
+        sa.CheckConstraint("(kind = 'percent') = (percent IS NOT NULL)", name="percent_for_percent"),
+        sa.CheckConstraint(
+            "(kind = 'fixed') = (amount IS NOT NULL AND currency IS NOT NULL)", name="amount_for_fixed"
+        ),
+    )
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="CASCADE"))
+    #: what customers type, upper case
+    code: Mapped[str] = mapped_column(sa.String(40))
+    kind: Mapped[CouponKind] = mapped_column(str_enum(CouponKind, "coupon_kind"))
+    #: 0 < percent <= 100
+    percent: Mapped[Decimal | None] = mapped_column(sa.Numeric(5, 2))
+    amount: Mapped[Decimal | None] = mapped_column(MONEY)
+    currency: Mapped[str | None] = mapped_column(sa.String(3))
+    duration: Mapped[CouponDuration] = mapped_column(str_enum(CouponDuration, "coupon_duration"))
+    #: periods, for a repeating coupon
+    periods: Mapped[int | None]
+    #: limited to these products (ids) and plan codes; empty: any
+    product_ids: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    plan_codes: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    max_redemptions: Mapped[int | None]
+    expires_at: Mapped[dt.datetime | None]
+
+
+class CouponRedemption(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]
+    """A coupon applied to a subscription (one coupon per subscription)."""
+
+    __tablename__ = "coupon_redemptions"
+
+    coupon_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("coupons.id", ondelete="RESTRICT"), index=True)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("subscriptions.id", ondelete="CASCADE"), unique=True
+    )
+    redeemed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    redeemed_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+    #: periods it has discounted so far
+    periods_applied: Mapped[int] = mapped_column(default=0)

@@ -46,13 +46,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from cmw.accounts.models import Organisation
-from cmw.billing import taxes
+from cmw.billing import coupons, taxes
 from cmw.billing.errors import BillingError as BillingError
 from cmw.billing.models import (
     BilledItem,
     BilledKind,
     BillingRun,
     BillingSettings,
+    Coupon,
+    CouponRedemption,
     Invoice,
     InvoiceLine,
     InvoiceStatus,
@@ -256,6 +258,7 @@ def charges_for(
     changes: Sequence[SubscriptionChange],
     billed: set[tuple[BilledKind, dt.datetime]],
     usage: Sequence[UsageRow],
+    coupon: tuple[CouponRedemption, Coupon] | None = None,
 ) -> list[Charge]:
     """What ``subscription`` owes up to the run's ``at`` and has not been billed."""
     if not any(c.kind in PAID_FROM for c in changes):
@@ -296,6 +299,18 @@ def charges_for(
                                f"{product_name} · {plan.name} · {c.label}, {period_label}",
                                Decimal(quantity), c.unit, c.unit_price, amount)
                     )  # fmt: skip
+            fees = sum(
+                (f.amount for f in found if f.billed is BilledKind.ADVANCE and f.period_start == start), ZERO
+            )
+            if coupon is not None and fees > 0 and coupons.applies(coupon[1], coupon[0], plan):
+                redemption, offer = coupon
+                off = coupons.discount(offer, fees, plan.currency)
+                redemption.periods_applied += 1
+                found.append(
+                    Charge(BilledKind.ADVANCE, LineKind.DISCOUNT, subscription, plan, start, end,
+                           f"{product_name} · coupon {offer.code}, {period_label}",
+                           Decimal(1), None, None, -off)
+                )  # fmt: skip
         found += _prorations(ctx, subscription, changes, start, end, billed, product_name)
         usage_end = min(end, ends_at) if ends_at is not None else end
         metered = [c for c in plan.components if c.kind is ComponentKind.METERED]
@@ -588,6 +603,14 @@ def bill_customers(
         ).where(UsageHourly.subscription_id.in_(ids), UsageHourly.hour < at)
     ):
         usage[subscription_id].append((metric, _aware(hour), Decimal(quantity)))
+    redeemed = {
+        redemption.subscription_id: (redemption, coupon)
+        for redemption, coupon in session.execute(
+            sa.select(CouponRedemption, Coupon)
+            .join(Coupon, Coupon.id == CouponRedemption.coupon_id)
+            .where(CouponRedemption.subscription_id.in_(ids))
+        ).all()
+    }
     # a machine that failed without ever running is not charged for (see FailedDeployments)
     unrun = deployments.never_ran(session, ids)
     grouped: dict[tuple[uuid.UUID, str], list[Charge]] = defaultdict(list)
@@ -595,7 +618,12 @@ def bill_customers(
         if subscription.id in unrun:
             continue
         for charge in charges_for(
-            ctx, subscription, changes[subscription.id], billed[subscription.id], usage[subscription.id]
+            ctx,
+            subscription,
+            changes[subscription.id],
+            billed[subscription.id],
+            usage[subscription.id],
+            redeemed.get(subscription.id),
         ):
             grouped[(subscription.customer_id, charge.plan.currency)].append(charge)
     if not grouped:

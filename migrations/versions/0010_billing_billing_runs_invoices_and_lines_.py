@@ -77,7 +77,7 @@ def upgrade():
     op.create_table('invoice_lines',
     sa.Column('invoice_id', sa.Uuid(), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('kind', sa.Enum('fee', 'setup', 'per_unit', 'usage', 'proration', name='invoice_line_kind', native_enum=False, create_constraint=True), nullable=False),
+    sa.Column('kind', sa.Enum('fee', 'setup', 'per_unit', 'usage', 'proration', 'discount', name='invoice_line_kind', native_enum=False, create_constraint=True), nullable=False),
     sa.Column('description', sa.String(length=300), nullable=False),
     sa.Column('subscription_id', sa.Uuid(), nullable=True),
     sa.Column('product_id', sa.Uuid(), nullable=True),
