@@ -17,9 +17,11 @@ from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import ApiToken, Role, User
 from cmw.api.pagination import PageArgs, paginate
+from cmw.billing import coupons as billing_coupons
 from cmw.billing import payments as billing_payments
 from cmw.billing.api import pdf_response
-from cmw.billing.models import CreditNote, Invoice, InvoiceStatus, Payment
+from cmw.billing.errors import BillingError
+from cmw.billing.models import Coupon, CouponRedemption, CreditNote, Invoice, InvoiceStatus, Payment
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Plan
 from cmw.extensions import current_session
@@ -29,7 +31,7 @@ from cmw.orders.models import Order, Subscription
 from cmw.usage import estimates
 from deployer import service as deployments
 from deployer.models import Deployment
-from marketplace.forms import ActionForm, ChangePlanForm, PasswordForm, QuantityForm, TokenForm
+from marketplace.forms import ActionForm, ChangePlanForm, CouponForm, PasswordForm, QuantityForm, TokenForm
 from marketplace.views import belongs, bp
 
 
@@ -105,10 +107,41 @@ def _subscription_page(
             actors=actors,
             order_id=order_id,
             action_form=ActionForm(),
+            coupon_form=CouponForm(formdata=None),
+            coupon=session.execute(
+                sa.select(Coupon.code, CouponRedemption.periods_applied)
+                .join(CouponRedemption, CouponRedemption.coupon_id == Coupon.id)
+                .where(CouponRedemption.subscription_id == found.id)
+            ).first(),
             live=found.status in subscriptions.LIVE,
         ),
         status,
     )
+
+
+@bp.post("/account/subscriptions/<uuid:subscription_id>/coupon")
+def redeem_coupon(subscription_id: uuid.UUID) -> ResponseReturnValue:
+    """Redeem a coupon code on the subscription: its next periods' fees are discounted."""
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    found = _own_subscription(identity, subscription_id, lock=True)
+    form = CouponForm()
+    if not form.validate_on_submit():
+        if form.csrf_token.errors:
+            abort(400)
+        flash("Type the coupon code.", "error")
+    else:
+        try:
+            billing_coupons.redeem(session, found, form.code.data or "", identity.user.id)
+        except BillingError as exc:
+            session.rollback()
+            flash(f"That coupon cannot be used: {exc.message}.", "error")
+        else:
+            session.commit()
+            flash("The coupon is applied: it shows as a discount on your next invoices.", "info")
+    return redirect(url_for("pages.subscription", subscription_id=subscription_id))
 
 
 @bp.post("/account/subscriptions/<uuid:subscription_id>/<any(plan, quantity):what>")

@@ -297,3 +297,7 @@ class SellerForm(FlaskForm):  # type: ignore[misc]
         "Payment terms (days)", default=14, validators=[NumberRange(min=0, max=180)]
     )
     payment_instructions = TextAreaField("How to pay", validators=[Optional(), Length(max=2000)])
+
+
+class CouponForm(FlaskForm):  # type: ignore[misc]
+    code = StringField("Coupon code", validators=[DataRequired(), Length(max=40)])

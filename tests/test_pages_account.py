@@ -137,3 +137,27 @@ def test_the_password_changes_only_with_the_current_one(
     assert refused.status_code == 401
     accepted = fresh.post("/api/v1/session", json={"email": user.email, "password": "another-long-pw-2"})
     assert accepted.status_code == 200
+
+
+def test_a_coupon_is_applied_from_the_subscription_page(
+    client: FlaskClient,
+    make_user: Callable[..., User],
+    token_for: Callable[..., dict[str, str]],
+    shop: dict[str, Any],
+    db_session: Any,
+) -> None:
+    from cmw.billing import coupons
+    from cmw.marketplaces.service import platform
+
+    coupons.create(db_session, platform(db_session).id, {"code": "HELLO", "kind": "percent", "percent": 15})
+    db_session.commit()
+    customer = make_user(Role.CUSTOMER, password=PASSWORD)
+    placed = order(client, token_for(customer), quantity=5).get_json()
+    url = f"/account/subscriptions/{placed['subscription_id']}"
+    _signed_in(client, customer)
+    token = _csrf(client.get(url).get_data(as_text=True))
+    client.post(f"{url}/coupon", data={"csrf_token": token, "code": "nope"})
+    assert "That coupon cannot be used: no such coupon." in client.get(url).get_data(as_text=True)
+    client.post(f"{url}/coupon", data={"csrf_token": token, "code": "hello"})
+    page = client.get(url).get_data(as_text=True)
+    assert "The coupon is applied" in page and "Coupon <strong>HELLO</strong> applied" in page
