@@ -2,10 +2,13 @@
 one ``flask mercato worker`` on RabbitMQ.
 
 50 customers (one API token each) place orders through wrk with 50 connections, every
-request with its own ``Idempotency-Key``. Reported: orders per second and the API call's
-p50/p99 latency, then how long the worker took, after the load stopped, to consume every
-order's ``subscription.activated`` (the notification consumer applies it). Target: p99
-under 150 ms at 200 orders per second. Traffic stays on 127.0.0.1.
+request with its own ``Idempotency-Key``: first paced, each connection waiting 235 ms
+between its requests so the 50 offer about 200 orders a second (the target: p99 under
+150 ms at 200 orders a second), then as fast as the server takes them (its capacity; at
+saturation, 50 waiting clients make the latency 50 / throughput by Little's law, so p99
+there says how long the queue is, not how fast an order is). Reported: orders per second
+and the API call's p50/p99 for both, then how long the worker took, after the load
+stopped, to consume every order's ``subscription.activated``. Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -51,7 +54,12 @@ request = function()
   headers["Idempotency-Key"] = "bench-" .. math.random(1, 2000000000) .. "-" .. counter
   return wrk.format("POST", "/api/v1/orders", headers, '{"product": "bench-app", "plan": "basic"}')
 end
+%s
 """
+#: the paced run: each connection waits this long between its requests, so 50 connections
+#: offer about 200 orders a second (the target's rate) instead of as many as the server takes
+PACED_DELAY_MS = 235
+PACED = f"delay = function() return {PACED_DELAY_MS} end"
 
 
 def prepare_in_child() -> int:
@@ -156,7 +164,10 @@ def run() -> int:
         out = run_step([sys.executable, "-m", "bench.orders", "--prepare"], env, "preparing customers")
         tokens = json.loads(next(line for line in out.splitlines() if line.startswith(MARKER))[len(MARKER) :])
         script = Path(tmp) / "orders.lua"
-        script.write_text(LUA % ", ".join(json.dumps(t) for t in tokens))
+        token_list = ", ".join(json.dumps(t) for t in tokens)
+        script.write_text(LUA % (token_list, ""))
+        paced_script = Path(tmp) / "orders-paced.lua"
+        paced_script.write_text(LUA % (token_list, PACED))
         port = free_port()
         base = f"http://{HOST}:{port}"
         worker = subprocess.Popen(
@@ -168,6 +179,15 @@ def run() -> int:
         try:
             with gunicorn(env, port, Path(tmp) / "gunicorn.log") as proc:
                 wait_healthy(proc, base, Path(tmp) / "gunicorn.log")
+                print(f"wrk POST /api/v1/orders, paced, for {wrk_duration} ...", file=sys.stderr, flush=True)
+                paced_run = subprocess.run(
+                    [wrk, "-t2", "-c50", f"-d{wrk_duration}", "--latency", "-s", str(paced_script),
+                     base + "/api/v1/orders"],
+                    capture_output=True, text=True, timeout=seconds + 60, check=False,
+                )  # fmt: skip
+                if paced_run.returncode != 0:
+                    raise BenchError(f"wrk failed: {paced_run.stdout}{paced_run.stderr}")
+                paced = parse_wrk("POST /api/v1/orders (paced)", paced_run.stdout)
                 print(f"wrk POST /api/v1/orders for {wrk_duration} ...", file=sys.stderr, flush=True)
                 result = subprocess.run(
                     [
@@ -218,8 +238,14 @@ def run() -> int:
                 print("bench.orders: the worker did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
                 worker.kill()
                 worker.wait(timeout=10)
-    ok = figures.requests_per_second >= 200 and figures.latency_p99_ms < 150
+    ok = paced.requests_per_second >= 190 and paced.latency_p99_ms < 150
     report = {
+        "paced": {
+            "orders_per_second": paced.requests_per_second,
+            "p50_ms": paced.latency_p50_ms,
+            "p99_ms": paced.latency_p99_ms,
+            "non_2xx": paced.non_2xx_3xx,
+        },
         "orders": orders,
         "orders_per_second": figures.requests_per_second,
         "p50_ms": figures.latency_p50_ms,
@@ -232,12 +258,18 @@ def run() -> int:
     OUTPUT.write_text(json.dumps(report, indent=2))
     target = "met" if ok else "NOT met"
     print(
+        f"orders, paced (50 connections, {PACED_DELAY_MS} ms between a connection's requests):"
+        f" {paced.requests_per_second:.1f}/s, API p50 {paced.latency_p50_ms:.1f} ms,"
+        f" p99 {paced.latency_p99_ms:.1f} ms, non-2xx {paced.non_2xx_3xx};"
+        f" target (about 200/s, p99 < 150 ms): {target}"
+    )
+    print(
         f"orders: {orders} placed, {figures.requests_per_second:.1f}/s, "
         f"API p50 {figures.latency_p50_ms:.1f} ms, p99 {figures.latency_p99_ms:.1f} ms, "
         f"non-2xx {figures.non_2xx_3xx}; subscription.activated consumed for {drained}/{orders}, "
-        f"{drain_seconds:.1f} s after the load stopped; target (>= 200/s, p99 < 150 ms): {target}"
+        f"{drain_seconds:.1f} s after the load stopped (as fast as the server takes them)"
     )
-    return 0 if drained == orders and not figures.non_2xx_3xx else 1
+    return 0 if drained == orders and not figures.non_2xx_3xx and not paced.non_2xx_3xx else 1
 
 
 def main(argv: list[str]) -> int:
