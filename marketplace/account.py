@@ -10,13 +10,11 @@ from decimal import Decimal
 import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from marshmallow import ValidationError
 from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import ApiToken, Role, User
-from cmw.api.pagination import PageArgs, paginate
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import payments as billing_payments
 from cmw.billing.api import pdf_response
@@ -32,7 +30,7 @@ from cmw.usage import estimates
 from deployer import service as deployments
 from deployer.models import Deployment
 from marketplace.forms import ActionForm, ChangePlanForm, CouponForm, PasswordForm, QuantityForm, TokenForm
-from marketplace.views import belongs, bp
+from marketplace.views import belongs, bp, paged
 
 
 def _signed_in() -> Identity | None:
@@ -361,13 +359,7 @@ def invoices() -> ResponseReturnValue:
     identity = _signed_in()
     if identity is None:
         return _sign_in()
-    session = current_session()
-    try:
-        paging = PageArgs().load({k: v for k, v in request.args.items() if k in ("page", "per_page")})
-    except ValidationError:
-        paging = {"page": 1, "per_page": 25}
-    page = paginate(
-        session,
+    page = paged(
         sa.select(Invoice)
         .where(
             Invoice.marketplace_id == identity.marketplace.id,
@@ -375,17 +367,12 @@ def invoices() -> ResponseReturnValue:
             Invoice.status != InvoiceStatus.DRAFT,
         )
         .order_by(Invoice.issued_at.desc(), Invoice.id),
-        paging["page"],
-        paging["per_page"],
     )
     return render_template("invoices.html", page=page)
 
 
-@bp.get("/account/invoices/<uuid:invoice_id>")
-def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _signed_in()
-    if identity is None:
-        return _sign_in()
+def _own_invoice(identity: Identity, invoice_id: uuid.UUID) -> Invoice:
+    """An issued invoice of one of the caller's customer organisations; anything else is 404."""
     found = current_session().get(Invoice, invoice_id)
     if (
         found is None
@@ -393,6 +380,15 @@ def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
         or not belongs(identity, found.marketplace_id, found.customer_id, Role.CUSTOMER)
     ):
         abort(404)
+    return found
+
+
+@bp.get("/account/invoices/<uuid:invoice_id>")
+def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    found = _own_invoice(identity, invoice_id)
     session = current_session()
     return render_template(
         "invoice.html",
@@ -412,11 +408,4 @@ def invoice_pdf(invoice_id: uuid.UUID) -> ResponseReturnValue:
     identity = _signed_in()
     if identity is None:
         return _sign_in()
-    found = current_session().get(Invoice, invoice_id)
-    if (
-        found is None
-        or found.status is InvoiceStatus.DRAFT
-        or not belongs(identity, found.marketplace_id, found.customer_id, Role.CUSTOMER)
-    ):
-        abort(404)
-    return pdf_response(found)
+    return pdf_response(_own_invoice(identity, invoice_id))

@@ -9,14 +9,12 @@ from typing import Any
 import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from marshmallow import ValidationError
 from sqlalchemy.orm import sessionmaker
 from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import Membership, Organisation, Role, User
-from cmw.api.pagination import PageArgs, paginate
 from cmw.billing import service as billing
 from cmw.billing import taxes
 from cmw.billing.errors import BillingError
@@ -27,7 +25,7 @@ from deployer import clouds
 from deployer import service as deployments
 from deployer.models import CloudAccount
 from marketplace.forms import ActionForm, CloudAccountForm, SellerForm, TaxRateForm
-from marketplace.views import bp
+from marketplace.views import bp, paged
 
 
 def _admin() -> Identity | None:
@@ -180,13 +178,7 @@ def admin_users() -> ResponseReturnValue:
     q = (request.args.get("q") or "").strip()[:100]
     role_arg = request.args.get("role") or ""
     role = Role(role_arg) if role_arg in {r.value for r in Role} else None
-    try:
-        paging = PageArgs().load({k: v for k, v in request.args.items() if k in ("page", "per_page")})
-    except ValidationError:
-        paging = {"page": 1, "per_page": 25}
-    page = paginate(
-        session, accounts.users_of(identity.marketplace, role, q or None), paging["page"], paging["per_page"]
-    )
+    page = paged(accounts.users_of(identity.marketplace, role, q or None))
     users: list[User] = page["items"]
     grants = session.execute(
         sa.select(Membership.user_id, Membership.role, Organisation.name)

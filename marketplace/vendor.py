@@ -22,7 +22,6 @@ from wtforms import Form as BaseForm
 
 from cmw.accounts.auth import Identity, current_identity
 from cmw.accounts.models import Organisation, Role
-from cmw.api.pagination import PageArgs, paginate
 from cmw.assets.api import storage
 from cmw.assets.service import InvalidImage, save_image
 from cmw.billing import service as billing
@@ -53,7 +52,7 @@ from marketplace.forms import (
     TargetForm,
     UploadForm,
 )
-from marketplace.views import belongs, bp
+from marketplace.views import belongs, bp, paged
 
 #: what the service may refuse, each with a reason a person can act on
 REFUSALS = (catalog_service.CatalogError, PricingError, InvalidTransition, ConcurrentChange)
@@ -159,6 +158,31 @@ def _leaves(form: BaseForm) -> list[Field]:
 
 def _blank(value: str | None) -> str | None:
     return (value or "").strip() or None
+
+
+def _act(
+    product_id: uuid.UUID, change: Callable[[Product], object], done: str, anchor: str = ""
+) -> ResponseReturnValue:
+    """A button of the editor: check the caller and the CSRF token, make ``change`` to the
+    product (``LookupError``: what it names is not there, 404), say how it went, go back."""
+    identity = _vendor()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    product = _own(identity, product_id)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    try:
+        change(product)
+    except LookupError:
+        abort(404)
+    except REFUSALS as exc:
+        session.rollback()
+        flash(getattr(exc, "message", str(exc)), "error")
+    else:
+        session.commit()
+        flash(done, "info")
+    return redirect(url_for("pages.vendor_edit_product", product_id=product.id) + anchor)
 
 
 # ----------------------------------------------------------------- details
@@ -341,24 +365,12 @@ def vendor_upload(product_id: uuid.UUID, kind: str) -> ResponseReturnValue:
 
 @bp.post("/vendor/products/<uuid:product_id>/screenshots/<uuid:image_id>/remove")
 def vendor_remove_screenshot(product_id: uuid.UUID, image_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _vendor()
-    if identity is None:
-        return _sign_in()
-    session = current_session()
-    product = _own(identity, product_id)
-    if not ActionForm().validate_on_submit():
-        abort(400)
-    try:
-        catalog_service.remove_screenshot(session, product, image_id)
-    except LookupError:
-        abort(404)
-    except REFUSALS as exc:
-        session.rollback()
-        flash(getattr(exc, "message", str(exc)), "error")
-    else:
-        session.commit()
-        flash("The screenshot is removed.", "info")
-    return redirect(url_for("pages.vendor_edit_product", product_id=product.id) + "#screenshots")
+    return _act(
+        product_id,
+        lambda product: catalog_service.remove_screenshot(current_session(), product, image_id),
+        "The screenshot is removed.",
+        "#screenshots",
+    )
 
 
 # ----------------------------------------------------------------- plans
@@ -524,25 +536,15 @@ def vendor_plan(product_id: uuid.UUID, code: str | None) -> ResponseReturnValue:
 
 @bp.post("/vendor/products/<uuid:product_id>/plans/<string:code>/remove")
 def vendor_remove_plan(product_id: uuid.UUID, code: str) -> ResponseReturnValue:
-    identity = _vendor()
-    if identity is None:
-        return _sign_in()
-    session = current_session()
-    product = _own(identity, product_id)
-    if not ActionForm().validate_on_submit():
-        abort(400)
-    plans = list(_shown_version(product).plans)
-    if not any(p.code == code for p in plans):
-        abort(404)
-    try:
-        catalog_service.set_plans(session, product, [plan_spec_of(p) for p in plans if p.code != code])
-    except REFUSALS as exc:
-        session.rollback()
-        flash(getattr(exc, "message", str(exc)), "error")
-    else:
-        session.commit()
-        flash("The plan is removed.", "info")
-    return redirect(url_for("pages.vendor_edit_product", product_id=product.id) + "#plans")
+    def remove(product: Product) -> None:
+        plans = list(_shown_version(product).plans)
+        if not any(p.code == code for p in plans):
+            raise LookupError(code)
+        catalog_service.set_plans(
+            current_session(), product, [plan_spec_of(p) for p in plans if p.code != code]
+        )
+
+    return _act(product_id, remove, "The plan is removed.", "#plans")
 
 
 # ----------------------------------------------------------------- deployment
@@ -669,47 +671,24 @@ def vendor_target(product_id: uuid.UUID, index: int | None) -> ResponseReturnVal
 
 @bp.post("/vendor/products/<uuid:product_id>/targets/<int:index>/remove")
 def vendor_remove_target(product_id: uuid.UUID, index: int) -> ResponseReturnValue:
-    identity = _vendor()
-    if identity is None:
-        return _sign_in()
-    session = current_session()
-    product = _own(identity, product_id)
-    if not ActionForm().validate_on_submit():
-        abort(400)
-    targets = list(_shown_version(product).deployment or [])
-    if index >= len(targets):
-        abort(404)
-    del targets[index]
-    try:
-        catalog_service.update_product(session, product, {"deployment": targets})
-    except REFUSALS as exc:
-        session.rollback()
-        flash(getattr(exc, "message", str(exc)), "error")
-    else:
-        session.commit()
-        flash("The deployment target is removed.", "info")
-    return redirect(url_for("pages.vendor_edit_product", product_id=product.id) + "#deployment")
+    def remove(product: Product) -> None:
+        targets = list(_shown_version(product).deployment or [])
+        if index >= len(targets):
+            raise LookupError(index)
+        del targets[index]
+        catalog_service.update_product(current_session(), product, {"deployment": targets})
+
+    return _act(product_id, remove, "The deployment target is removed.", "#deployment")
 
 
 @bp.post("/vendor/products/<uuid:product_id>/withdraw")
 def vendor_withdraw(product_id: uuid.UUID) -> ResponseReturnValue:
     """Take a submission back from the review queue to change it."""
-    identity = _vendor()
-    if identity is None:
-        return _sign_in()
-    session = current_session()
-    product = _own(identity, product_id)
-    if not ActionForm().validate_on_submit():
-        abort(400)
-    try:
-        catalog_service.withdraw(session, product)
-    except REFUSALS as exc:
-        session.rollback()
-        flash(str(exc), "error")
-    else:
-        session.commit()
-        flash("The submission is withdrawn: you can change it and submit it again.", "info")
-    return redirect(url_for("pages.vendor_edit_product", product_id=product.id))
+    return _act(
+        product_id,
+        lambda product: catalog_service.withdraw(current_session(), product),
+        "The submission is withdrawn: you can change it and submit it again.",
+    )
 
 
 # ----------------------------------------------------------------- sales
@@ -723,17 +702,10 @@ def vendor_sales() -> ResponseReturnValue:
     session = current_session()
     vendors = identity.organisations_with(Role.VENDOR)
     in_marketplace = Subscription.marketplace_id == identity.marketplace.id
-    try:
-        paging = PageArgs().load({k: v for k, v in request.args.items() if k in ("page", "per_page")})
-    except ValidationError:
-        paging = {"page": 1, "per_page": 25}
-    page = paginate(
-        session,
+    page = paged(
         sa.select(Subscription)
         .where(in_marketplace, orders_service.of_vendors(Subscription, vendors))
         .order_by(Subscription.created_at.desc(), Subscription.id),
-        paging["page"],
-        paging["per_page"],
     )
     subscriptions_shown: list[Subscription] = page["items"]
     machines = deployments.of_subscriptions(session, [s.id for s in subscriptions_shown])

@@ -354,6 +354,16 @@ def order(order_id: uuid.UUID) -> ResponseReturnValue:
     return response
 
 
+def paged(stmt: sa.Select[Any]) -> dict[str, Any]:
+    """A page of ``stmt`` (which orders its rows) by the request's ``page`` and ``per_page``;
+    unreadable values give the first page of 25."""
+    try:
+        paging = _PAGE_ARGS.load({k: v for k, v in request.args.items() if k in ("page", "per_page")})
+    except ValidationError:
+        paging = {"page": 1, "per_page": 25}
+    return paginate(current_session(), stmt, paging["page"], paging["per_page"])
+
+
 def belongs(identity: Identity, marketplace_id: uuid.UUID, organisation_id: uuid.UUID, role: Role) -> bool:
     """The row is in this marketplace and its organisation is one the caller holds ``role`` for;
     anything else is answered 404, as if it did not exist."""
