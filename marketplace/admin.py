@@ -195,9 +195,6 @@ def admin_users() -> ResponseReturnValue:
             f"{granted.value}{f' of {organisation}' if organisation else ''}"
         )
 
-    def page_url(number: int) -> str:
-        return url_for("pages.admin_users", q=q or None, role=role_arg or None, page=number)
-
     return render_template(
         "admin_users.html",
         page=page,
@@ -206,7 +203,6 @@ def admin_users() -> ResponseReturnValue:
         role=role_arg,
         all_roles=[r.value for r in Role],
         form=ActionForm(),
-        page_url=page_url,
     )
 
 

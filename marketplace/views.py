@@ -75,6 +75,13 @@ def branding() -> dict[str, Any]:
     }
 
 
+@bp.app_template_global()
+def page_link(number: int) -> str:
+    """This page's address with another ``page`` number, its other arguments kept."""
+    args: dict[str, Any] = {**(request.view_args or {}), **request.args.to_dict(), "page": number}
+    return url_for(request.endpoint or "pages.home", **args)
+
+
 @bp.app_template_filter("money")
 def money(amount: Decimal | str | None, currency: str | None = None) -> str:
     """``12.50 EUR`` with the currency's minor unit at least (``0.021`` keeps its digits)."""

@@ -161,3 +161,16 @@ def test_a_coupon_is_applied_from_the_subscription_page(
     client.post(f"{url}/coupon", data={"csrf_token": token, "code": "hello"})
     page = client.get(url).get_data(as_text=True)
     assert "The coupon is applied" in page and "Coupon <strong>HELLO</strong> applied" in page
+
+
+def test_lists_are_paged(client: FlaskClient, make_user: Callable[..., User], db_session: Any) -> None:
+    admin = make_user(Role.ADMIN, password=PASSWORD)
+    for n in range(3):
+        make_user(Role.CUSTOMER, email=f"paged-{n}@example.test")
+    _signed_in(client, admin)
+    first = client.get("/admin/users?q=paged-&per_page=2").get_data(as_text=True)
+    assert "Page 1 of 2" in first and "paged-0@" in first and "paged-2@" not in first
+    link = re.search(r'<a href="([^"]+)" rel="next">', first)
+    assert link, "no link to the next page"
+    second = client.get(html_lib.unescape(link.group(1))).get_data(as_text=True)
+    assert "paged-2@" in second and 'rel="prev"' in second and "paged-0@" not in second
