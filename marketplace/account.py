@@ -12,9 +12,10 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from wtforms import SelectChoice
 
+from cmw.accounts import keys
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
-from cmw.accounts.models import ApiToken, Role, User
+from cmw.accounts.models import ApiToken, Role, SshKey, User
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import payments as billing_payments
 from cmw.billing.api import pdf_response
@@ -29,7 +30,15 @@ from cmw.orders.models import Order, Subscription
 from cmw.usage import estimates
 from deployer import service as deployments
 from deployer.models import Deployment
-from marketplace.forms import ActionForm, ChangePlanForm, CouponForm, PasswordForm, QuantityForm, TokenForm
+from marketplace.forms import (
+    ActionForm,
+    ChangePlanForm,
+    CouponForm,
+    PasswordForm,
+    QuantityForm,
+    SshKeyForm,
+    TokenForm,
+)
 from marketplace.views import belongs, bp, paged
 
 
@@ -409,3 +418,56 @@ def invoice_pdf(invoice_id: uuid.UUID) -> ResponseReturnValue:
     if identity is None:
         return _sign_in()
     return pdf_response(_own_invoice(identity, invoice_id))
+
+
+# ------------------------------------------------------------------ SSH keys
+@bp.route("/account/ssh-keys", methods=["GET", "POST"])
+def ssh_keys() -> ResponseReturnValue:
+    """Your SSH public keys, to pick when ordering (installed for the machine's login user)."""
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    form = SshKeyForm()
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            user = session.get(User, identity.user.id)
+            assert user is not None
+            try:
+                keys.add_key(session, user, form.name.data or "", form.public_key.data or "")
+            except keys.KeyError_ as exc:
+                session.rollback()
+                form.public_key.errors = [str(exc)]
+                status = 422
+            else:
+                session.commit()
+                flash("The key is saved: choose it when you order.", "info")
+                return redirect(url_for("pages.ssh_keys"))
+        elif form.csrf_token.errors:
+            abort(400)
+        else:
+            status = 422
+    return (
+        render_template(
+            "ssh_keys.html", keys=keys.keys_of(session, identity.user.id), form=form, action_form=ActionForm()
+        ),
+        status,
+    )
+
+
+@bp.post("/account/ssh-keys/<uuid:key_id>/remove")
+def remove_ssh_key(key_id: uuid.UUID) -> ResponseReturnValue:
+    identity = _signed_in()
+    if identity is None:
+        return _sign_in()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    session = current_session()
+    found = session.get(SshKey, key_id)
+    if found is None or found.user_id != identity.user.id:
+        abort(404)
+    session.delete(found)
+    session.commit()
+    flash(f"The key {found.name} is removed; machines that have it keep it.", "info")
+    return redirect(url_for("pages.ssh_keys"))

@@ -36,6 +36,7 @@ class OrderForm(FlaskForm):  # type: ignore[misc]
     plan = SelectField("Plan", validators=[DataRequired()])
     quantity = IntegerField("Quantity", default=1, validators=[Optional(), NumberRange(min=1, max=100_000)])
     target = SelectField("Cloud and region", validators=[Optional()])
+    saved_key = SelectField("Use one of your saved SSH keys", validators=[Optional()])
     ssh_public_key = TextAreaField(
         "Your SSH public key (optional)", validators=[Optional(), Length(max=16_384)]
     )
@@ -301,3 +302,12 @@ class SellerForm(FlaskForm):  # type: ignore[misc]
 
 class CouponForm(FlaskForm):  # type: ignore[misc]
     code = StringField("Coupon code", validators=[DataRequired(), Length(max=40)])
+
+
+class SshKeyForm(FlaskForm):  # type: ignore[misc]
+    name = StringField("Name", validators=[DataRequired(), Length(max=100)], description="e.g. laptop")
+    public_key = TextAreaField(
+        "Public key",
+        validators=[DataRequired(), Length(max=16_384)],
+        description="ssh-ed25519 AAAA... you@host",
+    )

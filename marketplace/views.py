@@ -23,6 +23,7 @@ from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 from wtforms import SelectChoice
 
+from cmw.accounts import keys
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import (
     Identity,
@@ -165,8 +166,21 @@ def catalog() -> ResponseReturnValue:
     )
 
 
+def _saved_key(identity: Identity, key_id: str | None) -> str | None:
+    """The public key of one of the caller's saved keys, by id."""
+    for key in keys.keys_of(current_session(), identity.user.id) if key_id else []:
+        if str(key.id) == key_id:
+            return key.public_key
+    return None
+
+
 def _order_form(view: dict[str, Any]) -> OrderForm:
     form = OrderForm()
+    identity = current_identity()
+    saved = keys.keys_of(current_session(), identity.user.id) if identity else []
+    form.saved_key.choices = [SelectChoice("", "(none)")] + [
+        SelectChoice(str(k.id), f"{k.name} ({k.fingerprint[:20]}…)") for k in saved
+    ]
     form.plan.choices = [SelectChoice(p.code, p.name) for p in view["plans"]]
     targets = view.get("deployment") or []
     form.target.choices = [
@@ -215,7 +229,7 @@ def product(slug: str) -> ResponseReturnValue:
                         trial=bool(form.trial.data),
                         cloud_account=cloud or None,
                         region=region or None,
-                        ssh_public_key=form.ssh_public_key.data or None,
+                        ssh_public_key=form.ssh_public_key.data or _saved_key(identity, form.saved_key.data),
                     ),
                 )
             except orders.OrderError as exc:

@@ -174,3 +174,45 @@ def test_lists_are_paged(client: FlaskClient, make_user: Callable[..., User], db
     assert link, "no link to the next page"
     second = client.get(html_lib.unescape(link.group(1))).get_data(as_text=True)
     assert "paged-2@" in second and 'rel="prev"' in second and "paged-0@" not in second
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl laptop"
+
+
+def test_saved_ssh_keys_are_offered_when_ordering(
+    client: FlaskClient, make_user: Callable[..., User], shop: dict[str, Any], db_session: Any
+) -> None:
+    from cmw.orders.models import Order
+
+    customer = make_user(Role.CUSTOMER, password=PASSWORD)
+    _signed_in(client, customer)
+    token = _csrf(client.get("/account/ssh-keys").get_data(as_text=True))
+    bad = client.post(
+        "/account/ssh-keys", data={"csrf_token": token, "name": "x", "public_key": "ssh-rsa not base64!"}
+    )
+    assert bad.status_code == 422 and "not an OpenSSH public key" in _error(
+        bad.get_data(as_text=True), "public_key"
+    )
+    saved = client.post("/account/ssh-keys", data={"csrf_token": token, "name": "laptop", "public_key": KEY})
+    assert saved.status_code == 302
+    page = client.get("/account/ssh-keys").get_data(as_text=True)
+    fingerprint = re.search(r"<code class=\"wrap\">(SHA256:[A-Za-z0-9+/]{43})</code>", page)
+    assert fingerprint, page
+    again = client.post("/account/ssh-keys", data={"csrf_token": token, "name": "twice", "public_key": KEY})
+    assert "saved already" in _error(again.get_data(as_text=True), "public_key")
+
+    product = client.get("/products/wiki-server").get_data(as_text=True)
+    option = re.search(r'<option value="([0-9a-f-]{36})">laptop \(', product)
+    assert option, "the saved key is not offered"
+    ordered = client.post(
+        "/products/wiki-server",
+        data={"csrf_token": _csrf(product), "plan": "team", "quantity": "5", "saved_key": option.group(1)},
+    )
+    assert ordered.status_code == 302, ordered.get_data(as_text=True)
+    placed = db_session.query(Order).filter_by(placed_by_id=customer.id).one()
+    assert placed.ssh_public_key == KEY
+
+    remove = re.search(r'action="(/account/ssh-keys/[0-9a-f-]{36}/remove)"', page)
+    assert remove
+    client.post(remove.group(1), data={"csrf_token": token})
+    assert "No key yet" in client.get("/account/ssh-keys").get_data(as_text=True)

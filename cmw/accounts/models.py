@@ -160,3 +160,16 @@ class ApiToken(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defin
     last_used_at: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship()
+
+
+class SshKey(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """An SSH public key a user saved for their orders."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (sa.UniqueConstraint("user_id", "fingerprint", name="uq_ssh_keys_user_fingerprint"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    public_key: Mapped[str] = mapped_column(sa.Text)
+    #: SHA256:... as ssh-keygen -l prints it
+    fingerprint: Mapped[str] = mapped_column(sa.String(60))

@@ -7,18 +7,16 @@ and ``subscription.activated`` or ``subscription.trial_started`` in the same tra
 
 from __future__ import annotations
 
-import base64
-import binascii
 import calendar
 import dataclasses
 import datetime as dt
-import re
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, joinedload
 
+from cmw.accounts import keys
 from cmw.accounts.models import Organisation, OrganisationKind, User
 from cmw.catalog import service as catalog
 from cmw.catalog.models import BillingPeriod, Plan, Product, ProductVersion
@@ -200,29 +198,14 @@ def place_order(
     return order
 
 
-_SSH_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"
-    r"|sk-ecdsa-sha2-nistp256@openssh\.com) ([A-Za-z0-9+/]+={0,2})(?: [^\r\n]*)?$"
-)
-
-
 def _ssh_public_key(value: str | None) -> str | None:
     """The key line, checked: an OpenSSH public key whose blob names the same type."""
     if value is None or not value.strip():
         return None
-    line = value.strip()
-    match = _SSH_KEY.match(line)
-    problem = "not an OpenSSH public key line such as 'ssh-ed25519 AAAA... you@host'"
-    if match is None:
-        raise OrderError("ssh_public_key", problem)
     try:
-        blob = base64.b64decode(match.group(2), validate=True)
-    except binascii.Error:
-        raise OrderError("ssh_public_key", problem) from None
-    length = int.from_bytes(blob[:4], "big")
-    if blob[4 : 4 + length].decode("ascii", "replace") != match.group(1):
-        raise OrderError("ssh_public_key", "the key's type and its data do not match")
-    return line
+        return keys.check_public_key(value)[0]
+    except keys.KeyError_ as exc:
+        raise OrderError("ssh_public_key", str(exc)) from None
 
 
 def _target(version: ProductVersion, cloud_account: str | None, region: str | None) -> dict[str, Any]:
