@@ -15,16 +15,17 @@ from wtforms import SelectChoice
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import Membership, Organisation, Role, User
+from cmw.billing import coupons as billing_coupons
 from cmw.billing import service as billing
 from cmw.billing import taxes
 from cmw.billing.errors import BillingError
-from cmw.billing.models import BillingRun, TaxRate
+from cmw.billing.models import BillingRun, Coupon, CouponRedemption, TaxRate
 from cmw.extensions import current_session
 from cmw.money import parse_amount
 from deployer import clouds
 from deployer import service as deployments
 from deployer.models import CloudAccount
-from marketplace.forms import ActionForm, CloudAccountForm, SellerForm, TaxRateForm
+from marketplace.forms import ActionForm, CloudAccountForm, CouponCreateForm, SellerForm, TaxRateForm
 from marketplace.views import bp, paged
 
 
@@ -286,7 +287,9 @@ def admin_billing() -> ResponseReturnValue:
     return _billing_page(seller_form, TaxRateForm(formdata=None), status)
 
 
-def _billing_page(seller_form: SellerForm, rate_form: TaxRateForm, status: int) -> ResponseReturnValue:
+def _billing_page(
+    seller_form: SellerForm, rate_form: TaxRateForm, status: int, coupon_form: CouponCreateForm | None = None
+) -> ResponseReturnValue:
     session = current_session()
     marketplace_id = current_marketplace().id
     runs = session.scalars(sa.select(BillingRun).order_by(BillingRun.started_at.desc()).limit(20))
@@ -302,6 +305,14 @@ def _billing_page(seller_form: SellerForm, rate_form: TaxRateForm, status: int) 
             rates=list(rates),
             seller_form=seller_form,
             rate_form=rate_form,
+            coupon_form=coupon_form or CouponCreateForm(formdata=None),
+            coupons=session.execute(
+                sa.select(Coupon, sa.func.count(CouponRedemption.id))
+                .outerjoin(CouponRedemption, CouponRedemption.coupon_id == Coupon.id)
+                .where(Coupon.marketplace_id == marketplace_id)
+                .group_by(Coupon.id)
+                .order_by(Coupon.code)
+            ).all(),
             form=ActionForm(),
         ),
         status,
@@ -369,3 +380,47 @@ def admin_remove_tax_rate(rate_id: uuid.UUID) -> ResponseReturnValue:
     session.commit()
     flash("The tax rate is removed.", "info")
     return redirect(url_for("pages.admin_billing") + "#tax-rates")
+
+
+@bp.post("/admin/billing/coupons")
+def admin_add_coupon() -> ResponseReturnValue:
+    identity = _admin()
+    if identity is None:
+        return _sign_in()
+    session = current_session()
+    form = CouponCreateForm()
+    valid = form.validate_on_submit()
+    if form.csrf_token.errors:
+        abort(400)
+    if valid:
+        try:
+            value = parse_amount((form.value.data or "").strip())
+        except ValueError as exc:
+            form.value.errors = [str(exc)]
+        else:
+            data = {
+                "code": form.code.data or "",
+                "kind": form.kind.data,
+                "percent": value if form.kind.data == "percent" else None,
+                "amount": value if form.kind.data == "fixed" else None,
+                "currency": form.currency.data or None,
+                "duration": form.duration.data,
+                "periods": form.periods.data,
+                "max_redemptions": form.max_redemptions.data,
+            }
+            try:
+                billing_coupons.create(session, identity.marketplace.id, data)
+            except BillingError as exc:
+                session.rollback()
+                target = form._fields.get(
+                    {"percent": "value", "amount": "value"}.get(exc.field, exc.field), form.code
+                )
+                target.errors = [*target.errors, exc.message]
+            else:
+                session.commit()
+                flash("The coupon is created.", "info")
+                return redirect(url_for("pages.admin_billing") + "#coupons")
+    settings = taxes.settings_of(session, identity.marketplace.id)
+    seller_form = SellerForm(obj=settings, formdata=None)
+    seller_form.seller_address.data = "\n".join(settings.seller_address or [])
+    return _billing_page(seller_form, TaxRateForm(formdata=None), 422, coupon_form=form)

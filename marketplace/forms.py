@@ -311,3 +311,26 @@ class SshKeyForm(FlaskForm):  # type: ignore[misc]
         validators=[DataRequired(), Length(max=16_384)],
         description="ssh-ed25519 AAAA... you@host",
     )
+
+
+class CouponCreateForm(FlaskForm):  # type: ignore[misc]
+    code = StringField(
+        "Code", validators=[DataRequired(), Length(max=40)], description="What customers type."
+    )
+    kind = SelectField(
+        "Kind", choices=[SelectChoice("percent", "A percentage off"), SelectChoice("fixed", "An amount off")]
+    )
+    value = StringField("Percent or amount", validators=[DataRequired(), Length(max=20)])
+    currency = StringField("Currency (amounts only)", validators=[Optional(), Length(min=3, max=3)])
+    duration = SelectField(
+        "For",
+        choices=[
+            SelectChoice("once", "one period"),
+            SelectChoice("repeating", "a number of periods"),
+            SelectChoice("forever", "ever"),
+        ],
+    )
+    periods = IntegerField(
+        "Periods (a number of periods)", validators=[Optional(), NumberRange(min=1, max=120)]
+    )
+    max_redemptions = IntegerField("Redemptions at most", validators=[Optional(), NumberRange(min=1)])

@@ -551,6 +551,13 @@ def test_the_admins_billing_page(app: Flask, committed_db: Factory, world: dict[
     with committed_db() as session:
         (invoice,) = session.scalars(sa.select(Invoice)).all()
         assert invoice.tax_rule == "VAT 22%" and invoice.total > invoice.subtotal
+    # coupons: errors next to their fields, then one created and listed
+    coupon = {"code": "SPRING", "kind": "percent", "value": "150", "duration": "once", "csrf_token": token}
+    refused = browser.post("/admin/billing/coupons", data=coupon)
+    assert refused.status_code == 422 and "at most 100 percent" in refused.get_data(as_text=True)
+    assert browser.post("/admin/billing/coupons", data={**coupon, "value": "15"}).status_code == 302
+    page = browser.get("/admin/billing").get_data(as_text=True)
+    assert "The coupon is created" in page and '<th scope="row">SPRING</th><td>15%</td>' in page
     remove = re.search(r'action="(/admin/billing/tax-rates/[0-9a-f-]{36}/remove)"', page)
     assert remove
     browser.post(remove.group(1), data={"csrf_token": token})
