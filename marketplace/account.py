@@ -39,15 +39,7 @@ from marketplace.forms import (
     SshKeyForm,
     TokenForm,
 )
-from marketplace.views import belongs, bp, paged
-
-
-def _signed_in() -> Identity | None:
-    return current_identity()
-
-
-def _sign_in() -> ResponseReturnValue:
-    return redirect(url_for("pages.sign_in", next=request.path))
+from marketplace.views import belongs, bp, paged, sign_in_first
 
 
 def _own_subscription(identity: Identity, subscription_id: uuid.UUID, lock: bool = False) -> Subscription:
@@ -69,9 +61,9 @@ def _plan_label(plan: Plan, quantity: int) -> str:
 def subscription(subscription_id: uuid.UUID) -> ResponseReturnValue:
     """One subscription: its plan, quantity and period, its instance and what happened to
     it, and changing plan (upgrades now, downgrades at the period's end) or quantity."""
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     found = _own_subscription(identity, subscription_id)
     return _subscription_page(found, ChangePlanForm(formdata=None), QuantityForm(formdata=None), 200)
 
@@ -129,9 +121,9 @@ def _subscription_page(
 @bp.post("/account/subscriptions/<uuid:subscription_id>/coupon")
 def redeem_coupon(subscription_id: uuid.UUID) -> ResponseReturnValue:
     """Redeem a coupon code on the subscription: its next periods' fees are discounted."""
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     found = _own_subscription(identity, subscription_id, lock=True)
     form = CouponForm()
@@ -153,9 +145,9 @@ def redeem_coupon(subscription_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.post("/account/subscriptions/<uuid:subscription_id>/<any(plan, quantity):what>")
 def change_subscription(subscription_id: uuid.UUID, what: str) -> ResponseReturnValue:
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     found = _own_subscription(identity, subscription_id, lock=True)
     plan_form = ChangePlanForm() if what == "plan" else ChangePlanForm(formdata=None)
@@ -196,9 +188,9 @@ def change_subscription(subscription_id: uuid.UUID, what: str) -> ResponseReturn
 @bp.route("/account/tokens", methods=["GET", "POST"])
 def tokens() -> ResponseReturnValue:
     """Personal API tokens for this marketplace: create one (its secret is shown once), revoke."""
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     form = TokenForm()
     secret = None
@@ -240,9 +232,9 @@ def tokens() -> ResponseReturnValue:
 
 @bp.post("/account/tokens/<uuid:token_id>/revoke")
 def revoke_token(token_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     if not ActionForm().validate_on_submit():
         abort(400)
     session = current_session()
@@ -259,9 +251,9 @@ def revoke_token(token_id: uuid.UUID) -> ResponseReturnValue:
 @bp.route("/account/profile", methods=["GET", "POST"])
 def profile() -> ResponseReturnValue:
     """Who you are here, and changing your password."""
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     form = PasswordForm()
     status = 200
@@ -365,9 +357,9 @@ def _int_arg(name: str, default: int, low: int, high: int, errors: dict[str, str
 @bp.get("/account/invoices")
 def invoices() -> ResponseReturnValue:
     """Your organisations' invoices, newest first."""
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     page = paged(
         sa.select(Invoice)
         .where(
@@ -394,9 +386,9 @@ def _own_invoice(identity: Identity, invoice_id: uuid.UUID) -> Invoice:
 
 @bp.get("/account/invoices/<uuid:invoice_id>")
 def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     found = _own_invoice(identity, invoice_id)
     session = current_session()
     return render_template(
@@ -414,9 +406,9 @@ def invoice(invoice_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.get("/account/invoices/<uuid:invoice_id>/pdf")
 def invoice_pdf(invoice_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     return pdf_response(_own_invoice(identity, invoice_id))
 
 
@@ -424,9 +416,9 @@ def invoice_pdf(invoice_id: uuid.UUID) -> ResponseReturnValue:
 @bp.route("/account/ssh-keys", methods=["GET", "POST"])
 def ssh_keys() -> ResponseReturnValue:
     """Your SSH public keys, to pick when ordering (installed for the machine's login user)."""
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     form = SshKeyForm()
     status = 200
@@ -458,9 +450,9 @@ def ssh_keys() -> ResponseReturnValue:
 
 @bp.post("/account/ssh-keys/<uuid:key_id>/remove")
 def remove_ssh_key(key_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _signed_in()
+    identity = current_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     if not ActionForm().validate_on_submit():
         abort(400)
     session = current_session()

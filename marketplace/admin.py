@@ -13,31 +13,20 @@ from sqlalchemy.orm import sessionmaker
 from wtforms import SelectChoice
 
 from cmw.accounts import service as accounts
-from cmw.accounts.auth import Identity, current_identity, current_marketplace
+from cmw.accounts.auth import current_marketplace
 from cmw.accounts.models import Membership, Organisation, Role, User
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import service as billing
 from cmw.billing import taxes
 from cmw.billing.errors import BillingError
-from cmw.billing.models import BillingRun, Coupon, CouponRedemption, TaxRate
+from cmw.billing.models import BillingRun, BillingSettings, Coupon, CouponRedemption, TaxRate
 from cmw.extensions import current_session
 from cmw.money import parse_amount
 from deployer import clouds
 from deployer import service as deployments
 from deployer.models import CloudAccount
 from marketplace.forms import ActionForm, CloudAccountForm, CouponCreateForm, SellerForm, TaxRateForm
-from marketplace.views import bp, paged
-
-
-def _admin() -> Identity | None:
-    identity = current_identity()
-    if identity is not None and not identity.is_admin:
-        abort(403)
-    return identity
-
-
-def _sign_in() -> ResponseReturnValue:
-    return redirect(url_for("pages.sign_in", next=request.path))
+from marketplace.views import admin_identity, bp, paged, sign_in_first
 
 
 def _pairs(text: str, field: Any) -> dict[str, Any] | None:
@@ -100,8 +89,8 @@ def _values(form: CloudAccountForm, creating: bool) -> dict[str, Any] | None:
 @bp.get("/admin/cloud-accounts")
 def cloud_accounts() -> ResponseReturnValue:
     """The clouds the platform deploys to: provider, region, SSH endpoint, whether active."""
-    if _admin() is None:
-        return _sign_in()
+    if admin_identity() is None:
+        return sign_in_first()
     listed = current_session().scalars(sa.select(CloudAccount).order_by(CloudAccount.name).limit(500))
     return render_template("admin_cloud_accounts.html", accounts=list(listed), form=ActionForm())
 
@@ -110,8 +99,8 @@ def cloud_accounts() -> ResponseReturnValue:
 @bp.route("/admin/cloud-accounts/<uuid:account_id>", methods=["GET", "POST"])
 def cloud_account(account_id: uuid.UUID | None) -> ResponseReturnValue:
     """Add a cloud account or change one (credentials left blank stay as they are)."""
-    if _admin() is None:
-        return _sign_in()
+    if admin_identity() is None:
+        return sign_in_first()
     session = current_session()
     account = session.get(CloudAccount, account_id) if account_id else None
     if account_id and account is None:
@@ -147,8 +136,8 @@ def cloud_account(account_id: uuid.UUID | None) -> ResponseReturnValue:
 @bp.post("/admin/cloud-accounts/<uuid:account_id>/test")
 def test_cloud_account(account_id: uuid.UUID) -> ResponseReturnValue:
     """Try the account's credentials: list its sizes and images, and say how long it took."""
-    if _admin() is None:
-        return _sign_in()
+    if admin_identity() is None:
+        return sign_in_first()
     if not ActionForm().validate_on_submit():
         abort(400)
     session = current_session()
@@ -172,9 +161,9 @@ def test_cloud_account(account_id: uuid.UUID) -> ResponseReturnValue:
 @bp.get("/admin/users")
 def admin_users() -> ResponseReturnValue:
     """The marketplace's users with their roles and organisations; search; disable or enable."""
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     q = (request.args.get("q") or "").strip()[:100]
     role_arg = request.args.get("role") or ""
@@ -209,9 +198,9 @@ def admin_users() -> ResponseReturnValue:
 
 @bp.post("/admin/users/<uuid:user_id>/<any(disable, enable):action>")
 def admin_user_active(user_id: uuid.UUID, action: str) -> ResponseReturnValue:
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     if not ActionForm().validate_on_submit():
         abort(400)
     session = current_session()
@@ -245,14 +234,12 @@ def admin_user_active(user_id: uuid.UUID, action: str) -> ResponseReturnValue:
 def admin_billing() -> ResponseReturnValue:
     """Billing runs (and running one now), the seller details printed on invoices, and
     the tax rates."""
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     settings = taxes.settings_of(session, identity.marketplace.id)
-    seller_form = SellerForm(obj=settings) if request.method == "GET" else SellerForm()
-    if request.method == "GET":
-        seller_form.seller_address.data = "\n".join(settings.seller_address or [])
+    seller_form = _seller_form(settings) if request.method == "GET" else SellerForm()
     status = 200
     if request.method == "POST":
         valid = seller_form.validate_on_submit()
@@ -284,12 +271,24 @@ def admin_billing() -> ResponseReturnValue:
                 return redirect(url_for("pages.admin_billing"))
     else:
         session.commit()  # the settings row, made on first visit
-    return _billing_page(seller_form, TaxRateForm(formdata=None), status)
+    return _billing_page(status, seller_form=seller_form)
+
+
+def _seller_form(settings: BillingSettings) -> SellerForm:
+    """The seller details form filled in from the stored settings."""
+    form = SellerForm(obj=settings, formdata=None)
+    form.seller_address.data = "\n".join(settings.seller_address or [])
+    return form
 
 
 def _billing_page(
-    seller_form: SellerForm, rate_form: TaxRateForm, status: int, coupon_form: CouponCreateForm | None = None
+    status: int,
+    *,
+    seller_form: SellerForm | None = None,
+    rate_form: TaxRateForm | None = None,
+    coupon_form: CouponCreateForm | None = None,
 ) -> ResponseReturnValue:
+    """The billing page; the forms not given are shown fresh (the seller's filled in)."""
     session = current_session()
     marketplace_id = current_marketplace().id
     runs = session.scalars(sa.select(BillingRun).order_by(BillingRun.started_at.desc()).limit(20))
@@ -303,8 +302,8 @@ def _billing_page(
             "admin_billing.html",
             runs=list(runs),
             rates=list(rates),
-            seller_form=seller_form,
-            rate_form=rate_form,
+            seller_form=seller_form or _seller_form(taxes.settings_of(session, marketplace_id)),
+            rate_form=rate_form or TaxRateForm(formdata=None),
             coupon_form=coupon_form or CouponCreateForm(formdata=None),
             coupons=session.execute(
                 sa.select(Coupon, sa.func.count(CouponRedemption.id))
@@ -322,8 +321,8 @@ def _billing_page(
 @bp.post("/admin/billing/run")
 def admin_billing_run() -> ResponseReturnValue:
     """Bill everything due now (what the worker does every hour)."""
-    if _admin() is None:
-        return _sign_in()
+    if admin_identity() is None:
+        return sign_in_first()
     if not ActionForm().validate_on_submit():
         abort(400)
     factory = sessionmaker(bind=current_session().get_bind(), expire_on_commit=False)
@@ -334,9 +333,9 @@ def admin_billing_run() -> ResponseReturnValue:
 
 @bp.post("/admin/billing/tax-rates")
 def admin_add_tax_rate() -> ResponseReturnValue:
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     form = TaxRateForm()
     valid = form.validate_on_submit()
@@ -359,17 +358,14 @@ def admin_add_tax_rate() -> ResponseReturnValue:
                 session.commit()
                 flash("The tax rate is added.", "info")
                 return redirect(url_for("pages.admin_billing") + "#tax-rates")
-    settings = taxes.settings_of(session, identity.marketplace.id)
-    seller_form = SellerForm(obj=settings, formdata=None)
-    seller_form.seller_address.data = "\n".join(settings.seller_address or [])
-    return _billing_page(seller_form, form, 422)
+    return _billing_page(422, rate_form=form)
 
 
 @bp.post("/admin/billing/tax-rates/<uuid:rate_id>/remove")
 def admin_remove_tax_rate(rate_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     if not ActionForm().validate_on_submit():
         abort(400)
     session = current_session()
@@ -384,9 +380,9 @@ def admin_remove_tax_rate(rate_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.post("/admin/billing/coupons")
 def admin_add_coupon() -> ResponseReturnValue:
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     form = CouponCreateForm()
     valid = form.validate_on_submit()
@@ -420,7 +416,4 @@ def admin_add_coupon() -> ResponseReturnValue:
                 session.commit()
                 flash("The coupon is created.", "info")
                 return redirect(url_for("pages.admin_billing") + "#coupons")
-    settings = taxes.settings_of(session, identity.marketplace.id)
-    seller_form = SellerForm(obj=settings, formdata=None)
-    seller_form.seller_address.data = "\n".join(settings.seller_address or [])
-    return _billing_page(seller_form, TaxRateForm(formdata=None), 422, coupon_form=form)
+    return _billing_page(422, coupon_form=form)

@@ -52,7 +52,7 @@ from marketplace.forms import (
     TargetForm,
     UploadForm,
 )
-from marketplace.views import belongs, bp, paged
+from marketplace.views import belongs, bp, paged, sign_in_first
 
 #: what the service may refuse, each with a reason a person can act on
 REFUSALS = (catalog_service.CatalogError, PricingError, InvalidTransition, ConcurrentChange)
@@ -64,10 +64,6 @@ def _vendor() -> Identity | None:
     if identity is not None and not identity.organisations_with(Role.VENDOR):
         abort(403)
     return identity
-
-
-def _sign_in() -> ResponseReturnValue:
-    return redirect(url_for("pages.sign_in", next=request.path))
 
 
 def _own(identity: Identity, product_id: uuid.UUID) -> Product:
@@ -167,7 +163,7 @@ def _act(
     product (``LookupError``: what it names is not there, 404), say how it went, go back."""
     identity = _vendor()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     product = _own(identity, product_id)
     if not ActionForm().validate_on_submit():
@@ -225,7 +221,7 @@ def vendor_new_product() -> ResponseReturnValue:
     """A new product, in draft: its details first, then images, plans and deployment."""
     identity = _vendor()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     form = ProductForm()
     form.category.choices = _category_choices()
@@ -260,7 +256,7 @@ def vendor_edit_product(product_id: uuid.UUID) -> ResponseReturnValue:
     """The editor: details (with a preview of the description), images, plans, deployment."""
     identity = _vendor()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     product = _own(identity, product_id)
     form = ProductForm()
@@ -335,7 +331,7 @@ def vendor_upload(product_id: uuid.UUID, kind: str) -> ResponseReturnValue:
     """Upload the logo (its background colour is computed) or add a screenshot."""
     identity = _vendor()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     product = _own(identity, product_id)
     form = UploadForm()
@@ -480,7 +476,7 @@ def vendor_plan(product_id: uuid.UUID, code: str | None) -> ResponseReturnValue:
     """Add a plan, or change one; the product's other plans stay as they are."""
     identity = _vendor()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     product = _own(identity, product_id)
     version = _shown_version(product)
@@ -625,7 +621,7 @@ def vendor_target(product_id: uuid.UUID, index: int | None) -> ResponseReturnVal
     """Add or change where the product runs: a cloud account, region, image and VM size."""
     identity = _vendor()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     product = _own(identity, product_id)
     version = _shown_version(product)
@@ -698,7 +694,7 @@ def vendor_sales() -> ResponseReturnValue:
     newest first and paginated, and the latest orders."""
     identity = _vendor()
     if identity is None:
-        return _sign_in()
+        return sign_in_first()
     session = current_session()
     vendors = identity.organisations_with(Role.VENDOR)
     in_marketplace = Subscription.marketplace_id == identity.marketplace.id

@@ -208,7 +208,7 @@ def product(slug: str) -> ResponseReturnValue:
     if request.method == "POST":
         identity = current_identity()
         if identity is None:
-            return redirect(url_for("pages.sign_in", next=request.path))
+            return sign_in_first()
         customers = sorted(identity.organisations_with(Role.CUSTOMER))
         if not customers:
             error, status = "Only a customer organisation's users can order; sign in as one.", 403
@@ -333,7 +333,7 @@ def order(order_id: uuid.UUID) -> ResponseReturnValue:
     a reload nor a prefetch spends it)."""
     identity = current_identity()
     if identity is None:
-        return redirect(url_for("pages.sign_in", next=request.path))
+        return sign_in_first()
     session = current_session()
     placed = session.get(Order, order_id)
     if placed is None or not belongs(identity, placed.marketplace_id, placed.customer_id, Role.CUSTOMER):
@@ -465,7 +465,7 @@ def account() -> ResponseReturnValue:
     """Your account: your subscriptions with their instances, and what you can do with them."""
     identity = current_identity()
     if identity is None:
-        return redirect(url_for("pages.sign_in", next=request.path))
+        return sign_in_first()
     session = current_session()
     customers = identity.organisations_with(Role.CUSTOMER)
     rows = []
@@ -555,20 +555,24 @@ def subscription_action(subscription_id: uuid.UUID, action: str) -> ResponseRetu
 
 
 # ------------------------------------------------------------------ admin
-def _admin() -> Any:
+def admin_identity() -> Identity | None:
+    """The signed-in administrator; None if nobody is signed in; 403 for anyone else."""
     identity = current_identity()
-    if identity is None:
-        return None
-    if not identity.is_admin:
+    if identity is not None and not identity.is_admin:
         abort(403)
     return identity
+
+
+def sign_in_first() -> ResponseReturnValue:
+    """To the sign-in page, and back here afterwards."""
+    return redirect(url_for("pages.sign_in", next=request.path))
 
 
 @bp.get("/admin/review")
 def review_queue() -> ResponseReturnValue:
     """Submitted products and revisions waiting for an administrator, oldest first."""
-    if _admin() is None:
-        return redirect(url_for("pages.sign_in", next=request.path))
+    if admin_identity() is None:
+        return sign_in_first()
     session = current_session()
     waiting = []
     for product in session.scalars(catalog_service.review_queue(current_marketplace()).limit(100)):
@@ -580,7 +584,7 @@ def review_queue() -> ResponseReturnValue:
 
 @bp.post("/admin/review/<uuid:product_id>/<any(approve, reject):decision>")
 def review_decision(product_id: uuid.UUID, decision: str) -> ResponseReturnValue:
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
         return redirect(url_for("pages.sign_in", next=url_for("pages.review_queue")))
     session = current_session()
@@ -614,7 +618,7 @@ def vendor_products() -> ResponseReturnValue:
     and submitting a draft for review."""
     identity = current_identity()
     if identity is None:
-        return redirect(url_for("pages.sign_in", next=request.path))
+        return sign_in_first()
     vendors = identity.organisations_with(Role.VENDOR)
     if not vendors:
         abort(403)
@@ -665,9 +669,9 @@ def vendor_submit(product_id: uuid.UUID) -> ResponseReturnValue:
 @bp.get("/admin/deployments")
 def admin_deployments() -> ResponseReturnValue:
     """Every deployment of the marketplace, newest first, failed ones with their reason."""
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
-        return redirect(url_for("pages.sign_in", next=request.path))
+        return sign_in_first()
     session = current_session()
     state = request.args.get("state") or None
     stmt = sa.select(Deployment).where(Deployment.marketplace_id == identity.marketplace.id)
@@ -688,7 +692,7 @@ def admin_deployments() -> ResponseReturnValue:
 
 @bp.post("/admin/deployments/<uuid:deployment_id>/<any(retry, remove):action>")
 def admin_deployment_action(deployment_id: uuid.UUID, action: str) -> ResponseReturnValue:
-    identity = _admin()
+    identity = admin_identity()
     if identity is None:
         return redirect(url_for("pages.sign_in", next=url_for("pages.admin_deployments")))
     session = current_session()
@@ -718,7 +722,7 @@ def notifications() -> ResponseReturnValue:
     mark them read."""
     identity = current_identity()
     if identity is None:
-        return redirect(url_for("pages.sign_in", next=request.path))
+        return sign_in_first()
     session = current_session()
     try:
         number = max(1, int(request.args.get("page", "1")))

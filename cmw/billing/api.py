@@ -17,6 +17,7 @@ from cmw.accounts.auth import Identity, require_identity, roles_required, visibl
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.api.views import attributes
 from cmw.assets.api import storage
 from cmw.billing import coupons, documents, payments, taxes
 from cmw.billing import service as billing
@@ -156,7 +157,7 @@ class InvoiceResource(MethodView):
 def _detail(invoice: Invoice) -> dict[str, Any]:
     session = current_session()
     return {
-        **{name: getattr(invoice, name) for name in InvoiceSchema().fields},
+        **attributes(invoice, InvoiceSchema),
         "lines": invoice.lines,
         "payments": list(
             session.scalars(
@@ -471,11 +472,7 @@ class Coupons(MethodView):
             .where(Coupon.marketplace_id == require_identity().marketplace.id)
             .order_by(Coupon.code)
         )
-        return [
-            {**{name: getattr(c, name) for name in CouponSchema().fields if name != "redemptions"},
-             "redemptions": counts.get(c.id, 0)}
-            for c in found
-        ]  # fmt: skip
+        return [{**attributes(c, CouponSchema), "redemptions": counts.get(c.id, 0)} for c in found]
 
     @blp.arguments(CouponSchema)
     @blp.response(201, CouponSchema)

@@ -407,36 +407,6 @@ def next_number(
     return series, year, int(sequence) - count + 1
 
 
-def issue(
-    session: Session, invoice: Invoice, now: dt.datetime, settings: BillingSettings | None = None
-) -> None:
-    """Number the invoice (gapless in its series and year) and make it final."""
-    if invoice.status is not InvoiceStatus.DRAFT:
-        raise BillingError(
-            "status", f"invoice {invoice.number} is {invoice.status.value}: it cannot be issued again"
-        )
-    series, year, sequence = next_number(session, invoice.marketplace_id, now)
-    invoice.series, invoice.year, invoice.sequence = series, year, sequence
-    invoice.number = f"{series}-{year}-{sequence:06d}"
-    invoice.status = InvoiceStatus.ISSUED
-    invoice.issued_at = now
-    invoice.due_at = now + (dt.timedelta(days=settings.payment_terms_days) if settings else PAYMENT_TERMS)
-    session.flush()
-    emit(
-        session,
-        "invoice.issued",
-        {
-            "invoice_id": str(invoice.id),
-            "customer_id": str(invoice.customer_id),
-            "number": invoice.number,
-            "total": format_amount(invoice.total),
-            "currency": invoice.currency,
-            "due_at": invoice.due_at.isoformat(),
-        },
-        marketplace_id=invoice.marketplace_id,
-    )
-
-
 def _insert_counter(session: Session, series: str, year: int) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
