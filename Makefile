@@ -39,6 +39,7 @@ check: lint typecheck
 
 test: $(VENV)/.dev-installed check
 	scripts/ensure-system-packages test
+	PYTHON=$(BIN)/python scripts/fetch-ubl-schema $(VENV)/share/ubl-2.1
 	$(BIN)/pytest
 
 bench: $(VENV)/.dev-installed

@@ -1,7 +1,9 @@
 """``DeploymentRequests``: turns ``deployment.requested`` into a deployment row, and the end
 of a subscription (``deployment.cancelled``, ``subscription.cancelled``,
-``subscription.expired``) into its removal. The engine does the provider work, outside
-the message handling, so a slow cloud never holds up the worker's other consumers."""
+``subscription.expired``) into its removal, and an unpaid (``subscription.suspended``)
+or paid (``subscription.resumed``) subscription into stopping or starting its VM. The
+engine does the provider work, outside the message handling, so a slow cloud never holds
+up the worker's other consumers."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class DeploymentRequests(EventConsumer):
         "deployment.cancelled",
         "subscription.cancelled",
         "subscription.expired",
+        "subscription.suspended",
+        "subscription.resumed",
     )
 
     def handle(self, session: Session, event: Event) -> None:
@@ -29,5 +33,11 @@ class DeploymentRequests(EventConsumer):
             raw = event.payload.get("subscription_id")
             if not raw:
                 return
-            service.request_removal(session, uuid.UUID(str(raw)))
+            subscription_id = uuid.UUID(str(raw))
+            if event.topic in ("subscription.suspended", "subscription.resumed"):
+                service.request_suspension(
+                    session, subscription_id, suspend=event.topic == "subscription.suspended"
+                )
+            else:
+                service.request_removal(session, subscription_id)
         engine.WAKE.set()  # the engine looks again (it also polls)

@@ -208,7 +208,7 @@ class Engine:
                 deployment.next_attempt_at = now
                 if step.next_state is S.REMOVED:
                     deployment.removed_at = now
-                if step.next_state is S.RUNNING:
+                if step.next_state is S.RUNNING and state not in (S.RESUMING, S.SUSPENDING):
                     self._ready(ctx, now)
                 elif step.next_state is S.FAILED:
                     service.emit_failed(session, deployment)
@@ -218,9 +218,13 @@ class Engine:
 
     def _handler(self, deployment: Deployment) -> Callable[[Context], Step]:
         state = deployment.state
-        if deployment.desired == "removed" and state not in (S.STOPPING, S.DESTROYING, S.ROLLING_BACK):
+        if deployment.desired == service.REMOVED and state not in (S.STOPPING, S.DESTROYING, S.ROLLING_BACK):
             return _begin_removal
         return {
+            S.RUNNING: _at_rest,
+            S.SUSPENDED: _at_rest,
+            S.SUSPENDING: self._suspend,
+            S.RESUMING: self._resume,
             S.REQUESTED: _requested,
             S.PREPARING: _prepare,
             S.CREATING_VM: _create_vm,
@@ -243,7 +247,9 @@ class Engine:
         deployment.last_error = reason
         transient = isinstance(error, TransientError)
         undoing = state in (S.ROLLING_BACK, S.STOPPING, S.DESTROYING)
-        if (transient and deployment.attempt < self.max_attempts) or undoing:
+        # stopping or starting a customer's machine never destroys it: retried like undoing
+        keeping = state in (S.SUSPENDING, S.RESUMING)
+        if (transient and deployment.attempt < self.max_attempts) or undoing or keeping:
             # undoing is retried for ever (with the longest delay): nothing may be left behind
             delay = min(self.max_delay, self.base_delay * 2 ** (deployment.attempt - 1))
             delay = random.uniform(delay / 2, delay)
@@ -300,6 +306,41 @@ class Engine:
             raise PermanentError(f"the VM is {node.state} instead of starting")
         if ctx.deployment.attempt * self.poll_seconds > self.start_timeout:
             raise PermanentError(f"the VM did not start within {self.start_timeout:.0f} s")
+        return Step(None, f"VM is {node.state}; waiting", delay=self.poll_seconds)
+
+    def _suspend(self, ctx: Context) -> Step:
+        """Stop the VM, keeping it and its disk (and the customer's data on it)."""
+        node = _find_node(ctx)
+        if node is None:
+            raise PermanentError("the VM to suspend is gone")
+        if node.state == NodeState.STOPPED or ctx.is_dummy:
+            return Step(S.SUSPENDED, f"VM {node.id} stopped")
+        if node.state == NodeState.RUNNING:
+            try:
+                ctx.calls("stop_node", ctx.driver.stop_node, node)
+            except NotImplementedError:
+                # nothing to wait for: the machine stays up until the subscription is cancelled
+                ctx.deployment.desired = service.RUNNING
+                return Step(S.RUNNING, "not suspended: this cloud cannot stop a VM; it is left running")
+        return Step(None, f"VM is {node.state}; waiting until it is stopped", delay=self.poll_seconds)
+
+    def _resume(self, ctx: Context) -> Step:
+        """Start the suspended VM again; running again once it has an address (EC2 gives
+        a stopped VM a new public one, so the address and URL are taken afresh)."""
+        node = _find_node(ctx)
+        if node is None:
+            raise PermanentError("the suspended VM is gone")
+        if node.state == NodeState.STOPPED:
+            if ctx.is_dummy:
+                return Step(S.RUNNING, "resumed (the dummy cloud has nothing to start)")
+            ctx.calls("start_node", ctx.driver.start_node, node)
+            return Step(None, "VM starting", delay=self.poll_seconds)
+        address = next(iter(node.public_ips or []), None) or next(iter(node.private_ips or []), None)
+        if node.state == NodeState.RUNNING and address:
+            deployment = ctx.deployment
+            deployment.address = address
+            deployment.url = _url(deployment.spec.get("app_url_template"), address)
+            return Step(S.RUNNING, f"resumed: VM running at {address}", {"address": address})
         return Step(None, f"VM is {node.state}; waiting", delay=self.poll_seconds)
 
     def _run_setup(self, ctx: Context) -> Step:
@@ -660,6 +701,18 @@ def _url(template: str | None, address: str | None) -> str | None:
 def _finish(deployment: Deployment, url: str | None, login: str) -> None:
     deployment.url = url
     deployment.login = login
+
+
+# ------------------------------------------------------------------ suspension
+def _at_rest(ctx: Context) -> Step:
+    """A running or suspended deployment woken because it should be the other one."""
+    deployment = ctx.deployment
+    if deployment.state is S.RUNNING and deployment.desired == service.SUSPENDED:
+        return Step(S.SUSPENDING, "an invoice is unpaid: suspending the VM")
+    if deployment.state is S.SUSPENDED and deployment.desired == service.RUNNING:
+        return Step(S.RESUMING, "paid: starting the VM again")
+    deployment.active = False  # already where it should be
+    return Step(None, f"already {deployment.state.value}")
 
 
 # ------------------------------------------------------------------ undoing

@@ -46,6 +46,12 @@ class DeploymentState(enum.StrEnum):
     DESTROYING = "destroying"
     #: gone
     REMOVED = "removed"
+    #: an unpaid invoice: stopping the VM, keeping it and its disk
+    SUSPENDING = "suspending"
+    #: stopped for an unpaid invoice; started again when it is paid
+    SUSPENDED = "suspended"
+    #: paid: starting the VM again and waiting for its (possibly new) address
+    RESUMING = "resuming"
 
 
 #: states the worker still has something to do in
@@ -53,6 +59,7 @@ ACTIVE_STATES = frozenset(DeploymentState) - {
     DeploymentState.RUNNING,
     DeploymentState.FAILED,
     DeploymentState.REMOVED,
+    DeploymentState.SUSPENDED,
 }
 #: the provisioning steps, in order
 PROVISIONING = (

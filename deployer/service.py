@@ -216,7 +216,7 @@ def record(
     )
     if to_state != from_state:
         deployment.state = to_state
-        deployment.active = to_state in ACTIVE_STATES
+        deployment.active = to_state in ACTIVE_STATES or wants_change(deployment)
         emit(
             session,
             "deployment.state_changed",
@@ -275,14 +275,45 @@ def request_deployment(
     return deployment
 
 
+def wants_change(deployment: Deployment) -> bool:
+    """Whether a deployment at rest must still move: suspended while running, running while
+    suspended (a change asked for while it was on its way there)."""
+    return (deployment.state is DeploymentState.RUNNING and deployment.desired == SUSPENDED) or (
+        deployment.state is DeploymentState.SUSPENDED and deployment.desired == RUNNING
+    )
+
+
+#: what a deployment should become (``Deployment.desired``)
+RUNNING, SUSPENDED, REMOVED = "running", "suspended", "removed"
+
+
+def request_suspension(session: Session, subscription_id: uuid.UUID, *, suspend: bool) -> Deployment | None:
+    """An invoice is unpaid (``suspend``): the machine is stopped and kept; or it is paid: the
+    machine runs again. Nothing changes for a machine that is being removed."""
+    deployment = session.scalar(
+        sa.select(Deployment).where(Deployment.subscription_id == subscription_id).with_for_update()
+    )
+    if deployment is None or deployment.desired == REMOVED:
+        return deployment
+    wanted = SUSPENDED if suspend else RUNNING
+    if deployment.desired == wanted:
+        return deployment
+    deployment.desired = wanted
+    if deployment.state not in (DeploymentState.FAILED, DeploymentState.REMOVED):
+        deployment.active = deployment.state in ACTIVE_STATES or wants_change(deployment)
+        deployment.next_attempt_at = utcnow()
+    session.flush()
+    return deployment
+
+
 def request_removal(session: Session, subscription_id: uuid.UUID) -> Deployment | None:
     """The subscription ended: its machine goes away (after provisioning stops)."""
     deployment = session.scalar(
         sa.select(Deployment).where(Deployment.subscription_id == subscription_id).with_for_update()
     )
-    if deployment is None or deployment.desired == "removed":
+    if deployment is None or deployment.desired == REMOVED:
         return deployment
-    deployment.desired = "removed"
+    deployment.desired = REMOVED
     if deployment.state not in (DeploymentState.REMOVED,):
         deployment.active = True
         deployment.next_attempt_at = utcnow()

@@ -1,16 +1,14 @@
-"""Invoice PDFs (ReportLab): the marketplace's name and colour, seller and buyer, the lines
+"""Invoice and credit note PDFs (ReportLab): the marketplace's name and colour, seller and buyer, the lines
 with their periods and quantities, the tax summary with the rule applied, the totals and
 the payment terms. Unicode throughout: DejaVu Sans where the system has it (Debian's
 fonts-dejavu-core), else the Bitstream Vera fonts ReportLab ships.
 
-The renderer takes a plain :class:`Document`, not database rows, so it can run anywhere
-(the worker after issue, or the web process on demand) and be tested on its own.
+It renders a :class:`invoices.model.Document` (the worker after issue, or the web process
+on demand).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import io
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +25,8 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from invoices.model import Document, Party
+
 _DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 _VERA = Path(reportlab.__file__).parent / "fonts"
 FONT, BOLD = "MercatoSans", "MercatoSans-Bold"
@@ -40,47 +40,6 @@ def _register_fonts() -> None:
         regular, bold = _VERA / "Vera.ttf", _VERA / "VeraBd.ttf"
     pdfmetrics.registerFont(TTFont(FONT, str(regular)))
     pdfmetrics.registerFont(TTFont(BOLD, str(bold)))
-
-
-@dataclasses.dataclass(frozen=True)
-class Line:
-    description: str
-    period: str
-    quantity: Decimal
-    unit: str | None
-    unit_price: Decimal | None
-    amount: Decimal
-
-
-@dataclasses.dataclass(frozen=True)
-class Party:
-    name: str
-    address: tuple[str, ...] = ()
-    country: str | None = None
-    vat_number: str | None = None
-    email: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Document:
-    title: str  # "Invoice" or "Credit note"
-    number: str
-    issued_at: dt.datetime
-    due_at: dt.datetime | None
-    currency: str
-    marketplace: str
-    colour: str
-    seller: Party
-    buyer: Party
-    lines: tuple[Line, ...]
-    subtotal: Decimal
-    tax_rate: Decimal
-    tax_rule: str
-    tax_total: Decimal
-    total: Decimal
-    payment_instructions: str = ""
-    footer: str = ""
-    reference: str = ""  # the invoice a credit note corrects
 
 
 def money(amount: Decimal, currency: str) -> str:

@@ -18,7 +18,7 @@ from cmw.accounts.auth import Identity, current_identity, current_marketplace
 from cmw.accounts.models import ApiToken, Role, SshKey, User
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import payments as billing_payments
-from cmw.billing.api import pdf_response
+from cmw.billing.api import credit_note_response, pdf_response, ubl_response
 from cmw.billing.errors import BillingError
 from cmw.billing.models import Coupon, CouponRedemption, CreditNote, Invoice, InvoiceStatus, Payment
 from cmw.catalog import service as catalog_service
@@ -410,6 +410,26 @@ def invoice_pdf(invoice_id: uuid.UUID) -> ResponseReturnValue:
     if identity is None:
         return sign_in_first()
     return pdf_response(_own_invoice(identity, invoice_id))
+
+
+@bp.get("/account/invoices/<uuid:invoice_id>/ubl")
+def invoice_ubl(invoice_id: uuid.UUID) -> ResponseReturnValue:
+    """The e-invoice (UBL 2.1) for the customer's accounting system."""
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    return ubl_response(_own_invoice(identity, invoice_id))
+
+
+@bp.get("/account/credit-notes/<uuid:note_id>/<any(pdf, ubl):kind>")
+def credit_note_document(note_id: uuid.UUID, kind: str) -> ResponseReturnValue:
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    found = current_session().get(CreditNote, note_id)
+    if found is None or not belongs(identity, found.marketplace_id, found.customer_id, Role.CUSTOMER):
+        abort(404)
+    return credit_note_response(found, kind)
 
 
 # ------------------------------------------------------------------ SSH keys

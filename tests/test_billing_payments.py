@@ -21,7 +21,7 @@ from cmw.catalog.models import Product
 from cmw.events.consumer import Event
 from cmw.events.models import OutboxEvent
 from cmw.marketplaces.service import platform
-from cmw.orders.models import Subscription
+from cmw.orders.models import Subscription, SubscriptionChange
 from deployer.models import Deployment, DeploymentState
 from tests import catalog_data
 from tests.test_billing import T0, subscribe, world  # noqa: F401  (the fixture)
@@ -205,9 +205,93 @@ def test_dunning_reminds_then_puts_past_due_then_cancels(
         second_due = session.scalar(sa.select(Invoice.due_at).where(Invoice.number == number))
         assert second_due is not None
     late = dunning.run(committed_db, second_due + dt.timedelta(days=31))
-    assert late == {"invoices": 1, "reminders": 1, "past_due": 0, "cancelled": 1}
+    assert late == {"invoices": 1, "reminders": 1, "past_due": 0, "suspended": 0, "cancelled": 1}
     assert status() is SubscriptionStatus.CANCELLED
     assert topics()[-2:] == ["invoice.overdue", "subscription.cancelled"]
+
+
+def test_dunning_suspends_the_machine_and_payment_resumes_it(
+    app: Flask,
+    committed_db: Factory,
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    from cmw.billing import dunning, payments
+    from cmw.notifications.consumers import NotificationConsumer
+    from cmw.notifications.models import Notification
+    from cmw.orders.models import SubscriptionStatus
+
+    browser, headers = _admin(app, committed_db)
+    settings = "/api/v1/admin/billing-settings"
+    # the steps keep their order: past due, then suspended, then cancelled
+    refused = _errors(
+        browser.patch(settings, json={"past_due_after_days": 10, "suspend_after_days": 5}, headers=headers)
+    )
+    assert "past due, then suspends, then cancels" in refused["suspend_after_days"]
+    assert browser.get(settings).get_json()["suspend_after_days"] == 14  # nothing changed
+    changed = browser.patch(
+        settings,
+        json={
+            "reminder_days": [5, 2, 2],
+            "past_due_after_days": 3,
+            "suspend_after_days": 7,
+            "cancel_after_days": 40,
+        },
+        headers=headers,
+    )
+    assert changed.status_code == 200, changed.get_data(as_text=True)
+    assert changed.get_json()["reminder_days"] == [2, 5] and changed.get_json()["suspend_after_days"] == 7
+
+    invoice_id = _invoice(committed_db, world)
+    with committed_db() as session:
+        invoice = session.get(Invoice, invoice_id)
+        assert invoice is not None and invoice.due_at is not None
+        due = invoice.due_at
+
+    def subscription() -> Subscription:
+        with committed_db() as session:
+            return session.scalars(sa.select(Subscription)).one()
+
+    def events(topic: str) -> list[OutboxEvent]:
+        with committed_db() as session:
+            return list(session.scalars(sa.select(OutboxEvent).where(OutboxEvent.topic == topic)))
+
+    assert dunning.run(committed_db, due + dt.timedelta(days=3, hours=1))["past_due"] == 1
+    assert dunning.run(committed_db, due + dt.timedelta(days=6))["suspended"] == 0
+    assert subscription().suspended_at is None
+    late = due + dt.timedelta(days=7, hours=1)
+    assert dunning.run(committed_db, late)["suspended"] == 1
+    assert dunning.run(committed_db, late + dt.timedelta(hours=1))["suspended"] == 0  # once
+    suspended = subscription()
+    assert suspended.status is SubscriptionStatus.PAST_DUE and suspended.suspended_at == late
+    (told,) = events("subscription.suspended")
+    assert told.payload["subscription_id"] == str(suspended.id) and "is unpaid" in told.payload["reason"]
+    # the customer is told why their machine stopped
+    with committed_db() as session:
+        NotificationConsumer().handle(
+            session,
+            Event(
+                id=str(told.id), topic=told.topic, payload=told.payload, marketplace_id=told.marketplace_id
+            ),
+        )
+        session.commit()
+        notice = session.scalars(
+            sa.select(Notification).where(Notification.kind == "subscription.suspended")
+        ).one()
+        assert "stopped because invoice" in notice.body and "pay the invoice" in notice.body
+
+    with committed_db() as session:
+        invoice = session.get(Invoice, invoice_id)
+        assert invoice is not None
+        payments.record_payment(session, invoice, invoice.total)
+        session.commit()
+    resumed = subscription()
+    assert resumed.status is SubscriptionStatus.ACTIVE and resumed.suspended_at is None
+    assert [e.payload["subscription_id"] for e in events("subscription.resumed")] == [str(resumed.id)]
+    with committed_db() as session:
+        kinds = [
+            c.kind for c in session.scalars(sa.select(SubscriptionChange).order_by(SubscriptionChange.at))
+        ]
+    assert kinds[-3:] == ["suspended", "paid_up", "resumed"]
 
 
 def test_coupons_are_invoice_lines_within_their_limits(

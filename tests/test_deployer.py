@@ -29,6 +29,7 @@ from cmw.accounts.models import OrganisationKind, Role
 from cmw.catalog import service as catalog
 from cmw.crypto import Sealer
 from cmw.db import utcnow
+from cmw.events.consumer import Event
 from cmw.events.models import OutboxEvent
 from cmw.events.worker import Worker
 from cmw.mail import SmtpMailer
@@ -524,6 +525,56 @@ def test_undeploy_leaves_nothing_but_the_final_snapshot(
     ]
     assert len(snapshots) == 1
     assert snapshots[0]["SnapshotId"] in history(committed_db, deployment_id)[-1][1]
+
+
+def test_an_unpaid_machine_is_suspended_kept_and_resumed(
+    committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine
+) -> None:
+    made = order(committed_db, target(image_id, vm_app=False), vm_app=False)
+    deployment_id = request(committed_db, made)
+    running = drive(engine, committed_db, deployment_id, S.RUNNING, S.FAILED)
+    assert running.state is S.RUNNING and not running.active
+    consumer = DeploymentRequests()
+
+    def tell(topic: str) -> None:
+        with committed_db() as session:
+            consumer.handle(
+                session,
+                Event(id=tag(8), topic=topic, payload={"subscription_id": str(made["subscription_id"])}),
+            )
+            session.commit()
+
+    def instance_state() -> str:
+        (instance,) = live_instances(ec2)
+        return str(instance["State"]["Name"])
+
+    def ready_events() -> int:
+        with committed_db() as session:
+            return len(
+                session.scalars(sa.select(OutboxEvent).where(OutboxEvent.topic == "deployment.ready")).all()
+            )
+
+    tell("subscription.suspended")
+    suspended = drive(engine, committed_db, deployment_id, S.SUSPENDED)
+    assert not suspended.active and instance_state() == "stopped"
+    assert engine.run_until_idle() == 0  # at rest: nothing more to do
+    tell("subscription.suspended")  # a redelivery changes nothing
+    assert engine.run_until_idle() == 0
+
+    tell("subscription.resumed")
+    resumed = drive(engine, committed_db, deployment_id, S.RUNNING)
+    assert not resumed.active and instance_state() == "running" and resumed.address
+    assert resumed.url == f"https://{resumed.address}/"
+    states = [to for to, _m, _e in history(committed_db, deployment_id)]
+    assert states[-4:] == [S.SUSPENDING.value, S.SUSPENDED.value, S.RESUMING.value, S.RUNNING.value]
+    assert ready_events() == 1  # the customer was told it was ready once, not again on resume
+
+    # suspended, then the subscription ends: removed from the suspended state
+    tell("subscription.suspended")
+    drive(engine, committed_db, deployment_id, S.SUSPENDED)
+    tell("subscription.cancelled")
+    removed = drive(engine, committed_db, deployment_id, S.REMOVED)
+    assert removed.removed_at is not None and live_instances(ec2) == []
 
 
 def test_an_unknown_cloud_account_fails_at_once(committed_db: Factory, engine: Engine, ec2: Any) -> None:

@@ -19,6 +19,7 @@ from cmw.billing.documents import InvoiceDocuments, pdf_key
 from cmw.billing.models import Invoice
 from cmw.events.consumer import Event
 from invoices import pdf
+from invoices.model import Document, Line, Party
 from tests import catalog_data
 from tests.test_billing import T0, subscribe, world  # noqa: F401  (the fixture)
 
@@ -30,8 +31,8 @@ def _text(data: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
 
 
-def sample(currency: str = "JPY") -> pdf.Document:
-    return pdf.Document(
+def sample(currency: str = "JPY") -> Document:
+    return Document(
         title="Invoice",
         number="PLATFORM-2026-000042",
         issued_at=dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
@@ -39,15 +40,11 @@ def sample(currency: str = "JPY") -> pdf.Document:
         currency=currency,
         marketplace="Mercato",
         colour="#1f4e79",
-        seller=pdf.Party("Mercato S.r.l.", ("Via Roma 1", "00100 Roma"), "IT", "IT12345678901"),
-        buyer=pdf.Party("Müller & Søn GmbH", ("Königstraße 5", "70173 Stuttgart"), "DE", "DE123456789"),
+        seller=Party("Mercato S.r.l.", ("Via Roma 1", "00100 Roma"), "IT", "IT12345678901"),
+        buyer=Party("Müller & Søn GmbH", ("Königstraße 5", "70173 Stuttgart"), "DE", "DE123456789"),
         lines=(
-            pdf.Line(
-                "Wiki Server · Team · Base fee", "01 Nov 2026 to 01 Dec 2026", D(1), None, D(4900), D(4900)
-            ),
-            pdf.Line(
-                "Wiki Server · Team · Seats", "01 Nov 2026 to 01 Dec 2026", D(5), "seat", D(450), D(2250)
-            ),
+            Line("Wiki Server · Team · Base fee", "01 Nov 2026 to 01 Dec 2026", D(1), None, D(4900), D(4900)),
+            Line("Wiki Server · Team · Seats", "01 Nov 2026 to 01 Dec 2026", D(5), "seat", D(450), D(2250)),
         ),
         subtotal=D(7150),
         tax_rate=D(0),

@@ -267,13 +267,59 @@ class CreditNotes(MethodView):
         )
 
 
-def pdf_response(invoice: Invoice) -> Response:
-    """The invoice's PDF as a download named after its number."""
-    data = documents.pdf_of(current_session(), storage(), invoice)
-    response = Response(data, mimetype="application/pdf")
-    response.headers["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+#: the e-invoice's media type (RFC 7303)
+XML = "application/xml"
+
+
+def download(data: bytes, mimetype: str, filename: str) -> Response:
+    """A document as a download named after its number."""
+    response = Response(data, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "private, max-age=300"
     return response
+
+
+def pdf_response(invoice: Invoice) -> Response:
+    return download(
+        documents.pdf_of(current_session(), storage(), invoice), "application/pdf", f"{invoice.number}.pdf"
+    )
+
+
+def ubl_response(invoice: Invoice) -> Response:
+    return download(documents.ubl_of(current_session(), invoice), XML, f"{invoice.number}.xml")
+
+
+def credit_note_response(note: CreditNote, kind: str) -> Response:
+    if kind == "pdf":
+        data = documents.credit_note_pdf_of(current_session(), storage(), note)
+        return download(data, "application/pdf", f"{note.number}.pdf")
+    return download(documents.credit_note_ubl_of(current_session(), note), XML, f"{note.number}.xml")
+
+
+def issued_invoice(invoice_id: uuid.UUID) -> Invoice:
+    """An issued (or paid, or void) invoice the caller may see, or 404."""
+    found = current_session().scalar(
+        sa.select(Invoice).where(
+            Invoice.id == invoice_id, Invoice.status != InvoiceStatus.DRAFT, visible(require_identity())
+        )
+    )
+    if found is None:
+        raise ApiError(404, "no such invoice")
+    return found
+
+
+def visible_credit_note(note_id: uuid.UUID) -> CreditNote:
+    found = current_session().scalar(
+        sa.select(CreditNote).where(
+            CreditNote.id == note_id,
+            visible_rows(
+                require_identity(), CreditNote.marketplace_id, CreditNote.customer_id, lambda _v: sa.false()
+            ),
+        )
+    )
+    if found is None:
+        raise ApiError(404, "no such credit note")
+    return found
 
 
 @blp.route("/invoices/<uuid:invoice_id>/pdf")
@@ -282,14 +328,34 @@ class InvoicePdf(MethodView):
     @roles_required(Role.CUSTOMER, Role.ADMIN)
     def get(self, invoice_id: uuid.UUID) -> Response:
         """The issued invoice as a PDF."""
-        found = current_session().scalar(
-            sa.select(Invoice).where(
-                Invoice.id == invoice_id, Invoice.status != InvoiceStatus.DRAFT, visible(require_identity())
-            )
-        )
-        if found is None:
-            raise ApiError(404, "no such invoice")
-        return pdf_response(found)
+        return pdf_response(issued_invoice(invoice_id))
+
+
+@blp.route("/invoices/<uuid:invoice_id>/ubl")
+class InvoiceUbl(MethodView):
+    @blp.response(200, content_type=XML, description="the invoice as a UBL 2.1 Invoice (EN 16931)")
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def get(self, invoice_id: uuid.UUID) -> Response:
+        """The issued invoice as a structured e-invoice: UBL 2.1, EN 16931 core."""
+        return ubl_response(issued_invoice(invoice_id))
+
+
+@blp.route("/credit-notes/<uuid:note_id>/pdf")
+class CreditNotePdf(MethodView):
+    @blp.response(200, content_type="application/pdf", description="the credit note as PDF")
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def get(self, note_id: uuid.UUID) -> Response:
+        """The credit note as a PDF."""
+        return credit_note_response(visible_credit_note(note_id), "pdf")
+
+
+@blp.route("/credit-notes/<uuid:note_id>/ubl")
+class CreditNoteUbl(MethodView):
+    @blp.response(200, content_type=XML, description="the credit note as a UBL 2.1 CreditNote (EN 16931)")
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def get(self, note_id: uuid.UUID) -> Response:
+        """The credit note as a structured e-invoice: UBL 2.1, EN 16931 core."""
+        return credit_note_response(visible_credit_note(note_id), "ubl")
 
 
 class RevenueArgs(Schema):
@@ -329,6 +395,23 @@ class BillingSettingsSchema(Schema):
     )
     payment_terms_days = fields.Integer(validate=validate.Range(min=0, max=180))
     payment_instructions = fields.String(validate=validate.Length(max=2000))
+    reminder_days = fields.List(
+        fields.Integer(validate=validate.Range(min=0, max=365)),
+        validate=validate.Length(max=10),
+        metadata={"description": "dunning: remind the customer this many days after the due date"},
+    )
+    past_due_after_days = fields.Integer(
+        validate=validate.Range(min=0, max=365),
+        metadata={"description": "the invoice's subscriptions become past due"},
+    )
+    suspend_after_days = fields.Integer(
+        validate=validate.Range(min=0, max=365),
+        metadata={"description": "their instances are stopped (kept) until the invoice is paid"},
+    )
+    cancel_after_days = fields.Integer(
+        validate=validate.Range(min=0, max=365),
+        metadata={"description": "they are cancelled and their instances removed"},
+    )
 
 
 class TaxRateSchema(Schema):

@@ -1,9 +1,12 @@
 """Invoice documents: the PDF of each issued invoice, rendered by the worker when the
 invoice is issued and kept in cassetto; served from there (or rendered on demand if the
-worker has not got to it yet)."""
+worker has not got to it yet). Credit notes have theirs too, and both have a UBL 2.1
+e-invoice, made on demand."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import uuid
 from decimal import Decimal
@@ -11,10 +14,12 @@ from decimal import Decimal
 from sqlalchemy.orm import Session
 
 from cassetto.storage import Storage
-from cmw.billing.models import Invoice, InvoiceStatus
+from cmw.billing import taxes
+from cmw.billing.models import CreditNote, Invoice, InvoiceStatus
 from cmw.events.consumer import Event, EventConsumer
 from cmw.marketplaces.models import Marketplace
-from invoices import pdf
+from invoices import pdf, ubl
+from invoices.model import Document, Kind, Line, Party, TaxCategory
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +28,45 @@ def pdf_key(invoice: Invoice) -> str:
     return f"invoices/{invoice.marketplace_id}/{invoice.id}/{invoice.number}.pdf"
 
 
-def _party(snapshot: dict[str, object], fallback: str) -> pdf.Party:
-    address = snapshot.get("address") or []
-    return pdf.Party(
-        name=str(snapshot.get("legal_name") or snapshot.get("name") or fallback),
-        address=tuple(str(a) for a in address) if isinstance(address, list) else (),
-        country=str(snapshot["country"]) if snapshot.get("country") else None,
-        vat_number=str(snapshot["vat_number"]) if snapshot.get("vat_number") else None,
-        email=str(snapshot["email"]) if snapshot.get("email") else None,
+def credit_note_pdf_key(note: CreditNote) -> str:
+    return f"credit-notes/{note.marketplace_id}/{note.id}/{note.number}.pdf"
+
+
+def _party(snapshot: dict[str, object], fallback: str) -> Party:
+    def text(key: str) -> str | None:
+        value = snapshot.get(key)
+        return str(value) if value else None
+
+    def lines(key: str) -> tuple[str, ...]:
+        value = snapshot.get(key) or []
+        return tuple(str(a) for a in value) if isinstance(value, list) else ()
+
+    return Party(
+        name=text("legal_name") or text("name") or fallback,
+        address=lines("address"),
+        country=text("country"),
+        vat_number=text("vat_number"),
+        email=text("email"),
+        street=lines("street"),
+        postal_code=text("postal_code"),
+        city=text("city"),
+        region=text("region"),
     )
 
 
-def document_of(session: Session, invoice: Invoice) -> pdf.Document:
+def _tax_category(invoice: Invoice) -> TaxCategory:
+    if invoice.tax_rule == taxes.REVERSE_CHARGE:
+        return TaxCategory.REVERSE_CHARGE
+    if invoice.tax_rate > 0:
+        return TaxCategory.STANDARD
+    return TaxCategory.OUTSIDE_SCOPE if invoice.tax_rule.startswith(taxes.NO_TAX) else TaxCategory.ZERO
+
+
+def document_of(session: Session, invoice: Invoice) -> Document:
     marketplace = session.get(Marketplace, invoice.marketplace_id)
     assert marketplace is not None and invoice.number is not None and invoice.issued_at is not None
     lines = tuple(
-        pdf.Line(
+        Line(
             description=line.description,
             period=(
                 f"{line.period_start:%d %b %Y} to {line.period_end:%d %b %Y}"
@@ -49,10 +77,13 @@ def document_of(session: Session, invoice: Invoice) -> pdf.Document:
             unit=line.unit,
             unit_price=line.unit_price,
             amount=line.amount,
+            start=line.period_start.date() if line.period_start else None,
+            # periods end at an instant (midnight); the last day billed is the day before
+            end=_last_day(line.period_end) if line.period_end else None,
         )
         for line in invoice.lines
     )
-    return pdf.Document(
+    return Document(
         title="Invoice",
         number=invoice.number,
         issued_at=invoice.issued_at,
@@ -70,7 +101,44 @@ def document_of(session: Session, invoice: Invoice) -> pdf.Document:
         total=invoice.total,
         payment_instructions=str((invoice.seller or {}).get("payment_instructions") or ""),
         footer=marketplace.legal_footer,
+        tax_category=_tax_category(invoice),
+        buyer_reference=str(invoice.customer_id),
     )
+
+
+def credit_note_document(session: Session, note: CreditNote) -> Document:
+    """A credit note as a document: one line crediting the amount, for the reason given."""
+    invoice = session.get(Invoice, note.invoice_id)
+    assert invoice is not None
+    base = document_of(session, invoice)
+    line = Line(
+        description=note.reason,
+        period="",
+        quantity=Decimal(1),
+        unit=None,
+        unit_price=note.subtotal,
+        amount=note.subtotal,
+    )
+    return dataclasses.replace(
+        base,
+        title="Credit note",
+        kind=Kind.CREDIT_NOTE,
+        number=note.number,
+        issued_at=note.issued_at,
+        due_at=None,
+        lines=(line,),
+        subtotal=note.subtotal,
+        tax_total=note.tax_total,
+        total=note.total,
+        payment_instructions="",
+        reference=base.number,
+        reference_issued_at=base.issued_at,
+    )
+
+
+def _last_day(end: dt.datetime) -> dt.date:
+    day = end.date()
+    return day - dt.timedelta(days=1) if end.time() == dt.time(0) and day > dt.date.min else day
 
 
 def pdf_of(session: Session, storage: Storage, invoice: Invoice) -> bytes:
@@ -81,6 +149,26 @@ def pdf_of(session: Session, storage: Storage, invoice: Invoice) -> bytes:
     data = pdf.render(document_of(session, invoice))
     storage.put(key, data, "application/pdf", cache_control="private, max-age=86400")
     return data
+
+
+def credit_note_pdf_of(session: Session, storage: Storage, note: CreditNote) -> bytes:
+    """The credit note's PDF: the stored one, or rendered (and stored) now."""
+    key = credit_note_pdf_key(note)
+    if storage.exists(key):
+        return storage.get(key)
+    data = pdf.render(credit_note_document(session, note))
+    storage.put(key, data, "application/pdf", cache_control="private, max-age=86400")
+    return data
+
+
+def ubl_of(session: Session, invoice: Invoice) -> bytes:
+    """The invoice as a UBL 2.1 e-invoice (EN 16931). Cheap and deterministic (an issued
+    invoice never changes), so made on demand rather than stored."""
+    return ubl.render(document_of(session, invoice))
+
+
+def credit_note_ubl_of(session: Session, note: CreditNote) -> bytes:
+    return ubl.render(credit_note_document(session, note))
 
 
 class InvoiceDocuments(EventConsumer):

@@ -3,10 +3,12 @@
 For each issued invoice past its due date, with the marketplace's billing settings:
 reminders are sent on the configured days after the due date (``invoice.overdue``; a
 notification and an e-mail to the customer), its subscriptions become ``past_due`` after
-``past_due_after_days``, and are cancelled at once (their instances removed) after
-``cancel_after_days``. Paying the invoice in full brings past-due subscriptions back to
-active. Every step checks the state it changes, so running the job again, late, or in two
-workers at once (invoices are claimed ``FOR UPDATE SKIP LOCKED``) does each step once.
+``past_due_after_days``, their instances are suspended (stopped, kept with their data)
+after ``suspend_after_days``, and they are cancelled at once (their instances removed)
+after ``cancel_after_days``. Paying the invoice in full brings past-due subscriptions back
+to active and starts suspended instances again. Every step checks the state it changes,
+so running the job again, late, or in two workers at once (invoices are claimed
+``FOR UPDATE SKIP LOCKED``) does each step once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from cmw.orders import subscriptions
 from cmw.orders.models import Subscription
 
 log = logging.getLogger(__name__)
-DEFAULTS = BillingSettings(reminder_days=[1, 7, 14], past_due_after_days=3, cancel_after_days=30)
+DEFAULTS = BillingSettings(
+    reminder_days=[1, 7, 14], past_due_after_days=3, suspend_after_days=14, cancel_after_days=30
+)
 
 
 def subscriptions_of(session: Session, invoice: Invoice) -> list[Subscription]:
@@ -46,7 +50,7 @@ def subscriptions_of(session: Session, invoice: Invoice) -> list[Subscription]:
 
 def dun(session: Session, invoice: Invoice, now: dt.datetime) -> dict[str, int]:
     """One overdue invoice's next steps (the caller commits)."""
-    done = {"reminders": 0, "past_due": 0, "cancelled": 0}
+    done = {"reminders": 0, "past_due": 0, "suspended": 0, "cancelled": 0}
     settings = session.get(BillingSettings, invoice.marketplace_id) or DEFAULTS
     assert invoice.due_at is not None
     owed = payments.outstanding(session, invoice)
@@ -77,8 +81,13 @@ def dun(session: Session, invoice: Invoice, now: dt.datetime) -> dict[str, int]:
             if days >= settings.cancel_after_days and subscription.status in subscriptions.LIVE:
                 subscriptions.cancel(session, subscription, None, at_once=True, now=now)
                 done["cancelled"] += 1
-            elif subscriptions.mark_past_due(session, subscription, reason, now):
+                continue
+            if subscriptions.mark_past_due(session, subscription, reason, now):
                 done["past_due"] += 1
+            if days >= settings.suspend_after_days and subscriptions.suspend(
+                session, subscription, reason, now
+            ):
+                done["suspended"] += 1
     session.flush()
     return done
 
@@ -86,7 +95,7 @@ def dun(session: Session, invoice: Invoice, now: dt.datetime) -> dict[str, int]:
 def run(session_factory: Callable[[], Session], now: dt.datetime | None = None) -> dict[str, int]:
     """Every overdue issued invoice, each in its own transaction."""
     now = now or utcnow()
-    totals = {"invoices": 0, "reminders": 0, "past_due": 0, "cancelled": 0}
+    totals = {"invoices": 0, "reminders": 0, "past_due": 0, "suspended": 0, "cancelled": 0}
     seen: set[uuid.UUID] = set()
     while True:
         with session_factory() as session:

@@ -212,6 +212,8 @@ class BillingSettings(db.Model):  # type: ignore[name-defined,misc]
     reminder_days: Mapped[list[int]] = mapped_column(sa.JSON, default=lambda: [1, 7, 14])
     #: the invoice's subscriptions become past_due this many days after the due date
     past_due_after_days: Mapped[int] = mapped_column(default=3)
+    #: their instances are suspended (stopped, kept) this many days after it
+    suspend_after_days: Mapped[int] = mapped_column(default=14)
     #: and are cancelled (their instances removed) this many days after it
     cancel_after_days: Mapped[int] = mapped_column(default=30)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

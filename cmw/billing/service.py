@@ -447,6 +447,11 @@ def _buyer(organisation: Organisation) -> dict[str, Any]:
             )
             if line
         ],
+        # the same address in its parts, for the e-invoice
+        "street": [line for line in (organisation.address_line1, organisation.address_line2) if line],
+        "postal_code": organisation.postal_code,
+        "city": organisation.city,
+        "region": organisation.region,
         "email": organisation.billing_email,
     }
 

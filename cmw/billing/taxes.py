@@ -36,6 +36,8 @@ REVERSE_CHARGE = (
     "Reverse charge: VAT to be accounted for by the recipient (Article 196, Council Directive 2006/112/EC)"
 )
 ANY_BUYER = "*"
+#: how the rules that charge no tax at all begin (the e-invoice's "not subject to VAT")
+NO_TAX = "No tax:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,7 @@ def rule_for(
 ) -> TaxRule:
     seller_country = settings.seller_country if settings else None
     if not seller_country:
-        return TaxRule(Decimal(0), "No tax: the marketplace's seller details are not set")
+        return TaxRule(Decimal(0), f"{NO_TAX} the marketplace's seller details are not set")
     buyer_country = buyer_country.upper()
     if seller_country in EU and buyer_country in EU and buyer_country != seller_country and buyer_vat:
         return TaxRule(Decimal(0), REVERSE_CHARGE, reverse_charge=True)
@@ -73,7 +75,7 @@ def rule_for(
     rate = rates.get(buyer_country) or rates.get(ANY_BUYER)
     if rate is None:
         return TaxRule(
-            Decimal(0), f"No tax: no rate is configured for sales from {seller_country} to {buyer_country}"
+            Decimal(0), f"{NO_TAX} no rate is configured for sales from {seller_country} to {buyer_country}"
         )
     return TaxRule(rate.rate, f"{rate.name} {format(rate.rate.normalize(), 'f')}%")
 
@@ -107,8 +109,21 @@ def update_settings(session: Session, marketplace_id: uuid.UUID, changes: dict[s
         if not re.fullmatch(r"[A-Z0-9]{4,20}", vat):
             raise BillingError("seller_vat_number", "use 4 to 20 letters and digits")
         changes["seller_vat_number"] = vat
+    if "reminder_days" in changes:
+        changes["reminder_days"] = sorted(set(changes["reminder_days"]))
     for name, value in changes.items():
         setattr(settings, name, value)
+    past_due, suspend, cancel = (
+        settings.past_due_after_days,
+        settings.suspend_after_days,
+        settings.cancel_after_days,
+    )
+    if not past_due <= suspend <= cancel:
+        raise BillingError(
+            "suspend_after_days",
+            "dunning goes past due, then suspends, then cancels:"
+            f" {past_due} <= {suspend} <= {cancel} is not so",
+        )
     session.flush()
     return settings
 

@@ -40,6 +40,17 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         " Pay it to keep the subscription.",
         _subscription_link(p),
     ),
+    "subscription.suspended": lambda p, product: Message(
+        f"{product}: instance suspended",
+        f"Your {product} instance has been stopped because {p.get('reason', 'an invoice is unpaid')}."
+        " Its data is kept: pay the invoice and it starts again.",
+        _subscription_link(p),
+    ),
+    "subscription.resumed": lambda p, product: Message(
+        f"{product}: instance running again",
+        f"Thank you for your payment: your {product} instance is starting again.",
+        _subscription_link(p),
+    ),
     "invoice.paid": lambda p, product: Message(
         f"Invoice {p.get('number', '')} is paid",
         f"Thank you: invoice {p.get('number', '')} is paid in full.",

@@ -127,6 +127,8 @@ class Subscription(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-d
     pending_plan_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("plans.id", ondelete="SET NULL"))
     #: when the customer was told the trial ends in 3 days (UTC)
     trial_reminder_sent_at: Mapped[dt.datetime | None]
+    #: since when its instance is suspended for an unpaid invoice (NULL: not suspended)
+    suspended_at: Mapped[dt.datetime | None]
 
 
 class SubscriptionChange(db.Model):  # type: ignore[name-defined,misc]

@@ -243,4 +243,29 @@ def mark_paid_up(session: Session, subscription: Subscription, now: dt.datetime)
     session.flush()
     record(session, subscription, "paid_up", None, {"status": "past_due"}, {"status": "active"}, now)
     _event(session, subscription, "subscription.changed", change="paid_up")
+    if subscription.suspended_at is not None:
+        # its machine was stopped for the unpaid invoice: it runs again
+        record(
+            session,
+            subscription,
+            "resumed",
+            None,
+            {"suspended_at": subscription.suspended_at.isoformat()},
+            {"suspended_at": None},
+            now,
+        )
+        subscription.suspended_at = None
+        _event(session, subscription, "subscription.resumed")
+    return True
+
+
+def suspend(session: Session, subscription: Subscription, reason: str, now: dt.datetime) -> bool:
+    """A past-due subscription's invoice is still unpaid: its machine is stopped (kept, with
+    its data) until the invoice is paid. False if it was not past due or is suspended already."""
+    if subscription.status is not SubscriptionStatus.PAST_DUE or subscription.suspended_at is not None:
+        return False
+    subscription.suspended_at = now
+    session.flush()
+    record(session, subscription, "suspended", None, {"suspended_at": None}, {"reason": reason}, now)
+    _event(session, subscription, "subscription.suspended", reason=reason)
     return True
