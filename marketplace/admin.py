@@ -258,6 +258,12 @@ def admin_billing() -> ResponseReturnValue:
                 ][:6],
                 "payment_terms_days": seller_form.payment_terms_days.data,
                 "payment_instructions": seller_form.payment_instructions.data or "",
+                "reminder_days": [
+                    int(p) for p in (seller_form.reminder_days.data or "").replace(" ", "").split(",") if p
+                ],
+                "past_due_after_days": seller_form.past_due_after_days.data,
+                "suspend_after_days": seller_form.suspend_after_days.data,
+                "cancel_after_days": seller_form.cancel_after_days.data,
             }
             try:
                 taxes.update_settings(session, identity.marketplace.id, changes)
@@ -267,7 +273,10 @@ def admin_billing() -> ResponseReturnValue:
                 target.errors = [*target.errors, exc.message]
             else:
                 session.commit()
-                flash("The seller details are saved: invoices issued from now on print them.", "info")
+                flash(
+                    "The seller details and dunning are saved: invoices issued from now on print them.",
+                    "info",
+                )
                 return redirect(url_for("pages.admin_billing"))
     else:
         session.commit()  # the settings row, made on first visit
@@ -278,6 +287,7 @@ def _seller_form(settings: BillingSettings) -> SellerForm:
     """The seller details form filled in from the stored settings."""
     form = SellerForm(obj=settings, formdata=None)
     form.seller_address.data = "\n".join(settings.seller_address or [])
+    form.reminder_days.data = ", ".join(str(d) for d in settings.reminder_days or [])
     return form
 
 

@@ -18,7 +18,7 @@ from wtforms import (
     TextAreaField,
     URLField,
 )
-from wtforms.validators import DataRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
 
 class SignInForm(FlaskForm):  # type: ignore[misc]
@@ -298,6 +298,25 @@ class SellerForm(FlaskForm):  # type: ignore[misc]
         "Payment terms (days)", default=14, validators=[NumberRange(min=0, max=180)]
     )
     payment_instructions = TextAreaField("How to pay", validators=[Optional(), Length(max=2000)])
+    reminder_days = StringField(
+        "Reminders (days after the due date)",
+        default="1, 7, 14",
+        validators=[Optional(), Length(max=60)],
+        description="comma-separated, e.g. 1, 7, 14",
+    )
+    past_due_after_days = IntegerField("Past due after (days)", default=3, validators=[NumberRange(0, 365)])
+    suspend_after_days = IntegerField(
+        "Instances suspended after (days)", default=14, validators=[NumberRange(0, 365)]
+    )
+    cancel_after_days = IntegerField("Cancelled after (days)", default=30, validators=[NumberRange(0, 365)])
+
+    def validate_reminder_days(self, field: StringField) -> None:
+        try:
+            days = [int(p) for p in (field.data or "").replace(" ", "").split(",") if p]
+        except ValueError:
+            raise ValidationError("whole numbers of days, separated by commas") from None
+        if any(d < 0 or d > 365 for d in days) or len(days) > 10:
+            raise ValidationError("up to 10 days, each from 0 to 365")
 
 
 class CouponForm(FlaskForm):  # type: ignore[misc]

@@ -536,7 +536,25 @@ def test_the_admins_billing_page(app: Flask, committed_db: Factory, world: dict[
     }
     refused = browser.post("/admin/billing", data=seller)
     assert refused.status_code == 422 and "not an ISO 3166-1" in refused.get_data(as_text=True)
-    assert browser.post("/admin/billing", data={**seller, "seller_country": "IT"}).status_code == 302
+    disordered = browser.post(
+        "/admin/billing", data={**seller, "seller_country": "IT", "past_due_after_days": "20"}
+    )  # after the suspension (14)
+    assert disordered.status_code == 422 and "then suspends, then cancels" in disordered.get_data(
+        as_text=True
+    )
+    bad_days = browser.post(
+        "/admin/billing", data={**seller, "seller_country": "IT", "reminder_days": "1, x"}
+    )
+    assert bad_days.status_code == 422 and "whole numbers of days" in bad_days.get_data(as_text=True)
+    dunning = {"reminder_days": "10, 2", "suspend_after_days": "9", "cancel_after_days": "45"}
+    assert (
+        browser.post("/admin/billing", data={**seller, "seller_country": "IT", **dunning}).status_code == 302
+    )
+    with committed_db() as session:
+        saved = taxes.settings_of(session, platform(session).id)
+        assert (saved.reminder_days, saved.past_due_after_days, saved.suspend_after_days) == ([2, 10], 3, 9)
+        assert saved.cancel_after_days == 45
+    assert 'value="2, 10"' in browser.get("/admin/billing").get_data(as_text=True)
     rate = {"seller_country": "IT", "buyer_country": "IT", "rate": "22", "name": "VAT", "csrf_token": token}
     assert browser.post("/admin/billing/tax-rates", data=rate).status_code == 302
     again = browser.post("/admin/billing/tax-rates", data=rate)

@@ -364,3 +364,11 @@ def test_a_customer_downloads_an_invoice_pdf(
     assert data.startswith(b"%PDF")
     text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages)
     assert f"Invoice {number}" in text and "€10.00" in text
+    # the structured e-invoice, for the customer's accounting system
+    page.get_by_role("link", name=number, exact=True).click()
+    with page.expect_download() as xml_info:
+        page.get_by_role("link", name="E-invoice (UBL XML)").click()
+    assert xml_info.value.suggested_filename == f"{number}.xml"
+    xml = Path(xml_info.value.path()).read_text(encoding="utf-8")
+    assert "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2" in xml
+    assert f"<cbc:ID>{number}</cbc:ID>" in xml and '<cbc:PayableAmount currencyID="EUR">10.00<' in xml
