@@ -49,6 +49,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.orders
 	$(BIN)/python -m bench.deployer
 	$(BIN)/python -m bench.billing
+	$(BIN)/python -m bench.usage
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

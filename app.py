@@ -32,6 +32,7 @@ from cmw.health import bp as health_bp
 from cmw.mail import mailer_for
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
+from cmw.usage.consumer import UsageRecords
 from deployer.consumer import DeploymentRequests
 
 # the control panel's modules add their routes to the pages blueprint
@@ -101,6 +102,7 @@ def register_extensions(app: Flask) -> None:
     app.extensions["mercato.consumers"] = [
         NotificationConsumer(),
         EmailConsumer(mailer_for(config), config.base_url, config.mail_from, sealer),
+        UsageRecords(),
         DeploymentRequests(),
         InvoiceDocuments(app.extensions["mercato.storage"]),
         FailedDeployments(),
@@ -127,6 +129,7 @@ def import_models() -> sa.MetaData:
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
     from cmw.notifications import models as _notifications  # noqa: F401
     from cmw.orders import models as _orders  # noqa: F401
+    from cmw.usage import models as _usage  # noqa: F401
     from deployer import models as _deployer  # noqa: F401
 
     return db.metadata

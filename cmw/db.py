@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 import select
 import time
 import uuid
@@ -159,6 +160,17 @@ def check_liveness_on_checkout(engine: sa.Engine, idle_ping_after: float = IDLE_
 HAND_MADE = frozenset({("index", "ix_product_versions_search"), ("column", "search_vector")})
 
 
+#: the monthly partitions of a partitioned table (``usage_records_y2026m11``), made at run
+#: time: the models declare the parent only
+PARTITION = re.compile(r"^usage_records_y\d{4}m\d{2}(_.*)?$")
+
+
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     """Alembic's filter for autogenerate and comparisons."""
+    if type_ == "table" and name and PARTITION.match(name):
+        return False
+    if type_ == "index" and reflected:
+        table = getattr(obj, "table", None)
+        if table is not None and PARTITION.match(str(table.name)):
+            return False
     return (type_, name) not in HAND_MADE

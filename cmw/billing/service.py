@@ -244,10 +244,27 @@ class RunContext:
 UsageRow = tuple[str, dt.datetime, Decimal]
 
 
-def _used(rows: Sequence[UsageRow], start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+def hour_floor(at: dt.datetime) -> dt.datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def hour_ceil(at: dt.datetime) -> dt.datetime:
+    floor = hour_floor(at)
+    return floor if floor == at else floor + dt.timedelta(hours=1)
+
+
+def _used(
+    rows: Sequence[UsageRow], start: dt.datetime, end: dt.datetime, *, last: bool
+) -> dict[str, Decimal]:
+    """Each metric's usage in the hours of a period. Usage is kept per hour, and periods
+    rarely begin on the hour: an hour belongs to the period its start falls in once the
+    boundaries are rounded down to the hour (so every hour is in exactly one period, the
+    one its first minute is billed in), and the subscription's ``last`` period keeps the
+    hour it ended in."""
+    low, high = hour_floor(start), hour_ceil(end) if last else hour_floor(end)
     totals: dict[str, Decimal] = defaultdict(Decimal)
     for metric, hour, quantity in rows:
-        if start <= hour < end:
+        if low <= hour < high:
             totals[metric] += quantity
     return totals
 
@@ -315,7 +332,7 @@ def charges_for(
         usage_end = min(end, ends_at) if ends_at is not None else end
         metered = [c for c in plan.components if c.kind is ComponentKind.METERED]
         if metered and usage_end <= at and (BilledKind.USAGE, start) not in billed:
-            used = _used(usage, start, usage_end)
+            used = _used(usage, start, usage_end, last=ends_at is not None and usage_end == ends_at)
             usage_label = f"{start:%d %b %Y} to {usage_end:%d %b %Y}"
             for c in metered:
                 assert c.metric is not None

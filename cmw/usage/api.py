@@ -1,20 +1,24 @@
-"""Cost estimates before ordering (no sign-in needed: prices are public)."""
+"""Usage: record it (``POST /api/v1/usage``, vendors and admins), and cost estimates
+before ordering (no sign-in needed: prices are public)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from cmw.accounts.auth import current_marketplace
+from cmw.accounts.auth import current_marketplace, require_identity, roles_required
+from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.catalog import service as catalog
 from cmw.catalog.models import Plan, Product
 from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
-from cmw.usage import estimates
+from cmw.usage import estimates, ingest
 
 blp = Blueprint("usage", __name__, url_prefix="/api/v1", description="Usage and cost")
 
@@ -114,3 +118,75 @@ class CostEstimates(MethodView):
                 errors=[{"location": "json", "field": exc.field, "message": exc.message}],
             ) from None
         return estimates.as_json(result)
+
+
+# ------------------------------------------------------------------ ingestion
+class UsageRecordSchema(Schema):
+    id = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "the idempotency key: a record sent again is acknowledged, not counted"},
+    )
+    subscription = fields.UUID(metadata={"description": "the subscription the usage is for; or resource"})
+    resource = fields.String(
+        metadata={"description": "a deployment's id, or its VM's or disk's id in the cloud; or subscription"}
+    )
+    metric = fields.String(required=True, metadata={"example": "bandwidth.gb"})
+    quantity = Amount(required=True, metadata={"description": "not negative; at most 8 decimals"})
+    timestamp = fields.AwareDateTime(required=True, metadata={"description": "when the usage happened"})
+    attributes = fields.Dict(metadata={"description": "kept with the record, up to 4 KiB of JSON"})
+
+
+class UsageBatchSchema(Schema):
+    records = fields.List(
+        fields.Nested(UsageRecordSchema), required=True, validate=validate.Length(max=ingest.MAX_BATCH)
+    )
+
+
+class UsageRejectionSchema(Schema):
+    index = fields.Integer(metadata={"description": "the record's place in the batch, from 0"})
+    id = fields.String(allow_none=True)
+    reason = fields.String()
+
+
+class UsageResultSchema(Schema):
+    accepted = fields.Integer(metadata={"description": "records counted now"})
+    duplicates = fields.List(fields.String(), metadata={"description": "ids seen before: not counted again"})
+    rejected = fields.List(fields.Nested(UsageRejectionSchema), metadata={"description": "with the reason"})
+
+
+#: bytes a batch may have (10,000 records with attributes)
+MAX_BODY = 32 * 1024 * 1024
+
+
+@blp.route("/usage")
+class UsageBatches(MethodView):
+    @blp.doc(
+        requestBody={"required": True, "content": {"application/json": {"schema": UsageBatchSchema}}},
+        responses={"400": {"description": "not a batch"}, "413": {"description": "more than 10,000 records"}},
+    )
+    @blp.response(200, UsageResultSchema)
+    @roles_required(Role.ADMIN, Role.VENDOR)
+    def post(self) -> dict[str, Any]:
+        """Record usage: up to 10,000 records. Each is checked on its own; the valid ones
+        are counted once (by ``id``) even if the batch is sent again, and the others come
+        back with the reason. Vendors send the usage of their products' subscriptions."""
+        identity = require_identity()
+        if (request.content_length or 0) > MAX_BODY:
+            raise ApiError(413, f"a batch is at most {MAX_BODY // (1024 * 1024)} MiB")
+        try:
+            records = ingest.parse_batch(request.get_data(cache=False))
+        except ingest.BatchError as exc:
+            raise ApiError(exc.status, exc.message) from None
+        scope = ingest.Scope(
+            identity.marketplace.id,
+            None if identity.is_admin else identity.organisations_with(Role.VENDOR),
+        )
+        session = current_session()
+        result = ingest.ingest(session, scope, records, source="api")
+        session.commit()
+        return {
+            "accepted": len(result.accepted),
+            "duplicates": result.duplicates,
+            "rejected": [dataclasses.asdict(r) for r in result.rejected],
+        }

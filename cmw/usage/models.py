@@ -1,0 +1,73 @@
+"""Raw usage: ``UsageRecord`` (every accepted record, kept for replay; on PostgreSQL a
+table partitioned by month of the record's time) and ``UsageRecordId`` (the idempotency
+keys seen, per marketplace: a record sent again is acknowledged and not counted twice).
+
+What billing rates is the hourly roll-up, :class:`cmw.billing.models.UsageHourly`,
+written in the same transaction as the records it sums.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cmw.billing.models import QUANTITY
+from cmw.db import utcnow
+from cmw.extensions import db
+
+#: the longest idempotency key a source may send
+MAX_RECORD_ID = 200
+
+
+class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
+    """One accepted usage record. On PostgreSQL the table is partitioned by range of
+    ``at`` (a partition per month, made ahead by the worker and on demand), so old months
+    can be detached or dropped whole; the primary key includes ``at`` as partitioning
+    requires (uniqueness of the key alone is kept by :class:`UsageRecordId`)."""
+
+    __tablename__ = "usage_records"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    record_id: Mapped[str] = mapped_column(sa.String(MAX_RECORD_ID), primary_key=True)
+    #: when the usage happened (UTC), the partition key
+    at: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    metric: Mapped[str] = mapped_column(sa.String(100))
+    quantity: Mapped[Decimal] = mapped_column(QUANTITY)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: "api", "queue" or "cloud"
+    source: Mapped[str] = mapped_column(sa.String(10))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class UsageRecordId(db.Model):  # type: ignore[name-defined,misc]
+    """An idempotency key seen: inserted first, in the transaction that counts the record,
+    so two sources sending the same record at once count it once (the second waits on
+    the key, then finds it taken)."""
+
+    __tablename__ = "usage_record_ids"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    record_id: Mapped[str] = mapped_column(sa.String(MAX_RECORD_ID), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class UsageDeadLetter(db.Model):  # type: ignore[name-defined,misc]
+    """A record or cloud event that could not be counted, kept with the reason: records
+    rejected from the ``usage`` queue (whose sender gets no answer) and cloud events with
+    fields missing or of an unknown type. The consumer goes on with the next."""
+
+    __tablename__ = "usage_dead_letters"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    marketplace_id: Mapped[uuid.UUID | None]
+    #: "queue" or "cloud"
+    source: Mapped[str] = mapped_column(sa.String(10))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
