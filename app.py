@@ -8,6 +8,7 @@ Run the web process with ``flask --app app run`` or ``gunicorn 'app:create_app()
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import sys
 from collections.abc import Mapping
@@ -68,6 +69,11 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     register_commands(app)
     register_rules()
+    # What exists now (modules, the app, the schema) lives as long as the process: keep
+    # it out of the cyclic collector's scans, which otherwise walk it again and again
+    # while a request allocates (a fifth of the CPU of a 5,000-record usage batch).
+    gc.collect()
+    gc.freeze()
     return app
 
 

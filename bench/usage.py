@@ -6,9 +6,11 @@
    posting batches of 5,000 records (each record new) to ``POST /api/v1/usage`` for
    ``BENCH_USAGE_SECONDS`` (60): records accepted (committed, so queryable) per second.
 3. RabbitMQ: the same number of records published as batches of 5,000 to the ``usage``
-   queue, then one ``flask mercato worker`` started: records counted per second from the
-   worker's start until the last is in ``usage_records``.
-4. PostgreSQL's own ``COPY`` of the same rows into an unlogged copy of the table on this
+   queue, then two ``flask mercato worker`` processes started (``BENCH_USAGE_WORKERS``):
+   records counted per second from their start until the last is in ``usage_records``.
+4. Latency: 200 times, one record sent, then its subscription's live cost asked until it
+   shows it: from sending to seeing, p50 and p99 (target p99 under 1 s).
+5. PostgreSQL's own ``COPY`` of the same rows into an unlogged copy of the table on this
    machine, without indexes or checks: the physical limit, and each path's ratio to it.
 
 Targets: 20,000 records/s through HTTP sustained for 60 s, 30,000/s through RabbitMQ.
@@ -26,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,8 @@ SUBSCRIPTIONS = int(os.environ.get("BENCH_USAGE_SUBSCRIPTIONS", "1000"))
 SECONDS = float(os.environ.get("BENCH_USAGE_SECONDS", "60"))
 BATCH = 5_000
 CLIENTS = 4
+#: ``flask mercato worker`` processes consuming the queue (workers scale out, one per core)
+WORKERS = int(os.environ.get("BENCH_USAGE_WORKERS", "2"))
 MARKER = "BENCH_USAGE="
 OUTPUT = ROOT / "var" / "bench" / "usage.json"
 METRICS = ("bandwidth.gb", "cpu.hours")
@@ -171,6 +176,37 @@ def _http_run(port: int, token: str, subscriptions: list[str], start: dt.datetim
     return sum(accepted), time.monotonic() - began, sum(errors)
 
 
+def _latency(port: int, token: str, subscription: str, trials: int = 200) -> list[float]:
+    """Seconds from sending a record to its subscription's live cost showing it, each trial."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=30)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+
+    def used() -> Decimal:
+        connection.request("GET", f"/api/v1/subscriptions/{subscription}/cost", headers=headers)
+        response = connection.getresponse()
+        cost = json.loads(response.read())
+        return sum(
+            (Decimal(line["quantity"]) for line in cost["lines"] if line["kind"] == "usage"), Decimal(0)
+        )
+
+    found = []
+    now = dt.datetime.now(dt.UTC)
+    for n in range(trials):
+        before = used()
+        record = {"id": f"lat-{n}", "subscription": subscription, "metric": METRICS[0], "quantity": "1",
+                  "timestamp": now.isoformat()}  # fmt: skip
+        began = time.monotonic()
+        connection.request("POST", "/api/v1/usage", body=json.dumps({"records": [record]}), headers=headers)
+        response = connection.getresponse()
+        response.read()
+        while used() < before + 1:
+            if time.monotonic() - began > 10:
+                raise BenchError("a record did not show in the live cost within 10 s")
+        found.append(time.monotonic() - began)
+    connection.close()
+    return found
+
+
 def _copy_rate(database_url: str, rows: int, subscriptions: list[str], start: dt.datetime) -> float:
     """PostgreSQL's COPY of the same rows into an unlogged table without indexes."""
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -217,6 +253,8 @@ def run() -> int:
         with gunicorn(env, port, Path(tmp) / "gunicorn.log") as proc:
             wait_healthy(proc, f"http://{HOST}:{port}", Path(tmp) / "gunicorn.log")
             http_accepted, http_seconds, http_errors = _http_run(port, token, subscriptions, start)
+            print("latency: a record, then its live cost, 200 times ...", file=sys.stderr)
+            latencies = sorted(_latency(port, token, subscriptions[0]))
         stored = counted()
         http_rate = http_accepted / http_seconds
 
@@ -238,10 +276,14 @@ def run() -> int:
             for batch in range(total // BATCH):
                 publish(conn, marketplace_id, _records(f"q{batch}", BATCH, subscriptions, start))
         before = counted()
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "app", "mercato", "worker"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "worker.log", "w"),  # noqa: SIM115
-        )  # fmt: skip
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "flask", "--app", "app", "mercato", "worker"],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                stderr=open(Path(tmp) / f"worker-{n}.log", "w"),  # noqa: SIM115
+            )
+            for n in range(WORKERS)
+        ]  # fmt: skip
         began = time.monotonic()
         try:
             deadline = began + 600
@@ -249,8 +291,10 @@ def run() -> int:
                 time.sleep(0.1)
             queue_seconds = time.monotonic() - began
         finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(timeout=30)
         queue_counted = counted() - before
         queue_rate = queue_counted / queue_seconds
         copy_rate = _copy_rate(database_url, min(total, 500_000), subscriptions, start)
@@ -262,6 +306,8 @@ def run() -> int:
         "rabbitmq": {"records": queue_counted, "seconds": round(queue_seconds, 1),
                      "per_second": round(queue_rate)},
         "postgresql_copy_per_second": round(copy_rate),
+        "live_cost_latency_ms": {"p50": round(latencies[len(latencies) // 2] * 1000, 1),
+                                 "p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1)},
     }  # fmt: skip
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(json.dumps(report, indent=2))
@@ -272,12 +318,19 @@ def run() -> int:
     )
     verdict = "met" if queue_rate >= 30_000 else "NOT met"
     print(
-        f"usage over RabbitMQ: {queue_counted:,} records in {queue_seconds:.1f} s = {queue_rate:,.0f}/s;"
+        f"usage over RabbitMQ ({WORKERS} workers): {queue_counted:,} records in {queue_seconds:.1f} s"
+        f" = {queue_rate:,.0f}/s;"
         f" target 30,000/s: {verdict}"
     )
     print(
         f"PostgreSQL COPY of the same rows (unlogged, no index): {copy_rate:,.0f}/s;"
         f" HTTP is {http_rate / copy_rate:.0%} of it, RabbitMQ {queue_rate / copy_rate:.0%}"
+    )
+    p50, p99 = report["live_cost_latency_ms"]["p50"], report["live_cost_latency_ms"]["p99"]  # type: ignore[index]
+    verdict = "met" if p99 < 1000 else "NOT met"
+    print(
+        f"from sending a record to its live cost showing it: p50 {p50} ms, p99 {p99} ms;"
+        f" target p99 < 1 s: {verdict}"
     )
     return 0 if stored >= http_accepted and not http_errors and queue_counted == total else 1
 

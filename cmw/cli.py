@@ -29,6 +29,7 @@ from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
 from cmw.orders.jobs import run_due
+from cmw.usage.budgets import BudgetJob
 from cmw.usage.ingest import PartitionJob
 from deployer.engine import Engine
 from deployer.reaper import ReaperJob
@@ -103,6 +104,7 @@ def worker() -> None:
             billing.BillingJob(session_factory),
             DunningJob(session_factory),
             PartitionJob(db.engine),
+            BudgetJob(session_factory),
         ],
         loops=[Engine(session_factory, sealer).run],
     )

@@ -24,14 +24,18 @@ from cmw.billing.models import Coupon, CouponRedemption, CreditNote, Invoice, In
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Plan
 from cmw.extensions import current_session
-from cmw.money import parse_amount
+from cmw.money import format_amount, parse_amount
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription
-from cmw.usage import estimates
+from cmw.usage import budgets, estimates
+from cmw.usage import live as live_costs
+from cmw.usage.api import costs_of
+from cmw.usage.models import Budget
 from deployer import service as deployments
 from deployer.models import Deployment
 from marketplace.forms import (
     ActionForm,
+    BudgetForm,
     ChangePlanForm,
     CouponForm,
     PasswordForm,
@@ -113,6 +117,7 @@ def _subscription_page(
                 .where(CouponRedemption.subscription_id == found.id)
             ).first(),
             live=found.status in subscriptions.LIVE,
+            cost=next(iter(live_costs.costs(session, [found])), None),
         ),
         status,
     )
@@ -430,6 +435,57 @@ def credit_note_document(note_id: uuid.UUID, kind: str) -> ResponseReturnValue:
     if found is None or not belongs(identity, found.marketplace_id, found.customer_id, Role.CUSTOMER):
         abort(404)
     return credit_note_response(found, kind)
+
+
+# ------------------------------------------------------------------ live costs and budget
+@bp.route("/account/costs", methods=["GET", "POST"])
+def costs() -> ResponseReturnValue:
+    """The live cost of each subscription this period, the totals, and the budget."""
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    customers = sorted(identity.organisations_with(Role.CUSTOMER))
+    if not customers:
+        abort(404)
+    organisation_id = customers[0]
+    session = current_session()
+    form = BudgetForm()
+    status = 200
+    if request.method == "POST":
+        if not form.validate_on_submit():
+            if form.csrf_token.errors:
+                abort(400)
+            status = 422
+        elif request.form.get("remove"):
+            budget = session.get(Budget, organisation_id)
+            if budget is not None:
+                session.delete(budget)
+            session.commit()
+            flash("The budget is removed.", "info")
+            return redirect(url_for("pages.costs"))
+        else:
+            try:
+                amount = parse_amount((form.amount.data or "").strip())
+                budgets.set_budget(
+                    session, identity.marketplace.id, organisation_id, amount, form.currency.data or ""
+                )
+            except budgets.BudgetError as exc:
+                session.rollback()
+                getattr(form, exc.field).errors = [exc.message]
+                status = 422
+            except ValueError:
+                session.rollback()
+                form.amount.errors = ["a number, such as 250 or 99.50"]
+                status = 422
+            else:
+                session.commit()
+                flash("The budget is saved: you are told at 80% and 100% of it.", "info")
+                return redirect(url_for("pages.costs"))
+    found = costs_of(organisation_id)
+    if request.method == "GET" and found["budget"]:
+        form.amount.data = format_amount(found["budget"]["amount"])
+        form.currency.data = found["budget"]["currency"]
+    return render_template("costs.html", costs=found, form=form), status
 
 
 # ------------------------------------------------------------------ SSH keys

@@ -319,6 +319,11 @@ class SellerForm(FlaskForm):  # type: ignore[misc]
             raise ValidationError("up to 10 days, each from 0 to 365")
 
 
+class BudgetForm(FlaskForm):  # type: ignore[misc]
+    amount = StringField("Monthly budget", validators=[Optional(), Length(max=20)], description="e.g. 250")
+    currency = StringField("Currency", default="EUR", validators=[Optional(), Length(max=3)])
+
+
 class CouponForm(FlaskForm):  # type: ignore[misc]
     code = StringField("Coupon code", validators=[DataRequired(), Length(max=40)])
 

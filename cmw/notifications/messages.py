@@ -51,6 +51,19 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         f"Thank you for your payment: your {product} instance is starting again.",
         _subscription_link(p),
     ),
+    "budget.warning": lambda p, _product: Message(
+        f"{p.get('percent', 80)}% of your budget is spent",
+        f"Your live costs this month are {p.get('spent', '')} {p.get('currency', '')} of your"
+        f" {p.get('budget', '')} {p.get('currency', '')} budget; at this rate the month ends at"
+        f" {p.get('projected', '')} {p.get('currency', '')}.",
+        "/account/costs",
+    ),
+    "budget.exceeded": lambda p, _product: Message(
+        "Your budget is spent",
+        f"Your live costs this month are {p.get('spent', '')} {p.get('currency', '')}, over your"
+        f" {p.get('budget', '')} {p.get('currency', '')} budget.",
+        "/account/costs",
+    ),
     "invoice.paid": lambda p, product: Message(
         f"Invoice {p.get('number', '')} is paid",
         f"Thank you: invoice {p.get('number', '')} is paid in full.",

@@ -4,21 +4,26 @@ before ordering (no sign-in needed: prices are public)."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from cmw.accounts.auth import current_marketplace, require_identity, roles_required
+from cmw.accounts.auth import current_marketplace, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.catalog import service as catalog
 from cmw.catalog.models import Plan, Product
 from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
-from cmw.usage import estimates, ingest
+from cmw.orders import service as orders
+from cmw.orders.models import Subscription
+from cmw.usage import budgets, estimates, ingest, live
+from cmw.usage.models import Budget
 
 blp = Blueprint("usage", __name__, url_prefix="/api/v1", description="Usage and cost")
 
@@ -190,3 +195,172 @@ class UsageBatches(MethodView):
             "duplicates": result.duplicates,
             "rejected": [dataclasses.asdict(r) for r in result.rejected],
         }
+
+
+# ------------------------------------------------------------------ live costs and budgets
+class CostLineSchema(Schema):
+    label = fields.String()
+    kind = fields.String(metadata={"description": "fee, per_unit or usage"})
+    metric = fields.String(allow_none=True)
+    quantity = Amount()
+    unit = fields.String(allow_none=True)
+    amount = Amount(metadata={"description": "so far this period"})
+    projected = Amount(metadata={"description": "at the period's end, if usage goes on at this rate"})
+
+
+class LiveCostSchema(Schema):
+    subscription_id = fields.UUID()
+    product = fields.String()
+    plan = fields.String()
+    currency = fields.String()
+    period_start = fields.AwareDateTime()
+    period_end = fields.AwareDateTime()
+    at = fields.AwareDateTime()
+    lines = fields.List(fields.Nested(CostLineSchema))
+    total = Amount()
+    projected_total = Amount()
+
+
+class TotalSchema(Schema):
+    currency = fields.String()
+    total = Amount()
+    projected_total = Amount()
+
+
+class BudgetSchema(Schema):
+    amount = Amount(required=True, metadata={"description": "a month's limit"})
+    currency = fields.String(required=True, validate=validate.Length(equal=3))
+    organisation_id = fields.UUID(load_default=None, metadata={"description": "if you buy for several"})
+    spent = Amount(dump_only=True)
+    projected = Amount(dump_only=True)
+    percent = fields.Integer(dump_only=True)
+
+
+class CostsSchema(Schema):
+    organisation_id = fields.UUID()
+    subscriptions = fields.List(fields.Nested(LiveCostSchema))
+    totals = fields.List(fields.Nested(TotalSchema))
+    budget = fields.Nested(BudgetSchema, allow_none=True)
+
+
+class OrganisationArgs(Schema):
+    organisation_id = fields.UUID(load_default=None)
+
+
+def _customer(organisation_id: uuid.UUID | None) -> uuid.UUID:
+    """The caller's customer organisation: the one named, or their only one."""
+    customers = require_identity().organisations_with(Role.CUSTOMER)
+    chosen = organisation_id or (next(iter(customers)) if len(customers) == 1 else None)
+    if chosen is None or chosen not in customers:
+        raise ApiError(
+            422,
+            "invalid input: organisation_id",
+            errors=[
+                {
+                    "location": "query",
+                    "field": "organisation_id",
+                    "message": "name one of your customer organisations",
+                }
+            ],
+        )
+    return chosen
+
+
+def _budget_json(standing: budgets.Standing) -> dict[str, Any]:
+    return {
+        "amount": standing.budget.amount,
+        "currency": standing.budget.currency,
+        "organisation_id": standing.budget.organisation_id,
+        "spent": standing.spent,
+        "projected": standing.projected,
+        "percent": standing.percent,
+    }
+
+
+def costs_of(organisation_id: uuid.UUID) -> dict[str, Any]:
+    session = current_session()
+    found = live.of_customer(session, organisation_id)
+    budget = session.get(Budget, organisation_id)
+    return {
+        "organisation_id": organisation_id,
+        "subscriptions": [dataclasses.asdict(c) for c in found],
+        "totals": [
+            {"currency": currency, "total": total, "projected_total": projected}
+            for currency, (total, projected) in sorted(live.totals(found).items())
+        ],
+        "budget": _budget_json(budgets.standing(session, budget)) if budget is not None else None,
+    }
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/cost")
+class SubscriptionCost(MethodView):
+    @blp.response(200, LiveCostSchema)
+    @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
+    def get(self, subscription_id: uuid.UUID) -> dict[str, Any]:
+        """What the subscription costs in its current period so far, rated as billing will
+        rate it, and the projection to the period's end. A trial, or a subscription that
+        ended, costs nothing now (404: no live cost)."""
+        identity = require_identity()
+        subscription = current_session().scalar(
+            sa.select(Subscription).where(
+                Subscription.id == subscription_id,
+                visible_rows(
+                    identity, Subscription.marketplace_id, Subscription.customer_id,
+                    lambda vendors: orders.of_vendors(Subscription, vendors),
+                ),
+            )
+        )  # fmt: skip
+        if subscription is None:
+            raise ApiError(404, "no such subscription")
+        found = live.costs(current_session(), [subscription])
+        if not found:
+            raise ApiError(404, f"a {subscription.status.value} subscription has no live cost")
+        return dataclasses.asdict(found[0])
+
+
+@blp.route("/costs")
+class Costs(MethodView):
+    @blp.arguments(OrganisationArgs, location="query")
+    @blp.response(200, CostsSchema)
+    @roles_required(Role.CUSTOMER)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Your organisation's live costs: each subscription's current period so far and
+        projected, the totals per currency, and the budget held against them."""
+        return costs_of(_customer(args["organisation_id"]))
+
+
+@blp.route("/budget")
+class BudgetResource(MethodView):
+    @blp.arguments(BudgetSchema)
+    @blp.response(200, BudgetSchema)
+    @roles_required(Role.CUSTOMER)
+    def put(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Set your organisation's monthly budget: you are told when live costs reach 80 %
+        and 100 % of it (a notification and an e-mail, once each a month)."""
+        organisation_id = _customer(data["organisation_id"])
+        session = current_session()
+        try:
+            budget = budgets.set_budget(
+                session, require_identity().marketplace.id, organisation_id, data["amount"], data["currency"]
+            )
+        except budgets.BudgetError as exc:
+            session.rollback()
+            raise ApiError(
+                422,
+                f"invalid input: {exc.field}",
+                errors=[{"location": "json", "field": exc.field, "message": exc.message}],
+            ) from None
+        result = _budget_json(budgets.standing(session, budget))
+        session.commit()
+        return result
+
+    @blp.arguments(OrganisationArgs, location="query")
+    @blp.response(204)
+    @roles_required(Role.CUSTOMER)
+    def delete(self, args: dict[str, Any]) -> None:
+        """Remove your organisation's budget (no more alerts)."""
+        session = current_session()
+        budget = session.get(Budget, _customer(args["organisation_id"]))
+        if budget is not None:
+            session.delete(budget)
+        session.commit()

@@ -71,3 +71,21 @@ class UsageDeadLetter(db.Model):  # type: ignore[name-defined,misc]
     source: Mapped[str] = mapped_column(sa.String(10))
     reason: Mapped[str] = mapped_column(sa.Text)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Budget(db.Model):  # type: ignore[name-defined,misc]
+    """What a customer organisation means to spend in a month, in one currency; it is told
+    when its live costs reach 80 % and 100 % of it (once each per month)."""
+
+    __tablename__ = "budgets"
+
+    organisation_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="CASCADE"))
+    amount: Mapped[Decimal] = mapped_column(sa.Numeric(18, 4))
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    #: the month ("2026-11") and the highest threshold (80 or 100) already told
+    alerted_month: Mapped[str | None] = mapped_column(sa.String(7))
+    alerted_percent: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
