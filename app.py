@@ -33,6 +33,7 @@ from cmw.health import bp as health_bp
 from cmw.mail import mailer_for
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
+from cmw.usage.cloud import CloudStackEvents
 from cmw.usage.consumer import UsageRecords
 from deployer.consumer import DeploymentRequests
 
@@ -109,6 +110,7 @@ def register_extensions(app: Flask) -> None:
         NotificationConsumer(),
         EmailConsumer(mailer_for(config), config.base_url, config.mail_from, sealer),
         UsageRecords(),
+        CloudStackEvents(config.cloudstack_exchange),
         DeploymentRequests(),
         InvoiceDocuments(app.extensions["mercato.storage"]),
         FailedDeployments(),

@@ -29,7 +29,9 @@ from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
 from cmw.orders.jobs import run_due
+from cmw.usage import replay
 from cmw.usage.budgets import BudgetJob
+from cmw.usage.cloud import RunningResourcesJob
 from cmw.usage.ingest import PartitionJob
 from deployer.engine import Engine
 from deployer.reaper import ReaperJob
@@ -105,6 +107,7 @@ def worker() -> None:
             DunningJob(session_factory),
             PartitionJob(db.engine),
             BudgetJob(session_factory),
+            RunningResourcesJob(session_factory),
         ],
         loops=[Engine(session_factory, sealer).run],
     )
@@ -137,13 +140,7 @@ def billing_group() -> None:
 def billing_run(at: str | None) -> None:
     """Bill every subscription up to --at: fees in advance, setup fees, usage of ended periods.
     Safe to run again or twice at once: nothing is billed twice."""
-    when = None
-    if at:
-        try:
-            when = dt.datetime.fromisoformat(at)
-        except ValueError:
-            raise click.BadParameter(f"{at!r} is not an ISO 8601 time such as 2026-11-30T00:00:00Z") from None
-        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    when = _moment(at) if at else None
     session_factory = sessionmaker(bind=db.engine, expire_on_commit=False)
     try:
         report = billing.run(session_factory, when)
@@ -152,6 +149,48 @@ def billing_run(at: str | None) -> None:
     click.echo(f"billing run {report.run_id}: {len(report.invoices)} invoice(s), {report.lines} line(s)")
     for number in report.invoices:
         click.echo(f"  {number}")
+
+
+def _moment(value: str) -> dt.datetime:
+    """An ISO 8601 time from the command line, UTC if it has no offset."""
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-30T00:00:00Z") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@mercato.group("usage")
+def usage_group() -> None:
+    """Usage records and their roll-up."""
+
+
+@usage_group.command("rebuild")
+@click.option("--from", "start", required=True, help="ISO 8601 time (UTC if no offset)")
+@click.option("--to", "end", required=True, help="ISO 8601 time, after --from")
+@with_appcontext
+def usage_rebuild(start: str, end: str) -> None:
+    """Rebuild the hourly usage in [--from, --to) from the raw records, and report what
+    changed: the usage per subscription and metric, and invoiced usage lines rated again."""
+    begins, ends = _moment(start), _moment(end)
+    if ends <= begins:
+        raise click.BadParameter("--to must be after --from")
+    session = current_session()
+    report = replay.rebuild(session, begins, ends)
+    session.commit()
+    click.echo(
+        f"rebuilt {report.start.isoformat()} to {report.end.isoformat()}: {report.records} record(s)"
+        f" in {report.hours} hour(s); {len(report.usage)} usage total(s) changed"
+    )
+    for change in report.usage:
+        click.echo(f"  usage {change.subscription_id} {change.metric}: {change.before} -> {change.after}")
+    for billed in report.billed:
+        click.echo(
+            f"  invoice {billed.invoice} {billed.line}: billed {billed.billed} {billed.currency},"
+            f" now {billed.now} ({billed.difference:+} {billed.currency})"
+        )
+    if not report.billed:
+        click.echo("  every invoiced usage line in the range rates the same")
 
 
 @mercato.command("bootstrap")

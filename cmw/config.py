@@ -60,6 +60,8 @@ class Config:
     #: outbox relay batch size and idle poll interval in seconds
     outbox_batch_size: int = 100
     outbox_poll_seconds: float = 0.5
+    #: the exchange Apache CloudStack's event bus publishes to (its ``exchange`` setting)
+    cloudstack_exchange: str = "cloudstack-events"
 
     # ---------------------------------------------------------------- loading
     @classmethod

@@ -199,3 +199,58 @@ def test_the_costs_page_and_the_subscription_page_show_live_costs_and_the_budget
     assert removed.status_code == 302 and "No budget yet" in browser.get("/account/costs").get_data(
         as_text=True
     )
+
+
+def test_a_rebuild_restores_the_roll_up_from_the_records_and_reports_what_a_price_fix_changes(
+    app: Flask,
+    committed_db: Factory,
+    metered: dict[str, Any],  # noqa: F811
+) -> None:
+    from cmw.billing.models import UsageHourly
+    from cmw.catalog.models import PriceComponent
+
+    sub, since = metered["subscription"], metered["since"]
+    with committed_db() as session:
+        subscription = session.get(Subscription, sub)
+        assert subscription is not None
+        end = subscription.current_period_end
+    _ingest(committed_db, [_record(n, sub, since + dt.timedelta(hours=7 * n), "4") for n in range(50)], end)
+    cpu = [
+        {**_record(900 + n, sub, since + dt.timedelta(hours=n), "7"), "metric": "cpu.hours"}
+        for n in range(30)
+    ]
+    _ingest(committed_db, cpu, end)
+    billing.run(committed_db, since, now=since)
+    billing.run(committed_db, end, now=end)
+    with committed_db() as session:
+        rows = session.scalars(sa.select(UsageHourly).where(UsageHourly.subscription_id == sub)).all()
+        original = {(r.metric, r.hour): r.quantity for r in rows}
+        # a fault: hours lost and one counted twice; and a pricing fix: CPU hours cost 0.03
+        session.execute(
+            sa.delete(UsageHourly).where(UsageHourly.metric == "bandwidth.gb", UsageHourly.quantity == 4)
+        )
+        session.execute(
+            sa.update(UsageHourly)
+            .where(UsageHourly.metric == "cpu.hours")
+            .values(quantity=UsageHourly.quantity * 2)
+        )
+        session.execute(
+            sa.update(PriceComponent).where(PriceComponent.metric == "cpu.hours").values(unit_price=D("0.03"))
+        )
+        session.commit()
+    result = app.test_cli_runner().invoke(
+        args=["mercato", "usage", "rebuild", "--from", since.isoformat(), "--to", end.isoformat()]
+    )
+    assert result.exit_code == 0, result.output
+    with committed_db() as session:
+        rows = session.scalars(sa.select(UsageHourly).where(UsageHourly.subscription_id == sub)).all()
+        assert {(r.metric, r.hour): r.quantity for r in rows} == original
+    assert "80 record(s)" in result.output and "2 usage total(s) changed" in result.output
+    assert f"usage {sub} bandwidth.gb:" in result.output and "-> 200" in result.output
+    # 210 CPU hours were billed 4.20; at the fixed price they are 6.30; the traffic rates the same
+    (billed,) = [line for line in result.output.splitlines() if "invoice" in line]
+    assert "CPU" in billed and "billed 4.20" in billed and "now 6.30 (+2.10 EUR)" in billed
+    bad = app.test_cli_runner().invoke(
+        args=["mercato", "usage", "rebuild", "--from", end.isoformat(), "--to", since.isoformat()]
+    )
+    assert bad.exit_code != 0 and "--to must be after --from" in bad.output

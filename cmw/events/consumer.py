@@ -72,6 +72,8 @@ class EventConsumer:
     name: ClassVar[str]
     #: routing-key patterns the queue is bound to
     topics: ClassVar[tuple[str, ...]]
+    #: content types the consumer takes (kombu's names)
+    accept: ClassVar[tuple[str, ...]] = ("json",)
     #: attempts before a failing message is parked in the dead-letter queue
     max_attempts: ClassVar[int] = 5
     #: first retry delay in seconds, doubled at each attempt

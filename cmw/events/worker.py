@@ -69,7 +69,7 @@ class Worker(ConsumerMixin):
             consumer_cls(
                 queues=[c.queue()],
                 callbacks=[functools.partial(self._on_message, c)],
-                accept=["json"],
+                accept=list(c.accept),
                 prefetch_count=self.prefetch_count,
             )
             for c in self.consumers

@@ -22,7 +22,7 @@ from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
 from cmw.orders import service as orders
 from cmw.orders.models import Subscription
-from cmw.usage import budgets, estimates, ingest, live
+from cmw.usage import budgets, cloud, estimates, ingest, live
 from cmw.usage.models import Budget
 
 blp = Blueprint("usage", __name__, url_prefix="/api/v1", description="Usage and cost")
@@ -364,3 +364,42 @@ class BudgetResource(MethodView):
         if budget is not None:
             session.delete(budget)
         session.commit()
+
+
+class CloudEventRulesSchema(Schema):
+    vm_start = fields.List(fields.String(), metadata={"description": "events that start billing a VM"})
+    vm_stop = fields.List(fields.String(), metadata={"description": "events that stop billing it"})
+    volume_start = fields.List(fields.String())
+    volume_stop = fields.List(fields.String())
+    vm_metric = fields.String(metadata={"example": "vm.hours"})
+    volume_metric = fields.String(metadata={"example": "volume.gb_hours"})
+
+
+@blp.route("/admin/cloud-event-rules")
+class CloudEventRulesResource(MethodView):
+    @blp.response(200, CloudEventRulesSchema)
+    @roles_required(Role.ADMIN)
+    def get(self) -> dict[str, Any]:
+        """Which Apache CloudStack events start and stop billing this marketplace's VMs and
+        volumes, and the metrics their time is recorded as."""
+        return dataclasses.asdict(cloud.rules_of(current_session(), require_identity().marketplace.id))
+
+    @blp.arguments(CloudEventRulesSchema)
+    @blp.response(200, CloudEventRulesSchema)
+    @roles_required(Role.ADMIN)
+    def put(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Change them: events from now on are billed by the new rules (a rebuild applies
+        them to the past)."""
+        session = current_session()
+        try:
+            rules = cloud.set_rules(session, require_identity().marketplace.id, data)
+        except cloud.EventError as exc:
+            session.rollback()
+            field = str(exc).split(":", 1)[0]
+            raise ApiError(
+                422,
+                f"invalid input: {field}",
+                errors=[{"location": "json", "field": field, "message": str(exc)}],
+            ) from None
+        session.commit()
+        return dataclasses.asdict(rules)

@@ -89,3 +89,53 @@ class Budget(db.Model):  # type: ignore[name-defined,misc]
     alerted_month: Mapped[str | None] = mapped_column(sa.String(7))
     alerted_percent: Mapped[int] = mapped_column(default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CloudEvent(db.Model):  # type: ignore[name-defined,misc]
+    """A cloud's own event as it arrived (Apache CloudStack's event bus), kept for replay;
+    ``key`` (the hash of its body) makes a redelivered or repeated event one row."""
+
+    __tablename__ = "cloud_events"
+    __table_args__ = (sa.Index("ix_cloud_events_resource", "resource_uuid", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    source: Mapped[str] = mapped_column(sa.String(20))
+    event_type: Mapped[str] = mapped_column(sa.String(60))
+    status: Mapped[str] = mapped_column(sa.String(20))
+    resource_uuid: Mapped[str] = mapped_column(sa.String(255))
+    occurred_at: Mapped[dt.datetime]
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class CloudResourceHour(db.Model):  # type: ignore[name-defined,misc]
+    """The time-based usage derived from a cloud resource's events, per hour: what the
+    adapter has added to ``usage_hourly`` for it, so a late or repeated event changes the
+    hours by the difference, never twice."""
+
+    __tablename__ = "cloud_resource_hours"
+
+    resource_uuid: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    metric: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    hour: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    quantity: Mapped[Decimal] = mapped_column(QUANTITY)
+
+
+class CloudEventRules(db.Model):  # type: ignore[name-defined,misc]
+    """Which cloud events start and stop billing for a marketplace's resources, and the
+    metrics their time is recorded as (defaults in :mod:`cmw.usage.cloud`)."""
+
+    __tablename__ = "cloud_event_rules"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("marketplaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    vm_start: Mapped[list[str]] = mapped_column(sa.JSON)
+    vm_stop: Mapped[list[str]] = mapped_column(sa.JSON)
+    volume_start: Mapped[list[str]] = mapped_column(sa.JSON)
+    volume_stop: Mapped[list[str]] = mapped_column(sa.JSON)
+    vm_metric: Mapped[str] = mapped_column(sa.String(100))
+    volume_metric: Mapped[str] = mapped_column(sa.String(100))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
