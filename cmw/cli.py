@@ -30,6 +30,7 @@ from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
 from cmw.orders.jobs import run_due
 from cmw.usage import replay
+from cmw.usage.bandwidth import BandwidthJob
 from cmw.usage.budgets import BudgetJob
 from cmw.usage.cloud import RunningResourcesJob
 from cmw.usage.ingest import PartitionJob
@@ -108,6 +109,7 @@ def worker() -> None:
             PartitionJob(db.engine),
             BudgetJob(session_factory),
             RunningResourcesJob(session_factory),
+            BandwidthJob(session_factory, sealer),
         ],
         loops=[Engine(session_factory, sealer).run],
     )

@@ -231,6 +231,41 @@ def record(
             },
             marketplace_id=deployment.marketplace_id,
         )
+        _observed(session, deployment, to_state, now)
+
+
+#: what the deployer saw happen, as the cloud events usage is derived from (VM.START...)
+OBSERVED = {
+    DeploymentState.RUNNING: (("VM", "START"), ("VOLUME", "CREATE")),
+    DeploymentState.SUSPENDED: (("VM", "STOP"),),
+    DeploymentState.REMOVED: (("VM", "DESTROY"), ("VOLUME", "DELETE")),
+    DeploymentState.FAILED: (("VM", "DESTROY"), ("VOLUME", "DELETE")),
+}
+
+
+def _observed(session: Session, deployment: Deployment, to_state: DeploymentState, now: dt.datetime) -> None:
+    """Time-based usage on any cloud: the VM runs from ``running`` to ``suspended`` or
+    ``removed``, its data disk exists until it is removed, as libcloud observed them. The
+    same derivation as CloudStack's events (late or repeated ones change nothing)."""
+    from cmw.usage import cloud
+
+    for kind, action in OBSERVED.get(to_state, ()):
+        resource = deployment.node_id if kind == "VM" else deployment.volume_id
+        if not resource:
+            continue
+        cloud.record(
+            session,
+            {
+                "event": f"{kind}.{action}",
+                "status": cloud.COMPLETED,
+                "entityuuid": resource,
+                "eventDateTime": now.isoformat(),
+                "source": "mercato-deployer",
+                "deployment": str(deployment.id),
+            },
+            source="deployer",
+            now=now,
+        )
 
 
 def request_deployment(

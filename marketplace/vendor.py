@@ -43,6 +43,7 @@ from cmw.extensions import current_session
 from cmw.money import format_amount
 from cmw.orders import service as orders_service
 from cmw.orders.models import Order, Subscription
+from cmw.usage import simulation
 from deployer import service as deployments
 from marketplace.forms import (
     COMPONENT_ROWS,
@@ -768,3 +769,18 @@ def _names(
     if plans:
         found.update(session.execute(sa.select(Plan.id, Plan.name).where(Plan.id.in_(plans))).all())
     return found
+
+
+@bp.get("/vendor/products/<uuid:product_id>/simulation")
+def vendor_simulation(product_id: uuid.UUID) -> ResponseReturnValue:
+    """The draft's prices on the last days of real usage, beside the published prices."""
+    identity = _vendor()
+    if identity is None:
+        return sign_in_first()
+    product = _own(identity, product_id)
+    try:
+        days = min(max(int(request.args.get("days", "30")), 1), 365)
+    except ValueError:
+        days = 30
+    found = simulation.simulate(current_session(), product, days)
+    return render_template("vendor_simulation.html", product=product, simulation=found, totals=found.totals())

@@ -575,6 +575,22 @@ def test_an_unpaid_machine_is_suspended_kept_and_resumed(
     tell("subscription.cancelled")
     removed = drive(engine, committed_db, deployment_id, S.REMOVED)
     assert removed.removed_at is not None and live_instances(ec2) == []
+    # what the deployer saw is the VM's billed time, as a cloud's own events would be
+    from cmw.usage.models import CloudEvent, CloudResourceHour
+
+    with committed_db() as session:
+        seen = session.scalars(
+            sa.select(CloudEvent.event_type)
+            .where(CloudEvent.resource_uuid == removed.node_id)
+            .order_by(CloudEvent.occurred_at, CloudEvent.id)
+        ).all()
+        ran = session.scalar(
+            sa.select(sa.func.sum(CloudResourceHour.quantity)).where(
+                CloudResourceHour.resource_uuid == removed.node_id
+            )
+        )
+    assert seen == ["VM.START", "VM.STOP", "VM.START", "VM.STOP", "VM.DESTROY"]
+    assert ran is not None and 0 < ran < 1  # seconds of running, in hours
 
 
 def test_an_unknown_cloud_account_fails_at_once(committed_db: Factory, engine: Engine, ec2: Any) -> None:

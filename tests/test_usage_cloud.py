@@ -230,3 +230,56 @@ def test_admins_read_and_change_the_rules(
         assert cloud.rules_of(session, platform(session).id).vm_stop == ("VM.EXPUNGE",)
     vendor, _ = _sign_in(app, "meter-vendor@example.test")
     assert vendor.get("/api/v1/admin/cloud-event-rules").status_code == 403
+
+
+def test_bandwidth_is_read_from_cloudwatch_once_per_five_minutes(
+    app: Flask,
+    committed_db: Factory,
+    moto_server: Any,
+    metered: dict[str, Any],  # noqa: F811
+) -> None:
+    from cmw.usage import bandwidth
+    from deployer import service as deployments
+
+    moto_server.reset()
+    sealer = app.extensions["mercato.sealer"]
+    options = moto_server.libcloud_ec2_kwargs()
+    region = options.pop("region")
+    with committed_db() as session:
+        account = deployments.create_cloud_account(
+            session,
+            sealer,
+            deployments.CloudAccountInput(
+                slug="aws-bandwidth", name="AWS (moto)", provider="ec2",
+                credentials={"key": moto_server.access_key_id, "secret": moto_server.secret_access_key},
+                region=region, driver_options=options,
+            ),
+        )  # fmt: skip
+        session.commit()
+        account_id = account.id
+    _deployment(committed_db, metered["subscription"], metered["vendor"])
+    with committed_db() as session:
+        session.execute(sa.update(Deployment).values(cloud_account_id=account_id, node_id="i-0bandwidth"))
+        session.commit()
+    now = utcnow().replace(second=0, microsecond=0)
+    five = now.replace(minute=now.minute - now.minute % 5) - dt.timedelta(minutes=30)
+    cloudwatch = moto_server.boto3_client("cloudwatch")
+    for name, gigabytes in (("NetworkOut", "1.5"), ("NetworkIn", "0.25")):
+        cloudwatch.put_metric_data(
+            Namespace="AWS/EC2",
+            MetricData=[
+                {
+                    "MetricName": name,
+                    "Dimensions": [{"Name": "InstanceId", "Value": "i-0bandwidth"}],
+                    "Timestamp": five + dt.timedelta(minutes=1),
+                    "Value": float(D(gigabytes) * 10**9),  # CloudWatch's API takes a double
+                    "Unit": "Bytes",
+                }
+            ],
+        )
+    assert bandwidth.export(committed_db, sealer, now=now) == 2
+    assert (
+        bandwidth.export(committed_db, sealer, now=now + dt.timedelta(minutes=15)) == 0
+    )  # read again: nothing twice
+    hours = _hours(committed_db, metered["subscription"])
+    assert hours == {"bandwidth.gb": D("1.75")}

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.billing import service as billing
 from cmw.billing.models import Invoice, InvoiceLine, LineKind
+from cmw.db import utcnow
 from cmw.events.consumer import Event
 from cmw.events.models import OutboxEvent
 from cmw.marketplaces.service import platform
@@ -254,3 +255,50 @@ def test_a_rebuild_restores_the_roll_up_from_the_records_and_reports_what_a_pric
         args=["mercato", "usage", "rebuild", "--from", end.isoformat(), "--to", since.isoformat()]
     )
     assert bad.exit_code != 0 and "--to must be after --from" in bad.output
+
+
+def test_vendors_simulate_a_drafts_prices_on_real_usage(
+    app: Flask,
+    committed_db: Factory,
+    metered: dict[str, Any],  # noqa: F811
+) -> None:
+    from cmw.catalog import service as catalog
+    from cmw.catalog.models import Product
+    from cmw.catalog.pricing import ComponentSpec, PlanSpec
+    from tests.test_usage_ingest import CPU, FEE, PLAN, TRAFFIC
+
+    sub = metered["subscription"]
+    recent = utcnow() - dt.timedelta(days=3)
+    _ingest(committed_db, [_record(n, sub, recent + dt.timedelta(hours=n), "20") for n in range(3)])  # 60 GB
+    cpu = [
+        {**_record(50 + n, sub, recent + dt.timedelta(hours=n), "50"), "metric": "cpu.hours"}
+        for n in range(2)
+    ]
+    _ingest(committed_db, cpu)  # 100 hours
+    vendor, _ = _sign_in(app, "meter-vendor@example.test")
+    with committed_db() as session:
+        product = session.scalars(sa.select(Product).where(Product.slug == "metered")).one()
+        product_id = product.id
+    same = vendor.get(f"/api/v1/vendor/products/{product_id}/price-simulation?days=10").get_json()
+    assert same["draft_version"] is None
+    # 10 days of a 5 EUR month: 1.67; (60 - 10 included) GB at 0.10: 5.00; 100 CPU hours at 0.02: 2.00
+    assert [(b["current"], b["simulated"]) for b in same["bills"]] == [("8.67", "8.67")]
+    with committed_db() as session:
+        product = session.get(Product, product_id)
+        assert product is not None
+        dearer_cpu = ComponentSpec(**{**CPU.__dict__, "unit_price": D("0.03")})
+        catalog.set_plans(
+            session, product, [PlanSpec(**{**PLAN.__dict__, "components": (FEE, TRAFFIC, dearer_cpu)})]
+        )
+        session.commit()
+    found = vendor.get(f"/api/v1/vendor/products/{product_id}/price-simulation?days=10").get_json()
+    assert found["draft_version"] == 2
+    (bill,) = found["bills"]
+    assert (bill["customer"], bill["current"], bill["simulated"], bill["difference"]) == (
+        "Customer of meter-customer@example.test", "8.67", "9.67", "1",
+    )  # fmt: skip
+    assert found["totals"] == [{"currency": "EUR", "total": "8.67", "projected_total": "9.67"}]
+    page = vendor.get(f"/vendor/products/{product_id}/simulation?days=10").get_data(as_text=True)
+    assert "revision 2" in page and "9.67 EUR" in page and "Customer of meter-customer@example.test" in page
+    stranger, _ = _sign_in(app, "meter-customer@example.test")
+    assert stranger.get(f"/api/v1/vendor/products/{product_id}/price-simulation").status_code == 403

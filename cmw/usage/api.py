@@ -22,7 +22,7 @@ from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
 from cmw.orders import service as orders
 from cmw.orders.models import Subscription
-from cmw.usage import budgets, cloud, estimates, ingest, live
+from cmw.usage import budgets, cloud, estimates, ingest, live, simulation
 from cmw.usage.models import Budget
 
 blp = Blueprint("usage", __name__, url_prefix="/api/v1", description="Usage and cost")
@@ -403,3 +403,64 @@ class CloudEventRulesResource(MethodView):
             ) from None
         session.commit()
         return dataclasses.asdict(rules)
+
+
+# ------------------------------------------------------------------ price simulation
+class SimulationArgs(Schema):
+    days = fields.Integer(load_default=30, validate=validate.Range(min=1, max=365))
+
+
+class SimulatedBillSchema(Schema):
+    subscription_id = fields.UUID()
+    customer = fields.String()
+    plan = fields.String()
+    quantity = fields.Integer()
+    currency = fields.String()
+    current = Amount(metadata={"description": "the window at the published prices"})
+    simulated = Amount(metadata={"description": "the window at the draft's prices"})
+    difference = Amount()
+
+
+class SimulationSchema(Schema):
+    days = fields.Integer()
+    start = fields.AwareDateTime()
+    end = fields.AwareDateTime()
+    draft_version = fields.Integer(
+        allow_none=True, metadata={"description": "null: no draft, both are the same"}
+    )
+    bills = fields.List(fields.Nested(SimulatedBillSchema))
+    totals = fields.List(fields.Nested(TotalSchema))
+    not_in_draft = fields.List(
+        fields.String(), metadata={"description": "plan codes the draft no longer sells"}
+    )
+
+
+def simulation_json(found: simulation.Simulation) -> dict[str, Any]:
+    return {
+        "days": found.days,
+        "start": found.start,
+        "end": found.end,
+        "draft_version": found.draft_version,
+        "bills": [{**dataclasses.asdict(b), "difference": b.difference} for b in found.bills],
+        "totals": [
+            {"currency": currency, "total": current, "projected_total": simulated}
+            for currency, (current, simulated) in found.totals().items()
+        ],
+        "not_in_draft": found.not_in_draft,
+    }
+
+
+@blp.route("/vendor/products/<uuid:product_id>/price-simulation")
+class PriceSimulation(MethodView):
+    @blp.arguments(SimulationArgs, location="query")
+    @blp.response(200, SimulationSchema)
+    @roles_required(Role.VENDOR)
+    def get(self, args: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
+        """Your draft's prices applied to the last ``days`` of your customers' real usage,
+        beside the published prices: each customer's bill and the revenue (in ``totals``,
+        ``total`` is at the published prices, ``projected_total`` at the draft's)."""
+        identity = require_identity()
+        product = current_session().get(Product, product_id)
+        if product is None or product.vendor_id not in identity.organisations_with(Role.VENDOR):
+            raise ApiError(404, "no such product of yours")
+        return simulation_json(simulation.simulate(current_session(), product, args["days"]))

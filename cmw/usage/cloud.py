@@ -78,6 +78,8 @@ VOLUME_EVENTS = (
 )
 COMPLETED = "Completed"
 HOUR = dt.timedelta(hours=1)
+MICROSECOND = dt.timedelta(microseconds=1)
+MICROSECONDS_AN_HOUR = Decimal(3_600_000_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _by_hour(intervals: list[tuple[dt.datetime, dt.datetime]], factor: Decimal) 
         while at < end:
             bucket = hour_of(at)
             upto = min(end, bucket + HOUR)
-            hours[bucket] += Decimal(int((upto - at).total_seconds())) / 3600 * factor
+            hours[bucket] += Decimal((upto - at) // MICROSECOND) / MICROSECONDS_AN_HOUR * factor
             at = upto
     return {h: q.quantize(Decimal("0.00000001")) for h, q in hours.items() if q}
 
