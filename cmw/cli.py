@@ -22,20 +22,17 @@ from sqlalchemy.orm import sessionmaker
 from cmw import demo
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
+from cmw.billing import dunning
 from cmw.billing import service as billing
-from cmw.billing.dunning import DunningJob
 from cmw.config import Config
+from cmw.events.periodic import Every
 from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
 from cmw.orders.jobs import run_due
-from cmw.usage import replay
-from cmw.usage.bandwidth import BandwidthJob
-from cmw.usage.budgets import BudgetJob
-from cmw.usage.cloud import RunningResourcesJob
-from cmw.usage.ingest import PartitionJob
+from cmw.usage import bandwidth, budgets, cloud, ingest, replay
+from deployer import reaper
 from deployer.engine import Engine
-from deployer.reaper import ReaperJob
 
 
 @click.group("mercato")
@@ -103,13 +100,13 @@ def worker() -> None:
         relay_poll_seconds=config.outbox_poll_seconds,
         periodic=[
             functools.partial(run_due, session_factory),
-            ReaperJob(session_factory, sealer),
-            billing.BillingJob(session_factory),
-            DunningJob(session_factory),
-            PartitionJob(db.engine),
-            BudgetJob(session_factory),
-            RunningResourcesJob(session_factory),
-            BandwidthJob(session_factory, sealer),
+            Every(reaper.INTERVAL_SECONDS, functools.partial(reaper.reap, session_factory, sealer)),
+            Every(3600, functools.partial(billing.run, session_factory)),
+            Every(600, functools.partial(dunning.run, session_factory)),
+            Every(3600, functools.partial(ingest.make_partitions_ahead, db.engine)),
+            Every(60, functools.partial(budgets.run, session_factory)),
+            Every(300, functools.partial(cloud.extend_running, session_factory)),
+            Every(900, functools.partial(bandwidth.export, session_factory, sealer)),
         ],
         loops=[Engine(session_factory, sealer).run],
     )

@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import logging
 import re
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -152,19 +151,3 @@ def _reap_account(
         owner = _owner(resource)
         if owner is not None and states.get(owner) not in (None, *_GONE):
             report.kept.append(f"{where}: {resource.id} of deployment {owner}")
-
-
-class ReaperJob:
-    """The reaper as a periodic job of the worker: at most once every ``interval`` seconds."""
-
-    def __init__(
-        self, session_factory: Callable[[], Session], sealer: Sealer, interval: float = INTERVAL_SECONDS
-    ) -> None:
-        self.session_factory, self.sealer, self.interval = session_factory, sealer, interval
-        self._last = 0.0
-
-    def __call__(self) -> Report | None:
-        if time.monotonic() - self._last < self.interval:
-            return None
-        self._last = time.monotonic()
-        return reap(self.session_factory, self.sealer)

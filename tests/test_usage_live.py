@@ -36,15 +36,19 @@ def _ingest(factory: Factory, records: list[dict[str, Any]], now: dt.datetime | 
     assert not result.rejected, result.rejected
 
 
+def _period_end(factory: Factory, subscription_id: Any) -> dt.datetime:
+    with factory() as session:
+        subscription = session.get(Subscription, subscription_id)
+        assert subscription is not None
+        return subscription.current_period_end
+
+
 def test_the_live_cost_is_what_the_billing_run_invoices(
     committed_db: Factory,
     metered: dict[str, Any],  # noqa: F811
 ) -> None:
     sub, since = metered["subscription"], metered["since"]
-    with committed_db() as session:
-        subscription = session.get(Subscription, sub)
-        assert subscription is not None
-        end = subscription.current_period_end
+    end = _period_end(committed_db, sub)
     # usage all over the period, the first record in its first (partial) hour
     # (recorded as if at the period's end: nothing is in the future then)
     _ingest(
@@ -211,10 +215,7 @@ def test_a_rebuild_restores_the_roll_up_from_the_records_and_reports_what_a_pric
     from cmw.catalog.models import PriceComponent
 
     sub, since = metered["subscription"], metered["since"]
-    with committed_db() as session:
-        subscription = session.get(Subscription, sub)
-        assert subscription is not None
-        end = subscription.current_period_end
+    end = _period_end(committed_db, sub)
     _ingest(committed_db, [_record(n, sub, since + dt.timedelta(hours=7 * n), "4") for n in range(50)], end)
     cpu = [
         {**_record(900 + n, sub, since + dt.timedelta(hours=n), "7"), "metric": "cpu.hours"}

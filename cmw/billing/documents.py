@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 
 from sqlalchemy.orm import Session
@@ -141,24 +142,21 @@ def _last_day(end: dt.datetime) -> dt.date:
     return day - dt.timedelta(days=1) if end.time() == dt.time(0) and day > dt.date.min else day
 
 
-def pdf_of(session: Session, storage: Storage, invoice: Invoice) -> bytes:
-    """The invoice's PDF: the stored one, or rendered (and stored) now."""
-    key = pdf_key(invoice)
+def _stored_pdf(storage: Storage, key: str, document: Callable[[], Document]) -> bytes:
+    """The PDF stored under ``key``, or rendered (and stored) now."""
     if storage.exists(key):
         return storage.get(key)
-    data = pdf.render(document_of(session, invoice))
+    data = pdf.render(document())
     storage.put(key, data, "application/pdf", cache_control="private, max-age=86400")
     return data
+
+
+def pdf_of(session: Session, storage: Storage, invoice: Invoice) -> bytes:
+    return _stored_pdf(storage, pdf_key(invoice), lambda: document_of(session, invoice))
 
 
 def credit_note_pdf_of(session: Session, storage: Storage, note: CreditNote) -> bytes:
-    """The credit note's PDF: the stored one, or rendered (and stored) now."""
-    key = credit_note_pdf_key(note)
-    if storage.exists(key):
-        return storage.get(key)
-    data = pdf.render(credit_note_document(session, note))
-    storage.put(key, data, "application/pdf", cache_control="private, max-age=86400")
-    return data
+    return _stored_pdf(storage, credit_note_pdf_key(note), lambda: credit_note_document(session, note))
 
 
 def ubl_of(session: Session, invoice: Invoice) -> bytes:

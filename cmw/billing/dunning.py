@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 import uuid
 from collections.abc import Callable
 
@@ -117,17 +116,3 @@ def run(session_factory: Callable[[], Session], now: dt.datetime | None = None) 
                 totals[key] += count
             totals["invoices"] += 1
             session.commit()
-
-
-class DunningJob:
-    """Dunning as a periodic job of the worker: at most once every ``interval`` seconds."""
-
-    def __init__(self, session_factory: Callable[[], Session], interval: float = 600.0) -> None:
-        self.session_factory, self.interval = session_factory, interval
-        self._last: float | None = None
-
-    def __call__(self) -> dict[str, int] | None:
-        if self._last is not None and time.monotonic() - self._last < self.interval:
-            return None
-        self._last = time.monotonic()
-        return run(self.session_factory)

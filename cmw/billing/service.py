@@ -750,22 +750,6 @@ def run(
     return report
 
 
-class BillingJob:
-    """The billing run as a periodic job of the worker: at most once every ``interval``."""
-
-    def __init__(self, session_factory: Callable[[], Session], interval: float = 3600.0) -> None:
-        self.session_factory, self.interval = session_factory, interval
-        self._last: float | None = None
-
-    def __call__(self) -> RunReport | None:
-        import time
-
-        if self._last is not None and time.monotonic() - self._last < self.interval:
-            return None
-        self._last = time.monotonic()
-        return run(self.session_factory)
-
-
 def vendor_revenue(
     session: Session,
     marketplace_id: uuid.UUID,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -160,19 +159,3 @@ def export(session_factory: Callable[[], Session], sealer: Sealer, now: dt.datet
         for rejection in result.rejected:
             log.info("bandwidth: %s not counted: %s", rejection.id, rejection.reason)
     return counted
-
-
-class BandwidthJob:
-    """The worker's periodic bandwidth reading, every ``interval`` seconds (15 minutes)."""
-
-    def __init__(
-        self, session_factory: Callable[[], Session], sealer: Sealer, interval: float = 900.0
-    ) -> None:
-        self.session_factory, self.sealer, self.interval = session_factory, sealer, interval
-        self._last: float | None = None
-
-    def __call__(self) -> int | None:
-        if self._last is not None and time.monotonic() - self._last < self.interval:
-            return None
-        self._last = time.monotonic()
-        return export(self.session_factory, self.sealer)

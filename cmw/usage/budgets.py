@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -107,17 +106,3 @@ def run(session_factory: Callable[[], Session], now: dt.datetime | None = None) 
                 sent += 1
             session.commit()
     return sent
-
-
-class BudgetJob:
-    """The worker's periodic budget check, at most once every ``interval`` seconds."""
-
-    def __init__(self, session_factory: Callable[[], Session], interval: float = 60.0) -> None:
-        self.session_factory, self.interval = session_factory, interval
-        self._last: float | None = None
-
-    def __call__(self) -> int | None:
-        if self._last is not None and time.monotonic() - self._last < self.interval:
-            return None
-        self._last = time.monotonic()
-        return run(self.session_factory)

@@ -32,7 +32,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -313,20 +312,6 @@ def extend_running(session_factory: Callable[[], Session], now: dt.datetime | No
                 extended += 1
             session.commit()
     return extended
-
-
-class RunningResourcesJob:
-    """The worker's periodic job: running resources' hours brought up to now."""
-
-    def __init__(self, session_factory: Callable[[], Session], interval: float = 300.0) -> None:
-        self.session_factory, self.interval = session_factory, interval
-        self._last: float | None = None
-
-    def __call__(self) -> int | None:
-        if self._last is not None and time.monotonic() - self._last < self.interval:
-            return None
-        self._last = time.monotonic()
-        return extend_running(self.session_factory)
 
 
 class CloudStackEvents(EventConsumer):

@@ -540,20 +540,9 @@ def months_ahead(now: dt.datetime, count: int = 3) -> list[dt.date]:
     return found
 
 
-class PartitionJob:
-    """The worker's periodic job: this month's and the next two months' partitions of
-    ``usage_records`` exist before any record needs them (PostgreSQL), checked hourly."""
-
-    def __init__(self, engine: sa.Engine, interval: float = 3600.0) -> None:
-        self.engine, self.interval = engine, interval
-        self._last: float | None = None
-
-    def __call__(self) -> list[str] | None:
-        import time
-
-        if self.engine.dialect.name != "postgresql":
-            return None
-        if self._last is not None and time.monotonic() - self._last < self.interval:
-            return None
-        self._last = time.monotonic()
-        return ensure_partitions(self.engine, months_ahead(utcnow()))
+def make_partitions_ahead(engine: sa.Engine) -> list[str] | None:
+    """The worker's job: this month's and the next two months' partitions of
+    ``usage_records`` exist before any record needs them (PostgreSQL)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    return ensure_partitions(engine, months_ahead(utcnow()))
