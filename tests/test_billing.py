@@ -555,7 +555,10 @@ def test_the_admins_billing_page(app: Flask, committed_db: Factory, world: dict[
         assert (saved.reminder_days, saved.past_due_after_days, saved.suspend_after_days) == ([2, 10], 3, 9)
         assert saved.cancel_after_days == 45
     assert 'value="2, 10"' in browser.get("/admin/billing").get_data(as_text=True)
-    rate = {"seller_country": "IT", "buyer_country": "IT", "rate": "22", "name": "VAT", "csrf_token": token}
+    rate = {
+        "rate-seller_country": "IT", "rate-buyer_country": "IT", "rate-rate": "22", "rate-name": "VAT",
+        "rate-csrf_token": token,
+    }  # fmt: skip
     assert browser.post("/admin/billing/tax-rates", data=rate).status_code == 302
     again = browser.post("/admin/billing/tax-rates", data=rate)
     assert again.status_code == 422 and "exists" in again.get_data(as_text=True)
