@@ -238,6 +238,7 @@ def record(
 OBSERVED = {
     DeploymentState.RUNNING: (("VM", "START"), ("VOLUME", "CREATE")),
     DeploymentState.SUSPENDED: (("VM", "STOP"),),
+    DeploymentState.STOPPING: (("VM", "STOP"),),
     DeploymentState.REMOVED: (("VM", "DESTROY"), ("VOLUME", "DELETE")),
     DeploymentState.FAILED: (("VM", "DESTROY"), ("VOLUME", "DELETE")),
 }

@@ -119,7 +119,8 @@ class _Writer:
         document = self.document
         category = _add(parent, name)
         _add(category, "cbc:ID", document.tax_category.value)
-        _add(category, "cbc:Percent", _number(document.tax_rate))
+        if document.tax_category is not TaxCategory.OUTSIDE_SCOPE:  # EN 16931 BR-O-05: no rate
+            _add(category, "cbc:Percent", _number(document.tax_rate))
         if with_reason and document.tax_category in EXEMPTION_CODES:
             _add(category, "cbc:TaxExemptionReasonCode", EXEMPTION_CODES[document.tax_category])
             _add(category, "cbc:TaxExemptionReason", document.tax_rule)

@@ -293,6 +293,25 @@ def test_dunning_suspends_the_machine_and_payment_resumes_it(
         ]
     assert kinds[-3:] == ["suspended", "paid_up", "resumed"]
 
+    # the next invoice is never paid but forgiven (credited in full): the machine runs again
+    next_period = resumed.current_period_end + dt.timedelta(minutes=5)
+    (number,) = billing.run(committed_db, next_period, now=next_period).invoices
+    with committed_db() as session:
+        second = session.scalars(sa.select(Invoice).where(Invoice.number == number)).one()
+        assert second.due_at is not None
+        second_id, second_due = second.id, second.due_at
+    assert dunning.run(committed_db, second_due + dt.timedelta(days=8))["suspended"] == 1
+    assert subscription().suspended_at is not None
+    with committed_db() as session:
+        second = session.get(Invoice, second_id)
+        assert second is not None
+        payments.issue_credit_note(session, second, second.subtotal, "Goodwill: the outage last week")
+        session.commit()
+        assert session.get(Invoice, second_id).status is InvoiceStatus.VOID  # type: ignore[union-attr]
+    forgiven = subscription()
+    assert forgiven.status is SubscriptionStatus.ACTIVE and forgiven.suspended_at is None
+    assert len(events("subscription.resumed")) == 2
+
 
 def test_coupons_are_invoice_lines_within_their_limits(
     app: Flask,

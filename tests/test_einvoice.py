@@ -169,6 +169,9 @@ def test_reverse_charge_and_no_tax_carry_their_exemption_reason(
         assert text(tree, breakdown + "cac:TaxCategory/cbc:TaxExemptionReasonCode") == code
         assert text(tree, breakdown + "cac:TaxCategory/cbc:TaxExemptionReason") == rule
         assert text(tree, breakdown + "cbc:TaxAmount") == "0.00"
+        # EN 16931 BR-O-05: "not subject to VAT" carries no rate at all
+        rates = tree.xpath(breakdown + "cac:TaxCategory/cbc:Percent", namespaces=NS)
+        assert [r.text for r in rates] == ([] if category is TaxCategory.OUTSIDE_SCOPE else ["0"])
         assert text(tree, "cac:LegalMonetaryTotal/cbc:PayableAmount") == "73.68"
 
 

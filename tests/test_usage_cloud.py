@@ -283,3 +283,23 @@ def test_bandwidth_is_read_from_cloudwatch_once_per_five_minutes(
     )  # read again: nothing twice
     hours = _hours(committed_db, metered["subscription"])
     assert hours == {"bandwidth.gb": D("1.75")}
+
+
+def test_a_resource_running_after_an_event_that_neither_starts_nor_stops_keeps_accruing(
+    committed_db: Factory,
+    metered: dict[str, Any],  # noqa: F811
+) -> None:
+    sub = metered["subscription"]
+    _deployment(committed_db, sub, metered["vendor"])
+    t0 = (utcnow() - dt.timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+    for _key, body in (
+        _event("VM", "CREATE", VM, t0),
+        _event("VM", "REBOOT", VM, t0 + dt.timedelta(hours=1)),
+    ):
+        with committed_db() as session:
+            cloud.record(session, json.loads(body), now=t0 + dt.timedelta(hours=1))
+            session.commit()
+    assert _hours(committed_db, sub) == {"vm.hours": D("1")}
+    # the worker's job: still running (the reboot changes nothing), so up to now
+    assert cloud.extend_running(committed_db, now=t0 + dt.timedelta(hours=3)) == 1
+    assert _hours(committed_db, sub) == {"vm.hours": D("3")}

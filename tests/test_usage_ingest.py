@@ -401,3 +401,44 @@ def test_records_over_rabbitmq_are_counted_once_and_bad_ones_kept_as_dead_letter
     assert [(letter.source, letter.payload["index"]) for letter in letters] == [("queue", 7), ("queue", 7)]
     assert "unknown metric 'gpu.hours'" in letters[0].reason
     assert letters[0].payload["record"]["id"] == "rec-7"
+
+
+def test_each_vendor_has_its_own_record_ids_and_odd_values_are_handled(
+    app: Flask, committed_db: Factory, metered: dict[str, Any]
+) -> None:
+    since = metered["since"]
+    with committed_db() as session:
+        catalog_data.publish_product(session, "other-metered", [PLAN])
+        user, org = catalog_data.add_customer(session, "other-customer@example.test", paying=True)
+        wanted = orders.OrderRequest(product="other-metered", plan="metered")
+        placed = orders.place_order(session, platform(session), user, org, wanted, now=since)
+        session.flush()
+        other = session.get(Subscription, placed.subscription_id)
+        assert other is not None
+        other.created_at = since
+        session.commit()
+        other_id = other.id
+    admin, headers = _sign_in(app, "meter-admin@example.test")
+    at = since + dt.timedelta(days=1)
+    # two vendors' sources both number their records from 1: neither is the other's duplicate
+    batch = {"records": [_record(1, metered["subscription"], at), _record(1, other_id, at)]}
+    first = admin.post("/api/v1/usage", json=batch, headers=headers).get_json()
+    assert first == {"accepted": 2, "duplicates": [], "rejected": []}
+    assert admin.post("/api/v1/usage", json=batch, headers=headers).get_json()["duplicates"] == [
+        "rec-1",
+        "rec-1",
+    ]
+    odd = admin.post(
+        "/api/v1/usage",
+        json={"records": [
+            {**_record(2, other_id, at), "attributes": {"rate": 1.5, "count": 3, "nested": {"x": 0.25}}},
+            _record(3, other_id, at, "1e30"),
+        ]},
+        headers=headers,
+    )  # fmt: skip
+    assert odd.status_code == 200, odd.get_data(as_text=True)
+    body = odd.get_json()
+    assert body["accepted"] == 1 and "below 10^16" in body["rejected"][0]["reason"]
+    with committed_db() as session:
+        kept = session.scalars(sa.select(UsageRecord).where(UsageRecord.record_id == "rec-2")).one()
+        assert kept.attributes == {"rate": 1.5, "count": 3, "nested": {"x": 0.25}}

@@ -51,8 +51,10 @@ def _settle(session: Session, invoice: Invoice) -> None:
     if outstanding(session, invoice) <= 0 and invoice.status is InvoiceStatus.ISSUED:
         invoice.status = InvoiceStatus.PAID if paid(session, invoice) > 0 else InvoiceStatus.VOID
         session.flush()
+        # nothing is owed any more, whether paid or credited in full: past due ends, and a
+        # suspended machine starts again
+        _paid_up(session, invoice)
         if invoice.status is InvoiceStatus.PAID:
-            _paid_up(session, invoice)
             emit(
                 session,
                 "invoice.paid",

@@ -200,6 +200,7 @@ def recompute(session: Session, resource_uuid: str, now: dt.datetime | None = No
     if found is None:
         return 0
     deployment, kind = found
+    _lock_resource(session, resource_uuid)
     rules = rules_of(session, deployment.marketplace_id)
     starts, stops, metric = rules.for_kind(kind)
     events = [
@@ -245,6 +246,13 @@ def recompute(session: Session, resource_uuid: str, now: dt.datetime | None = No
     return changed
 
 
+def _lock_resource(session: Session, resource_uuid: str) -> None:
+    """One recompute of a resource at a time (PostgreSQL; SQLite has one writer anyway):
+    each reads the events after the one before it committed, so none undoes another."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("cloud:" + resource_uuid))))
+
+
 def _add_hourly(
     session: Session, subscription_id: uuid.UUID, metric: str, hour: dt.datetime, delta: Decimal
 ) -> None:
@@ -285,28 +293,28 @@ def record(session: Session, body: Any, source: str = "cloudstack", now: dt.date
 
 
 def extend_running(session_factory: Callable[[], Session], now: dt.datetime | None = None) -> int:
-    """Resources whose last completed event is a start run on: their hours up to now."""
+    """Resources still running by their own events and rules (a start after the last stop,
+    whatever came after it: an attach, a reboot) have their hours brought up to now."""
     now = now or utcnow()
     with session_factory() as session:
-        latest = (
-            sa.select(CloudEvent.resource_uuid, CloudEvent.event_type)
+        history: dict[str, list[tuple[dt.datetime, str]]] = defaultdict(list)
+        for resource_uuid, at, event_type in session.execute(
+            sa.select(CloudEvent.resource_uuid, CloudEvent.occurred_at, CloudEvent.event_type)
             .where(CloudEvent.status == COMPLETED)
-            .order_by(CloudEvent.resource_uuid, CloudEvent.occurred_at.desc(), CloudEvent.id.desc())
-        )
-        last: dict[str, str] = {}
-        for resource_uuid, event_type in session.execute(latest):
-            last.setdefault(resource_uuid, event_type)
-    starts = set(Rules().vm_start + Rules().volume_start)
+            .order_by(CloudEvent.resource_uuid, CloudEvent.occurred_at, CloudEvent.id)
+        ):
+            history[resource_uuid].append((at, event_type))
+        running = []
+        for resource_uuid, events in sorted(history.items()):
+            found = _resource(session, resource_uuid)
+            if found is None:
+                continue
+            starts, stops, _metric = rules_of(session, found[0].marketplace_id).for_kind(found[1])
+            intervals = _intervals(events, starts, stops, now)
+            if intervals and intervals[-1][1] == now:
+                running.append(resource_uuid)
     extended = 0
-    for resource_uuid, event_type in sorted(last.items()):
-        if event_type not in starts:
-            with session_factory() as session:
-                found = _resource(session, resource_uuid)
-                if found is None:
-                    continue
-                rules = rules_of(session, found[0].marketplace_id)
-                if event_type not in rules.for_kind(found[1])[0]:
-                    continue
+    for resource_uuid in running:
         with session_factory() as session:
             if recompute(session, resource_uuid, now):
                 extended += 1

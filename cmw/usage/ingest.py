@@ -2,11 +2,11 @@
 adapters, checked one by one and counted exactly once.
 
 A record is ``{id, subscription | resource, metric, quantity, timestamp, attributes}``.
-``id`` is the idempotency key (per marketplace). Each record is checked on its own and
-rejected with the reason (unknown subscription or resource, a metric the subscription's
-plan does not meter, a negative quantity, a time in the future, before the subscription
-began, after it ended, or in a period whose usage is billed already); the valid ones of
-the batch are accepted all the same.
+``id`` is the idempotency key (per marketplace and vendor of the subscription's product).
+Each record is checked on its own and rejected with the reason (unknown subscription or
+resource, a metric the subscription's plan does not meter, a negative quantity, a time in
+the future, before the subscription began, after it ended, or in a period whose usage is
+billed already); the valid ones of the batch are accepted all the same.
 
 Accepted records are written in one transaction: their keys into ``usage_record_ids``
 first (``ON CONFLICT DO NOTHING``: a key seen before, or taken by a concurrent batch that
@@ -96,6 +96,7 @@ class _Candidate:
 @dataclasses.dataclass(frozen=True)
 class _Record:
     record_id: str
+    vendor_id: uuid.UUID
     subscription_id: uuid.UUID
     metric: str
     quantity: Decimal
@@ -170,8 +171,14 @@ def _candidate(index: int, record: Any) -> _Candidate | Rejection:
         return reject("quantity must be a number")
     if quantity < 0:
         return reject("quantity must not be negative")
-    if quantity != quantity.quantize(Decimal(1).scaleb(-QUANTITY_PLACES)) or quantity >= Decimal(10) ** 16:
-        return reject(f"quantity: at most {QUANTITY_PLACES} decimals and below 10^16")
+    limit = f"quantity: at most {QUANTITY_PLACES} decimals and below 10^16"
+    if quantity >= Decimal(10) ** 16:
+        return reject(limit)
+    try:
+        if quantity != quantity.quantize(Decimal(1).scaleb(-QUANTITY_PLACES)):
+            return reject(limit)
+    except InvalidOperation:
+        return reject(limit)
     raw_at = record.get("timestamp")
     if not isinstance(raw_at, str):
         return reject("timestamp is required: ISO 8601 with a time zone, e.g. 2026-11-24T10:00:00Z")
@@ -221,6 +228,11 @@ def _targets(session: Session, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, _Tar
         .join(Product, Product.id == Subscription.product_id)
         .join(Plan, Plan.id == Subscription.plan_id)
         .where(Subscription.id.in_(wanted))
+        .order_by(Subscription.id)
+        # shared: batches go on together, but a billing run (which locks the subscriptions
+        # it bills) and this batch wait for each other, so what billing has read is never
+        # added to afterwards, and what it has billed is seen as billed below
+        .with_for_update(read=True, of=Subscription)
     ).all()
     billed = dict(
         session.execute(
@@ -322,7 +334,7 @@ def ingest(
     targets = _targets(session, (sid for _c, sid in resolved if sid is not None))
     metrics = _metrics(session, (t.plan_id for t in targets.values()))
     valid: list[_Record] = []
-    seen_in_batch: set[str] = set()
+    seen_in_batch: set[tuple[uuid.UUID, str]] = set()
     for candidate, subscription_id in resolved:
         target = targets.get(subscription_id) if subscription_id else None
         reason = _why_not(candidate, target, scope, metrics, now)
@@ -330,13 +342,15 @@ def ingest(
             result.rejected.append(Rejection(candidate.index, candidate.record_id, reason))
             continue
         assert target is not None
-        if candidate.record_id in seen_in_batch:
+        key = (target.vendor_id, candidate.record_id)
+        if key in seen_in_batch:
             result.duplicates.append(candidate.record_id)
             continue
-        seen_in_batch.add(candidate.record_id)
+        seen_in_batch.add(key)
         valid.append(
             _Record(
                 candidate.record_id,
+                target.vendor_id,
                 target.id,
                 candidate.metric,
                 candidate.quantity,
@@ -348,7 +362,7 @@ def ingest(
     if valid:
         new = _write(session, scope.marketplace_id, valid, source, now)
         for record in valid:
-            if record.record_id in new:
+            if (record.vendor_id, record.record_id) in new:
                 result.accepted.append(record.record_id)
                 result.hours.add((record.subscription_id, record.metric, hour_of(record.at)))
             else:
@@ -391,12 +405,23 @@ def _why_not(
 # ---------------------------------------------------------------------- writing
 def _write(
     session: Session, marketplace_id: uuid.UUID, records: list[_Record], source: str, now: dt.datetime
-) -> set[str]:
-    """Count the records not seen before; their keys."""
+) -> set[tuple[uuid.UUID, str]]:
+    """Count the records not seen before; their keys (vendor, id)."""
     if session.get_bind().dialect.name == "postgresql":
         ensure_partitions(session.get_bind(), {_month(r.at) for r in records})
         return _write_postgresql(session, marketplace_id, records, source, now)
     return _write_portable(session, marketplace_id, records, source, now)
+
+
+def _json(value: Any) -> str:
+    """Attributes as JSON: numbers parsed as Decimal (the API's exact parsing) stay numbers."""
+    return json.dumps(value, default=_number)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
 
 
 def _hourly(records: Iterable[_Record]) -> list[tuple[uuid.UUID, str, dt.datetime, Decimal]]:
@@ -408,30 +433,32 @@ def _hourly(records: Iterable[_Record]) -> list[tuple[uuid.UUID, str, dt.datetim
 
 def _write_postgresql(
     session: Session, marketplace_id: uuid.UUID, records: list[_Record], source: str, now: dt.datetime
-) -> set[str]:
+) -> set[tuple[uuid.UUID, str]]:
     from psycopg.types.json import Jsonb
 
     driver = session.connection().connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor:
+        keys = sorted((str(r.vendor_id), r.record_id) for r in records)
         cursor.execute(
-            "INSERT INTO usage_record_ids (marketplace_id, record_id, received_at)"
-            " SELECT %s, k, %s FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING RETURNING record_id",
-            (marketplace_id, now, sorted(r.record_id for r in records)),
+            "INSERT INTO usage_record_ids (marketplace_id, vendor_id, record_id, received_at)"
+            " SELECT %s, v, k, %s FROM unnest(%s::uuid[], %s::text[]) AS t(v, k)"
+            " ON CONFLICT DO NOTHING RETURNING vendor_id, record_id",
+            (marketplace_id, now, [k[0] for k in keys], [k[1] for k in keys]),
         )
-        new = {row[0] for row in cursor.fetchall()}
-        fresh = [r for r in records if r.record_id in new]
+        new = {(row[0], row[1]) for row in cursor.fetchall()}
+        fresh = [r for r in records if (r.vendor_id, r.record_id) in new]
         if not fresh:
             return new
         columns = ", ".join(
-            ("marketplace_id", "record_id", "at", "subscription_id", "metric", "quantity", "attributes",
-             "source", "received_at")
+            ("marketplace_id", "vendor_id", "record_id", "at", "subscription_id", "metric", "quantity",
+             "attributes", "source", "received_at")
         )  # fmt: skip
         with cursor.copy(f"COPY usage_records ({columns}) FROM STDIN") as copy:
             for r in fresh:
                 copy.write_row(
-                    (marketplace_id, r.record_id, r.at, r.subscription_id, r.metric, r.quantity,
-                     Jsonb(r.attributes), source, now)
+                    (marketplace_id, r.vendor_id, r.record_id, r.at, r.subscription_id, r.metric, r.quantity,
+                     Jsonb(r.attributes, dumps=_json), source, now)
                 )  # fmt: skip
         hourly = _hourly(fresh)
         cursor.execute(
@@ -446,30 +473,35 @@ def _write_postgresql(
 
 def _write_portable(
     session: Session, marketplace_id: uuid.UUID, records: list[_Record], source: str, now: dt.datetime
-) -> set[str]:
+) -> set[tuple[uuid.UUID, str]]:
     """The same on SQLite (one writer at a time): skip the keys already there."""
-    keys = sorted({r.record_id for r in records})
-    taken: set[str] = set()
-    for start in range(0, len(keys), 500):
+    ids = sorted({r.record_id for r in records})
+    taken: set[tuple[uuid.UUID, str]] = set()
+    for start in range(0, len(ids), 500):
         taken.update(
-            session.scalars(
-                sa.select(UsageRecordId.record_id).where(
+            (vendor_id, record_id)
+            for vendor_id, record_id in session.execute(
+                sa.select(UsageRecordId.vendor_id, UsageRecordId.record_id).where(
                     UsageRecordId.marketplace_id == marketplace_id,
-                    UsageRecordId.record_id.in_(keys[start : start + 500]),
+                    UsageRecordId.record_id.in_(ids[start : start + 500]),
                 )
             )
         )
-    fresh = [r for r in records if r.record_id not in taken]
+    fresh = [r for r in records if (r.vendor_id, r.record_id) not in taken]
     if not fresh:
         return set()
     session.execute(
         sa.insert(UsageRecordId),
-        [{"marketplace_id": marketplace_id, "record_id": r.record_id, "received_at": now} for r in fresh],
-    )
+        [
+            {"marketplace_id": marketplace_id, "vendor_id": r.vendor_id, "record_id": r.record_id,
+             "received_at": now}
+            for r in fresh
+        ],
+    )  # fmt: skip
     session.execute(
         sa.insert(UsageRecord),
         [
-            {"marketplace_id": marketplace_id, "record_id": r.record_id, "at": r.at,
+            {"marketplace_id": marketplace_id, "vendor_id": r.vendor_id, "record_id": r.record_id, "at": r.at,
              "subscription_id": r.subscription_id, "metric": r.metric, "quantity": r.quantity,
              "attributes": r.attributes, "source": source, "received_at": now}
             for r in fresh
@@ -487,7 +519,7 @@ def _write_portable(
                 set_={"quantity": UsageHourly.quantity + stmt.excluded.quantity},
             )
         )
-    return {r.record_id for r in fresh}
+    return {(r.vendor_id, r.record_id) for r in fresh}
 
 
 # ---------------------------------------------------------------------- partitions

@@ -1,6 +1,7 @@
 """Raw usage: ``UsageRecord`` (every accepted record, kept for replay; on PostgreSQL a
 table partitioned by month of the record's time) and ``UsageRecordId`` (the idempotency
-keys seen, per marketplace: a record sent again is acknowledged and not counted twice).
+keys seen, per marketplace and vendor: a record sent again is acknowledged and not counted
+twice).
 
 What billing rates is the hourly roll-up, :class:`cmw.billing.models.UsageHourly`,
 written in the same transaction as the records it sums.
@@ -33,6 +34,8 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "usage_records"
 
     marketplace_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    #: the vendor of the subscription's product: each vendor's record ids are its own
+    vendor_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     record_id: Mapped[str] = mapped_column(sa.String(MAX_RECORD_ID), primary_key=True)
     #: when the usage happened (UTC), the partition key
     at: Mapped[dt.datetime] = mapped_column(primary_key=True)
@@ -53,6 +56,8 @@ class UsageRecordId(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "usage_record_ids"
 
     marketplace_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    #: keys are per vendor: two vendors' sources may well both send a record "1"
+    vendor_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     record_id: Mapped[str] = mapped_column(sa.String(MAX_RECORD_ID), primary_key=True)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

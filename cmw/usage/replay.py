@@ -75,6 +75,9 @@ def rebuild(session: Session, start: dt.datetime, end: dt.datetime) -> Report:
     report the changes (the caller commits)."""
     start, end = hour_floor(start), hour_ceil(end)
     report = Report(start, end)
+    if session.get_bind().dialect.name == "postgresql":
+        # ingestion waits until the rebuild commits: nothing counted meanwhile is lost
+        session.execute(sa.text("LOCK TABLE usage_hourly IN SHARE ROW EXCLUSIVE MODE"))
     before = _sums(session, start, end)
     hourly: dict[tuple[uuid.UUID, str, dt.datetime], Decimal] = defaultdict(Decimal)
     rows = session.execute(

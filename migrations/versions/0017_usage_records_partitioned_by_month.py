@@ -27,6 +27,7 @@ def upgrade():
     op.create_table(
         'usage_records',
         sa.Column('marketplace_id', sa.Uuid(), nullable=False),
+        sa.Column('vendor_id', sa.Uuid(), nullable=False),
         sa.Column('record_id', sa.String(length=200), nullable=False),
         sa.Column('at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('subscription_id', sa.Uuid(), nullable=False),
@@ -35,16 +36,17 @@ def upgrade():
         sa.Column('attributes', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
         sa.Column('source', sa.String(length=10), nullable=False),
         sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint('marketplace_id', 'record_id', 'at', name=op.f('pk_usage_records')),
+        sa.PrimaryKeyConstraint('marketplace_id', 'vendor_id', 'record_id', 'at', name=op.f('pk_usage_records')),
         postgresql_partition_by='RANGE (at)',
     )
     op.create_index(op.f('ix_usage_records_subscription_id'), 'usage_records', ['subscription_id'], unique=False)
     op.create_table(
         'usage_record_ids',
         sa.Column('marketplace_id', sa.Uuid(), nullable=False),
+        sa.Column('vendor_id', sa.Uuid(), nullable=False),
         sa.Column('record_id', sa.String(length=200), nullable=False),
         sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint('marketplace_id', 'record_id', name=op.f('pk_usage_record_ids')),
+        sa.PrimaryKeyConstraint('marketplace_id', 'vendor_id', 'record_id', name=op.f('pk_usage_record_ids')),
     )
     op.create_table(
         'usage_dead_letters',
