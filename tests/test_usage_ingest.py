@@ -442,3 +442,46 @@ def test_each_vendor_has_its_own_record_ids_and_odd_values_are_handled(
     with committed_db() as session:
         kept = session.scalars(sa.select(UsageRecord).where(UsageRecord.record_id == "rec-2")).one()
         assert kept.attributes == {"rate": 1.5, "count": 3, "nested": {"x": 0.25}}
+
+
+def test_a_batch_waits_for_a_billing_chunk_in_progress(
+    committed_db: Factory, metered: dict[str, Any]
+) -> None:
+    """Billing reads a chunk's usage under the exclusive usage lock: a batch arriving then
+    waits until the chunk commits (and then sees what it billed), so no accepted record is
+    left out of an invoice."""
+    from cmw.billing.service import usage_lock
+    from tests.helpers import wait_until
+
+    billing_session = committed_db()
+    usage_lock(billing_session, exclusive=True)  # as a billing chunk holds it
+    done: list[ingest.Result] = []
+
+    def send() -> None:
+        with committed_db() as session:
+            record = _record(1, metered["subscription"], metered["since"] + dt.timedelta(days=1))
+            done.append(ingest.ingest(session, ingest.Scope(platform(session).id), [record], source="api"))
+            session.commit()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+
+        def waiting() -> bool:
+            with committed_db() as session:
+                return bool(
+                    session.scalar(
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                        )
+                    )
+                )
+
+        wait_until(waiting, 10, "the batch waiting on the billing chunk")
+        assert not done
+    finally:
+        billing_session.commit()
+        billing_session.close()
+        thread.join(30)
+    assert [r.accepted for r in done] == [["rec-1"]]

@@ -244,6 +244,19 @@ class RunContext:
 UsageRow = tuple[str, dt.datetime, Decimal]
 
 
+#: the advisory lock between usage ingestion (shared) and billing (exclusive)
+USAGE_LOCK = 0x6D65_7263_7573_6167  # "mercusag"
+
+
+def usage_lock(session: Session, *, exclusive: bool) -> None:
+    """Hold, until the transaction ends, the lock usage ingestion takes shared and billing
+    exclusive (PostgreSQL; SQLite has one writer at a time anyway)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    take = sa.func.pg_advisory_xact_lock if exclusive else sa.func.pg_advisory_xact_lock_shared
+    session.execute(sa.select(take(USAGE_LOCK)))
+
+
 def hour_floor(at: dt.datetime) -> dt.datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
@@ -573,6 +586,9 @@ def bill_customers(
     )
     if not subscriptions:
         return []
+    # usage batches in flight finish first, and new ones wait until this chunk commits: the
+    # usage read below is all there will be for what it bills (see cmw.usage.ingest)
+    usage_lock(session, exclusive=True)
     ids = [s.id for s in subscriptions]
     billed: dict[uuid.UUID, set[tuple[BilledKind, dt.datetime]]] = defaultdict(set)
     for subscription_id, kind, start in session.execute(

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cmw.billing.models import BilledItem, BilledKind, UsageHourly
+from cmw.billing.service import usage_lock
 from cmw.catalog.models import ComponentKind, Plan, PriceComponent, Product
 from cmw.db import utcnow
 from cmw.orders.models import Subscription
@@ -214,6 +215,9 @@ def _targets(session: Session, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, _Tar
     wanted = list(set(ids))
     if not wanted:
         return {}
+    # shared with other batches, exclusive with a billing chunk: a chunk never misses a batch
+    # that commits after it read the usage, and this batch sees what the chunk billed
+    usage_lock(session, exclusive=False)
     rows = session.execute(
         sa.select(
             Subscription.id,
@@ -228,11 +232,6 @@ def _targets(session: Session, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, _Tar
         .join(Product, Product.id == Subscription.product_id)
         .join(Plan, Plan.id == Subscription.plan_id)
         .where(Subscription.id.in_(wanted))
-        .order_by(Subscription.id)
-        # shared: batches go on together, but a billing run (which locks the subscriptions
-        # it bills) and this batch wait for each other, so what billing has read is never
-        # added to afterwards, and what it has billed is seen as billed below
-        .with_for_update(read=True, of=Subscription)
     ).all()
     billed = dict(
         session.execute(
