@@ -40,7 +40,7 @@ from cmw.accounts.schemas import (
     UserSchema,
     UserUpdateSchema,
 )
-from cmw.api.errors import ApiError
+from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.api.views import attributes
 from cmw.extensions import current_session
@@ -58,12 +58,7 @@ def _billing(data: dict[str, Any]) -> service.BillingDetails:
 
 
 def _billing_error(exc: service.InvalidBillingDetails, location_prefix: str = "") -> ApiError:
-    field = f"{location_prefix}{exc.field}"
-    return ApiError(
-        422,
-        f"invalid input: {field}",
-        errors=[{"location": "json", "field": field, "message": exc.message}],
-    )
+    return invalid(f"{location_prefix}{exc.field}", exc.message)
 
 
 def _me() -> dict[str, Any]:

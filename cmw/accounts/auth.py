@@ -22,7 +22,7 @@ from flask_wtf.csrf import generate_csrf
 
 from cmw.accounts import service
 from cmw.accounts.models import Membership, Role, User
-from cmw.api.errors import ApiError
+from cmw.api.errors import ApiError, invalid
 from cmw.extensions import csrf, current_session, db, read_in_autocommit
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import by_host
@@ -60,6 +60,15 @@ class Identity:
 
     def organisations_with(self, *roles: Role) -> frozenset[uuid.UUID]:
         return frozenset(m.organisation_id for m in self.memberships if m.role in roles and m.organisation_id)
+
+    def customer(self, organisation_id: uuid.UUID | None, location: str = "json") -> uuid.UUID:
+        """The customer organisation the caller acts for: the one named, or their only one;
+        else 422 on ``organisation_id``."""
+        mine = self.organisations_with(Role.CUSTOMER)
+        chosen = organisation_id or (next(iter(mine)) if len(mine) == 1 else None)
+        if chosen is None or chosen not in mine:
+            raise invalid("organisation_id", "name one of your customer organisations", location)
+        return chosen
 
 
 def current_marketplace() -> Marketplace:

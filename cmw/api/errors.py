@@ -63,6 +63,13 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def invalid(field: str, message: str, location: str = "json") -> ApiError:
+    """422: one field of the request is wrong, and why."""
+    return ApiError(
+        422, f"invalid input: {field}", errors=[{"location": location, "field": field, "message": message}]
+    )
+
+
 class FieldErrorSchema(Schema):
     location = fields.String(metadata={"description": "json, query, path, headers, form"})
     field = fields.String(metadata={"description": "dotted name of the field"})

@@ -15,7 +15,7 @@ from marshmallow import Schema, fields, validate
 
 from cmw.accounts.auth import Identity, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Role
-from cmw.api.errors import ApiError
+from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.api.views import attributes
 from cmw.assets.api import storage
@@ -428,11 +428,7 @@ class TaxRateSchema(Schema):
 
 def _refused(exc: BillingError) -> ApiError:
     current_session().rollback()
-    return ApiError(
-        422,
-        f"invalid input: {exc.field}",
-        errors=[{"location": "json", "field": exc.field, "message": exc.message}],
-    )
+    return invalid(exc.field, exc.message)
 
 
 @blp.route("/admin/billing-settings")

@@ -12,7 +12,7 @@ from flask_smorest import Blueprint
 
 from cmw.accounts.auth import current_marketplace, require_identity, roles_required
 from cmw.accounts.models import Organisation, Role
-from cmw.api.errors import ApiError
+from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.assets.api import storage
 from cmw.assets.models import Image
@@ -47,12 +47,6 @@ MAX_UPLOAD = 5 * 1024 * 1024
 
 
 # ----------------------------------------------------------------- helpers
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(
-        422, f"invalid input: {field}", errors=[{"location": "json", "field": field, "message": message}]
-    )
-
-
 def _run(action: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a catalog service, turning its failures into problem documents."""
     session = current_session()
@@ -60,7 +54,7 @@ def _run(action: Any, *args: Any, **kwargs: Any) -> Any:
         return action(session, *args, **kwargs)
     except (service.CatalogError, PricingError) as exc:
         session.rollback()
-        raise _invalid(exc.field, exc.message) from None
+        raise invalid(exc.field, exc.message) from None
     except InvalidTransition as exc:
         session.rollback()
         raise ApiError(409, str(exc), slug="invalid-transition") from None
@@ -252,9 +246,9 @@ class VendorProducts(MethodView):
         vendors = identity.organisations_with(Role.VENDOR)
         vendor_id = data.pop("vendor_id") or (next(iter(vendors)) if len(vendors) == 1 else None)
         if vendor_id is None:
-            raise _invalid("vendor_id", "you belong to several vendors: say which one owns the product")
+            raise invalid("vendor_id", "you belong to several vendors: say which one owns the product")
         if vendor_id not in vendors:
-            raise _invalid("vendor_id", "not one of your vendor organisations")
+            raise invalid("vendor_id", "not one of your vendor organisations")
         vendor = current_session().get(Organisation, vendor_id)
         slug = data.pop("slug")
         product = _run(service.create_product, identity.marketplace, vendor, slug=slug, content=data)

@@ -95,20 +95,7 @@ class MyReview(MethodView):
     def put(self, data: dict[str, Any], ref: str) -> dict[str, Any]:
         """Rate the product for your organisation, or change your rating. One per product."""
         identity = require_identity()
-        mine = identity.organisations_with(Role.CUSTOMER)
-        organisation_id = data["organisation_id"] or (next(iter(mine)) if len(mine) == 1 else None)
-        if organisation_id is None or organisation_id not in mine:
-            raise ApiError(
-                422,
-                "invalid input: organisation_id",
-                errors=[
-                    {
-                        "location": "json",
-                        "field": "organisation_id",
-                        "message": "name one of your customer organisations",
-                    }
-                ],
-            )
+        organisation_id = identity.customer(data["organisation_id"])
         product = _published(ref)
         for attempt in range(2):
             try:

@@ -167,20 +167,7 @@ class Orders(MethodView):
                     {"location": "headers", "field": "Idempotency-Key", "message": "1 to 255 characters"}
                 ],
             )
-        customers = identity.organisations_with(Role.CUSTOMER)
-        customer_id = data.pop("organisation_id") or (next(iter(customers)) if len(customers) == 1 else None)
-        if customer_id is None or customer_id not in customers:
-            raise ApiError(
-                422,
-                "invalid input: organisation_id",
-                errors=[
-                    {
-                        "location": "json",
-                        "field": "organisation_id",
-                        "message": "name one of your customer organisations",
-                    }
-                ],
-            )
+        customer_id = identity.customer(data.pop("organisation_id"))
         digest = _request_hash({**data, "organisation_id": str(customer_id)})
         session = current_session()
         for attempt in range(2):

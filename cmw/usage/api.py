@@ -15,7 +15,7 @@ from marshmallow import Schema, fields, validate
 
 from cmw.accounts.auth import current_marketplace, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Role
-from cmw.api.errors import ApiError
+from cmw.api.errors import ApiError, invalid
 from cmw.catalog import service as catalog
 from cmw.catalog.models import Plan, Product
 from cmw.catalog.schemas import Amount
@@ -117,11 +117,7 @@ class CostEstimates(MethodView):
         try:
             result = estimates.estimate(items_for(data["items"]), data["months"])
         except estimates.EstimateError as exc:
-            raise ApiError(
-                422,
-                f"invalid input: {exc.field}",
-                errors=[{"location": "json", "field": exc.field, "message": exc.message}],
-            ) from None
+            raise invalid(exc.field, exc.message) from None
         return estimates.as_json(result)
 
 
@@ -249,21 +245,7 @@ class OrganisationArgs(Schema):
 
 def _customer(organisation_id: uuid.UUID | None) -> uuid.UUID:
     """The caller's customer organisation: the one named, or their only one."""
-    customers = require_identity().organisations_with(Role.CUSTOMER)
-    chosen = organisation_id or (next(iter(customers)) if len(customers) == 1 else None)
-    if chosen is None or chosen not in customers:
-        raise ApiError(
-            422,
-            "invalid input: organisation_id",
-            errors=[
-                {
-                    "location": "query",
-                    "field": "organisation_id",
-                    "message": "name one of your customer organisations",
-                }
-            ],
-        )
-    return chosen
+    return require_identity().customer(organisation_id, "query")
 
 
 def _budget_json(standing: budgets.Standing) -> dict[str, Any]:
@@ -345,11 +327,7 @@ class BudgetResource(MethodView):
             )
         except budgets.BudgetError as exc:
             session.rollback()
-            raise ApiError(
-                422,
-                f"invalid input: {exc.field}",
-                errors=[{"location": "json", "field": exc.field, "message": exc.message}],
-            ) from None
+            raise invalid(exc.field, exc.message) from None
         result = _budget_json(budgets.standing(session, budget))
         session.commit()
         return result
@@ -393,14 +371,9 @@ class CloudEventRulesResource(MethodView):
         session = current_session()
         try:
             rules = cloud.set_rules(session, require_identity().marketplace.id, data)
-        except cloud.EventError as exc:
+        except cloud.RulesError as exc:
             session.rollback()
-            field = str(exc).split(":", 1)[0]
-            raise ApiError(
-                422,
-                f"invalid input: {field}",
-                errors=[{"location": "json", "field": field, "message": str(exc)}],
-            ) from None
+            raise invalid(exc.field, str(exc)) from None
         session.commit()
         return dataclasses.asdict(rules)
 

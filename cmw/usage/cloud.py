@@ -110,6 +110,14 @@ class EventError(ValueError):
     """The event cannot be used: fields missing, or of a type that is no VM's or volume's."""
 
 
+class RulesError(ValueError):
+    """Rules that cannot be: the field, and why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
 @dataclasses.dataclass(frozen=True)
 class Parsed:
     event_type: str
@@ -367,18 +375,20 @@ def set_rules(session: Session, marketplace_id: uuid.UUID, changes: dict[str, An
             types = tuple(dict.fromkeys(str(t).strip().upper() for t in merged[field]))
             unknown = [t for t in types if t not in known]
             if not types or unknown:
-                raise EventError(
-                    f"{field}: one or more of {', '.join(known)}"
-                    + (f"; not {', '.join(unknown)}" if unknown else "")
+                raise RulesError(
+                    field,
+                    f"one or more of {', '.join(known)}" + (f"; not {', '.join(unknown)}" if unknown else ""),
                 )
             merged[field] = types
         overlap = set(merged[f"{kind}_start"]) & set(merged[f"{kind}_stop"])
         if overlap:
-            raise EventError(f"{kind}_stop: {', '.join(sorted(overlap))} cannot both start and stop billing")
+            raise RulesError(
+                f"{kind}_stop", f"{', '.join(sorted(overlap))} cannot both start and stop billing"
+            )
     for field in ("vm_metric", "volume_metric"):
         merged[field] = str(merged[field]).strip()
         if not 1 <= len(merged[field]) <= 100:
-            raise EventError(f"{field}: 1 to 100 characters")
+            raise RulesError(field, "1 to 100 characters")
     found = session.get(CloudEventRules, marketplace_id)
     if found is None:
         found = CloudEventRules(marketplace_id=marketplace_id)
