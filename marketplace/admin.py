@@ -313,7 +313,7 @@ def _billing_page(
             runs=list(runs),
             rates=list(rates),
             seller_form=seller_form or _seller_form(taxes.settings_of(session, marketplace_id)),
-            rate_form=rate_form or TaxRateForm(formdata=None, prefix="rate"),
+            rate_form=rate_form or TaxRateForm(formdata=None),
             coupon_form=coupon_form or CouponCreateForm(formdata=None),
             coupons=session.execute(
                 sa.select(Coupon, sa.func.count(CouponRedemption.id))
@@ -347,7 +347,7 @@ def admin_add_tax_rate() -> ResponseReturnValue:
     if identity is None:
         return sign_in_first()
     session = current_session()
-    form = TaxRateForm(prefix="rate")  # its seller_country must not share the seller form's id
+    form = TaxRateForm()
     valid = form.validate_on_submit()
     if form.csrf_token.errors:
         abort(400)

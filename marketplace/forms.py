@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
@@ -287,6 +289,12 @@ class TaxRateForm(FlaskForm):  # type: ignore[misc]
     )
     rate = StringField("Rate (%)", validators=[DataRequired(), Length(max=10)])
     name = StringField("Name on the invoice", default="VAT", validators=[DataRequired(), Length(max=60)])
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # it shares the billing page with the seller form: its fields (seller_country) get
+        # ids of their own, so each label names its own field
+        kwargs.setdefault("prefix", "rate")
+        super().__init__(*args, **kwargs)
 
 
 class SellerForm(FlaskForm):  # type: ignore[misc]
