@@ -262,15 +262,18 @@ def _budget_json(standing: budgets.Standing) -> dict[str, Any]:
 def costs_of(organisation_id: uuid.UUID) -> dict[str, Any]:
     session = current_session()
     found = live.of_customer(session, organisation_id)
+    totals = live.totals(found)
     budget = session.get(Budget, organisation_id)
     return {
         "organisation_id": organisation_id,
         "subscriptions": [dataclasses.asdict(c) for c in found],
         "totals": [
             {"currency": currency, "total": total, "projected_total": projected}
-            for currency, (total, projected) in sorted(live.totals(found).items())
+            for currency, (total, projected) in sorted(totals.items())
         ],
-        "budget": _budget_json(budgets.standing(session, budget)) if budget is not None else None,
+        "budget": _budget_json(budgets.standing(session, budget, totals=totals))
+        if budget is not None
+        else None,
     }
 
 

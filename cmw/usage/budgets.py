@@ -61,9 +61,17 @@ def set_budget(
     return budget
 
 
-def standing(session: Session, budget: Budget, now: dt.datetime | None = None) -> Standing:
-    found = live.totals(live.of_customer(session, budget.organisation_id, now))
-    spent, projected = found.get(budget.currency, (Decimal(0), Decimal(0)))
+def standing(
+    session: Session,
+    budget: Budget,
+    now: dt.datetime | None = None,
+    totals: dict[str, tuple[Decimal, Decimal]] | None = None,
+) -> Standing:
+    """The budget against the customer's live costs (``totals`` if the caller has rated
+    them already, per currency: so far, projected)."""
+    if totals is None:
+        totals = live.totals(live.of_customer(session, budget.organisation_id, now))
+    spent, projected = totals.get(budget.currency, (Decimal(0), Decimal(0)))
     return Standing(budget, spent, projected)
 
 
