@@ -37,7 +37,13 @@ typecheck: $(VENV)/.dev-installed
 
 check: lint typecheck
 
-test: $(VENV)/.dev-installed check
+# The OpenID Connect server the single sign-on tests run (oidc-provider, from the lock file).
+OIDC_TEST_SERVER := tests/oidc/node_modules/.installed
+$(OIDC_TEST_SERVER): tests/oidc/package.json tests/oidc/package-lock.json
+	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(VENV)/.dev-installed check $(OIDC_TEST_SERVER)
 	scripts/ensure-system-packages test
 	PYTHON=$(BIN)/python scripts/fetch-ubl-schema $(VENV)/share/ubl-2.1
 	$(BIN)/pytest
@@ -52,4 +58,4 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.usage
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tests/oidc/node_modules

@@ -62,6 +62,26 @@ class Config:
     outbox_poll_seconds: float = 0.5
     #: the exchange Apache CloudStack's event bus publishes to (its ``exchange`` setting)
     cloudstack_exchange: str = "cloudstack-events"
+    #: single sign-on for the platform (and every marketplace without its own provider):
+    #: the Keycloak realm's issuer URL (https://sso.example.com/realms/mercato), client id
+    #: and secret; empty = local accounts only
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    #: the ``aud`` an API access token must carry; the client id when empty
+    oidc_audience: str = ""
+    #: realm role -> Mercato role, as ``realm-role=role`` pairs separated by commas
+    oidc_roles: str = (
+        "mercato-admin=admin,mercato-vendor=vendor,mercato-reseller=reseller,mercato-customer=customer"
+    )
+    #: the sign-in button's label
+    oidc_display_name: str = "Keycloak"
+    #: create Keycloak users on sign-up and disable them with their Mercato user
+    oidc_provision_users: bool = False
+    #: introspect every bearer access token at the realm (seen revocations at once)
+    oidc_introspect: bool = False
+    #: country of the organisations made for users who arrive through the provider
+    oidc_default_country: str = "DE"
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -75,8 +95,7 @@ class Config:
                 continue
             key = name[len(PREFIX) :].lower()
             if key not in known:
-                # Settings read by other components (MERCATO_TEST_*, MERCATO_OIDC_*) are
-                # not ours to reject.
+                # Settings read by other components (MERCATO_TEST_*) are not ours to reject.
                 continue
             values[key] = _coerce(cls, key, raw)
         return cls(**values).resolved()
@@ -110,6 +129,10 @@ class Config:
             raise ConfigError(f"{PREFIX}LOG_LEVEL: {self.log_level!r} is not a logging level")
         if self.token_ttl_days < 0:
             raise ConfigError(f"{PREFIX}TOKEN_TTL_DAYS: must be 0 (no expiry) or more")
+        if bool(self.oidc_issuer) != bool(self.oidc_client_id):
+            raise ConfigError(f"{PREFIX}OIDC_ISSUER and {PREFIX}OIDC_CLIENT_ID: set both or neither")
+        if self.oidc_issuer and urlsplit(self.oidc_issuer).scheme not in ("http", "https"):
+            raise ConfigError(f"{PREFIX}OIDC_ISSUER: {self.oidc_issuer!r} is not an http(s) URL")
         if self.outbox_batch_size < 1 or self.outbox_poll_seconds <= 0:
             raise ConfigError(f"{PREFIX}OUTBOX_BATCH_SIZE and _POLL_SECONDS must be positive")
         return dataclasses.replace(

@@ -35,7 +35,7 @@ from cmw.marketplaces.models import Marketplace, MarketplaceKind
 from cmw.marketplaces.service import platform
 from tests.catalog_data import publish
 
-pytest_plugins = ["tests.servers", "tests.browser"]
+pytest_plugins = ["tests.servers", "tests.browser", "tests.oidc_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

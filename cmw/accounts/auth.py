@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
-from flask import Response, g, request, session
+from flask import Response, current_app, g, request, session
 from flask_wtf.csrf import generate_csrf
 
-from cmw.accounts import service
+from cmw.accounts import oidc, service
 from cmw.accounts.models import Membership, Role, User
 from cmw.api.errors import ApiError, invalid
 from cmw.extensions import csrf, current_session, db, read_in_autocommit
@@ -42,7 +42,7 @@ class Identity:
     user: User
     marketplace: Marketplace
     memberships: list[Membership]
-    via: str  # "session" or "token"
+    via: str  # "session", "token" (personal API token) or "oidc" (identity provider's token)
     token_id: uuid.UUID | None = None
     roles: frozenset[Role] = field(init=False)
     organisation_ids: frozenset[uuid.UUID] = field(init=False)
@@ -89,16 +89,23 @@ def load_identity() -> None:
     g.identity = None
     if request.endpoint in UNTENANTED_ENDPOINTS:
         return
-    if request.method in SAFE_METHODS:  # they only read (record_token_use writes apart)
+    header = request.headers.get("Authorization")
+    scheme, _, credentials = (header or "").partition(" ")
+    credentials = credentials.strip()
+    # an identity provider's token (a JWT) may link its user or refresh their roles: it
+    # needs a transaction
+    provider_token = credentials.count(".") == 2 and not credentials.startswith(service.TOKEN_PREFIX)
+    if request.method in SAFE_METHODS and not provider_token:  # they only read
         read_in_autocommit(current_session())
     g.marketplace = by_host(current_session(), request.host)
-    header = request.headers.get("Authorization")
     if header is not None:
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
+        if scheme.lower() != "bearer" or not credentials:
             raise _unauthenticated("use 'Authorization: Bearer <token>'")
+        if provider_token:
+            g.identity = _provider_identity(credentials)
+            return
         try:
-            token = service.resolve_token(current_session(), credentials.strip())
+            token = service.resolve_token(current_session(), credentials)
         except service.InvalidToken as exc:
             raise _unauthenticated(str(exc)) from None
         if token.marketplace_id != g.marketplace.id:
@@ -147,6 +154,46 @@ def _needs_csrf() -> bool:
     if request.path.startswith("/api/"):
         return g.identity is not None
     return True
+
+
+def identity_provider() -> oidc.ProviderSettings | None:
+    """The identity provider of this request's marketplace, if it has one."""
+    if "identity_provider" not in g:
+        g.identity_provider = oidc.provider_for(
+            current_session(),
+            g.marketplace,
+            current_app.config["MERCATO"],
+            current_app.extensions["mercato.sealer"],
+        )
+    found: oidc.ProviderSettings | None = g.identity_provider
+    return found
+
+
+def _provider_identity(token: str) -> Identity:
+    """The caller of an identity provider's access token: checked against the realm's
+    keys (and its introspection endpoint if so configured), linked on first use."""
+    settings = identity_provider()
+    if settings is None:
+        raise _unauthenticated("this marketplace has no identity provider: use a personal API token")
+    try:
+        claims = oidc.decode(settings, token)
+        if settings.introspect:
+            oidc.check_active(settings, token)
+    except oidc.TokenRejected as exc:
+        raise _unauthenticated(str(exc)) from None
+    session = current_session()
+    try:
+        user = oidc.link(session, g.marketplace, settings, claims, oidc.realm_roles(claims), signing_in=False)
+        session.commit()
+    except sa.exc.IntegrityError:
+        # a concurrent first request linked the same user: use what it made
+        session.rollback()
+        user = oidc.link(session, g.marketplace, settings, claims, oidc.realm_roles(claims), signing_in=False)
+        session.commit()
+    except oidc.LinkRefused as exc:
+        session.rollback()
+        raise _unauthenticated(str(exc)) from None
+    return _identity(user, "oidc")
 
 
 def _identity(user: User, via: str, token_id: uuid.UUID | None = None) -> Identity:

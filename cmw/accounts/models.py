@@ -173,3 +173,70 @@ class SshKey(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined
     public_key: Mapped[str] = mapped_column(sa.Text)
     #: SHA256:... as ssh-keygen -l prints it
     fingerprint: Mapped[str] = mapped_column(sa.String(60))
+
+
+class IdentityProvider(Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """A marketplace's own OpenID Connect provider (a Keycloak realm and client).
+
+    A marketplace without one uses its nearest ancestor's, else the ``MERCATO_OIDC_*``
+    settings, else none (local accounts only)."""
+
+    __tablename__ = "identity_providers"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("marketplaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: the realm's issuer URL, e.g. https://sso.example.com/realms/acme
+    issuer: Mapped[str] = mapped_column(sa.String(500))
+    client_id: Mapped[str] = mapped_column(sa.String(255))
+    #: the client secret, sealed with the platform's encryption key
+    client_secret_sealed: Mapped[str] = mapped_column(sa.Text)
+    #: the ``aud`` an access token must carry to be accepted by the API; the client id if NULL
+    audience: Mapped[str | None] = mapped_column(sa.String(255))
+    #: realm role -> Mercato role (customer, vendor, reseller, admin)
+    roles: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    #: the button's label on the sign-in page
+    display_name: Mapped[str] = mapped_column(sa.String(100), default="Keycloak")
+    #: create the Keycloak user (with its realm roles) when someone signs up here, and
+    #: disable it when an admin disables the Mercato user
+    provision_users: Mapped[bool] = mapped_column(default=False)
+    #: ask the realm's introspection endpoint about every bearer token (revocation and
+    #: disabled users seen at once, at one call per token a minute)
+    introspect: Mapped[bool] = mapped_column(default=False)
+    #: the country of an organisation made for a user the provider creates (ISO alpha-2)
+    default_country: Mapped[str] = mapped_column(sa.String(2), default="DE")
+
+
+class ExternalIdentity(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """A user's account at an identity provider (issuer and subject), linked to them."""
+
+    __tablename__ = "external_identities"
+    __table_args__ = (sa.UniqueConstraint("issuer", "subject", name="uq_external_identities_subject"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(sa.String(500))
+    #: the provider's ``sub`` (Keycloak's user id)
+    subject: Mapped[str] = mapped_column(sa.String(255))
+    #: the realm roles the provider last said the user holds, as mapped (for change detection)
+    mapped_roles: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    last_sign_in_at: Mapped[dt.datetime | None]
+
+    user: Mapped[User] = relationship()
+
+
+class SsoSession(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]
+    """A browser session that signed in through an identity provider; ended by signing
+    out here or by the provider's back-channel logout."""
+
+    __tablename__ = "sso_sessions"
+    __table_args__ = (sa.Index("ix_sso_sessions_issuer_sid", "issuer", "sid"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("marketplaces.id", ondelete="CASCADE"))
+    issuer: Mapped[str] = mapped_column(sa.String(500))
+    subject: Mapped[str] = mapped_column(sa.String(255))
+    #: the provider's session id (the ID token's ``sid``)
+    sid: Mapped[str | None] = mapped_column(sa.String(255))
+    #: the ID token, sent back as ``id_token_hint`` when signing out
+    id_token: Mapped[str] = mapped_column(sa.Text)
+    ended_at: Mapped[dt.datetime | None]

@@ -83,6 +83,9 @@ class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-de
     email_sender_name: Mapped[str | None] = mapped_column(sa.String(120))
     #: False when an admin has suspended the marketplace
     is_active: Mapped[bool] = mapped_column(default=True)
+    #: whether people may sign in with a Mercato password here (off: only through the
+    #: marketplace's identity provider)
+    local_sign_in: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
     parent: Mapped[Marketplace | None] = relationship(remote_side="Marketplace.id")
 

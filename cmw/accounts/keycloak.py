@@ -1,0 +1,102 @@
+"""What is Keycloak-specific, through python-keycloak: the admin API (create a user with
+realm roles when someone signs up, disable them when an admin does) and token
+introspection. The client authenticates with its own secret (client credentials), so its
+service account needs the realm-management roles manage-users and view-realm."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
+from keycloak.exceptions import KeycloakError, KeycloakPostError
+
+from cmw.accounts.oidc import ProviderError, ProviderSettings
+
+log = logging.getLogger(__name__)
+TIMEOUT = 10
+
+
+def _openid(settings: ProviderSettings) -> KeycloakOpenID:
+    return KeycloakOpenID(
+        server_url=settings.server_url,
+        realm_name=settings.realm,
+        client_id=settings.client_id,
+        client_secret_key=settings.client_secret,
+        timeout=TIMEOUT,
+    )
+
+
+def _admin(settings: ProviderSettings) -> KeycloakAdmin:
+    connection = KeycloakOpenIDConnection(
+        server_url=settings.server_url,
+        realm_name=settings.realm,
+        client_id=settings.client_id,
+        client_secret_key=settings.client_secret,
+        timeout=TIMEOUT,
+    )
+    return KeycloakAdmin(connection=connection)
+
+
+def introspect(settings: ProviderSettings, token: str) -> dict[str, Any]:
+    try:
+        answer: dict[str, Any] = _openid(settings).introspect(token)
+    except (KeycloakError, OSError, ValueError) as exc:
+        raise ProviderError(f"introspection failed: {exc}") from None
+    return answer
+
+
+def create_user(
+    settings: ProviderSettings,
+    *,
+    email: str,
+    name: str,
+    password: str | None,
+    realm_roles: list[str],
+) -> str:
+    """The Keycloak user id of a new user with ``realm_roles``; an existing user with the
+    same user name or e-mail is reused (and given the roles), never given a new password."""
+    admin = _admin(settings)
+    first, _, last = name.partition(" ")
+    payload: dict[str, Any] = {
+        "username": email,
+        "email": email,
+        "firstName": first,
+        "lastName": last,
+        "enabled": True,
+        "emailVerified": False,
+    }
+    if password is not None:
+        payload["credentials"] = [{"type": "password", "value": password, "temporary": False}]
+    try:
+        try:
+            user_id: str | None = admin.create_user(payload, exist_ok=True)
+        except KeycloakPostError as exc:
+            if exc.response_code != 409:  # 409: someone else has that e-mail as their address
+                raise
+            user_id = None
+        if user_id is None:
+            found = admin.get_users({"email": email, "exact": True})
+            if not found:
+                raise ProviderError(f"Keycloak refused {email} and has no user with that e-mail")
+            user_id = str(found[0]["id"])
+        if realm_roles:
+            roles = [admin.get_realm_role(role) for role in realm_roles]
+            admin.assign_realm_roles(user_id=user_id, roles=roles)
+    except (KeycloakError, OSError, ValueError) as exc:
+        raise ProviderError(f"creating the Keycloak user failed: {exc}") from None
+    return str(user_id)
+
+
+def delete_user(settings: ProviderSettings, user_id: str) -> None:
+    try:
+        _admin(settings).delete_user(user_id)
+    except (KeycloakError, OSError, ValueError) as exc:
+        raise ProviderError(f"deleting the Keycloak user failed: {exc}") from None
+
+
+def set_enabled(settings: ProviderSettings, user_id: str, enabled: bool) -> None:
+    try:
+        _admin(settings).update_user(user_id, {"enabled": enabled})
+    except (KeycloakError, OSError, ValueError) as exc:
+        raise ProviderError(f"updating the Keycloak user failed: {exc}") from None

@@ -1,0 +1,462 @@
+"""Single sign-on through Keycloak (any OpenID Connect provider with Keycloak's layout).
+
+Which provider a marketplace uses (:func:`provider_for`): its own
+:class:`IdentityProvider`, else its nearest ancestor's, else the ``MERCATO_OIDC_*``
+settings, else none. This module validates the provider's tokens against its JWKS
+(:class:`KeyCache`, refreshed when a token names an unknown key id), links the provider's
+users to Mercato users (:func:`link`) and keeps their roles as the provider says
+(:func:`sync_roles`). The browser flow lives in ``marketplace/sso.py``; the admin API
+(creating and disabling Keycloak users) in :mod:`cmw.accounts.keycloak`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+from cachetools import TTLCache
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from sqlalchemy.orm import Session
+
+from cmw.accounts import service
+from cmw.accounts.models import (
+    ExternalIdentity,
+    IdentityProvider,
+    Membership,
+    Organisation,
+    OrganisationKind,
+    Role,
+    User,
+)
+from cmw.config import Config
+from cmw.crypto import Sealer
+from cmw.db import utcnow
+from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.service import ancestors
+
+log = logging.getLogger(__name__)
+
+#: signature algorithms accepted; never "none" or a shared-secret (HS*) one
+ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+#: clock skew allowed on exp / nbf / iat, seconds
+LEEWAY = 30
+HTTP_TIMEOUT = 5.0
+#: at most this many JWKS fetches a minute per issuer, whatever kids tokens name
+MAX_REFRESHES_PER_MINUTE = 10
+ORGANISATION_KINDS = {
+    Role.CUSTOMER: OrganisationKind.CUSTOMER,
+    Role.VENDOR: OrganisationKind.VENDOR,
+    Role.RESELLER: OrganisationKind.PARTNER,
+}
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+class TokenRejected(Exception):
+    """The token is not acceptable; the message says why (never the token itself)."""
+
+
+class ProviderError(Exception):
+    """The identity provider could not be reached or answered nonsense."""
+
+
+class LinkRefused(Exception):
+    """The provider's user cannot be linked to a Mercato user; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderSettings:
+    """One provider as a marketplace uses it; ``key`` names it in caches and the OAuth registry."""
+
+    key: str
+    issuer: str
+    client_id: str
+    client_secret: str = dataclasses.field(repr=False)
+    audience: str
+    roles: Mapping[str, Role]
+    display_name: str = "Keycloak"
+    provision_users: bool = False
+    introspect: bool = False
+    default_country: str = "DE"
+    #: "marketplace", "inherited" or "settings"
+    source: str = "settings"
+
+    @property
+    def server_url(self) -> str:
+        """Keycloak's base URL (what python-keycloak calls ``server_url``)."""
+        return self.issuer.split("/realms/", 1)[0] + "/"
+
+    @property
+    def realm(self) -> str:
+        return self.issuer.rstrip("/").rsplit("/realms/", 1)[-1]
+
+    @property
+    def metadata_url(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+    def realm_roles_for(self, roles: set[Role]) -> list[str]:
+        """The realm roles that map to ``roles`` (for creating a Keycloak user)."""
+        return sorted(name for name, role in self.roles.items() if role in roles)
+
+
+def parse_roles(text: str) -> dict[str, Role]:
+    """``realm-role=role`` pairs separated by commas, as in ``MERCATO_OIDC_ROLES``."""
+    mapping: dict[str, Role] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, role = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{pair!r} is not realm-role=role")
+        mapping[name.strip()] = check_role(role.strip())
+    return mapping
+
+
+def check_role(value: str) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        names = ", ".join(r.value for r in Role)
+        raise ValueError(f"{value!r} is not a Mercato role; use one of {names}") from None
+
+
+def from_config(config: Config) -> ProviderSettings | None:
+    if not config.oidc_issuer:
+        return None
+    return ProviderSettings(
+        key="settings",
+        issuer=config.oidc_issuer.rstrip("/"),
+        client_id=config.oidc_client_id,
+        client_secret=config.oidc_client_secret,
+        audience=config.oidc_audience or config.oidc_client_id,
+        roles=parse_roles(config.oidc_roles),
+        display_name=config.oidc_display_name,
+        provision_users=config.oidc_provision_users,
+        introspect=config.oidc_introspect,
+        default_country=config.oidc_default_country.upper(),
+    )
+
+
+def from_row(row: IdentityProvider, sealer: Sealer, source: str) -> ProviderSettings:
+    return ProviderSettings(
+        key=f"marketplace-{row.marketplace_id}",
+        issuer=row.issuer.rstrip("/"),
+        client_id=row.client_id,
+        client_secret=sealer.open(row.client_secret_sealed),
+        audience=row.audience or row.client_id,
+        roles={name: Role(role) for name, role in row.roles.items()},
+        display_name=row.display_name,
+        provision_users=row.provision_users,
+        introspect=row.introspect,
+        default_country=row.default_country,
+        source=source,
+    )
+
+
+def provider_for(
+    session: Session, marketplace: Marketplace, config: Config, sealer: Sealer
+) -> ProviderSettings | None:
+    """The provider people of ``marketplace`` sign in with, or None."""
+    chain = ancestors(session, marketplace)
+    rows = {
+        row.marketplace_id: row
+        for row in session.scalars(
+            sa.select(IdentityProvider).where(IdentityProvider.marketplace_id.in_([m.id for m in chain]))
+        )
+    }
+    for depth, m in enumerate(chain):
+        if m.id in rows:
+            return from_row(rows[m.id], sealer, "marketplace" if depth == 0 else "inherited")
+    return from_config(config)
+
+
+# --------------------------------------------------------------------- the provider's keys
+class KeyCache:
+    """Each issuer's discovery document and JWKS, fetched once and again when a token
+    names a key id the cached set lacks (the realm rotated its keys)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, KeySet] = {}
+        self._refreshes: dict[str, list[float]] = {}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._metadata.clear()
+            self._keys.clear()
+            self._refreshes.clear()
+
+    def metadata(self, settings: ProviderSettings) -> dict[str, Any]:
+        with self._lock:
+            found = self._metadata.get(settings.issuer)
+        if found is not None:
+            return found
+        document = _get_json(settings.metadata_url)
+        if document.get("issuer", "").rstrip("/") != settings.issuer:
+            raise ProviderError(
+                f"the discovery document at {settings.metadata_url} names issuer {document.get('issuer')!r}"
+            )
+        with self._lock:
+            self._metadata[settings.issuer] = document
+        return document
+
+    def key_set(self, settings: ProviderSettings, kid: str | None) -> KeySet:
+        with self._lock:
+            keys = self._keys.get(settings.issuer)
+        if keys is not None and (kid is None or _has_kid(keys, kid)):
+            return keys
+        if keys is not None and not self._may_refresh(settings.issuer):
+            return keys
+        jwks = _get_json(self.metadata(settings)["jwks_uri"])
+        try:
+            fresh = KeySet.import_key_set(
+                {"keys": [k for k in jwks.get("keys", []) if k.get("use", "sig") == "sig"]}
+            )
+        except (JoseError, ValueError, TypeError) as exc:
+            raise ProviderError(f"the provider's JWKS is unusable: {exc}") from None
+        with self._lock:
+            self._keys[settings.issuer] = fresh
+        return fresh
+
+    def _may_refresh(self, issuer: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._refreshes.get(issuer, []) if now - t < 60]
+            if len(recent) >= MAX_REFRESHES_PER_MINUTE:
+                self._refreshes[issuer] = recent
+                return False
+            self._refreshes[issuer] = [*recent, now]
+            return True
+
+
+def _has_kid(keys: KeySet, kid: str) -> bool:
+    return any(key.kid == kid for key in keys.keys)
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    try:
+        response = requests.get(url, timeout=HTTP_TIMEOUT, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        document = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise ProviderError(f"{url}: {exc}") from None
+    if not isinstance(document, dict):
+        raise ProviderError(f"{url}: not a JSON object")
+    return document
+
+
+keys = KeyCache()
+
+
+def decode(
+    settings: ProviderSettings,
+    token: str,
+    *,
+    audience: str | None = None,
+    require_exp: bool = True,
+) -> dict[str, Any]:
+    """The claims of ``token`` if the provider signed it for ``audience`` (default: the
+    settings' API audience) and it is in date; else :class:`TokenRejected` saying why."""
+    try:
+        header = jws.extract_compact(token.encode()).headers()
+    except (JoseError, ValueError, UnicodeError):
+        raise TokenRejected("malformed token") from None
+    kid = header.get("kid")
+    if header.get("alg") not in ALGORITHMS:
+        raise TokenRejected(f"signature algorithm {header.get('alg')!r} is not accepted")
+    try:
+        key_set = keys.key_set(settings, kid)
+    except ProviderError as exc:
+        log.warning("identity provider %s unreachable: %s", settings.issuer, exc)
+        raise TokenRejected("the identity provider's keys could not be fetched") from None
+    if kid is not None and not _has_kid(key_set, kid):
+        raise TokenRejected("token signed with a key the identity provider does not publish")
+    try:
+        decoded = jwt.decode(token, key_set, algorithms=ALGORITHMS)
+    except JoseError:
+        raise TokenRejected("bad signature") from None
+    claims = dict(decoded.claims)
+    if str(claims.get("iss", "")).rstrip("/") != settings.issuer:
+        raise TokenRejected("token from another issuer")
+    wanted = audience or settings.audience
+    aud = claims.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    if wanted not in audiences:
+        raise TokenRejected(f"token not meant for this service (audience {wanted!r} missing)")
+    now = time.time()
+    exp = claims.get("exp")
+    if exp is None and require_exp:
+        raise TokenRejected("token has no expiry")
+    if exp is not None and (not isinstance(exp, int | float) or now > exp + LEEWAY):
+        raise TokenRejected("token expired")
+    nbf = claims.get("nbf")
+    if isinstance(nbf, int | float) and now + LEEWAY < nbf:
+        raise TokenRejected("token not valid yet")
+    if not claims.get("sub"):
+        raise TokenRejected("token names no subject")
+    return claims
+
+
+def realm_roles(*claim_sets: Mapping[str, Any]) -> set[str]:
+    """Keycloak's ``realm_access.roles`` from any of the claim sets given."""
+    found: set[str] = set()
+    for claims in claim_sets:
+        access = claims.get("realm_access")
+        if isinstance(access, Mapping) and isinstance(access.get("roles"), list):
+            found.update(str(r) for r in access["roles"])
+    return found
+
+
+# -------------------------------------------------------------------- introspection
+_introspected: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
+_introspected_lock = threading.Lock()
+
+
+def check_active(settings: ProviderSettings, token: str) -> None:
+    """Ask the realm whether the token is still active (python-keycloak's introspect),
+    at most once a minute per token; :class:`TokenRejected` if not."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    with _introspected_lock:
+        known = _introspected.get(digest)
+    if known is None:
+        from cmw.accounts.keycloak import introspect
+
+        try:
+            known = bool(introspect(settings, token).get("active"))
+        except ProviderError as exc:
+            log.warning("introspection at %s failed: %s", settings.issuer, exc)
+            raise TokenRejected("the identity provider could not confirm the token") from None
+        with _introspected_lock:
+            _introspected[digest] = known
+    if not known:
+        raise TokenRejected("the identity provider says the token is no longer active (user disabled?)")
+
+
+# ---------------------------------------------------------------------- users and roles
+def link(
+    session: Session,
+    marketplace: Marketplace,
+    settings: ProviderSettings,
+    claims: Mapping[str, Any],
+    roles: set[str],
+    *,
+    signing_in: bool,
+) -> User:
+    """The Mercato user for the provider's user ``claims['sub']``: linked before, else the
+    user with the same verified e-mail, else a new one; with their roles here as the
+    provider's realm ``roles`` map them. Flushes, never commits."""
+    subject = str(claims["sub"])
+    identity = session.scalar(
+        sa.select(ExternalIdentity).where(
+            ExternalIdentity.issuer == settings.issuer, ExternalIdentity.subject == subject
+        )
+    )
+    if identity is None:
+        user = _user_for(session, claims)
+        identity = ExternalIdentity(user_id=user.id, issuer=settings.issuer, subject=subject, mapped_roles=[])
+        session.add(identity)
+        session.flush()
+    user = identity.user
+    if not user.is_active:
+        raise LinkRefused("this account is disabled")
+    mapped = sorted({settings.roles[name].value for name in roles if name in settings.roles})
+    if mapped != sorted(identity.mapped_roles) or signing_in:
+        sync_roles(session, user, marketplace, settings, {Role(r) for r in mapped}, claims)
+        identity.mapped_roles = mapped
+    if signing_in:
+        now = utcnow()
+        identity.last_sign_in_at = now
+        user.last_sign_in_at = now
+    session.flush()
+    return user
+
+
+def _user_for(session: Session, claims: Mapping[str, Any]) -> User:
+    email = claims.get("email")
+    if not isinstance(email, str) or "@" not in email:
+        raise LinkRefused("the identity provider gave no e-mail address for this user")
+    verified = claims.get("email_verified") is True
+    existing = service.find_user(session, email)
+    if existing is not None:
+        if not verified:
+            raise LinkRefused(
+                "an account with this e-mail address exists, and the identity provider has not "
+                "verified the address: verify it there first"
+            )
+        if not existing.email_verified:
+            existing.email_verified = True
+        return existing
+    name = str(claims.get("name") or claims.get("preferred_username") or email.split("@")[0])[:120]
+    user = User(
+        id=uuid.uuid4(),
+        email=service.normalise_email(email),
+        name=name,
+        password_hash=None,
+        email_verified=verified,
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def sync_roles(
+    session: Session,
+    user: User,
+    marketplace: Marketplace,
+    settings: ProviderSettings,
+    wanted: set[Role],
+    claims: Mapping[str, Any],
+) -> None:
+    """Grant the mapped roles the user lacks here and take back mapped roles the provider
+    no longer gives; roles no realm role maps to are left as they are."""
+    governed = set(settings.roles.values())
+    held = list(
+        session.scalars(
+            sa.select(Membership).where(
+                Membership.user_id == user.id, Membership.marketplace_id == marketplace.id
+            )
+        )
+    )
+    for membership in held:
+        if membership.role in governed and membership.role not in wanted:
+            session.delete(membership)
+    held_roles = {m.role for m in held}
+    for role in sorted(wanted - held_roles):
+        if role is Role.ADMIN:
+            service.grant(session, user, marketplace, role)
+            continue
+        organisation = _organisation_for(session, user, marketplace, settings, role, claims)
+        service.grant(session, user, marketplace, role, organisation)
+    session.flush()
+
+
+def _organisation_for(
+    session: Session,
+    user: User,
+    marketplace: Marketplace,
+    settings: ProviderSettings,
+    role: Role,
+    claims: Mapping[str, Any],
+) -> Organisation:
+    company = claims.get("organization") or claims.get("company")
+    name = str(company or user.name)[:200]
+    country = settings.default_country
+    address = claims.get("address")
+    claimed = address.get("country") if isinstance(address, Mapping) else None
+    if isinstance(claimed, str) and len(claimed) == 2:
+        country = claimed.upper()
+    return service.create_organisation(
+        session,
+        marketplace,
+        kind=ORGANISATION_KINDS[role],
+        name=name,
+        billing=service.BillingDetails(legal_name=name, country=country),
+    )

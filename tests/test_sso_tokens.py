@@ -1,0 +1,203 @@
+"""Keycloak access tokens as API bearer tokens, against a real OpenID Connect server
+(tests/oidc): signature, issuer, audience and expiry checked against the realm's JWKS,
+keys refreshed when the realm rotates them, users linked and their roles mapped."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from cmw.accounts import oidc
+from cmw.accounts import service as accounts
+from cmw.accounts.models import ExternalIdentity, IdentityProvider, User
+from cmw.marketplaces.models import Marketplace
+from tests.oidc_server import CLIENT_ID, CLIENT_SECRET, OTHER_CLIENT_ID, OTHER_CLIENT_SECRET, OidcServer
+
+REDIRECT = "http://127.0.0.1:9/callback"  # never followed: the code is read off the redirect
+
+
+@pytest.fixture
+def realm(
+    app: Flask, db_session: Session, platform_marketplace: Marketplace, oidc_server: OidcServer
+) -> Iterator[OidcServer]:
+    """The platform marketplace signs in through the test realm."""
+    oidc_server.set_client(redirect_uris=[REDIRECT])
+    db_session.add(
+        IdentityProvider(
+            marketplace_id=platform_marketplace.id,
+            issuer=oidc_server.issuer(),
+            client_id=CLIENT_ID,
+            client_secret_sealed=app.extensions["mercato.sealer"].seal(CLIENT_SECRET),
+            roles={"mercato-admin": "admin", "mercato-customer": "customer", "mercato-vendor": "vendor"},
+        )
+    )
+    db_session.flush()
+    yield oidc_server
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def real_token(realm: OidcServer, roles: list[str], **fields: Any) -> tuple[dict[str, Any], str]:
+    """A user of the realm and an access token the realm issued them through the code flow."""
+    user = realm.add_user(roles, **fields)
+    tokens = realm.code_flow(user["username"], user["password"], REDIRECT)
+    return user, tokens["access_token"]
+
+
+def test_a_realm_token_is_accepted_and_links_a_new_user_with_mapped_roles(
+    client: FlaskClient, realm: OidcServer, db_session: Session
+) -> None:
+    user, token = real_token(realm, ["mercato-customer"], first_name="Grace", last_name="Hopper")
+    me = client.get("/api/v1/me", headers=bearer(token))
+    assert me.status_code == 200, me.json
+    assert me.json["user"]["email"] == user["email"]
+    assert me.json["user"]["name"] == "Grace Hopper"
+    assert me.json["roles"] == ["customer"]
+    assert me.json["authenticated_by"] == "oidc"
+    assert len(me.json["organisations"]) == 1
+    # the second call finds the link: no second user, no second organisation
+    again = client.get("/api/v1/me", headers=bearer(token))
+    assert again.json["user"]["id"] == me.json["user"]["id"]
+    assert again.json["organisations"] == me.json["organisations"]
+    links = db_session.scalars(
+        sa.select(ExternalIdentity).where(ExternalIdentity.subject == user["id"])
+    ).all()
+    assert [str(link.user_id) for link in links] == [me.json["user"]["id"]]
+
+
+def test_the_first_use_links_to_the_user_with_the_same_verified_email(
+    client: FlaskClient, realm: OidcServer, make_user: Callable[..., User]
+) -> None:
+    existing = make_user(email="linda@example.test")
+    _, token = real_token(realm, ["mercato-admin"], username="linda", email_verified=True)
+    me = client.get("/api/v1/me", headers=bearer(token))
+    assert me.status_code == 200, me.json
+    assert me.json["user"]["id"] == str(existing.id)
+    assert "admin" in me.json["roles"]
+
+
+def test_an_unverified_email_does_not_take_over_an_existing_account(
+    client: FlaskClient, realm: OidcServer, make_user: Callable[..., User]
+) -> None:
+    make_user(email="victim@example.test")
+    _, token = real_token(realm, ["mercato-admin"], username="victim", email_verified=False)
+    answer = client.get("/api/v1/me", headers=bearer(token))
+    assert answer.status_code == 401
+    assert "not verified" in answer.json["detail"]
+
+
+def test_roles_follow_the_realm(client: FlaskClient, realm: OidcServer) -> None:
+    user, token = real_token(realm, ["mercato-customer"])
+    assert client.get("/api/v1/me", headers=bearer(token)).json["roles"] == ["customer"]
+    realm.control(
+        "user", {**realm.user(user["id"]), "roles": ["mercato-admin"], "password": user["password"]}
+    )
+    # the realm now says admin and no longer customer: a new token carries that
+    promoted = realm.sign({"sub": user["id"], "aud": CLIENT_ID, "realm_access": {"roles": ["mercato-admin"]}})
+    assert client.get("/api/v1/me", headers=bearer(promoted)).json["roles"] == ["admin"]
+
+
+def test_tampered_expired_foreign_and_misaddressed_tokens_are_401_with_the_reason(
+    client: FlaskClient, realm: OidcServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    user, token = real_token(realm, ["mercato-customer"])
+    header, payload, signature = token.split(".")
+    flipped = payload[:10] + ("A" if payload[10] != "A" else "B") + payload[11:]
+    now = int(time.time())
+    cases = {
+        "bad signature": f"{header}.{flipped}.{signature}",
+        "token expired": realm.sign(
+            {"sub": user["id"], "aud": CLIENT_ID, "iat": now - 900, "exp": now - 600}
+        ),
+        "audience": realm.sign({"sub": user["id"], "aud": OTHER_CLIENT_ID}),
+        "another issuer": realm.sign(
+            {"sub": user["id"], "aud": CLIENT_ID, "iss": "http://127.0.0.1:9/realms/x"}
+        ),
+        "malformed token": "not.a.jwt",
+    }
+    caplog.set_level(logging.DEBUG)
+    for reason, bad in cases.items():
+        answer = client.get("/api/v1/me", headers=bearer(bad))
+        assert answer.status_code == 401, reason
+        assert reason in answer.json["detail"], (reason, answer.json)
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+        assert bad not in answer.get_data(as_text=True)
+        assert bad not in caplog.text
+    # the untouched token still works
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+
+
+def test_a_token_the_realm_gave_another_client_is_refused(client: FlaskClient, realm: OidcServer) -> None:
+    response = requests.post(
+        f"{realm.issuer()}/protocol/openid-connect/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": OTHER_CLIENT_ID,
+            "client_secret": OTHER_CLIENT_SECRET,
+        },
+        timeout=10,
+    )
+    answer = client.get("/api/v1/me", headers=bearer(response.json()["access_token"]))
+    assert answer.status_code == 401
+    assert "audience" in answer.json["detail"]
+
+
+def test_the_realm_rotates_its_signing_key(client: FlaskClient, realm: OidcServer) -> None:
+    user, old = real_token(realm, ["mercato-customer"])
+    assert client.get("/api/v1/me", headers=bearer(old)).status_code == 200
+    realm.control("rotate-key", {"keep_old": False})
+    # a token signed with the new key names a kid the cached JWKS lacks: fetched again
+    new = realm.code_flow(user["username"], user["password"], REDIRECT)["access_token"]
+    assert client.get("/api/v1/me", headers=bearer(new)).status_code == 200
+    # the old key is gone from the realm, so its tokens are too
+    refused = client.get("/api/v1/me", headers=bearer(old))
+    assert refused.status_code == 401
+    assert "does not publish" in refused.json["detail"]
+
+
+def test_a_disabled_user_is_refused_here_and_at_the_realm(
+    client: FlaskClient, realm: OidcServer, db_session: Session
+) -> None:
+    _, token = real_token(realm, ["mercato-customer"])
+    me = client.get("/api/v1/me", headers=bearer(token)).json
+    mercato_user = db_session.get(User, uuid.UUID(me["user"]["id"]))
+    assert mercato_user is not None
+    accounts.set_active(db_session, mercato_user, False)
+    db_session.flush()
+    answer = client.get("/api/v1/me", headers=bearer(token))
+    assert answer.status_code == 401
+    assert "disabled" in answer.json["detail"]
+
+    # disabled at the realm: the token is still signed and in date, introspection tells
+    other, other_token = real_token(realm, ["mercato-customer"])
+    provider = db_session.get(IdentityProvider, uuid.UUID(me["marketplace_id"]))
+    assert provider is not None
+    provider.introspect = True
+    db_session.flush()
+    assert client.get("/api/v1/me", headers=bearer(other_token)).status_code == 200
+    realm.control("user", {**realm.user(other["id"]), "enabled": False, "roles": ["mercato-customer"]})
+    oidc._introspected.clear()
+    refused = client.get("/api/v1/me", headers=bearer(other_token))
+    assert refused.status_code == 401
+    assert "no longer active" in refused.json["detail"]
+
+
+def test_a_marketplace_without_a_provider_refuses_provider_tokens(
+    client: FlaskClient, oidc_server: OidcServer
+) -> None:
+    token = oidc_server.sign({"sub": "someone", "aud": CLIENT_ID})
+    answer = client.get("/api/v1/me", headers=bearer(token))
+    assert answer.status_code == 401
+    assert "no identity provider" in answer.json["detail"]
