@@ -30,6 +30,8 @@ from cmw.accounts.auth import (
     current_identity,
     current_marketplace,
     end_session,
+    identity_provider,
+    local_sign_in_allowed,
     marketplace_or_none,
     start_session,
 )
@@ -402,6 +404,9 @@ def _safe_next(target: str | None) -> str:
 def sign_in() -> ResponseReturnValue:
     form = SignInForm()
     error = None
+    if request.method == "POST" and not local_sign_in_allowed():
+        error = "Sign-in with a password is turned off here: use single sign-on."
+        return render_template("sign_in.html", form=form, error=error, provider=identity_provider()), 403
     if form.validate_on_submit():
         try:
             user = accounts.authenticate(current_session(), form.email.data or "", form.password.data or "")
@@ -413,13 +418,17 @@ def sign_in() -> ResponseReturnValue:
             current_session().commit()
             return redirect(_safe_next(request.args.get("next")))
     status = 401 if error else (422 if form.errors else 200)
-    return render_template("sign_in.html", form=form, error=error), status
+    return render_template("sign_in.html", form=form, error=error, provider=identity_provider()), status
 
 
 @bp.post("/sign-out")
 def sign_out() -> ResponseReturnValue:
+    from marketplace.sso import provider_logout_url  # it registers its pages on this blueprint
+
+    provider_logout = provider_logout_url()
     end_session()
-    return redirect(url_for("pages.home"))
+    current_session().commit()
+    return redirect(provider_logout or url_for("pages.home"))
 
 
 @bp.route("/sign-up", methods=["GET", "POST"])

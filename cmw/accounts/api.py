@@ -16,6 +16,7 @@ from cmw.accounts.auth import (
     csrf_token,
     current_marketplace,
     end_session,
+    local_sign_in_allowed,
     login_required,
     require_identity,
     roles_required,
@@ -86,7 +87,10 @@ class SessionResource(MethodView):
         """Sign in with e-mail and password; sets the session cookie.
 
         Only JSON bodies are accepted, so a cross-site form cannot sign a browser in.
+        403 where an admin turned password sign-in off (single sign-on only).
         """
+        if not local_sign_in_allowed():
+            raise ApiError(403, "sign-in with a password is turned off here: use single sign-on")
         try:
             user = service.authenticate(current_session(), data["email"], data["password"])
         except service.InvalidCredentials as exc:
@@ -98,8 +102,9 @@ class SessionResource(MethodView):
 
     @blp.response(204)
     def delete(self) -> None:
-        """Sign out of this browser session."""
+        """Sign out of this browser session (and of its single sign-on session here)."""
         end_session()
+        current_session().commit()
 
 
 # ----------------------------------------------------------------------- me

@@ -10,6 +10,7 @@ with a session cookie must carry the CSRF token (form field or ``X-CSRF-Token``)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from flask import Response, current_app, g, request, session
 from flask_wtf.csrf import generate_csrf
 
 from cmw.accounts import oidc, service
-from cmw.accounts.models import Membership, Role, User
+from cmw.accounts.models import Membership, Role, SsoSession, User
 from cmw.api.errors import ApiError, invalid
+from cmw.db import utcnow
 from cmw.extensions import csrf, current_session, db, read_in_autocommit
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import by_host
@@ -33,6 +35,8 @@ R = TypeVar("R")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 #: endpoints that must answer without touching the database's tenant tables
 UNTENANTED_ENDPOINTS = frozenset({"health.healthz", "static", "api-docs.openapi_json", "assets.stored_file"})
+#: posted to by other servers, never by a browser holding our session (signed tokens instead)
+CSRF_EXEMPT_ENDPOINTS = frozenset({"pages.sso_backchannel_logout"})
 
 
 @dataclass
@@ -122,6 +126,7 @@ def load_identity() -> None:
             and user.is_active
             and session.get("gen") == user.session_generation
             and session.get("mid") == str(g.marketplace.id)
+            and _sso_session_live()
         ):
             g.identity = _identity(user, "session")
         else:
@@ -149,7 +154,22 @@ def record_token_use(response: Response) -> Response:
     return response
 
 
+def _sso_session_live() -> bool:
+    """A session that signed in through the identity provider lives as long as the
+    provider's session: until a sign-out here or its back-channel logout."""
+    record_id = session.get("sso")
+    if record_id is None:
+        return True
+    try:
+        record = current_session().get(SsoSession, uuid.UUID(record_id))
+    except ValueError:
+        return False
+    return record is not None and record.ended_at is None
+
+
 def _needs_csrf() -> bool:
+    if request.endpoint in CSRF_EXEMPT_ENDPOINTS:
+        return False
     # API calls without a session cookie carry no ambient authority: nothing to forge.
     if request.path.startswith("/api/"):
         return g.identity is not None
@@ -167,6 +187,12 @@ def identity_provider() -> oidc.ProviderSettings | None:
         )
     found: oidc.ProviderSettings | None = g.identity_provider
     return found
+
+
+def local_sign_in_allowed() -> bool:
+    """Whether passwords work here: unless an admin turned them off for a marketplace
+    that has an identity provider (without one, nobody could sign in at all)."""
+    return bool(g.marketplace.local_sign_in) or identity_provider() is None
 
 
 def _provider_identity(token: str) -> Identity:
@@ -212,6 +238,15 @@ def start_session(user: User, marketplace: Marketplace) -> None:
 
 
 def end_session() -> None:
+    """Sign out of this browser session (and of its single sign-on session here)."""
+    record_id = session.get("sso")
+    if record_id is not None:
+        with contextlib.suppress(ValueError):
+            current_session().execute(
+                sa.update(SsoSession)
+                .where(SsoSession.id == uuid.UUID(record_id), SsoSession.ended_at.is_(None))
+                .values(ended_at=utcnow())
+            )
     session.clear()
     g.identity = None
 

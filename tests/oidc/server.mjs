@@ -216,6 +216,12 @@ async function buildProvider(realm) {
       await grant.save();
       return grant;
     },
+    // oidc-provider refuses to call special-use addresses (SSRF protection); this test
+    // server's only peer, the Mercato under test, listens on loopback
+    fetch: (url, options) => {
+      delete options.dispatcher;
+      return globalThis.fetch(url, options);
+    },
     interactions: { url: async (ctx, interaction) => `/realms/${realm.name}/login-actions/authenticate?uid=${interaction.uid}` },
     renderError: async (ctx, out) => {
       ctx.type = 'html';
@@ -223,7 +229,7 @@ async function buildProvider(realm) {
     },
   });
   provider.on('server_error', (ctx, err) => console.error('oidc server_error', err));
-  provider.on('backchannel.error', (ctx, err) => console.error('backchannel logout failed', err.message));
+  provider.on('backchannel.error', (ctx, err) => console.error('backchannel logout failed', err.message, err.cause));
   return provider;
 }
 
