@@ -21,6 +21,7 @@ from flask import Flask
 from cassetto import storage_from_url
 from cmw import cli
 from cmw.accounts.auth import load_identity, record_token_use
+from cmw.accounts.consumers import KeycloakUsers
 from cmw.api import spec
 from cmw.assets.api import bp as assets_bp
 from cmw.billing.documents import FailedDeployments, InvoiceDocuments
@@ -115,6 +116,7 @@ def register_extensions(app: Flask) -> None:
         DeploymentRequests(),
         InvoiceDocuments(app.extensions["mercato.storage"]),
         FailedDeployments(),
+        KeycloakUsers(config, sealer),
     ]
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)

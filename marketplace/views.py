@@ -27,6 +27,8 @@ from cmw.accounts import keys
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import (
     Identity,
+    ProviderUnavailable,
+    commit_sign_up,
     current_identity,
     current_marketplace,
     end_session,
@@ -460,6 +462,11 @@ def sign_up() -> ResponseReturnValue:
             session.rollback()
             form.country.errors = [exc.message]
         else:
+            try:
+                commit_sign_up(user, form.password.data or "")
+            except ProviderUnavailable as exc:
+                form.email.errors = [str(exc)]
+                return render_template("sign_up.html", form=form), 503
             start_session(user, current_marketplace())
             session.commit()
             return redirect(_safe_next(request.args.get("next")))

@@ -7,15 +7,18 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app
+from flask import current_app, g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from cmw.accounts import service
+from cmw.accounts import oidc, service
 from cmw.accounts.auth import (
+    ProviderUnavailable,
+    commit_sign_up,
     csrf_token,
     current_marketplace,
     end_session,
+    identity_provider,
     local_sign_in_allowed,
     login_required,
     require_identity,
@@ -33,6 +36,7 @@ from cmw.accounts.schemas import (
     OrganisationSchema,
     OrganisationUpdateSchema,
     SignInSchema,
+    SignInSettingsSchema,
     SignUpSchema,
     TokenCreateSchema,
     TokenSchema,
@@ -232,7 +236,10 @@ class UsersResource(MethodView):
         except service.InvalidBillingDetails as exc:
             current_session().rollback()
             raise _billing_error(exc, "organisation.") from None
-        _commit()
+        try:
+            commit_sign_up(user, data["password"])
+        except ProviderUnavailable as exc:
+            raise ApiError(503, str(exc)) from None
         return _user_detail(user)
 
 
@@ -391,3 +398,51 @@ class OrganisationResource(MethodView):
             raise _billing_error(exc) from None
         _commit()
         return organisation
+
+
+# -------------------------------------------------------------- sign-in settings
+def _sign_in_settings() -> dict[str, Any]:
+    g.pop("identity_provider", None)  # what the change just made, not what the request began with
+    return {
+        "local_sign_in": current_marketplace().local_sign_in,
+        "identity_provider": oidc.describe(identity_provider()),
+    }
+
+
+@blp.route("/admin/sign-in")
+class SignInSettingsResource(MethodView):
+    @blp.response(200, SignInSettingsSchema)
+    @roles_required(Role.ADMIN)
+    def get(self) -> dict[str, Any]:
+        """How people sign in here: passwords, and the identity provider (Keycloak) in use."""
+        return _sign_in_settings()
+
+    @blp.arguments(SignInSettingsSchema)
+    @blp.response(200, SignInSettingsSchema)
+    @roles_required(Role.ADMIN)
+    def put(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Change them: give this marketplace its own provider (its realm's discovery
+        document must answer) or remove it (``null``), turn password sign-in on or off."""
+        session = current_session()
+        marketplace = current_marketplace()
+        try:
+            if "identity_provider" in data:
+                oidc.set_provider(
+                    session, marketplace, data["identity_provider"], current_app.extensions["mercato.sealer"]
+                )
+        except oidc.SettingsError as exc:
+            session.rollback()
+            raise invalid(f"identity_provider.{exc.field}", str(exc)) from None
+        g.pop("identity_provider", None)
+        if "local_sign_in" in data:
+            if not data["local_sign_in"] and identity_provider() is None:
+                session.rollback()
+                raise invalid("local_sign_in", "set up an identity provider before turning passwords off")
+            marketplace.local_sign_in = data["local_sign_in"]
+        elif not marketplace.local_sign_in and identity_provider() is None:
+            session.rollback()
+            raise invalid(
+                "identity_provider", "passwords are off here: removing the provider would lock everyone out"
+            )
+        session.commit()
+        return _sign_in_settings()

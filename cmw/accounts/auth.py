@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from cmw.extensions import csrf, current_session, db, read_in_autocommit
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import by_host
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -193,6 +195,41 @@ def local_sign_in_allowed() -> bool:
     """Whether passwords work here: unless an admin turned them off for a marketplace
     that has an identity provider (without one, nobody could sign in at all)."""
     return bool(g.marketplace.local_sign_in) or identity_provider() is None
+
+
+class ProviderUnavailable(Exception):
+    """The marketplace's identity provider could not be reached for a change that needs it."""
+
+
+def commit_sign_up(user: User, password: str) -> None:
+    """Commit a new customer's sign-up. Where the marketplace provisions its users at its
+    identity provider, they are made there first, with the customer realm role (and
+    removed again should the commit fail): both or neither."""
+    session = current_session()
+    settings = identity_provider()
+    made: str | None = None
+    if settings is not None and settings.provision_users:
+        from cmw.accounts import keycloak
+
+        try:
+            subject, created = keycloak.provision(session, settings, user, password, {Role.CUSTOMER})
+        except oidc.ProviderError as exc:
+            session.rollback()
+            log.warning("sign-up not provisioned at %s: %s", settings.issuer, exc)
+            raise ProviderUnavailable(
+                f"{settings.display_name} cannot be reached; try again shortly"
+            ) from None
+        made = subject if created else None
+    try:
+        session.commit()
+    except Exception:
+        session.rollback()
+        if settings is not None and made is not None:
+            from cmw.accounts import keycloak
+
+            with contextlib.suppress(oidc.ProviderError):
+                keycloak.delete_user(settings, made)
+        raise
 
 
 def _provider_identity(token: str) -> Identity:

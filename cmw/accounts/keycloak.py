@@ -10,7 +10,9 @@ from typing import Any
 
 from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakError, KeycloakPostError
+from sqlalchemy.orm import Session
 
+from cmw.accounts.models import ExternalIdentity, Role, User
 from cmw.accounts.oidc import ProviderError, ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,10 @@ def create_user(
     name: str,
     password: str | None,
     realm_roles: list[str],
-) -> str:
-    """The Keycloak user id of a new user with ``realm_roles``; an existing user with the
-    same user name or e-mail is reused (and given the roles), never given a new password."""
+) -> tuple[str, bool]:
+    """The Keycloak user id of a new user with ``realm_roles``, and whether it is new; an
+    existing user with the same user name or e-mail is reused (and given the roles), never
+    given a new password."""
     admin = _admin(settings)
     first, _, last = name.partition(" ")
     payload: dict[str, Any] = {
@@ -68,13 +71,18 @@ def create_user(
     }
     if password is not None:
         payload["credentials"] = [{"type": "password", "value": password, "temporary": False}]
+    created = False
     try:
-        try:
-            user_id: str | None = admin.create_user(payload, exist_ok=True)
-        except KeycloakPostError as exc:
-            if exc.response_code != 409:  # 409: someone else has that e-mail as their address
-                raise
-            user_id = None
+        existing = admin.get_user_id(email)
+        user_id: str | None = None
+        if existing is None:
+            try:
+                user_id, created = admin.create_user(payload), True
+            except KeycloakPostError as exc:
+                if exc.response_code != 409:  # 409: someone else has that e-mail as their address
+                    raise
+        else:
+            user_id = str(existing)
         if user_id is None:
             found = admin.get_users({"email": email, "exact": True})
             if not found:
@@ -85,7 +93,31 @@ def create_user(
             admin.assign_realm_roles(user_id=user_id, roles=roles)
     except (KeycloakError, OSError, ValueError) as exc:
         raise ProviderError(f"creating the Keycloak user failed: {exc}") from None
-    return str(user_id)
+    return str(user_id), created
+
+
+def provision(
+    session: Session, settings: ProviderSettings, user: User, password: str | None, roles: set[Role]
+) -> tuple[str, bool]:
+    """Make ``user`` at the provider with the realm roles of ``roles`` and link them;
+    returns the provider's user id and whether it was created (to undo on a failed commit)."""
+    subject, created = create_user(
+        settings,
+        email=user.email,
+        name=user.name,
+        password=password,
+        realm_roles=settings.realm_roles_for(roles),
+    )
+    session.add(
+        ExternalIdentity(
+            user_id=user.id,
+            issuer=settings.issuer,
+            subject=subject,
+            mapped_roles=sorted(r.value for r in roles),
+        )
+    )
+    session.flush()
+    return subject, created
 
 
 def delete_user(settings: ProviderSettings, user_id: str) -> None:

@@ -465,3 +465,74 @@ def _organisation_for(
         name=name,
         billing=service.BillingDetails(legal_name=name, country=country),
     )
+
+
+# ---------------------------------------------------------------------- administration
+class SettingsError(ValueError):
+    """Invalid sign-in settings; ``field`` names what was wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def describe(settings: ProviderSettings | None) -> dict[str, Any] | None:
+    """The provider as an admin sees it: everything but the secret."""
+    if settings is None:
+        return None
+    return {
+        "issuer": settings.issuer,
+        "client_id": settings.client_id,
+        "audience": settings.audience,
+        "roles": {name: role.value for name, role in settings.roles.items()},
+        "display_name": settings.display_name,
+        "provision_users": settings.provision_users,
+        "introspect": settings.introspect,
+        "default_country": settings.default_country,
+        "source": settings.source,
+    }
+
+
+def set_provider(
+    session: Session, marketplace: Marketplace, data: Mapping[str, Any] | None, sealer: Sealer
+) -> None:
+    """Give the marketplace its own provider (``data``), or remove it (None: it then uses
+    its parent's, or the platform settings'). The realm's discovery document must answer."""
+    row = session.get(IdentityProvider, marketplace.id)
+    if data is None:
+        if row is not None:
+            session.delete(row)
+            session.flush()
+        return
+    issuer = str(data["issuer"]).rstrip("/")
+    if "/realms/" not in issuer:
+        raise SettingsError("issuer", "a Keycloak realm's issuer looks like https://host/realms/<realm>")
+    roles: dict[str, str] = {}
+    for name, role in (data.get("roles") or {}).items():
+        try:
+            roles[str(name)] = check_role(str(role)).value
+        except ValueError as exc:
+            raise SettingsError("roles", str(exc)) from None
+    secret = data.get("client_secret")
+    if row is None and not secret:
+        raise SettingsError("client_secret", "required for a new identity provider")
+    try:
+        document = _get_json(issuer + "/.well-known/openid-configuration")
+    except ProviderError as exc:
+        raise SettingsError("issuer", f"its discovery document could not be read: {exc}") from None
+    if str(document.get("issuer", "")).rstrip("/") != issuer:
+        raise SettingsError("issuer", f"the realm calls itself {document.get('issuer')!r}")
+    if row is None:
+        row = IdentityProvider(marketplace_id=marketplace.id)
+        session.add(row)
+    row.issuer = issuer
+    row.client_id = str(data["client_id"])
+    if secret:
+        row.client_secret_sealed = sealer.seal(str(secret))
+    row.audience = data.get("audience") or None
+    row.roles = roles
+    row.display_name = data.get("display_name") or "Keycloak"
+    row.provision_users = bool(data.get("provision_users", False))
+    row.introspect = bool(data.get("introspect", False))
+    row.default_country = str(data.get("default_country") or "DE").upper()
+    session.flush()

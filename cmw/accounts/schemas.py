@@ -153,3 +153,56 @@ class UserListArgs(Schema):
 
 class OrganisationListArgs(Schema):
     kind = fields.Enum(OrganisationKind, by_value=True, load_default=None)
+
+
+class IdentityProviderSchema(Schema):
+    issuer = fields.Url(
+        required=True,
+        require_tld=False,
+        metadata={
+            "description": "the Keycloak realm's issuer",
+            "example": "https://sso.example.com/realms/acme",
+        },
+    )
+    client_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    client_secret = fields.String(
+        load_only=True,
+        validate=validate.Length(min=1, max=500),
+        metadata={"description": "required for a new provider; omitted keeps the current one"},
+    )
+    audience = fields.String(
+        allow_none=True,
+        validate=validate.Length(max=255),
+        metadata={"description": "the aud API access tokens must carry; the client id if empty"},
+    )
+    roles = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=255)),
+        values=fields.String(),
+        metadata={
+            "description": "realm role -> Mercato role (customer, vendor, reseller, admin)",
+            "example": {"mercato-admin": "admin", "mercato-customer": "customer"},
+        },
+    )
+    display_name = fields.String(validate=validate.Length(min=1, max=100))
+    provision_users = fields.Boolean(
+        metadata={"description": "create Keycloak users on sign-up; disable them with their Mercato user"}
+    )
+    introspect = fields.Boolean(metadata={"description": "introspect every bearer token at the realm"})
+    default_country = fields.String(validate=validate.Regexp(r"^[A-Za-z]{2}$"))
+    source = fields.String(
+        dump_only=True,
+        metadata={
+            "description": "marketplace (its own), inherited (a parent's) or settings (MERCATO_OIDC_*)"
+        },
+    )
+
+
+class SignInSettingsSchema(Schema):
+    local_sign_in = fields.Boolean(
+        metadata={"description": "whether passwords work here; off needs an identity provider"}
+    )
+    identity_provider = fields.Nested(
+        IdentityProviderSchema,
+        allow_none=True,
+        metadata={"description": "this marketplace's own provider; null removes it"},
+    )
