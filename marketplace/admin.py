@@ -7,25 +7,34 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import sessionmaker
 from wtforms import SelectChoice
 
+from cmw.accounts import oidc
 from cmw.accounts import service as accounts
-from cmw.accounts.auth import current_marketplace
-from cmw.accounts.models import Membership, Organisation, Role, User
+from cmw.accounts.auth import current_marketplace, identity_provider
+from cmw.accounts.models import IdentityProvider, Membership, Organisation, Role, User
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import service as billing
 from cmw.billing import taxes
 from cmw.billing.errors import BillingError
 from cmw.billing.models import BillingRun, BillingSettings, Coupon, CouponRedemption, TaxRate
 from cmw.extensions import current_session
+from cmw.marketplaces.models import Marketplace
 from cmw.money import parse_amount
 from deployer import clouds
 from deployer import service as deployments
 from deployer.models import CloudAccount
-from marketplace.forms import ActionForm, CloudAccountForm, CouponCreateForm, SellerForm, TaxRateForm
+from marketplace.forms import (
+    ActionForm,
+    CloudAccountForm,
+    CouponCreateForm,
+    SellerForm,
+    SignInSettingsForm,
+    TaxRateForm,
+)
 from marketplace.views import admin_identity, bp, paged, sign_in_first
 
 
@@ -427,3 +436,87 @@ def admin_add_coupon() -> ResponseReturnValue:
                 flash("The coupon is created.", "info")
                 return redirect(url_for("pages.admin_billing") + "#coupons")
     return _billing_page(422, coupon_form=form)
+
+
+# ------------------------------------------------------------------ sign-in settings
+@bp.route("/admin/sign-in", methods=["GET", "POST"])
+def admin_sign_in() -> ResponseReturnValue:
+    """Single sign-on for this marketplace, and whether passwords still work."""
+    if admin_identity() is None:
+        return sign_in_first()
+    session = current_session()
+    marketplace = current_marketplace()
+    own = session.get(IdentityProvider, marketplace.id)
+    form = SignInSettingsForm(
+        data={
+            "local_sign_in": marketplace.local_sign_in,
+            "issuer": own.issuer if own else "",
+            "client_id": own.client_id if own else "",
+            "audience": own.audience if own else "",
+            "roles": "\n".join(f"{k} = {v}" for k, v in (own.roles if own else {}).items()),
+            "display_name": own.display_name if own else "Keycloak",
+            "provision_users": own.provision_users if own else False,
+            "introspect": own.introspect if own else False,
+        }
+    )
+    status = 200
+    if request.method == "POST":
+        if not form.validate_on_submit():
+            if form.csrf_token.errors:
+                abort(400)
+            status = 422
+        elif _save_sign_in(form, marketplace):
+            session.commit()
+            flash("Sign-in settings saved.", "info")
+            return redirect(url_for("pages.admin_sign_in"))
+        else:
+            session.rollback()
+            status = 422
+    g.pop("identity_provider", None)
+    return render_template(
+        "admin_sign_in.html", form=form, own=own, provider=oidc.describe(identity_provider())
+    ), status
+
+
+def _save_sign_in(form: SignInSettingsForm, marketplace: Marketplace) -> bool:
+    """Apply the form; False (with the errors on the form) if it is refused."""
+    session = current_session()
+    data: dict[str, Any] | None = None
+    if (form.issuer.data or "").strip():
+        roles: dict[str, str] = {}
+        for line in (form.roles.data or "").splitlines():
+            if not line.strip():
+                continue
+            name, sep, role = line.partition("=")
+            if not sep:
+                form.roles.errors = [*form.roles.errors, f"{line.strip()!r} is not realm-role = role"]
+                return False
+            roles[name.strip()] = role.strip()
+        data = {
+            "issuer": form.issuer.data.strip(),
+            "client_id": (form.client_id.data or "").strip(),
+            "client_secret": form.client_secret.data or None,
+            "audience": (form.audience.data or "").strip() or None,
+            "roles": roles,
+            "display_name": (form.display_name.data or "").strip() or "Keycloak",
+            "provision_users": form.provision_users.data,
+            "introspect": form.introspect.data,
+        }
+        if not data["client_id"]:
+            form.client_id.errors = [*form.client_id.errors, "the realm's client id is needed"]
+            return False
+    try:
+        oidc.set_provider(session, marketplace, data, current_app.extensions["mercato.sealer"])
+    except oidc.SettingsError as exc:
+        target = form._fields.get(exc.field, form.issuer)
+        target.errors = [*target.errors, str(exc)]
+        return False
+    g.pop("identity_provider", None)
+    if not form.local_sign_in.data and identity_provider() is None:
+        form.local_sign_in.errors = [
+            *form.local_sign_in.errors,
+            "set up an identity provider before turning passwords off",
+        ]
+        return False
+    marketplace.local_sign_in = bool(form.local_sign_in.data)
+    return True

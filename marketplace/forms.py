@@ -366,3 +366,31 @@ class CouponCreateForm(FlaskForm):  # type: ignore[misc]
         "Periods (a number of periods)", validators=[Optional(), NumberRange(min=1, max=120)]
     )
     max_redemptions = IntegerField("Redemptions at most", validators=[Optional(), NumberRange(min=1)])
+
+
+class SignInSettingsForm(FlaskForm):  # type: ignore[misc]
+    """How people sign in to this marketplace: passwords, and its own identity provider."""
+
+    local_sign_in = BooleanField("People may sign in with a password")
+    issuer = StringField(
+        "Keycloak realm (issuer URL)",
+        validators=[Optional(), Length(max=500)],
+        description="https://sso.example.com/realms/acme; empty uses the parent marketplace's provider.",
+    )
+    client_id = StringField("Client id", validators=[Optional(), Length(max=255)])
+    client_secret = PasswordField(
+        "Client secret",
+        validators=[Optional(), Length(max=500)],
+        description="Stored encrypted, never shown again; leave empty to keep the stored one.",
+    )
+    audience = StringField(
+        "API audience", validators=[Optional(), Length(max=255)], description="Empty: the client id."
+    )
+    roles = TextAreaField(
+        "Role mapping",
+        validators=[Optional(), Length(max=5000)],
+        description="One per line, realm role = Mercato role (customer, vendor, reseller, admin).",
+    )
+    display_name = StringField("Button label", validators=[Optional(), Length(max=100)])
+    provision_users = BooleanField("Create Keycloak users on sign-up, disable them with their Mercato user")
+    introspect = BooleanField("Ask Keycloak about every API token (introspection)")

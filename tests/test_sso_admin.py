@@ -21,6 +21,7 @@ from cmw.events.models import OutboxEvent
 from cmw.marketplaces.models import Marketplace
 from tests.oidc_server import CLIENT_ID, CLIENT_SECRET, OidcServer
 from tests.servers import free_port
+from tests.test_accounts import page_csrf, sign_in
 
 Headers = Callable[..., dict[str, str]]
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -225,3 +226,36 @@ def test_a_reseller_marketplace_inherits_its_parents_provider_unless_it_has_its_
     # the platform's own provider is untouched
     platform_view = client.get("/api/v1/admin/sign-in", headers=token_for(make_user(Role.ADMIN)))
     assert platform_view.json["identity_provider"]["client_id"] == CLIENT_ID
+
+
+def test_the_admin_page_sets_up_single_sign_on_and_turns_passwords_off(
+    client: FlaskClient, oidc_server: OidcServer, make_user: Callable[..., User], db_session: Session
+) -> None:
+    admin = make_user(Role.ADMIN)
+    sign_in(client, admin.email)
+    page = client.get("/admin/sign-in").get_data(as_text=True)
+    assert "No single sign-on" in page
+    form = {
+        "csrf_token": page_csrf(client, "/admin/sign-in"),
+        "issuer": oidc_server.issuer(),
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "roles": "acme-admin = admin\nacme-buyer = customer",
+        "display_name": "Acme SSO",
+    }
+    # passwords stay on: local_sign_in is checked
+    saved = client.post("/admin/sign-in", data={**form, "local_sign_in": "y"})
+    assert saved.status_code == 302
+    shown = client.get("/admin/sign-in").get_data(as_text=True)
+    assert "People sign in with <strong>Acme SSO</strong>" in shown
+    assert CLIENT_SECRET not in shown
+    row = db_session.scalar(sa.select(IdentityProvider))
+    assert row is not None and row.roles == {"acme-admin": "admin", "acme-buyer": "customer"}
+    # a bad mapping line is shown next to its field, nothing changes
+    bad = client.post("/admin/sign-in", data={**form, "roles": "acme-admin admin", "local_sign_in": "y"})
+    assert bad.status_code == 422 and "is not realm-role = role" in bad.get_data(as_text=True)
+    # passwords off (the box unticked): the sign-in page offers only single sign-on
+    off = client.post("/admin/sign-in", data={**form, "client_secret": ""})
+    assert off.status_code == 302
+    sign_in_page = client.get("/sign-in").get_data(as_text=True)
+    assert "Sign in with Acme SSO" in sign_in_page and 'type="password"' not in sign_in_page
