@@ -201,3 +201,24 @@ def test_a_marketplace_without_a_provider_refuses_provider_tokens(
     answer = client.get("/api/v1/me", headers=bearer(token))
     assert answer.status_code == 401
     assert "no identity provider" in answer.json["detail"]
+
+
+def test_a_token_without_realm_roles_leaves_the_roles_alone(client: FlaskClient, realm: OidcServer) -> None:
+    user, token = real_token(realm, ["mercato-customer"])
+    assert client.get("/api/v1/me", headers=bearer(token)).json["roles"] == ["customer"]
+    # a client without the roles mapper: its tokens carry no realm_access at all
+    bare = realm.sign({"sub": user["id"], "aud": CLIENT_ID, "realm_access": None})
+    assert client.get("/api/v1/me", headers=bearer(bare)).json["roles"] == ["customer"]
+
+
+def test_one_realm_user_gets_their_roles_in_each_marketplace_that_uses_the_realm(
+    client: FlaskClient, realm: OidcServer, make_marketplace: Callable[..., Marketplace]
+) -> None:
+    reseller = make_marketplace()  # no provider of its own: it inherits the platform's
+    _, token = real_token(realm, ["mercato-customer"])
+    here = client.get("/api/v1/me", headers=bearer(token))
+    there = client.get("/api/v1/me", headers=bearer(token), base_url=f"http://{reseller.domain}")
+    assert here.json["roles"] == there.json["roles"] == ["customer"]
+    assert here.json["user"]["id"] == there.json["user"]["id"]
+    assert there.json["marketplace_id"] == str(reseller.id)
+    assert here.json["organisations"][0]["id"] != there.json["organisations"][0]["id"]

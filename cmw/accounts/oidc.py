@@ -310,13 +310,14 @@ def decode(
     return claims
 
 
-def realm_roles(*claim_sets: Mapping[str, Any]) -> set[str]:
-    """Keycloak's ``realm_access.roles`` from any of the claim sets given."""
-    found: set[str] = set()
+def realm_roles(*claim_sets: Mapping[str, Any]) -> set[str] | None:
+    """Keycloak's ``realm_access.roles`` from any of the claim sets given; None when none
+    carries the claim (the client's token has no roles mapper: nothing is known)."""
+    found: set[str] | None = None
     for claims in claim_sets:
         access = claims.get("realm_access")
         if isinstance(access, Mapping) and isinstance(access.get("roles"), list):
-            found.update(str(r) for r in access["roles"])
+            found = (found or set()) | {str(r) for r in access["roles"]}
     return found
 
 
@@ -351,13 +352,13 @@ def link(
     marketplace: Marketplace,
     settings: ProviderSettings,
     claims: Mapping[str, Any],
-    roles: set[str],
+    roles: set[str] | None,
     *,
     signing_in: bool,
 ) -> User:
     """The Mercato user for the provider's user ``claims['sub']``: linked before, else the
     user with the same verified e-mail, else a new one; with their roles here as the
-    provider's realm ``roles`` map them. Flushes, never commits."""
+    provider's realm ``roles`` map them (None: left as they are). Flushes, never commits."""
     subject = str(claims["sub"])
     identity = session.scalar(
         sa.select(ExternalIdentity).where(
@@ -372,10 +373,12 @@ def link(
     user = identity.user
     if not user.is_active:
         raise LinkRefused("this account is disabled")
-    mapped = sorted({settings.roles[name].value for name in roles if name in settings.roles})
-    if mapped != sorted(identity.mapped_roles) or signing_in:
+    if roles is not None:  # a token without realm_access says nothing about roles
+        mapped = sorted({settings.roles[name].value for name in roles if name in settings.roles})
+        # per marketplace: the same realm user may act in several (an inherited provider)
         sync_roles(session, user, marketplace, settings, {Role(r) for r in mapped}, claims)
-        identity.mapped_roles = mapped
+        if mapped != sorted(identity.mapped_roles):
+            identity.mapped_roles = mapped
     if signing_in:
         now = utcnow()
         identity.last_sign_in_at = now
