@@ -455,6 +455,7 @@ def admin_sign_in() -> ResponseReturnValue:
             "audience": own.audience if own else "",
             "roles": "\n".join(f"{k} = {v}" for k, v in (own.roles if own else {}).items()),
             "display_name": own.display_name if own else "Keycloak",
+            "default_country": own.default_country if own else "DE",
             "provision_users": own.provision_users if own else False,
             "introspect": own.introspect if own else False,
         }
@@ -499,6 +500,7 @@ def _save_sign_in(form: SignInSettingsForm, marketplace: Marketplace) -> bool:
             "audience": (form.audience.data or "").strip() or None,
             "roles": roles,
             "display_name": (form.display_name.data or "").strip() or "Keycloak",
+            "default_country": (form.default_country.data or "").strip() or "DE",
             "provision_users": form.provision_users.data,
             "introspect": form.introspect.data,
         }
@@ -506,7 +508,13 @@ def _save_sign_in(form: SignInSettingsForm, marketplace: Marketplace) -> bool:
             form.client_id.errors = [*form.client_id.errors, "the realm's client id is needed"]
             return False
     try:
-        oidc.set_provider(session, marketplace, data, current_app.extensions["mercato.sealer"])
+        oidc.set_provider(
+            session,
+            marketplace,
+            data,
+            current_app.extensions["mercato.sealer"],
+            allow_http_loopback=current_app.config["MERCATO"].env != "production",
+        )
     except oidc.SettingsError as exc:
         target = form._fields.get(exc.field, form.issuer)
         target.errors = [*target.errors, str(exc)]

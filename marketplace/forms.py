@@ -392,5 +392,10 @@ class SignInSettingsForm(FlaskForm):  # type: ignore[misc]
         description="One per line, realm role = Mercato role (customer, vendor, reseller, admin).",
     )
     display_name = StringField("Button label", validators=[Optional(), Length(max=100)])
+    default_country = StringField(
+        "Country of new organisations",
+        validators=[Optional(), Length(min=2, max=2)],
+        description="ISO code, for people the provider signs up without an address.",
+    )
     provision_users = BooleanField("Create Keycloak users on sign-up, disable them with their Mercato user")
     introspect = BooleanField("Ask Keycloak about every API token (introspection)")

@@ -19,6 +19,7 @@ from authlib.integrations.base_client import OAuthError
 from authlib.integrations.flask_client import OAuth
 from flask import Flask, current_app, jsonify, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
+from joserfc.errors import JoseError
 
 from cmw.accounts import oidc
 from cmw.accounts.auth import current_identity, current_marketplace, identity_provider, start_session
@@ -86,32 +87,39 @@ def sso_callback() -> ResponseReturnValue:
     if settings is None:
         return failed("This marketplace has no single sign-on.", 404)
     if "error" in request.args:
-        reason = request.args.get("error_description") or request.args["error"]
-        return failed(f"{settings.display_name} did not sign you in: {reason}")
+        # the provider's own words stay out of the page: they come from the query string
+        code = request.args["error"] if request.args["error"].isidentifier() else "error"
+        return failed(f"{settings.display_name} did not sign you in ({code}).")
     try:
         token = _client(settings).authorize_access_token()
     except OAuthError as exc:
-        # a wrong or missing state, a replayed or expired code, a bad ID token
+        # a wrong or missing state, a replayed or expired code
         current_app.logger.info("single sign-on refused: %s", exc.error)
         return failed(f"The sign-in could not be completed ({exc.error}). Please start again.")
+    except (JoseError, ValueError) as exc:
+        # an ID token with a bad signature, nonce, audience or date
+        current_app.logger.info("single sign-on refused an ID token: %s", type(exc).__name__)
+        return failed("The identity provider's ID token was refused. Please start again.")
+    except OSError as exc:
+        current_app.logger.warning("identity provider %s unreachable: %s", settings.issuer, exc)
+        return failed(f"{settings.display_name} cannot be reached just now; try again in a moment.", 503)
     id_claims: dict[str, Any] = dict(token.get("userinfo") or {})
     try:
-        access_claims = oidc.decode(settings, token["access_token"], check_audience=False)
+        access_claims = oidc.decode(settings, token["access_token"], kind=oidc.RECEIVED)
     except oidc.TokenRejected as exc:
         return failed(f"The identity provider's token was refused: {exc}.")
-    if access_claims.get("sub") != id_claims.get("sub"):
+    if not id_claims.get("sub") or access_claims.get("sub") != id_claims.get("sub"):
         return failed("The identity provider's tokens name different users.")
     db = current_session()
     marketplace = current_marketplace()
+    claims = {**access_claims, **id_claims}
+    roles = oidc.realm_roles(access_claims, id_claims)
     try:
-        user = oidc.link(
-            db,
-            marketplace,
-            settings,
-            {**access_claims, **id_claims},
-            oidc.realm_roles(access_claims, id_claims),
-            signing_in=True,
-        )
+        try:
+            user = oidc.link(db, marketplace, settings, claims, roles, signing_in=True)
+        except sa.exc.IntegrityError:
+            db.rollback()  # a concurrent first sign-in linked the same user: use what it made
+            user = oidc.link(db, marketplace, settings, claims, roles, signing_in=True)
     except oidc.LinkRefused as exc:
         db.rollback()
         return failed(f"You cannot sign in here: {exc}.", 403)
@@ -121,7 +129,7 @@ def sso_callback() -> ResponseReturnValue:
         issuer=settings.issuer,
         subject=str(id_claims["sub"]),
         sid=id_claims.get("sid"),
-        id_token=token.get("id_token", ""),
+        id_token=current_app.extensions["mercato.sealer"].seal(token.get("id_token", "")),
     )
     db.add(record)
     db.flush()
@@ -161,7 +169,7 @@ def provider_logout_url() -> str | None:
         "post_logout_redirect_uri": url_for("pages.home", _external=True),
     }
     if record.id_token:
-        query["id_token_hint"] = record.id_token
+        query["id_token_hint"] = current_app.extensions["mercato.sealer"].open(record.id_token)
     return f"{endpoint}?{urlencode(query)}"
 
 
@@ -173,24 +181,19 @@ def sso_backchannel_logout() -> ResponseReturnValue:
         return _backchannel_error("this marketplace has no identity provider")
     token = request.form.get("logout_token", "")
     try:
-        claims = oidc.decode(
-            settings, token, audience=settings.client_id, require_exp=False, require_sub=False
-        )
+        claims = oidc.decode(settings, token, kind=oidc.LOGOUT)
     except oidc.TokenRejected as exc:
         return _backchannel_error(str(exc))
-    events = claims.get("events")
-    if not isinstance(events, dict) or oidc.BACKCHANNEL_LOGOUT_EVENT not in events or "nonce" in claims:
-        return _backchannel_error("not a logout token")
+    if not oidc.first_use_of_logout(claims):
+        return _backchannel_error("this logout token was used before")
     sid, subject = claims.get("sid"), claims.get("sub")
-    if not sid and not subject:
-        return _backchannel_error("the logout token names neither a session nor a user")
-    which = SsoSession.sid == sid if sid else SsoSession.subject == subject
+    which = [SsoSession.issuer == settings.issuer, SsoSession.ended_at.is_(None)]
+    if sid:
+        which.append(SsoSession.sid == sid)
+    if subject:
+        which.append(SsoSession.subject == subject)
     db = current_session()
-    db.execute(
-        sa.update(SsoSession)
-        .where(SsoSession.issuer == settings.issuer, which, SsoSession.ended_at.is_(None))
-        .values(ended_at=utcnow())
-    )
+    db.execute(sa.update(SsoSession).where(*which).values(ended_at=utcnow()))
     db.commit()
     response = current_app.response_class(status=200)
     response.headers["Cache-Control"] = "no-store"

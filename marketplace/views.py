@@ -28,6 +28,8 @@ from cmw.accounts import service as accounts
 from cmw.accounts.auth import (
     Identity,
     ProviderUnavailable,
+    SignUpRefused,
+    check_sign_up_allowed,
     commit_sign_up,
     current_identity,
     current_marketplace,
@@ -397,7 +399,13 @@ def belongs(identity: Identity, marketplace_id: uuid.UUID, organisation_id: uuid
 
 def _safe_next(target: str | None) -> str:
     """Only same-site relative paths, never an open redirect."""
-    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target  # browsers read /\host as //host
+        and not urlsplit(target).netloc
+    ):
         return target
     return url_for("pages.home")
 
@@ -436,6 +444,11 @@ def sign_out() -> ResponseReturnValue:
 @bp.route("/sign-up", methods=["GET", "POST"])
 def sign_up() -> ResponseReturnValue:
     """A new customer account: the person, their company, the customer role here."""
+    try:
+        check_sign_up_allowed()
+    except SignUpRefused as exc:
+        message = f"{str(exc)[:1].upper()}{str(exc)[1:]}."
+        return render_template("sso_failed.html", heading="Sign up", message=message), 403
     form = SignUpForm()
     status = 200
     if form.validate_on_submit():
@@ -467,6 +480,9 @@ def sign_up() -> ResponseReturnValue:
             except ProviderUnavailable as exc:
                 form.email.errors = [str(exc)]
                 return render_template("sign_up.html", form=form), 503
+            except SignUpRefused as exc:
+                form.email.errors = [str(exc)]
+                return render_template("sign_up.html", form=form), 409
             start_session(user, current_marketplace())
             session.commit()
             return redirect(_safe_next(request.args.get("next")))

@@ -19,6 +19,7 @@ from cmw.accounts.models import ExternalIdentity, IdentityProvider, Role, User
 from cmw.events.consumer import Event
 from cmw.events.models import OutboxEvent
 from cmw.marketplaces.models import Marketplace
+from tests.conftest import PASSWORD
 from tests.oidc_server import CLIENT_ID, CLIENT_SECRET, OidcServer
 from tests.servers import free_port
 from tests.test_accounts import page_csrf, sign_in
@@ -259,3 +260,51 @@ def test_the_admin_page_sets_up_single_sign_on_and_turns_passwords_off(
     assert off.status_code == 302
     sign_in_page = client.get("/sign-in").get_data(as_text=True)
     assert "Sign in with Acme SSO" in sign_in_page and 'type="password"' not in sign_in_page
+
+
+def test_sign_up_with_an_address_the_realm_knows_is_refused_and_links_nothing(
+    app: Flask,
+    client: FlaskClient,
+    db_session: Session,
+    platform_marketplace: Marketplace,
+    oidc_server: OidcServer,
+) -> None:
+    db_session.add(provider(app, platform_marketplace, oidc_server.issuer(), provision_users=True))
+    db_session.flush()
+    victim = oidc_server.add_user(["offline_access"])
+    answer = sign_up(client, victim["email"], password="attacker-chosen-pw")
+    assert answer.status_code == 409
+    assert "knows this e-mail address already" in answer.json["detail"]
+    assert db_session.scalar(sa.select(User).where(User.email == victim["email"])) is None
+    assert oidc_server.user(victim["id"])["roles"] == ["offline_access"]
+
+
+def test_an_issuer_must_be_https_and_a_new_issuer_needs_its_secret(
+    client: FlaskClient, oidc_server: OidcServer, admin_headers: dict[str, str]
+) -> None:
+    url = "/api/v1/admin/sign-in"
+    plain = {"issuer": "http://sso.example.com/realms/acme", "client_id": "c", "client_secret": "s"}
+    answer = client.put(url, json={"identity_provider": plain}, headers=admin_headers)
+    assert answer.status_code == 422 and "https" in answer.json["errors"][0]["message"]
+    body = {"issuer": oidc_server.issuer(), "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    assert client.put(url, json={"identity_provider": body}, headers=admin_headers).status_code == 200
+    # pointing the stored secret at another client (or host) needs the secret again
+    moved = {"issuer": oidc_server.issuer(), "client_id": "another-client"}
+    answer = client.put(url, json={"identity_provider": moved}, headers=admin_headers)
+    assert answer.status_code == 422
+    assert answer.json["errors"][0]["field"] == "identity_provider.client_secret"
+
+
+def test_sign_in_never_sends_the_browser_off_site(
+    client: FlaskClient, make_user: Callable[..., User]
+) -> None:
+    user = make_user()
+    for target in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+        client.post("/sign-out", data={"csrf_token": page_csrf(client, "/sign-in")})
+        answer = client.post(
+            "/sign-in",
+            query_string={"next": target},
+            data={"csrf_token": page_csrf(client, "/sign-in"), "email": user.email, "password": PASSWORD},
+        )
+        assert answer.status_code == 302, target
+        assert answer.headers["Location"] == "/", target

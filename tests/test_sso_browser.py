@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -18,6 +20,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts.models import ExternalIdentity, IdentityProvider, SsoSession, User
+from cmw.accounts.oidc import BACKCHANNEL_LOGOUT_EVENT
 from cmw.marketplaces.models import Marketplace, MarketplaceKind
 from tests.browser import screenshot
 from tests.oidc_server import CLIENT_ID, CLIENT_SECRET, OidcServer
@@ -199,3 +202,63 @@ def test_a_forged_back_channel_logout_is_refused(sso: OidcServer, live_server: s
     )
     assert wrong.status_code == 400
     assert "not a logout token" in wrong.json()["error_description"]
+
+
+def test_logout_tokens_must_be_complete_fresh_for_us_and_used_once(
+    sso: OidcServer, live_server: str, committed_db: sessionmaker[Session]
+) -> None:
+    customer = sso.add_user(["mercato-customer"])
+    http, callback = browser_sign_in(live_server, customer)
+    http.get(callback, timeout=10)
+    assert http.get(f"{live_server}/api/v1/me", timeout=10).status_code == 200
+    url = f"{live_server}/sign-in/sso/backchannel-logout"
+    now = int(time.time())
+    good = {
+        "sub": customer["id"],
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": secrets.token_hex(8),
+        "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+    }
+    refusals = {
+        "needs iat and jti": {**good, "jti": None},
+        "too old": {**good, "iat": now - 3600, "exp": now + 60, "jti": secrets.token_hex(8)},
+        "audience": {**good, "aud": "someone-else", "jti": secrets.token_hex(8)},
+        "no expiry": {**good, "exp": None, "jti": secrets.token_hex(8)},
+    }
+    for reason, claims in refusals.items():
+        answer = requests.post(url, data={"logout_token": sso.sign(claims)}, timeout=10)
+        assert answer.status_code == 400, reason
+        assert reason in answer.json()["error_description"], (reason, answer.json())
+    assert http.get(f"{live_server}/api/v1/me", timeout=10).status_code == 200  # nothing ended yet
+
+    token = sso.sign(good)
+    assert requests.post(url, data={"logout_token": token}, timeout=10).status_code == 200
+    assert http.get(f"{live_server}/api/v1/me", timeout=10).status_code == 401
+    replayed = requests.post(url, data={"logout_token": token}, timeout=10)
+    assert replayed.status_code == 400 and "used before" in replayed.json()["error_description"]
+    # a later session of the same user is not ended by the replay
+    again, callback = browser_sign_in(live_server, customer)
+    again.get(callback, timeout=10)
+    assert again.get(f"{live_server}/api/v1/me", timeout=10).status_code == 200
+
+
+def test_sign_up_is_refused_where_passwords_are_off(
+    sso: OidcServer, live_server: str, committed_db: sessionmaker[Session]
+) -> None:
+    with committed_db() as session:
+        session.execute(sa.update(Marketplace).values(local_sign_in=False))
+        session.commit()
+    body = {
+        "email": "late@example.test",
+        "name": "Late Comer",
+        "password": "a-good-long-password",
+        "organisation": {"name": "Late", "legal_name": "Late Ltd", "country": "IE"},
+    }
+    api = requests.post(f"{live_server}/api/v1/users", json=body, timeout=10)
+    assert api.status_code == 403 and "sign up through Acme Keycloak" in api.json()["detail"]
+    page = requests.get(f"{live_server}/sign-up", timeout=10)
+    assert page.status_code == 403 and "Sign up through Acme Keycloak" in page.text
+    with committed_db() as session:
+        assert session.scalar(sa.select(User).where(User.email == "late@example.test")) is None

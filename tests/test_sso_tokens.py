@@ -4,6 +4,8 @@ keys refreshed when the realm rotates them, users linked and their roles mapped.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 import uuid
@@ -19,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts import oidc
 from cmw.accounts import service as accounts
-from cmw.accounts.models import ExternalIdentity, IdentityProvider, User
+from cmw.accounts.models import ExternalIdentity, IdentityProvider, Role, User
 from cmw.marketplaces.models import Marketplace
 from tests.oidc_server import CLIENT_ID, CLIENT_SECRET, OTHER_CLIENT_ID, OTHER_CLIENT_SECRET, OidcServer
 
@@ -222,3 +224,85 @@ def test_one_realm_user_gets_their_roles_in_each_marketplace_that_uses_the_realm
     assert here.json["user"]["id"] == there.json["user"]["id"]
     assert there.json["marketplace_id"] == str(reseller.id)
     assert here.json["organisations"][0]["id"] != there.json["organisations"][0]["id"]
+
+
+def test_id_logout_and_unsigned_tokens_are_not_access_tokens(client: FlaskClient, realm: OidcServer) -> None:
+    user = realm.add_user(["mercato-customer"])
+    tokens = realm.code_flow(user["username"], user["password"], REDIRECT)
+    answer = client.get("/api/v1/me", headers=bearer(tokens["id_token"]))
+    assert answer.status_code == 401 and "not an access token" in answer.json["detail"]
+    logout = realm.sign(
+        {"sub": user["id"], "aud": CLIENT_ID, "events": {oidc.BACKCHANNEL_LOGOUT_EVENT: {}}, "typ": "Logout"}
+    )
+    assert "not an access token" in client.get("/api/v1/me", headers=bearer(logout)).json["detail"]
+    header, payload, _ = tokens["access_token"].split(".")
+    for alg in ("none", "HS256"):
+        forged_header = base64.urlsafe_b64encode(json.dumps({"alg": alg, "typ": "at+jwt"}).encode()).rstrip(
+            b"="
+        )
+        forged = f"{forged_header.decode()}.{payload}.c2lnbmF0dXJl"
+        refused = client.get("/api/v1/me", headers=bearer(forged))
+        assert refused.status_code == 401 and "algorithm" in refused.json["detail"], alg
+    assert header  # the real one's header named RS256
+
+
+def test_local_grants_survive_and_a_role_given_again_returns_to_its_organisation(
+    client: FlaskClient, realm: OidcServer, make_user: Callable[..., User], db_session: Session
+) -> None:
+    local = make_user(email="mixed@example.test")  # a customer, granted here at sign-up
+    user = realm.add_user(["offline_access"], username="mixed", email_verified=True)
+
+    def roles_with(realm_roles: list[str]) -> dict[str, Any]:
+        token = realm.sign({"sub": user["id"], "aud": CLIENT_ID, "realm_access": {"roles": realm_roles}})
+        answer = client.get("/api/v1/me", headers=bearer(token))
+        assert answer.status_code == 200, answer.json
+        assert answer.json["user"]["id"] == str(local.id)
+        me: dict[str, Any] = answer.json
+        return me
+
+    # the realm gives no customer role: the grant made here stays all the same
+    assert roles_with(["offline_access"])["roles"] == ["customer"]
+    # the realm makes them a vendor, takes it back, gives it again: one vendor organisation
+    first = roles_with(["mercato-vendor"])
+    vendor_orgs = {m["organisation_id"] for m in first["memberships"] if m["role"] == "vendor"}
+    assert len(vendor_orgs) == 1 and sorted(first["roles"]) == ["customer", "vendor"]
+    assert roles_with([])["roles"] == ["customer"]
+    again = roles_with(["mercato-vendor"])
+    assert {m["organisation_id"] for m in again["memberships"] if m["role"] == "vendor"} == vendor_orgs
+
+
+def test_a_partners_own_realm_cannot_sign_in_to_an_existing_account(
+    app: Flask,
+    client: FlaskClient,
+    db_session: Session,
+    realm: OidcServer,
+    make_marketplace: Callable[..., Marketplace],
+    make_user: Callable[..., User],
+) -> None:
+    """A distributor's admin points their marketplace at a realm they control; it asserts
+    the platform admin's (verified) address: no link, no session."""
+    boss = make_user(Role.ADMIN, email="boss@example.test")
+    partner = make_marketplace()
+    db_session.add(
+        IdentityProvider(
+            marketplace_id=partner.id,
+            issuer=realm.issuer(),
+            client_id=CLIENT_ID,
+            client_secret_sealed=app.extensions["mercato.sealer"].seal(CLIENT_SECRET),
+            roles={"mercato-admin": "admin"},
+        )
+    )
+    db_session.flush()
+    impostor = realm.add_user(["mercato-admin"], username="boss", email_verified=True)
+    token = realm.sign({"sub": impostor["id"], "aud": CLIENT_ID})
+    answer = client.get("/api/v1/me", headers=bearer(token), base_url=f"http://{partner.domain}")
+    assert answer.status_code == 401
+    assert "cannot sign in to it" in answer.json["detail"]
+    assert db_session.scalar(sa.select(ExternalIdentity).where(ExternalIdentity.user_id == boss.id)) is None
+    # a new address is fine: the partner's realm makes its own users
+    newcomer = realm.add_user(["mercato-admin"])
+    fresh = realm.sign({"sub": newcomer["id"], "aud": CLIENT_ID})
+    assert (
+        client.get("/api/v1/me", headers=bearer(fresh), base_url=f"http://{partner.domain}").status_code
+        == 200
+    )

@@ -14,6 +14,8 @@ from flask_smorest import Blueprint
 from cmw.accounts import oidc, service
 from cmw.accounts.auth import (
     ProviderUnavailable,
+    SignUpRefused,
+    check_sign_up_allowed,
     commit_sign_up,
     csrf_token,
     current_marketplace,
@@ -209,7 +211,12 @@ class UsersResource(MethodView):
     @blp.arguments(SignUpSchema)
     @blp.response(201, UserDetailSchema)
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Sign up as a customer of this marketplace, with your company's billing details."""
+        """Sign up as a customer of this marketplace, with your company's billing details.
+        403 where passwords are turned off (people sign up through the identity provider)."""
+        try:
+            check_sign_up_allowed()
+        except SignUpRefused as exc:
+            raise ApiError(403, str(exc)) from None
         org = data["organisation"]
         try:
             user, _ = service.sign_up(
@@ -240,6 +247,8 @@ class UsersResource(MethodView):
             commit_sign_up(user, data["password"])
         except ProviderUnavailable as exc:
             raise ApiError(503, str(exc)) from None
+        except SignUpRefused as exc:
+            raise ApiError(409, str(exc), slug="email-taken") from None
         return _user_detail(user)
 
 
@@ -428,7 +437,11 @@ class SignInSettingsResource(MethodView):
         try:
             if "identity_provider" in data:
                 oidc.set_provider(
-                    session, marketplace, data["identity_provider"], current_app.extensions["mercato.sealer"]
+                    session,
+                    marketplace,
+                    data["identity_provider"],
+                    current_app.extensions["mercato.sealer"],
+                    allow_http_loopback=current_app.config["MERCATO"].env != "production",
                 )
         except oidc.SettingsError as exc:
             session.rollback()

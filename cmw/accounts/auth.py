@@ -201,6 +201,18 @@ class ProviderUnavailable(Exception):
     """The marketplace's identity provider could not be reached for a change that needs it."""
 
 
+class SignUpRefused(Exception):
+    """Signing up here is not possible as asked; the message says why and what to do."""
+
+
+def check_sign_up_allowed() -> None:
+    """Sign-up makes a password account: refused where passwords are off (people arrive
+    through the identity provider, whose first sign-in creates their account)."""
+    settings = identity_provider()
+    if not local_sign_in_allowed() and settings is not None:
+        raise SignUpRefused(f"sign up through {settings.display_name}: passwords are turned off here")
+
+
 def commit_sign_up(user: User, password: str) -> None:
     """Commit a new customer's sign-up. Where the marketplace provisions its users at its
     identity provider, they are made there first, with the customer realm role (and
@@ -212,14 +224,18 @@ def commit_sign_up(user: User, password: str) -> None:
         from cmw.accounts import keycloak
 
         try:
-            subject, created = keycloak.provision(session, settings, user, password, {Role.CUSTOMER})
+            made = keycloak.provision(session, settings, user, password, {Role.CUSTOMER})
+        except keycloak.UserExists:
+            session.rollback()
+            raise SignUpRefused(
+                f"{settings.display_name} knows this e-mail address already: sign in with it instead"
+            ) from None
         except oidc.ProviderError as exc:
             session.rollback()
             log.warning("sign-up not provisioned at %s: %s", settings.issuer, exc)
             raise ProviderUnavailable(
                 f"{settings.display_name} cannot be reached; try again shortly"
             ) from None
-        made = subject if created else None
     try:
         session.commit()
     except Exception:

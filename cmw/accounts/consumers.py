@@ -43,7 +43,7 @@ class KeycloakUsers(EventConsumer):
             .limit(1)
         )
         if row is not None:
-            return oidc.from_row(row, self.sealer, "marketplace")
+            return oidc.from_row(row, self.sealer, "marketplace", trusted=False)
         configured = oidc.from_config(self.config)
         if configured is not None and configured.issuer == issuer and configured.provision_users:
             return configured

@@ -48,6 +48,10 @@ def introspect(settings: ProviderSettings, token: str) -> dict[str, Any]:
     return answer
 
 
+class UserExists(Exception):
+    """The realm has a user with that name or e-mail already."""
+
+
 def create_user(
     settings: ProviderSettings,
     *,
@@ -55,10 +59,10 @@ def create_user(
     name: str,
     password: str | None,
     realm_roles: list[str],
-) -> tuple[str, bool]:
-    """The Keycloak user id of a new user with ``realm_roles``, and whether it is new; an
-    existing user with the same user name or e-mail is reused (and given the roles), never
-    given a new password."""
+) -> str:
+    """The Keycloak user id of a new user with ``realm_roles``. A realm user with the same
+    name or e-mail is :class:`UserExists`: never linked to, or given roles for, an
+    account someone else just signed up with."""
     admin = _admin(settings)
     first, _, last = name.partition(" ")
     payload: dict[str, Any] = {
@@ -71,53 +75,38 @@ def create_user(
     }
     if password is not None:
         payload["credentials"] = [{"type": "password", "value": password, "temporary": False}]
-    created = False
     try:
-        existing = admin.get_user_id(email)
-        user_id: str | None = None
-        if existing is None:
-            try:
-                user_id, created = admin.create_user(payload), True
-            except KeycloakPostError as exc:
-                if exc.response_code != 409:  # 409: someone else has that e-mail as their address
-                    raise
-        else:
-            user_id = str(existing)
-        if user_id is None:
-            found = admin.get_users({"email": email, "exact": True})
-            if not found:
-                raise ProviderError(f"Keycloak refused {email} and has no user with that e-mail")
-            user_id = str(found[0]["id"])
+        if admin.get_user_id(email) is not None:
+            raise UserExists(email)
+        try:
+            user_id = str(admin.create_user(payload))
+        except KeycloakPostError as exc:
+            if exc.response_code == 409:  # someone else has that e-mail as their address
+                raise UserExists(email) from None
+            raise
         if realm_roles:
             roles = [admin.get_realm_role(role) for role in realm_roles]
             admin.assign_realm_roles(user_id=user_id, roles=roles)
     except (KeycloakError, OSError, ValueError) as exc:
         raise ProviderError(f"creating the Keycloak user failed: {exc}") from None
-    return str(user_id), created
+    return user_id
 
 
 def provision(
     session: Session, settings: ProviderSettings, user: User, password: str | None, roles: set[Role]
-) -> tuple[str, bool]:
+) -> str:
     """Make ``user`` at the provider with the realm roles of ``roles`` and link them;
-    returns the provider's user id and whether it was created (to undo on a failed commit)."""
-    subject, created = create_user(
+    returns the provider's user id (to remove it again should the commit fail)."""
+    subject = create_user(
         settings,
         email=user.email,
         name=user.name,
         password=password,
         realm_roles=settings.realm_roles_for(roles),
     )
-    session.add(
-        ExternalIdentity(
-            user_id=user.id,
-            issuer=settings.issuer,
-            subject=subject,
-            mapped_roles=sorted(r.value for r in roles),
-        )
-    )
+    session.add(ExternalIdentity(user_id=user.id, issuer=settings.issuer, subject=subject, organisations={}))
     session.flush()
-    return subject, created
+    return subject
 
 
 def delete_user(settings: ProviderSettings, user_id: str) -> None:

@@ -132,6 +132,9 @@ class Membership(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     )
     #: customer, vendor, reseller or admin
     role: Mapped[Role] = mapped_column(str_enum(Role, "role"))
+    #: the identity provider (issuer) whose realm role gave this grant; it may take back
+    #: only these. NULL: granted here, by an admin or at sign-up
+    granted_by: Mapped[str | None] = mapped_column(sa.String(500))
 
     user: Mapped[User] = relationship(back_populates="memberships")
     marketplace: Mapped[Marketplace] = relationship()
@@ -217,8 +220,9 @@ class ExternalIdentity(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[na
     issuer: Mapped[str] = mapped_column(sa.String(500))
     #: the provider's ``sub`` (Keycloak's user id)
     subject: Mapped[str] = mapped_column(sa.String(255))
-    #: the realm roles the provider last said the user holds, as mapped (for change detection)
-    mapped_roles: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    #: the organisations the provider's role grants made for the user, "<marketplace id>:<role>"
+    #: -> organisation id, so a role taken back and given again returns to the same one
+    organisations: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
     last_sign_in_at: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship()
@@ -237,6 +241,6 @@ class SsoSession(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     subject: Mapped[str] = mapped_column(sa.String(255))
     #: the provider's session id (the ID token's ``sid``)
     sid: Mapped[str | None] = mapped_column(sa.String(255))
-    #: the ID token, sent back as ``id_token_hint`` when signing out
+    #: the ID token (sealed), sent back as ``id_token_hint`` when signing out
     id_token: Mapped[str] = mapped_column(sa.Text)
     ended_at: Mapped[dt.datetime | None]

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import sqlalchemy as sa
@@ -41,7 +42,7 @@ from cmw.accounts.models import (
 from cmw.config import Config
 from cmw.crypto import Sealer
 from cmw.db import utcnow
-from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.models import Marketplace, MarketplaceKind
 from cmw.marketplaces.service import ancestors
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ class ProviderSettings:
     default_country: str = "DE"
     #: "marketplace", "inherited" or "settings"
     source: str = "settings"
+    #: set up by the platform's operators (settings, or the platform marketplace's admins):
+    #: only such a provider may link its users to existing Mercato users by e-mail. A
+    #: partner's admin could point their marketplace at a realm they control and assert
+    #: anyone's address.
+    trusted: bool = True
 
     @property
     def server_url(self) -> str:
@@ -144,7 +150,7 @@ def from_config(config: Config) -> ProviderSettings | None:
     )
 
 
-def from_row(row: IdentityProvider, sealer: Sealer, source: str) -> ProviderSettings:
+def from_row(row: IdentityProvider, sealer: Sealer, source: str, *, trusted: bool) -> ProviderSettings:
     return ProviderSettings(
         key=f"marketplace-{row.marketplace_id}",
         issuer=row.issuer.rstrip("/"),
@@ -157,6 +163,7 @@ def from_row(row: IdentityProvider, sealer: Sealer, source: str) -> ProviderSett
         introspect=row.introspect,
         default_country=row.default_country,
         source=source,
+        trusted=trusted,
     )
 
 
@@ -173,7 +180,8 @@ def provider_for(
     }
     for depth, m in enumerate(chain):
         if m.id in rows:
-            return from_row(rows[m.id], sealer, "marketplace" if depth == 0 else "inherited")
+            source = "marketplace" if depth == 0 else "inherited"
+            return from_row(rows[m.id], sealer, source, trusted=m.kind is MarketplaceKind.PLATFORM)
     return from_config(config)
 
 
@@ -200,10 +208,12 @@ class KeyCache:
         if found is not None:
             return found
         document = _get_json(settings.metadata_url)
-        if document.get("issuer", "").rstrip("/") != settings.issuer:
-            raise ProviderError(
-                f"the discovery document at {settings.metadata_url} names issuer {document.get('issuer')!r}"
-            )
+        if str(document.get("issuer", "")).rstrip("/") != settings.issuer:
+            raise ProviderError(f"the discovery document at {settings.metadata_url} names another issuer")
+        jwks = urlsplit(str(document.get("jwks_uri", "")))
+        own = urlsplit(settings.issuer)
+        if (jwks.scheme, jwks.netloc) != (own.scheme, own.netloc):
+            raise ProviderError("the realm's keys (jwks_uri) are not served by the realm's own host")
         with self._lock:
             self._metadata[settings.issuer] = document
         return document
@@ -256,20 +266,27 @@ def _get_json(url: str) -> dict[str, Any]:
 keys = KeyCache()
 
 
+#: what a token is for; a token of one kind is never accepted as another
+ACCESS, LOGOUT, RECEIVED = "access", "logout", "received"
+#: a logout token older than this is refused (it could only be a replay)
+LOGOUT_MAX_AGE = 600
+
+
 def decode(
     settings: ProviderSettings,
     token: str,
     *,
+    kind: str = ACCESS,
     audience: str | None = None,
-    check_audience: bool = True,
-    require_exp: bool = True,
-    require_sub: bool = True,
 ) -> dict[str, Any]:
-    """The claims of ``token`` if the provider signed it for ``audience`` (default: the
-    settings' API audience) and it is in date; else :class:`TokenRejected` saying why.
+    """The claims of ``token`` if the provider signed it, for ``audience``, as a token of
+    ``kind``, and it is in date; else :class:`TokenRejected` saying why.
 
-    ``check_audience=False`` only for a token this process just received from the
-    provider's token endpoint itself (Keycloak addresses those to "account")."""
+    ``ACCESS``: an API access token (Keycloak's ``typ: Bearer`` or an ``at+jwt``), never an
+    ID or logout token, for the settings' API audience. ``LOGOUT``: a back-channel logout
+    token for the client. ``RECEIVED``: an access token this process has just received
+    from the provider's token endpoint itself, whatever its audience (Keycloak addresses
+    those to "account")."""
     try:
         header = jws.extract_compact(token.encode()).headers()
     except (JoseError, ValueError, UnicodeError):
@@ -286,28 +303,69 @@ def decode(
         raise TokenRejected("token signed with a key the identity provider does not publish")
     try:
         decoded = jwt.decode(token, key_set, algorithms=ALGORITHMS)
-    except JoseError:
+    except (JoseError, ValueError):
         raise TokenRejected("bad signature") from None
     claims = dict(decoded.claims)
     if str(claims.get("iss", "")).rstrip("/") != settings.issuer:
         raise TokenRejected("token from another issuer")
-    wanted = audience or settings.audience
-    aud = claims.get("aud")
-    audiences = aud if isinstance(aud, list) else [aud]
-    if check_audience and wanted not in audiences:
-        raise TokenRejected(f"token not meant for this service (audience {wanted!r} missing)")
+    if kind == LOGOUT:
+        _check_logout(claims)
+    elif "nonce" in claims or "events" in claims or not _is_access_token(header, claims):
+        raise TokenRejected("not an access token")
+    if kind != RECEIVED:
+        wanted = audience or (settings.client_id if kind == LOGOUT else settings.audience)
+        aud = claims.get("aud")
+        if wanted not in (aud if isinstance(aud, list) else [aud]):
+            raise TokenRejected(f"token not meant for this service (audience {wanted!r} missing)")
     now = time.time()
     exp = claims.get("exp")
-    if exp is None and require_exp:
+    if not isinstance(exp, int | float):
         raise TokenRejected("token has no expiry")
-    if exp is not None and (not isinstance(exp, int | float) or now > exp + LEEWAY):
+    if now > exp + LEEWAY:
         raise TokenRejected("token expired")
     nbf = claims.get("nbf")
     if isinstance(nbf, int | float) and now + LEEWAY < nbf:
         raise TokenRejected("token not valid yet")
-    if require_sub and not claims.get("sub"):
+    if kind != LOGOUT and not claims.get("sub"):
         raise TokenRejected("token names no subject")
     return claims
+
+
+def _is_access_token(header: Mapping[str, Any], claims: Mapping[str, Any]) -> bool:
+    """Keycloak marks its access tokens ``typ: Bearer`` (ID tokens ``ID``, logout tokens
+    ``Logout``); RFC 9068 marks them with the ``at+jwt`` header type."""
+    typ = str(header.get("typ", "")).lower()
+    return claims.get("typ") == "Bearer" or typ in ("at+jwt", "application/at+jwt")
+
+
+def _check_logout(claims: Mapping[str, Any]) -> None:
+    """OpenID Connect Back-Channel Logout 1.0, 2.6: what a logout token must carry."""
+    events = claims.get("events")
+    if not isinstance(events, Mapping) or BACKCHANNEL_LOGOUT_EVENT not in events or "nonce" in claims:
+        raise TokenRejected("not a logout token")
+    if claims.get("typ") not in (None, "Logout"):
+        raise TokenRejected("not a logout token")
+    iat = claims.get("iat")
+    if not isinstance(iat, int | float) or not claims.get("jti"):
+        raise TokenRejected("a logout token needs iat and jti")
+    if time.time() - iat > LOGOUT_MAX_AGE + LEEWAY:
+        raise TokenRejected("logout token too old")
+    if not claims.get("sid") and not claims.get("sub"):
+        raise TokenRejected("the logout token names neither a session nor a user")
+
+
+_seen_logouts: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=LOGOUT_MAX_AGE + 2 * LEEWAY)
+_seen_logouts_lock = threading.Lock()
+
+
+def first_use_of_logout(claims: Mapping[str, Any]) -> bool:
+    """False for a logout token (by issuer and jti) this process has seen already."""
+    key = f"{claims.get('iss')} {claims.get('jti')}"
+    with _seen_logouts_lock:
+        if key in _seen_logouts:
+            return False
+        _seen_logouts[key] = True
+        return True
 
 
 def realm_roles(*claim_sets: Mapping[str, Any]) -> set[str] | None:
@@ -356,29 +414,30 @@ def link(
     *,
     signing_in: bool,
 ) -> User:
-    """The Mercato user for the provider's user ``claims['sub']``: linked before, else the
-    user with the same verified e-mail, else a new one; with their roles here as the
-    provider's realm ``roles`` map them (None: left as they are). Flushes, never commits."""
+    """The Mercato user for the provider's user ``claims['sub']``: linked before, else (a
+    trusted provider only) the user with the same verified e-mail, else a new one; with
+    their roles here as the provider's realm ``roles`` map them (None: left as they are).
+    Flushes, never commits; a concurrent first link fails on the unique link (retry)."""
     subject = str(claims["sub"])
     identity = session.scalar(
-        sa.select(ExternalIdentity).where(
-            ExternalIdentity.issuer == settings.issuer, ExternalIdentity.subject == subject
-        )
+        sa.select(ExternalIdentity)
+        .where(ExternalIdentity.issuer == settings.issuer, ExternalIdentity.subject == subject)
+        .with_for_update()  # one role change at a time per provider user
     )
     if identity is None:
-        user = _user_for(session, claims)
-        identity = ExternalIdentity(user_id=user.id, issuer=settings.issuer, subject=subject, mapped_roles=[])
+        user = _user_for(session, settings, claims)
+        identity = ExternalIdentity(
+            user_id=user.id, issuer=settings.issuer, subject=subject, organisations={}
+        )
         session.add(identity)
         session.flush()
     user = identity.user
     if not user.is_active:
         raise LinkRefused("this account is disabled")
     if roles is not None:  # a token without realm_access says nothing about roles
-        mapped = sorted({settings.roles[name].value for name in roles if name in settings.roles})
+        wanted = {settings.roles[name] for name in roles if name in settings.roles}
         # per marketplace: the same realm user may act in several (an inherited provider)
-        sync_roles(session, user, marketplace, settings, {Role(r) for r in mapped}, claims)
-        if mapped != sorted(identity.mapped_roles):
-            identity.mapped_roles = mapped
+        sync_roles(session, identity, marketplace, settings, wanted, claims)
     if signing_in:
         now = utcnow()
         identity.last_sign_in_at = now
@@ -387,13 +446,18 @@ def link(
     return user
 
 
-def _user_for(session: Session, claims: Mapping[str, Any]) -> User:
+def _user_for(session: Session, settings: ProviderSettings, claims: Mapping[str, Any]) -> User:
     email = claims.get("email")
     if not isinstance(email, str) or "@" not in email:
         raise LinkRefused("the identity provider gave no e-mail address for this user")
     verified = claims.get("email_verified") is True
     existing = service.find_user(session, email)
     if existing is not None:
+        if not settings.trusted:
+            raise LinkRefused(
+                "an account with this e-mail address exists already; this marketplace's identity "
+                "provider cannot sign in to it"
+            )
         if not verified:
             raise LinkRefused(
                 "an account with this e-mail address exists, and the identity provider has not "
@@ -417,15 +481,16 @@ def _user_for(session: Session, claims: Mapping[str, Any]) -> User:
 
 def sync_roles(
     session: Session,
-    user: User,
+    identity: ExternalIdentity,
     marketplace: Marketplace,
     settings: ProviderSettings,
     wanted: set[Role],
     claims: Mapping[str, Any],
 ) -> None:
-    """Grant the mapped roles the user lacks here and take back mapped roles the provider
-    no longer gives; roles no realm role maps to are left as they are."""
-    governed = set(settings.roles.values())
+    """Grant the mapped roles the user lacks here, and take back the grants this provider
+    made whose realm role is gone. Grants made here (by an admin, at sign-up) stay; a role
+    given again returns to the organisation the provider's first grant made."""
+    user = identity.user
     held = list(
         session.scalars(
             sa.select(Membership).where(
@@ -434,40 +499,50 @@ def sync_roles(
         )
     )
     for membership in held:
-        if membership.role in governed and membership.role not in wanted:
+        if membership.granted_by == settings.issuer and membership.role not in wanted:
             session.delete(membership)
     held_roles = {m.role for m in held}
     for role in sorted(wanted - held_roles):
-        if role is Role.ADMIN:
-            service.grant(session, user, marketplace, role)
-            continue
-        organisation = _organisation_for(session, user, marketplace, settings, role, claims)
-        service.grant(session, user, marketplace, role, organisation)
+        organisation = None
+        if role is not Role.ADMIN:
+            organisation = _organisation_for(session, identity, marketplace, settings, role, claims)
+        membership = service.grant(session, user, marketplace, role, organisation)
+        membership.granted_by = settings.issuer
     session.flush()
 
 
 def _organisation_for(
     session: Session,
-    user: User,
+    identity: ExternalIdentity,
     marketplace: Marketplace,
     settings: ProviderSettings,
     role: Role,
     claims: Mapping[str, Any],
 ) -> Organisation:
+    """The organisation the user acts for in ``role``: the one an earlier grant made, else
+    a new one named after the ``organization`` claim (or the user)."""
+    key = f"{marketplace.id}:{role.value}"
+    known = identity.organisations.get(key)
+    if known is not None:
+        found = session.get(Organisation, uuid.UUID(known))
+        if found is not None and found.marketplace_id == marketplace.id:
+            return found
     company = claims.get("organization") or claims.get("company")
-    name = str(company or user.name)[:200]
+    name = str(company or identity.user.name)[:200]
     country = settings.default_country
     address = claims.get("address")
     claimed = address.get("country") if isinstance(address, Mapping) else None
     if isinstance(claimed, str) and len(claimed) == 2:
         country = claimed.upper()
-    return service.create_organisation(
+    organisation = service.create_organisation(
         session,
         marketplace,
         kind=ORGANISATION_KINDS[role],
         name=name,
         billing=service.BillingDetails(legal_name=name, country=country),
     )
+    identity.organisations = {**identity.organisations, key: str(organisation.id)}
+    return organisation
 
 
 # ---------------------------------------------------------------------- administration
@@ -497,10 +572,18 @@ def describe(settings: ProviderSettings | None) -> dict[str, Any] | None:
 
 
 def set_provider(
-    session: Session, marketplace: Marketplace, data: Mapping[str, Any] | None, sealer: Sealer
+    session: Session,
+    marketplace: Marketplace,
+    data: Mapping[str, Any] | None,
+    sealer: Sealer,
+    *,
+    allow_http_loopback: bool = False,
 ) -> None:
     """Give the marketplace its own provider (``data``), or remove it (None: it then uses
-    its parent's, or the platform settings'). The realm's discovery document must answer."""
+    its parent's, or the platform settings'). The realm's discovery document must answer.
+    Only https issuers (plain http on loopback where ``allow_http_loopback``, for
+    development); the client secret must be given again whenever the issuer or client
+    changes, so a stored secret is never sent to a new host."""
     row = session.get(IdentityProvider, marketplace.id)
     if data is None:
         if row is not None:
@@ -508,7 +591,11 @@ def set_provider(
             session.flush()
         return
     issuer = str(data["issuer"]).rstrip("/")
-    if "/realms/" not in issuer:
+    parts = urlsplit(issuer)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback and allow_http_loopback):
+        raise SettingsError("issuer", "use an https:// issuer URL")
+    if "/realms/" not in parts.path:
         raise SettingsError("issuer", "a Keycloak realm's issuer looks like https://host/realms/<realm>")
     roles: dict[str, str] = {}
     for name, role in (data.get("roles") or {}).items():
@@ -517,14 +604,15 @@ def set_provider(
         except ValueError as exc:
             raise SettingsError("roles", str(exc)) from None
     secret = data.get("client_secret")
-    if row is None and not secret:
-        raise SettingsError("client_secret", "required for a new identity provider")
+    same_client = row is not None and row.issuer == issuer and row.client_id == str(data["client_id"])
+    if not secret and not same_client:
+        raise SettingsError("client_secret", "required for a new identity provider, issuer or client")
     try:
         document = _get_json(issuer + "/.well-known/openid-configuration")
-    except ProviderError as exc:
-        raise SettingsError("issuer", f"its discovery document could not be read: {exc}") from None
+    except ProviderError:
+        raise SettingsError("issuer", "its discovery document could not be read") from None
     if str(document.get("issuer", "")).rstrip("/") != issuer:
-        raise SettingsError("issuer", f"the realm calls itself {document.get('issuer')!r}")
+        raise SettingsError("issuer", "the realm's discovery document names another issuer")
     if row is None:
         row = IdentityProvider(marketplace_id=marketplace.id)
         session.add(row)
