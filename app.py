@@ -32,6 +32,7 @@ from cmw.db import check_liveness_on_checkout, configure_sqlite
 from cmw.extensions import csrf, db, migrate
 from cmw.health import bp as health_bp
 from cmw.mail import mailer_for
+from cmw.marketplaces.prefix import MarketplacePrefix
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
 from cmw.usage.cloud import CloudStackEvents
@@ -68,6 +69,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
         static_folder=str(ROOT / "marketplace" / "static"),
     )
     configure(app, config)
+    app.wsgi_app = MarketplacePrefix(app.wsgi_app)  # type: ignore[method-assign]
     register_extensions(app)
     register_blueprints(app)
     register_commands(app)

@@ -42,6 +42,7 @@ from cmw.accounts.auth import (
 from cmw.accounts.models import Organisation, Role
 from cmw.api.pagination import PageArgs, paginate
 from cmw.assets.api import storage
+from cmw.assets.service import image_view
 from cmw.catalog import cache, presenters, reviews, search
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Category, Product, ProductVersion, Review
@@ -79,7 +80,16 @@ def branding() -> dict[str, Any]:
         "marketplace": marketplace_or_none(),
         "identity": current_identity(),
         "sign_out_form": SignOutForm(),
+        "marketplace_logo": _marketplace_logo,
     }
+
+
+def _marketplace_logo() -> dict[str, Any] | None:
+    """The marketplace's logo for the page header (a query only when it has one)."""
+    marketplace = marketplace_or_none()
+    if marketplace is None or marketplace.logo_image_id is None:
+        return None
+    return image_view(storage(), marketplace.logo)
 
 
 @bp.app_template_global()

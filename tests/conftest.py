@@ -169,13 +169,30 @@ def committed_db(app: Flask) -> Iterator[sessionmaker[Session]]:
 
 
 def truncate(engine: sa.Engine) -> None:
-    """Empty every table but the reference rows migrations created."""
+    """Empty every table but the reference rows migrations created (the platform
+    marketplace, categories, the catalog state): they are kept aside, everything is
+    truncated (a marketplace's logo is an image, which belongs to a marketplace: the
+    cascade reaches every table), and they are put back."""
     with engine.begin() as conn:
         # A session a test left open would block this for ever: fail fast and say so.
         conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
-        tables = [t.name for t in reversed(db.metadata.sorted_tables) if t.name not in SEEDED_TABLES]
+        marketplaces = db.metadata.tables["marketplaces"]
+        kept = {
+            name: [dict(row) for row in conn.execute(sa.select(db.metadata.tables[name])).mappings()]
+            for name in sorted(SEEDED_TABLES - {"marketplaces"})
+        }
+        platform_rows = [
+            {**row, "logo_image_id": None}
+            for row in conn.execute(
+                sa.select(marketplaces).where(marketplaces.c.kind == MarketplaceKind.PLATFORM.value)
+            ).mappings()
+        ]
+        tables = [t.name for t in reversed(db.metadata.sorted_tables)]
         conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} CASCADE"))
-        conn.execute(sa.text("DELETE FROM marketplaces WHERE kind <> 'platform'"))
+        conn.execute(marketplaces.insert(), platform_rows)
+        for name, rows in kept.items():
+            if rows:
+                conn.execute(db.metadata.tables[name].insert(), rows)
 
 
 @pytest.fixture(autouse=True)

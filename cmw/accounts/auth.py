@@ -28,7 +28,8 @@ from cmw.api.errors import ApiError, invalid
 from cmw.db import utcnow
 from cmw.extensions import csrf, current_session, db, read_in_autocommit
 from cmw.marketplaces.models import Marketplace
-from cmw.marketplaces.service import by_host
+from cmw.marketplaces.prefix import ENVIRON_KEY as PREFIX_KEY
+from cmw.marketplaces.service import by_host, by_slug
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -103,7 +104,7 @@ def load_identity() -> None:
     provider_token = credentials.count(".") == 2 and not credentials.startswith(service.TOKEN_PREFIX)
     if request.method in SAFE_METHODS and not provider_token:  # they only read
         read_in_autocommit(current_session())
-    g.marketplace = by_host(current_session(), request.host)
+    g.marketplace = _marketplace()
     if header is not None:
         if scheme.lower() != "bearer" or not credentials:
             raise _unauthenticated("use 'Authorization: Bearer <token>'")
@@ -135,6 +136,17 @@ def load_identity() -> None:
             session.clear()
     if request.method not in SAFE_METHODS and _needs_csrf():
         csrf.protect()
+
+
+def _marketplace() -> Marketplace:
+    """The marketplace of the ``/m/<slug>`` path prefix (development), else of the host."""
+    slug = request.environ.get(PREFIX_KEY)
+    if slug is not None:
+        found = by_slug(current_session(), slug)
+        if found is None:
+            raise ApiError(404, f"no marketplace is called {slug!r}")
+        return found
+    return by_host(current_session(), request.host)
 
 
 def record_token_use(response: Response) -> Response:

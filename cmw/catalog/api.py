@@ -306,7 +306,8 @@ def _vendor_action(name: str, summary: str) -> type[MethodView]:
     return VendorAction
 
 
-def _upload(files: dict[str, Any]) -> Image:
+def upload_image(files: dict[str, Any]) -> Image:
+    """The uploaded image (multipart field ``file``) stored with its renditions; 422 if it is not one."""
     upload = files["file"]
     data = upload.read(MAX_UPLOAD + 1)
     identity = require_identity()
@@ -336,7 +337,7 @@ class VendorProductLogo(MethodView):
     def put(self, files: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
         """Upload the logo (PNG, JPEG or WebP): renditions and its background colour are made."""
         product = _own_product(product_id)
-        image = _upload(files)
+        image = upload_image(files)
         _run(service.set_logo, product, image)
         current_session().commit()
         return _product_view(product)
@@ -350,7 +351,7 @@ class VendorProductScreenshots(MethodView):
     def post(self, files: dict[str, Any], product_id: uuid.UUID) -> dict[str, Any]:
         """Add a screenshot (at most 10)."""
         product = _own_product(product_id)
-        image = _upload(files)
+        image = upload_image(files)
         _run(service.add_screenshot, product, image)
         current_session().commit()
         return _product_view(product)

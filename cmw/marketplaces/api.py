@@ -8,12 +8,17 @@ import sqlalchemy as sa
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from cmw.accounts import service as accounts
 from cmw.accounts.auth import current_marketplace, roles_required
 from cmw.accounts.models import Role
+from cmw.api.errors import invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.catalog.api import upload_image
+from cmw.catalog.schemas import UploadSchema
 from cmw.extensions import current_session
+from cmw.marketplaces import service
 from cmw.marketplaces.models import Marketplace
-from cmw.marketplaces.schemas import MarketplaceSchema
+from cmw.marketplaces.schemas import BrandingSchema, MarketplaceCreateSchema, MarketplaceSchema
 
 blp = Blueprint("marketplaces", __name__, url_prefix="/api/v1", description="Marketplaces (tenants)")
 
@@ -24,6 +29,48 @@ class CurrentMarketplace(MethodView):
     def get(self) -> Marketplace:
         """The marketplace this request is served by, with its branding."""
         return current_marketplace()
+
+    @blp.arguments(BrandingSchema)
+    @blp.response(200, MarketplaceSchema)
+    @roles_required(Role.ADMIN)
+    def patch(self, data: dict[str, Any]) -> Marketplace:
+        """Change this marketplace's branding: name, host name, texts, colours (checked for
+        contrast), support contact, e-mail sender name. The storefront shows the change on
+        its next page load."""
+        session = current_session()
+        marketplace = current_marketplace()
+        try:
+            service.update_branding(session, marketplace, data)
+            session.commit()
+        except service.MarketplaceError as exc:
+            session.rollback()
+            raise invalid(exc.field, str(exc)) from None
+        except sa.exc.IntegrityError:
+            session.rollback()
+            raise invalid("domain", "the host name is taken by another marketplace") from None
+        return marketplace
+
+
+@blp.route("/marketplace/logo")
+class CurrentMarketplaceLogo(MethodView):
+    @blp.arguments(UploadSchema, location="files")
+    @blp.response(200, MarketplaceSchema)
+    @roles_required(Role.ADMIN)
+    def put(self, files: dict[str, Any]) -> Marketplace:
+        """Upload the marketplace's logo (PNG, JPEG or WebP): its renditions and the
+        background colour it reads well on are made, and every page shows it."""
+        image = upload_image(files)
+        marketplace = current_marketplace()
+        marketplace.logo_image_id = image.id
+        current_session().commit()
+        return marketplace
+
+    @blp.response(204)
+    @roles_required(Role.ADMIN)
+    def delete(self) -> None:
+        """Remove the logo: pages show the marketplace's name alone."""
+        current_marketplace().logo_image_id = None
+        current_session().commit()
 
 
 @blp.route("/marketplaces")
@@ -40,3 +87,30 @@ class Marketplaces(MethodView):
             sa.select(Marketplace).where(Marketplace.id.in_(sa.select(tree.c.id))).order_by(Marketplace.slug)
         )
         return paginate(current_session(), stmt, args["page"], args["per_page"])
+
+    @blp.arguments(MarketplaceCreateSchema)
+    @blp.response(201, MarketplaceSchema)
+    @roles_required(Role.ADMIN)
+    def post(self, data: dict[str, Any]) -> Marketplace:
+        """A marketplace under this one: a distributor under the platform, a reseller under
+        a distributor. Admins of this marketplace administer it too; ``admins`` names more."""
+        session = current_session()
+        admins = data.pop("admins")
+        users = []
+        for index, email in enumerate(admins):
+            user = accounts.find_user(session, email)
+            if user is None:
+                raise invalid(f"admins.{index}", f"no user has the address {email}; they sign up first")
+            users.append(user)
+        try:
+            child = service.create_child(session, current_marketplace(), data)
+            for user in users:
+                accounts.grant(session, user, child, Role.ADMIN)
+            session.commit()
+        except service.MarketplaceError as exc:
+            session.rollback()
+            raise invalid(exc.field, str(exc)) from None
+        except sa.exc.IntegrityError:
+            session.rollback()
+            raise invalid("slug", "the short name or host name is taken") from None
+        return child

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import enum
 import uuid
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from cmw.db import Timestamps, UUIDPrimaryKey, str_enum
 from cmw.extensions import db
+
+if TYPE_CHECKING:
+    from cmw.assets.models import Image
 
 
 class MarketplaceKind(enum.StrEnum):
@@ -87,7 +91,15 @@ class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-de
     #: marketplace's identity provider)
     local_sign_in: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
+    #: the marketplace's logo (an uploaded image, shown on its computed background colour)
+    logo_image_id: Mapped[uuid.UUID | None] = mapped_column(
+        # images belong to a marketplace too: the cycle is broken for CREATE TABLE
+        sa.ForeignKey("images.id", ondelete="SET NULL", use_alter=True)
+    )
+
     parent: Mapped[Marketplace | None] = relationship(remote_side="Marketplace.id")
+    #: loaded when a page shows it, not with every request's marketplace
+    logo: Mapped[Image | None] = relationship(lazy="select", foreign_keys=[logo_image_id])
 
     #: the catalog generation (:class:`CatalogState`), read with the marketplace at no extra
     #: round trip: every request loads its marketplace anyway

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from typing import Any
 
-from cmw.marketplaces.models import MarketplaceKind
+from marshmallow import Schema, fields, validate
+
+from cmw.assets.api import storage
+from cmw.assets.service import image_view
+from cmw.marketplaces.models import Marketplace, MarketplaceKind
 
 
 class MarketplaceSchema(Schema):
@@ -19,3 +23,51 @@ class MarketplaceSchema(Schema):
     accent_colour = fields.String()
     support_email = fields.String(allow_none=True)
     legal_footer = fields.String()
+    email_sender_name = fields.String(allow_none=True)
+    logo = fields.Method(
+        "logo_view",
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "the logo's renditions and the background colour it reads well on"},
+    )
+
+    def logo_view(self, marketplace: Marketplace) -> dict[str, Any] | None:
+        return image_view(storage(), marketplace.logo)
+
+
+class BrandingSchema(Schema):
+    """What a marketplace's admins change about how it looks and whom it names."""
+
+    name = fields.String(validate=validate.Length(min=1, max=120))
+    domain = fields.String(
+        allow_none=True,
+        validate=validate.Length(max=253),
+        metadata={
+            "description": "the host name customers reach it by; unique",
+            "example": "shop.example.com",
+        },
+    )
+    description = fields.String(validate=validate.Length(max=5000))
+    primary_colour = fields.String(
+        metadata={"description": "#rrggbb; white text on it needs a contrast of 4.5:1", "example": "#1f4e79"}
+    )
+    accent_colour = fields.String(
+        metadata={"description": "#rrggbb; black text on it needs a contrast of 4.5:1", "example": "#e07a1f"}
+    )
+    support_email = fields.Email(allow_none=True)
+    legal_footer = fields.String(validate=validate.Length(max=5000))
+    email_sender_name = fields.String(allow_none=True, validate=validate.Length(max=120))
+
+
+class MarketplaceCreateSchema(BrandingSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=120))
+    slug = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=63),
+        metadata={"description": "its short name, in the development path prefix /m/<slug>"},
+    )
+    admins = fields.List(
+        fields.Email(),
+        load_default=list,
+        metadata={"description": "e-mail addresses of existing users to make its admins"},
+    )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from cassetto.colour import contrast_ratio
 from cmw.marketplaces.models import Marketplace, MarketplaceKind
 
 
@@ -57,3 +60,121 @@ def ancestors(session: Session, marketplace: Marketplace) -> list[Marketplace]:
 
 def ancestor_ids(session: Session, marketplace: Marketplace) -> list[uuid.UUID]:
     return [m.id for m in ancestors(session, marketplace)]
+
+
+def by_slug(session: Session, slug: str) -> Marketplace | None:
+    """The active marketplace with ``slug`` (the development path prefix ``/m/<slug>``)."""
+    found: Marketplace | None = session.scalar(
+        sa.select(Marketplace).where(Marketplace.slug == slug, Marketplace.is_active.is_(True))
+    )
+    return found
+
+
+# ------------------------------------------------------------------ the tree and branding
+#: the kind of marketplace each kind may have under it
+CHILD_KIND: dict[MarketplaceKind, MarketplaceKind] = {
+    MarketplaceKind.PLATFORM: MarketplaceKind.DISTRIBUTOR,
+    MarketplaceKind.DISTRIBUTOR: MarketplaceKind.RESELLER,
+}
+#: WCAG AA for normal text: the header's white text on the primary colour (and the primary
+#: colour as text on white), the buttons' black text on the accent colour
+MIN_CONTRAST = 4.5
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+BRANDING_FIELDS = (
+    "name",
+    "domain",
+    "description",
+    "primary_colour",
+    "accent_colour",
+    "support_email",
+    "legal_footer",
+    "email_sender_name",
+)
+
+
+class MarketplaceError(ValueError):
+    """Invalid marketplace details; ``field`` names what was wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_colours(primary: str, accent: str) -> None:
+    for field, value in (("primary_colour", primary), ("accent_colour", accent)):
+        if not COLOUR.match(value or ""):
+            raise MarketplaceError(field, f"{value!r} is not a colour like #1f4e79")
+    ratio = contrast_ratio(primary, "#ffffff")
+    if ratio < MIN_CONTRAST:
+        raise MarketplaceError(
+            "primary_colour",
+            f"white text on {primary} has a contrast of {ratio:.1f}:1; it needs at least "
+            f"{MIN_CONTRAST}:1 (choose a darker colour)",
+        )
+    ratio = contrast_ratio(accent, "#000000")
+    if ratio < MIN_CONTRAST:
+        raise MarketplaceError(
+            "accent_colour",
+            f"black text on {accent} has a contrast of {ratio:.1f}:1; it needs at least "
+            f"{MIN_CONTRAST}:1 (choose a lighter colour)",
+        )
+
+
+def normalise_domain(value: str | None) -> str | None:
+    """A host name as browsers send it (lowercase, no port, no trailing dot), or None."""
+    if value is None or not value.strip():
+        return None
+    host = value.strip().lower().rstrip(".")
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2 or not all(HOST_LABEL.match(label) for label in labels):
+        raise MarketplaceError("domain", f"{value!r} is not a host name like shop.example.com")
+    return host
+
+
+def create_child(session: Session, parent: Marketplace, data: dict[str, Any]) -> Marketplace:
+    """A distributor under the platform, or a reseller under a distributor. Flushes."""
+    kind = CHILD_KIND.get(parent.kind)
+    if kind is None:
+        raise MarketplaceError("parent", "a reseller marketplace has no marketplaces under it")
+    slug = str(data.get("slug", "")).strip().lower()
+    if not SLUG.match(slug):
+        raise MarketplaceError("slug", "use lowercase letters, digits and hyphens (at most 63)")
+    if session.scalar(sa.select(Marketplace.id).where(Marketplace.slug == slug)) is not None:
+        raise MarketplaceError("slug", f"{slug!r} is taken")
+    marketplace = Marketplace(kind=kind, parent_id=parent.id, slug=slug, name=slug)
+    _apply_branding(session, marketplace, {"primary_colour": "#1f4e79", "accent_colour": "#e07a1f", **data})
+    session.add(marketplace)
+    session.flush()
+    return marketplace
+
+
+def update_branding(session: Session, marketplace: Marketplace, data: dict[str, Any]) -> Marketplace:
+    """Change the name, host name, texts, colours, support contact or sender name. Flushes."""
+    _apply_branding(session, marketplace, data)
+    session.flush()
+    return marketplace
+
+
+def _apply_branding(session: Session, marketplace: Marketplace, data: dict[str, Any]) -> None:
+    if "name" in data and not str(data["name"] or "").strip():
+        raise MarketplaceError("name", "a marketplace needs a name")
+    primary = data.get("primary_colour", marketplace.primary_colour)
+    accent = data.get("accent_colour", marketplace.accent_colour)
+    check_colours(primary, accent)
+    if "domain" in data:
+        domain = normalise_domain(data["domain"])
+        if domain is not None:
+            taken = session.scalar(
+                sa.select(Marketplace.id).where(
+                    Marketplace.domain == domain, Marketplace.id != marketplace.id
+                )
+            )
+            if taken is not None:
+                raise MarketplaceError("domain", f"the host name {domain} is taken by another marketplace")
+        data = {**data, "domain": domain}
+    for field in BRANDING_FIELDS:
+        if field in data:
+            value = data[field]
+            setattr(marketplace, field, value.strip() if isinstance(value, str) else value)
