@@ -22,6 +22,7 @@ from cassetto import Storage
 from cmw.accounts.models import Organisation
 from cmw.assets.models import Image, StoredFile
 from cmw.assets.service import url_for_file
+from cmw.catalog import service
 from cmw.catalog.models import Product, ProductStatus, ProductType, ProductVersion
 from cmw.marketplaces.models import Marketplace
 
@@ -66,7 +67,7 @@ def catalog_query(session: Session, marketplace: Marketplace, query: Query) -> s
         # product_id as well: the planner can then fetch each match's product by key
         .join(live, sa.and_(Product.live_version_id == live.id, Product.id == live.product_id))
         .options(contains_eager(Product.live_version))
-        .where(Product.marketplace_id == marketplace.id, Product.status == ProductStatus.PUBLISHED)
+        .where(service.sold_in(session, marketplace), Product.status == ProductStatus.PUBLISHED)
     )
     rank: sa.ColumnElement[Any] | None = None
     terms = (query.q or "").strip()

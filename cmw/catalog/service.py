@@ -30,7 +30,8 @@ from cmw.catalog.pricing import PlanSpec, validate_plans
 from cmw.catalog.workflow import Action, InvalidTransition, next_state, next_status, save_state, save_status
 from cmw.db import utcnow
 from cmw.events.service import emit
-from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.models import Marketplace, SelectedProduct
+from cmw.marketplaces.service import ancestors
 from cmw.money import PRICE_SCALE
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,78}[a-z0-9])?$")
@@ -425,24 +426,83 @@ def _payload(product: Product, version: ProductVersion) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- reading
-def published(marketplace: Marketplace) -> sa.Select[Any]:
-    """Products customers of ``marketplace`` can see."""
+def sold_in(session: Session, marketplace: Marketplace) -> sa.ColumnElement[bool]:
+    """Products ``marketplace`` sells: its own, and of what its parent sells, those its
+    admins selected (or all, where it sells all of its parent's), down the tree."""
+    chain = ancestors(session, marketplace)  # nearest first, the platform last
+    sold: sa.ColumnElement[bool] = Product.marketplace_id == chain[-1].id
+    for child in reversed(chain[:-1]):
+        inherited = sold
+        if not child.sells_all_of_parent:
+            chosen = sa.select(SelectedProduct.product_id).where(SelectedProduct.marketplace_id == child.id)
+            inherited = sa.and_(sold, Product.id.in_(chosen))
+        sold = sa.or_(Product.marketplace_id == child.id, inherited)
+    return sold
+
+
+def published(session: Session, marketplace: Marketplace) -> sa.Select[Any]:
     return sa.select(Product).where(
-        Product.marketplace_id == marketplace.id,
+        sold_in(session, marketplace),
         Product.status == ProductStatus.PUBLISHED,
         Product.live_version_id.is_not(None),
     )
 
 
 def find_published(session: Session, marketplace: Marketplace, ref: str) -> Product | None:
-    """The published product of ``marketplace`` whose id or slug is ``ref``."""
-    stmt = published(marketplace)
+    """The published product sold in ``marketplace`` whose id or slug is ``ref``."""
+    stmt = published(session, marketplace)
     try:
         stmt = stmt.where(Product.id == uuid.UUID(ref))
     except ValueError:
         stmt = stmt.where(Product.slug == ref)
-    found: Product | None = session.scalar(stmt)
+    found: Product | None = session.scalars(stmt.limit(1)).first()
     return found
+
+
+class SelectionError(ValueError):
+    """A catalog selection that cannot be; ``field`` names what was wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def parent_catalog(session: Session, marketplace: Marketplace) -> list[Product]:
+    """What the marketplace's parent sells (published), which it may choose from."""
+    if marketplace.parent_id is None:
+        return []
+    parent = session.get(Marketplace, marketplace.parent_id)
+    assert parent is not None
+    return list(session.scalars(published(session, parent).order_by(Product.slug)))
+
+
+def select_products(
+    session: Session, marketplace: Marketplace, product_ids: list[uuid.UUID], *, sells_all: bool
+) -> None:
+    """Replace the marketplace's selection of its parent's products. Flushes."""
+    if marketplace.parent_id is None:
+        raise SelectionError(
+            "product_ids", "the platform marketplace sells its own products; it selects none"
+        )
+    offered = {p.id for p in parent_catalog(session, marketplace)}
+    for index, product_id in enumerate(product_ids):
+        if product_id not in offered:
+            raise SelectionError(f"product_ids.{index}", f"the parent marketplace does not sell {product_id}")
+    marketplace.sells_all_of_parent = sells_all
+    wanted = set(product_ids)
+    current = {
+        row.product_id: row
+        for row in session.scalars(
+            sa.select(SelectedProduct).where(SelectedProduct.marketplace_id == marketplace.id)
+        )
+    }
+    for product_id, row in current.items():
+        if product_id not in wanted:
+            session.delete(row)
+    now = utcnow()
+    for product_id in wanted - current.keys():
+        session.add(SelectedProduct(marketplace_id=marketplace.id, product_id=product_id, selected_at=now))
+    session.flush()
 
 
 def content_of(version: ProductVersion) -> dict[str, Any]:

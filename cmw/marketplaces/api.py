@@ -13,12 +13,19 @@ from cmw.accounts.auth import current_marketplace, roles_required
 from cmw.accounts.models import Role
 from cmw.api.errors import invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
+from cmw.catalog import service as catalog
 from cmw.catalog.api import upload_image
 from cmw.catalog.schemas import UploadSchema
 from cmw.extensions import current_session
 from cmw.marketplaces import service
-from cmw.marketplaces.models import Marketplace
-from cmw.marketplaces.schemas import BrandingSchema, MarketplaceCreateSchema, MarketplaceSchema
+from cmw.marketplaces.models import Marketplace, SelectedProduct
+from cmw.marketplaces.schemas import (
+    BrandingSchema,
+    MarketplaceCreateSchema,
+    MarketplaceSchema,
+    SelectionSchema,
+    SelectionViewSchema,
+)
 
 blp = Blueprint("marketplaces", __name__, url_prefix="/api/v1", description="Marketplaces (tenants)")
 
@@ -71,6 +78,56 @@ class CurrentMarketplaceLogo(MethodView):
         """Remove the logo: pages show the marketplace's name alone."""
         current_marketplace().logo_image_id = None
         current_session().commit()
+
+
+def _selection() -> dict[str, Any]:
+    session = current_session()
+    marketplace = current_marketplace()
+    chosen = set(
+        session.scalars(
+            sa.select(SelectedProduct.product_id).where(SelectedProduct.marketplace_id == marketplace.id)
+        )
+    )
+    offered = catalog.parent_catalog(session, marketplace)
+    return {
+        "sells_all_of_parent": marketplace.sells_all_of_parent,
+        "product_ids": sorted(chosen, key=str),
+        "parent_catalog": [
+            {
+                "id": p.id,
+                "slug": p.slug,
+                "name": p.live_version.name if p.live_version else p.slug,
+                "selected": marketplace.sells_all_of_parent or p.id in chosen,
+            }
+            for p in offered
+        ],
+    }
+
+
+@blp.route("/marketplace/selection")
+class CatalogSelection(MethodView):
+    @blp.response(200, SelectionViewSchema)
+    @roles_required(Role.ADMIN)
+    def get(self) -> dict[str, Any]:
+        """Which of its parent's products this marketplace sells, and what it may choose from."""
+        return _selection()
+
+    @blp.arguments(SelectionSchema)
+    @blp.response(200, SelectionViewSchema)
+    @roles_required(Role.ADMIN)
+    def put(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Choose them: all of the parent's (new ones included), or those listed. The
+        storefront sells the new selection from the next request on."""
+        session = current_session()
+        try:
+            catalog.select_products(
+                session, current_marketplace(), data["product_ids"], sells_all=data["sells_all_of_parent"]
+            )
+        except catalog.SelectionError as exc:
+            session.rollback()
+            raise invalid(exc.field, str(exc)) from None
+        session.commit()
+        return _selection()
 
 
 @blp.route("/marketplaces")

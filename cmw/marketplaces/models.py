@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import uuid
 from typing import TYPE_CHECKING
@@ -91,6 +92,9 @@ class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-de
     #: marketplace's identity provider)
     local_sign_in: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
+    #: a child marketplace sells every product its parent sells, new ones included; else
+    #: only those its admins chose (:class:`SelectedProduct`)
+    sells_all_of_parent: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     #: the marketplace's logo (an uploaded image, shown on its computed background colour)
     logo_image_id: Mapped[uuid.UUID | None] = mapped_column(
         # images belong to a marketplace too: the cycle is broken for CREATE TABLE
@@ -109,3 +113,17 @@ class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-de
 
     def __repr__(self) -> str:
         return f"<Marketplace {self.slug} ({self.kind})>"
+
+
+class SelectedProduct(db.Model):  # type: ignore[name-defined,misc]
+    """A product of its parent's catalog that a child marketplace sells."""
+
+    __tablename__ = "selected_products"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("marketplaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    selected_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))

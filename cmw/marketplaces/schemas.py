@@ -71,3 +71,28 @@ class MarketplaceCreateSchema(BrandingSchema):
         load_default=list,
         metadata={"description": "e-mail addresses of existing users to make its admins"},
     )
+
+
+class SelectionSchema(Schema):
+    sells_all_of_parent = fields.Boolean(
+        required=True,
+        metadata={"description": "sell everything the parent sells, its new products included"},
+    )
+    product_ids = fields.List(
+        fields.UUID(),
+        load_default=list,
+        metadata={"description": "the parent's products sold here (when not all of them)"},
+    )
+
+
+class OfferedProductSchema(Schema):
+    id = fields.UUID()
+    slug = fields.String()
+    name = fields.String()
+    selected = fields.Boolean(metadata={"description": "sold here"})
+
+
+class SelectionViewSchema(SelectionSchema):
+    parent_catalog = fields.List(
+        fields.Nested(OfferedProductSchema), metadata={"description": "what the parent sells, to choose from"}
+    )
