@@ -508,23 +508,17 @@ def _save_sign_in(form: SignInSettingsForm, marketplace: Marketplace) -> bool:
             form.client_id.errors = [*form.client_id.errors, "the realm's client id is needed"]
             return False
     try:
-        oidc.set_provider(
+        oidc.change_sign_in(
             session,
             marketplace,
-            data,
+            current_app.config["MERCATO"],
             current_app.extensions["mercato.sealer"],
-            allow_http_loopback=current_app.config["MERCATO"].env != "production",
+            provider=data,
+            local_sign_in=bool(form.local_sign_in.data),
         )
     except oidc.SettingsError as exc:
-        target = form._fields.get(exc.field, form.issuer)
+        name = exc.field.removeprefix("identity_provider.")
+        target = form._fields.get(name, form.issuer)
         target.errors = [*target.errors, str(exc)]
         return False
-    g.pop("identity_provider", None)
-    if not form.local_sign_in.data and identity_provider() is None:
-        form.local_sign_in.errors = [
-            *form.local_sign_in.errors,
-            "set up an identity provider before turning passwords off",
-        ]
-        return False
-    marketplace.local_sign_in = bool(form.local_sign_in.data)
     return True

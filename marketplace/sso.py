@@ -115,11 +115,7 @@ def sso_callback() -> ResponseReturnValue:
     claims = {**access_claims, **id_claims}
     roles = oidc.realm_roles(access_claims, id_claims)
     try:
-        try:
-            user = oidc.link(db, marketplace, settings, claims, roles, signing_in=True)
-        except sa.exc.IntegrityError:
-            db.rollback()  # a concurrent first sign-in linked the same user: use what it made
-            user = oidc.link(db, marketplace, settings, claims, roles, signing_in=True)
+        user = oidc.link(db, marketplace, settings, claims, roles, signing_in=True)
     except oidc.LinkRefused as exc:
         db.rollback()
         return failed(f"You cannot sign in here: {exc}.", 403)

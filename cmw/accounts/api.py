@@ -433,29 +433,17 @@ class SignInSettingsResource(MethodView):
         """Change them: give this marketplace its own provider (its realm's discovery
         document must answer) or remove it (``null``), turn password sign-in on or off."""
         session = current_session()
-        marketplace = current_marketplace()
         try:
-            if "identity_provider" in data:
-                oidc.set_provider(
-                    session,
-                    marketplace,
-                    data["identity_provider"],
-                    current_app.extensions["mercato.sealer"],
-                    allow_http_loopback=current_app.config["MERCATO"].env != "production",
-                )
+            oidc.change_sign_in(
+                session,
+                current_marketplace(),
+                current_app.config["MERCATO"],
+                current_app.extensions["mercato.sealer"],
+                provider=data.get("identity_provider", oidc.UNCHANGED),
+                local_sign_in=data.get("local_sign_in"),
+            )
         except oidc.SettingsError as exc:
             session.rollback()
-            raise invalid(f"identity_provider.{exc.field}", str(exc)) from None
-        g.pop("identity_provider", None)
-        if "local_sign_in" in data:
-            if not data["local_sign_in"] and identity_provider() is None:
-                session.rollback()
-                raise invalid("local_sign_in", "set up an identity provider before turning passwords off")
-            marketplace.local_sign_in = data["local_sign_in"]
-        elif not marketplace.local_sign_in and identity_provider() is None:
-            session.rollback()
-            raise invalid(
-                "identity_provider", "passwords are off here: removing the provider would lock everyone out"
-            )
+            raise invalid(exc.field, str(exc)) from None
         session.commit()
         return _sign_in_settings()

@@ -276,11 +276,6 @@ def _provider_identity(token: str) -> Identity:
     try:
         user = oidc.link(session, g.marketplace, settings, claims, oidc.realm_roles(claims), signing_in=False)
         session.commit()
-    except sa.exc.IntegrityError:
-        # a concurrent first request linked the same user: use what it made
-        session.rollback()
-        user = oidc.link(session, g.marketplace, settings, claims, oidc.realm_roles(claims), signing_in=False)
-        session.commit()
     except oidc.LinkRefused as exc:
         session.rollback()
         raise _unauthenticated(str(exc)) from None

@@ -12,13 +12,14 @@ users to Mercato users (:func:`link`) and keeps their roles as the provider says
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -417,7 +418,25 @@ def link(
     """The Mercato user for the provider's user ``claims['sub']``: linked before, else (a
     trusted provider only) the user with the same verified e-mail, else a new one; with
     their roles here as the provider's realm ``roles`` map them (None: left as they are).
-    Flushes, never commits; a concurrent first link fails on the unique link (retry)."""
+    Flushes, never commits. Call it first in a request: when a concurrent first sign-in of
+    the same provider user wins the unique link, the session is rolled back and the link
+    it made is used."""
+    try:
+        return _link(session, marketplace, settings, claims, roles, signing_in=signing_in)
+    except sa.exc.IntegrityError:
+        session.rollback()
+        return _link(session, marketplace, settings, claims, roles, signing_in=signing_in)
+
+
+def _link(
+    session: Session,
+    marketplace: Marketplace,
+    settings: ProviderSettings,
+    claims: Mapping[str, Any],
+    roles: set[str] | None,
+    *,
+    signing_in: bool,
+) -> User:
     subject = str(claims["sub"])
     identity = session.scalar(
         sa.select(ExternalIdentity)
@@ -627,3 +646,45 @@ def set_provider(
     row.introspect = bool(data.get("introspect", False))
     row.default_country = str(data.get("default_country") or "DE").upper()
     session.flush()
+
+
+class _Unchanged(enum.Enum):
+    UNCHANGED = "unchanged"
+
+
+#: ``change_sign_in(provider=...)`` default: the marketplace's own provider stays as it is
+UNCHANGED = _Unchanged.UNCHANGED
+
+
+def change_sign_in(
+    session: Session,
+    marketplace: Marketplace,
+    config: Config,
+    sealer: Sealer,
+    *,
+    provider: Mapping[str, Any] | Literal[_Unchanged.UNCHANGED] | None = UNCHANGED,
+    local_sign_in: bool | None = None,
+) -> ProviderSettings | None:
+    """Change how people sign in to ``marketplace``: its own provider (see
+    :func:`set_provider`; None removes it) and whether passwords work (None: as they are).
+    Passwords stay on unless a provider is in use, whatever the order of the changes, so
+    nobody is locked out. Returns the provider now in use; :class:`SettingsError` with
+    the field (``identity_provider.<field>``, ``identity_provider`` or ``local_sign_in``)."""
+    if provider is not UNCHANGED:
+        try:
+            set_provider(
+                session, marketplace, provider, sealer, allow_http_loopback=config.env != "production"
+            )
+        except SettingsError as exc:
+            raise SettingsError(f"identity_provider.{exc.field}", str(exc)) from None
+    in_use = provider_for(session, marketplace, config, sealer)
+    passwords = marketplace.local_sign_in if local_sign_in is None else local_sign_in
+    if not passwords and in_use is None:
+        if local_sign_in is None:
+            raise SettingsError(
+                "identity_provider", "passwords are off here: removing the provider would lock everyone out"
+            )
+        raise SettingsError("local_sign_in", "set up an identity provider before turning passwords off")
+    marketplace.local_sign_in = passwords
+    session.flush()
+    return in_use

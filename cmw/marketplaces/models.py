@@ -34,6 +34,8 @@ ALLOWED_PARENT: dict[MarketplaceKind, MarketplaceKind | None] = {
 }
 
 PLATFORM_SLUG = "platform"
+#: a marketplace's slug: lowercase letters, digits and hyphens, not at either end
+SLUG_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 
 
 class CatalogState(db.Model):  # type: ignore[name-defined,misc]

@@ -8,7 +8,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-PREFIX = re.compile(r"^/m/([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(/.*)?$")
+from cmw.marketplaces.models import SLUG_PATTERN
+
+PREFIX = re.compile(rf"^/m/({SLUG_PATTERN})(/.*)?$")
 ENVIRON_KEY = "mercato.marketplace_slug"
 
 

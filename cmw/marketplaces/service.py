@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cassetto.colour import contrast_ratio
-from cmw.marketplaces.models import Marketplace, MarketplaceKind
+from cmw.marketplaces.models import ALLOWED_PARENT, SLUG_PATTERN, Marketplace, MarketplaceKind
 
 
 class MarketplaceNotFound(LookupError):
@@ -73,13 +73,12 @@ def by_slug(session: Session, slug: str) -> Marketplace | None:
 # ------------------------------------------------------------------ the tree and branding
 #: the kind of marketplace each kind may have under it
 CHILD_KIND: dict[MarketplaceKind, MarketplaceKind] = {
-    MarketplaceKind.PLATFORM: MarketplaceKind.DISTRIBUTOR,
-    MarketplaceKind.DISTRIBUTOR: MarketplaceKind.RESELLER,
+    parent: child for child, parent in ALLOWED_PARENT.items() if parent is not None
 }
 #: WCAG AA for normal text: the header's white text on the primary colour (and the primary
 #: colour as text on white), the buttons' black text on the accent colour
 MIN_CONTRAST = 4.5
-SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+SLUG = re.compile(rf"^{SLUG_PATTERN}$")
 HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 BRANDING_FIELDS = (
