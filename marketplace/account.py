@@ -24,6 +24,7 @@ from cmw.billing.models import Coupon, CouponRedemption, CreditNote, Invoice, In
 from cmw.catalog import service as catalog_service
 from cmw.catalog.models import Plan
 from cmw.extensions import current_session
+from cmw.marketplaces import pricing
 from cmw.money import format_amount, parse_amount
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription
@@ -315,7 +316,8 @@ def estimate(slug: str) -> ResponseReturnValue:
     result = None
     if plan is not None and not errors:
         own = {c.metric for c in plan.components if c.metric}
-        item = estimates.Item(plan, quantity, {k: v for k, v in usage.items() if k in own}, live.name)
+        specs = pricing.price_list(session, current_marketplace(), found).specs(plan)
+        item = estimates.Item(plan, quantity, {k: v for k, v in usage.items() if k in own}, live.name, specs)
         try:
             result = estimates.estimate([item], months)
         except estimates.EstimateError as exc:

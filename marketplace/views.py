@@ -217,7 +217,7 @@ def product(slug: str) -> ResponseReturnValue:
     found = catalog_service.find_published(session, current_marketplace(), slug)
     if found is None:
         abort(404)
-    view = presenters.public_view(session, storage(), found)
+    view = presenters.public_view(session, storage(), found, current_marketplace())
     form = _order_form(view)
     error = None
     status = 200
@@ -337,7 +337,7 @@ def compare() -> ResponseReturnValue:
     refs = list(dict.fromkeys(r.strip() for r in asked if r.strip()))[:4]
     session, store = current_session(), storage()
     found = search.compare_set(session, current_marketplace(), refs) if refs else []
-    views = [presenters.public_view(session, store, p) for p in found]
+    views = [presenters.public_view(session, store, p, current_marketplace()) for p in found]
     status = 200 if len(views) >= 2 else 422
     return render_template("compare.html", products=views, asked=refs), status
 

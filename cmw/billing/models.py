@@ -144,6 +144,11 @@ class InvoiceLine(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]
     unit_price: Mapped[Decimal | None] = mapped_column(QUANTITY)
     #: the line's amount, rounded to the currency's minor unit
     amount: Mapped[Decimal] = mapped_column(MONEY)
+    #: what the issuing marketplace owes up the tree for this line, each party's due from
+    #: the one below it: ``[{"marketplace_id": parent, "amount": "8.00"}, ...,
+    #: {"vendor_id": vendor, "amount": "6.40"}]``; each party earns what it received less
+    #: what it owes (``cmw.marketplaces.pricing``). NULL on lines written before the split.
+    revenue_split: Mapped[list[dict[str, str]] | None] = mapped_column(sa.JSON)
 
     invoice: Mapped[Invoice] = relationship(
         back_populates="lines", primaryjoin="Invoice.id == foreign(InvoiceLine.invoice_id)"

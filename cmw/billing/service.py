@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -64,10 +65,12 @@ from cmw.billing.models import (
 )
 from cmw.catalog import service as catalog
 from cmw.catalog.models import BillingPeriod, ComponentKind, Plan, Product
-from cmw.catalog.pricing import rate_component, spec_of
+from cmw.catalog.pricing import rate_component
 from cmw.db import utcnow
 from cmw.events.service import emit
+from cmw.marketplaces import pricing as marketplace_pricing
 from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.pricing import PriceList
 from cmw.money import format_amount, round_to_minor
 from cmw.orders.models import Subscription, SubscriptionChange, SubscriptionStatus
 from cmw.orders.service import next_period_end
@@ -99,6 +102,9 @@ class Charge:
     unit: str | None
     unit_price: Decimal | None
     amount: Decimal
+    #: what the issuing marketplace owes up the tree for it, each party's due (see
+    #: ``PriceList.owed``): its parent marketplaces', then the vendor's
+    owed: tuple[Decimal, ...] = ()
 
 
 @dataclasses.dataclass
@@ -161,16 +167,27 @@ def _immediate(change: SubscriptionChange) -> bool:
     return change.kind == "cancelled" and (change.after or {}).get("at") is None
 
 
-def advance_amount(plan: Plan, quantity: int) -> Decimal:
-    """A period's fees paid in advance (flat and per unit), unrounded."""
+def advance_amount(plan: Plan, quantity: int, prices: PriceList, level: int = 0) -> Decimal:
+    """A period's fees paid in advance (flat and per unit), unrounded, at the prices of the
+    ``level``-th marketplace up from the selling one."""
     return sum(
         (
-            rate_component(spec_of(c), Decimal(quantity))
-            for c in plan.components
+            rate_component(prices.at_levels(plan, i)[level], Decimal(quantity))
+            for i, c in enumerate(plan.components)
             if c.kind in (ComponentKind.FLAT, ComponentKind.PER_UNIT)
         ),
         ZERO,
     )
+
+
+def _rated(
+    prices: PriceList, plan: Plan, index: int, quantity: Decimal
+) -> tuple[Decimal, tuple[Decimal, ...], Decimal | None]:
+    """Component ``index`` of ``plan`` rated for ``quantity`` where it is sold: the amount,
+    what is owed up the tree for it, and the unit price (rounded amounts)."""
+    levels = prices.at_levels(plan, index)
+    amounts = [round_to_minor(rate_component(spec, quantity), plan.currency) for spec in levels]
+    return amounts[0], prices.owed(amounts, plan.currency), levels[0].unit_price
 
 
 def prorate(amount: Decimal, start: dt.datetime, end: dt.datetime, at: dt.datetime) -> Decimal:
@@ -197,6 +214,7 @@ class RunContext:
         self._settings: dict[uuid.UUID, BillingSettings | None] = {}
         self._sellers: dict[uuid.UUID, dict[str, Any]] = {}
         self._rules: dict[tuple[uuid.UUID, str, bool], taxes.TaxRule] = {}
+        self._prices: dict[tuple[uuid.UUID, uuid.UUID], PriceList] = {}
 
     def close(self) -> None:
         self.reader.close()
@@ -218,6 +236,21 @@ class RunContext:
             assert vendor_id is not None
             found = self._products[product_id] = (catalog.product_name(self.reader, product_id), vendor_id)
         return found
+
+    def prices(self, subscription: Subscription) -> PriceList:
+        """The prices of the subscription's product where it was bought, and who is owed what."""
+        key = (subscription.marketplace_id, subscription.product_id)
+        found = self._prices.get(key)
+        if found is None:
+            marketplace = self.reader.get(Marketplace, subscription.marketplace_id)
+            product = self.reader.get(Product, subscription.product_id)
+            assert marketplace is not None and product is not None
+            found = self._prices[key] = marketplace_pricing.price_list(self.reader, marketplace, product)
+        return found
+
+    def split(self, charge: Charge) -> list[dict[str, str]] | None:
+        """The charge's revenue split as its invoice line records it."""
+        return self.prices(charge.subscription).split(charge.owed) if charge.owed else None
 
     def settings(self, marketplace_id: uuid.UUID) -> BillingSettings | None:
         if marketplace_id not in self._settings:
@@ -297,6 +330,7 @@ def charges_for(
     product_name = ctx.product(subscription.product_id)[0]
     ends_at = subscription.cancelled_at if subscription.status is SubscriptionStatus.CANCELLED else None
     current = ctx.plan(subscription.plan_id)
+    prices = ctx.prices(subscription)
     found: list[Charge] = []
     first = True
     for start, end in paid_periods(subscription, current.billing_period, at, ends_at):
@@ -305,29 +339,30 @@ def charges_for(
         quantity = quantity or subscription.quantity
         period_label = f"{start:%d %b %Y} to {end:%d %b %Y}"
         if first and (BilledKind.SETUP, start) not in billed:
-            for c in plan.components:
+            for i, c in enumerate(plan.components):
                 if c.kind is ComponentKind.SETUP:
-                    amount = round_to_minor(rate_component(spec_of(c), Decimal(1)), plan.currency)
+                    amount, owed, _price = _rated(prices, plan, i, Decimal(1))
                     found.append(
                         Charge(BilledKind.SETUP, LineKind.SETUP, subscription, plan, start, end,
-                               f"{product_name} · {plan.name} · {c.label}", Decimal(1), None, amount, amount)
+                               f"{product_name} · {plan.name} · {c.label}", Decimal(1), None, amount, amount,
+                               owed)
                     )  # fmt: skip
         first = False
         if (BilledKind.ADVANCE, start) not in billed:
-            for c in plan.components:
+            for i, c in enumerate(plan.components):
                 if c.kind is ComponentKind.FLAT:
-                    amount = round_to_minor(rate_component(spec_of(c), Decimal(1)), plan.currency)
+                    amount, owed, price = _rated(prices, plan, i, Decimal(1))
                     found.append(
                         Charge(BilledKind.ADVANCE, LineKind.FEE, subscription, plan, start, end,
                                f"{product_name} · {plan.name} · {c.label}, {period_label}",
-                               Decimal(1), None, c.unit_price, amount)
+                               Decimal(1), None, price, amount, owed)
                     )  # fmt: skip
                 elif c.kind is ComponentKind.PER_UNIT:
-                    amount = round_to_minor(rate_component(spec_of(c), Decimal(quantity)), plan.currency)
+                    amount, owed, price = _rated(prices, plan, i, Decimal(quantity))
                     found.append(
                         Charge(BilledKind.ADVANCE, LineKind.PER_UNIT, subscription, plan, start, end,
                                f"{product_name} · {plan.name} · {c.label}, {period_label}",
-                               Decimal(quantity), c.unit, c.unit_price, amount)
+                               Decimal(quantity), c.unit, price, amount, owed)
                     )  # fmt: skip
             fees = sum(
                 (f.amount for f in found if f.billed is BilledKind.ADVANCE and f.period_start == start), ZERO
@@ -336,31 +371,48 @@ def charges_for(
                 redemption, offer = coupon
                 off = coupons.discount(offer, fees, plan.currency)
                 redemption.periods_applied += 1
+                # the selling marketplace's coupon: it gives the discount, what it owes is unchanged
                 found.append(
                     Charge(BilledKind.ADVANCE, LineKind.DISCOUNT, subscription, plan, start, end,
                            f"{product_name} · coupon {offer.code}, {period_label}",
-                           Decimal(1), None, None, -off)
+                           Decimal(1), None, None, -off, prices.owed_nothing())
                 )  # fmt: skip
-        found += _prorations(ctx, subscription, changes, start, end, billed, product_name)
+        found += _prorations(ctx, prices, subscription, changes, start, end, billed, product_name)
         usage_end = min(end, ends_at) if ends_at is not None else end
         metered = [c for c in plan.components if c.kind is ComponentKind.METERED]
         if metered and usage_end <= at and (BilledKind.USAGE, start) not in billed:
             used = _used(usage, start, usage_end, last=ends_at is not None and usage_end == ends_at)
             usage_label = f"{start:%d %b %Y} to {usage_end:%d %b %Y}"
-            for c in metered:
+            for i, c in enumerate(plan.components):
+                if c.kind is not ComponentKind.METERED:
+                    continue
                 assert c.metric is not None
                 quantity_used = used.get(c.metric, ZERO)
-                amount = round_to_minor(rate_component(spec_of(c), quantity_used), plan.currency)
+                amount, owed, price = _rated(prices, plan, i, quantity_used)
                 found.append(
                     Charge(BilledKind.USAGE, LineKind.USAGE, subscription, plan, start, usage_end,
                            f"{product_name} · {plan.name} · {c.label}, {usage_label}",
-                           quantity_used, c.unit, c.unit_price, amount)
+                           quantity_used, c.unit, price, amount, owed)
                 )  # fmt: skip
     return found
 
 
+def _prorated(
+    prices: PriceList, plan: Plan, quantity: int, start: dt.datetime, end: dt.datetime, when: dt.datetime
+) -> tuple[Decimal, tuple[Decimal, ...]]:
+    """The fees from ``when`` to the period's end where sold, and what is owed up for them."""
+    amounts = [
+        round_to_minor(
+            prorate(advance_amount(plan, quantity, prices, level), start, end, when), plan.currency
+        )
+        for level in range(len(prices.levels))
+    ]
+    return amounts[0], prices.owed(amounts, plan.currency)
+
+
 def _prorations(
     ctx: RunContext,
+    prices: PriceList,
     subscription: Subscription,
     changes: Sequence[SubscriptionChange],
     start: dt.datetime,
@@ -384,24 +436,19 @@ def _prorations(
         new_plan = ctx.plan(new_plan_id) if new_plan_id else None
         if old_plan is None or new_plan is None:
             continue
-        currency = old_plan.currency
         span = f"{when:%d %b %Y %H:%M} to {end:%d %b %Y}"
-        credit = round_to_minor(
-            prorate(advance_amount(old_plan, old_quantity or 1), start, end, when), currency
-        )
+        credit, owed = _prorated(prices, old_plan, old_quantity or 1, start, end, when)
         found.append(
             Charge(BilledKind.PRORATION, LineKind.PRORATION, subscription, old_plan, when, end,
                    f"{product_name} · {old_plan.name}, quantity {old_quantity or 1}, unused {span}",
-                   Decimal(-1), None, None, -credit)
+                   Decimal(-1), None, None, -credit, tuple(-a for a in owed))
         )  # fmt: skip
         if change.kind != "cancelled":
-            charge = round_to_minor(
-                prorate(advance_amount(new_plan, new_quantity or 1), start, end, when), new_plan.currency
-            )
+            charge, owed = _prorated(prices, new_plan, new_quantity or 1, start, end, when)
             found.append(
                 Charge(BilledKind.PRORATION, LineKind.PRORATION, subscription, new_plan, when, end,
                        f"{product_name} · {new_plan.name}, quantity {new_quantity or 1}, {span}",
-                       Decimal(1), None, None, charge)
+                       Decimal(1), None, None, charge, owed)
             )  # fmt: skip
     return found
 
@@ -518,6 +565,7 @@ def _invoice_rows(
             "unit": charge.unit,
             "unit_price": charge.unit_price,
             "amount": charge.amount,
+            "revenue_split": ctx.split(charge),
         }
         for position, charge in enumerate(charges)
     ]
@@ -544,6 +592,14 @@ def _invoice_rows(
     return invoice, lines
 
 
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value
+
+
 def _bulk_insert(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert many rows: with COPY on PostgreSQL (one round trip), else an executemany. A
     duplicate key fails the whole statement as an IntegrityError, like an INSERT would."""
@@ -560,7 +616,7 @@ def _bulk_insert(session: Session, table: sa.Table, rows: list[dict[str, Any]]) 
     try:
         with raw.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
-                copy.write_row([v.value if isinstance(v, enum.Enum) else v for v in row.values()])
+                copy.write_row([_copy_value(v) for v in row.values()])
     except psycopg.errors.UniqueViolation as exc:
         raise IntegrityError(statement, None, exc) from exc
 

@@ -99,7 +99,7 @@ def _product_view(product: Product) -> dict[str, Any]:
 
 
 def _public_view(product: Product) -> dict[str, Any]:
-    return presenters.public_view(current_session(), storage(), product)
+    return presenters.public_view(current_session(), storage(), product, current_marketplace())
 
 
 def _card(product: Product) -> dict[str, Any]:

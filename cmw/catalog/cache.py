@@ -39,7 +39,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTran
 from cmw.accounts.models import Organisation, OrganisationKind
 from cmw.assets.models import Image
 from cmw.catalog.models import Category, Plan, PriceComponent, Product, ProductVersion, Review
-from cmw.marketplaces.models import CatalogState, Marketplace, SelectedProduct
+from cmw.marketplaces.models import CatalogState, Marketplace, PriceMarkup, SelectedProduct
 
 #: how long an entry may be served at most, whatever the generation says
 TTL_SECONDS = 60
@@ -54,8 +54,9 @@ CATALOG_CLASSES: tuple[type[Any], ...] = (
     Review,
     Category,
     Image,
-    # what a marketplace sells: its selection of its parent's products, and its settings
+    # what a marketplace sells: its selection of its parent's products, its prices, and its settings
     SelectedProduct,
+    PriceMarkup,
     Marketplace,
 )
 _FLAG = "mercato.catalog_changed"

@@ -14,6 +14,8 @@ from cmw.assets.service import image_view
 from cmw.catalog import search, service
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Product, ProductVersion
+from cmw.marketplaces import pricing
+from cmw.marketplaces.models import Marketplace
 
 
 def images_of(session: Session, storage: Storage, version: ProductVersion) -> dict[str, Any]:
@@ -32,10 +34,18 @@ def images_of(session: Session, storage: Storage, version: ProductVersion) -> di
     }
 
 
-def public_view(session: Session, storage: Storage, product: Product) -> dict[str, Any]:
-    """A published product as customers see it: its live version, plans, rating and images."""
+def public_view(
+    session: Session, storage: Storage, product: Product, marketplace: Marketplace
+) -> dict[str, Any]:
+    """A published product as customers of ``marketplace`` see it: its live version, plans
+    at the marketplace's prices, rating and images."""
     live = product.live_version
     assert live is not None
+    prices = pricing.price_list(session, marketplace, product)
+    plans = pricing.priced_plans(prices, live.plans)
+    price_from = (
+        service.price_from(plans) if prices.marked_up else (live.price_from_amount, live.price_from_currency)
+    )
     return {
         **service.content_of(live),
         "id": product.id,
@@ -44,9 +54,9 @@ def public_view(session: Session, storage: Storage, product: Product) -> dict[st
         "vendor_name": product.vendor.name,
         "version": live.number,
         "long_description_html": render(live.long_description),
-        "plans": live.plans,
+        "plans": plans,
         "published_at": product.published_at,
-        "price_from": search.price_from_view(live.price_from_amount, live.price_from_currency),
+        "price_from": search.price_from_view(*price_from),
         "rating": search.rating_view(product.rating_count, product.rating_sum),
         **images_of(session, storage, live),
     }

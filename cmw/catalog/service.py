@@ -397,10 +397,11 @@ def search_text(version: ProductVersion) -> str:
     return "\n".join(p for p in parts if p).lower()
 
 
-def price_from(plans: Sequence[Plan]) -> tuple[Decimal | None, str | None]:
+def price_from(plans: Sequence[Any]) -> tuple[Decimal | None, str | None]:
     """The lowest recurring price a month among the plans: flat fees plus the minimum
     quantity of per-unit fees; yearly plans count a twelfth. Metered usage is not known
-    in advance and counts 0. Plans in another currency than the first plan's are ignored."""
+    in advance and counts 0. Plans in another currency than the first plan's are ignored.
+    ``plans`` are stored plans or a marketplace's priced views of them (the same attributes)."""
     if not plans:
         return None, None
     currency = plans[0].currency

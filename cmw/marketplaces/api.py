@@ -6,23 +6,28 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, abort
 
 from cmw.accounts import service as accounts
-from cmw.accounts.auth import current_marketplace, roles_required
+from cmw.accounts.auth import current_identity, current_marketplace, roles_required
 from cmw.accounts.models import Role
 from cmw.api.errors import invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.catalog import service as catalog
 from cmw.catalog.api import upload_image
+from cmw.catalog.models import Product
 from cmw.catalog.schemas import UploadSchema
+from cmw.db import utcnow
 from cmw.extensions import current_session
-from cmw.marketplaces import service
+from cmw.marketplaces import pricing, service
 from cmw.marketplaces.models import Marketplace, SelectedProduct
 from cmw.marketplaces.schemas import (
     BrandingSchema,
     MarketplaceCreateSchema,
     MarketplaceSchema,
+    PricesSchema,
+    PricesViewSchema,
+    PricingSchema,
     SelectionSchema,
     SelectionViewSchema,
 )
@@ -128,6 +133,94 @@ class CatalogSelection(MethodView):
             raise invalid(exc.field, str(exc)) from None
         session.commit()
         return _selection()
+
+
+@blp.route("/marketplace/pricing")
+class Pricing(MethodView):
+    @blp.response(200, PricingSchema)
+    @roles_required(Role.ADMIN)
+    def get(self) -> Marketplace:
+        """This marketplace's default mark-up over its parent's prices, and the commission it
+        keeps of the prices of the products published in it."""
+        return current_marketplace()
+
+    @blp.arguments(PricingSchema)
+    @blp.response(200, PricingSchema)
+    @roles_required(Role.ADMIN)
+    def put(self, data: dict[str, Any]) -> Marketplace:
+        """Change them; the storefront shows the new prices from the next request on, and
+        orders placed from then on pay them."""
+        session = current_session()
+        marketplace = current_marketplace()
+        try:
+            pricing.set_pricing(marketplace, data)
+        except pricing.MarkupError as exc:
+            session.rollback()
+            raise invalid(exc.field, exc.message) from None
+        session.commit()
+        return marketplace
+
+
+def _priced_product(ref: str) -> Product:
+    """A product this marketplace's parent sells (what it may price), else 404."""
+    session = current_session()
+    marketplace = current_marketplace()
+    parent = session.get(Marketplace, marketplace.parent_id) if marketplace.parent_id else None
+    product = catalog.find_published(session, parent or marketplace, ref)
+    if product is None:
+        abort(404, message=f"no product {ref!r} is sold by this marketplace's parent")
+    assert product is not None
+    return product
+
+
+@blp.route("/marketplace/prices/<string:product>")
+class Prices(MethodView):
+    @blp.response(200, PricesViewSchema)
+    @roles_required(Role.ADMIN)
+    def get(self, product: str) -> dict[str, Any]:
+        """The product's prices here beside the parent's, per plan and price component, and
+        the mark-ups that make them."""
+        found = _priced_product(product)
+        try:
+            return pricing.view(current_session(), current_marketplace(), found)
+        except pricing.MarkupError as exc:
+            raise invalid(exc.field, exc.message) from None
+
+    @blp.arguments(PricesSchema)
+    @blp.response(200, PricesViewSchema)
+    @roles_required(Role.ADMIN)
+    def put(self, data: dict[str, Any], product: str) -> dict[str, Any]:
+        """Set how this marketplace prices the product over its parent: a mark-up for the
+        whole product, per plan, and per price component (a percentage, an amount, or an
+        explicit price), the most specific applying. Replaces the product's rules; 422 for
+        any price below the parent's."""
+        session = current_session()
+        marketplace = current_marketplace()
+        found = _priced_product(product)
+        identity = current_identity()
+        try:
+            pricing.set_prices(
+                session, marketplace, found, data, identity.user.id if identity else None, utcnow()
+            )
+        except pricing.MarkupError as exc:
+            session.rollback()
+            raise invalid(exc.field, exc.message) from None
+        session.commit()
+        return pricing.view(session, marketplace, found)
+
+    @blp.response(204)
+    @roles_required(Role.ADMIN)
+    def delete(self, product: str) -> None:
+        """Remove the product's own mark-ups: the marketplace's default applies again."""
+        session = current_session()
+        marketplace = current_marketplace()
+        found = _priced_product(product)
+        try:
+            pricing.set_prices(session, marketplace, found, {}, None, utcnow())
+        except pricing.MarkupError as exc:
+            session.rollback()
+            raise invalid(exc.field, exc.message) from None
+        session.commit()
 
 
 @blp.route("/marketplaces")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
-from typing import TYPE_CHECKING
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
@@ -103,6 +104,15 @@ class Marketplace(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-de
         sa.ForeignKey("images.id", ondelete="SET NULL", use_alter=True)
     )
 
+    #: the mark-up, in percent over the parent's prices, of every product it sells that has
+    #: no mark-up of its own (:class:`PriceMarkup`); NULL: the parent's prices
+    default_markup_percent: Mapped[Decimal | None] = mapped_column(sa.Numeric(9, 4))
+    #: of the vendors' prices of the products published here, the part this marketplace
+    #: keeps, in percent (the rest is owed to the vendor)
+    commission_percent: Mapped[Decimal] = mapped_column(
+        sa.Numeric(7, 4), default=Decimal(0), server_default=sa.text("0")
+    )
+
     parent: Mapped[Marketplace | None] = relationship(remote_side="Marketplace.id")
     #: loaded when a page shows it, not with every request's marketplace
     logo: Mapped[Image | None] = relationship(lazy="select", foreign_keys=[logo_image_id])
@@ -129,3 +139,24 @@ class SelectedProduct(db.Model):  # type: ignore[name-defined,misc]
         sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     selected_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class PriceMarkup(db.Model):  # type: ignore[name-defined,misc]
+    """How a child marketplace prices one product over its parent's prices: a mark-up for
+    the whole product, per plan, and per price component (see ``cmw.marketplaces.pricing``)."""
+
+    __tablename__ = "price_markups"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("marketplaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    #: the product-wide mark-up: ``{"percent": "20"}`` or ``{"amount": "5.00"}``, or NULL
+    markup: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: per plan code: ``{"markup": {...} | null, "components": {"<index>": {...}}}`` where a
+    #: component takes a mark-up or an explicit ``unit_price`` or ``tiers``
+    plans: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))

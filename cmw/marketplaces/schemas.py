@@ -96,3 +96,86 @@ class SelectionViewSchema(SelectionSchema):
     parent_catalog = fields.List(
         fields.Nested(OfferedProductSchema), metadata={"description": "what the parent sells, to choose from"}
     )
+
+
+class PricingSchema(Schema):
+    """A marketplace's pricing settings."""
+
+    default_markup_percent = fields.Decimal(
+        allow_none=True,
+        as_string=True,
+        metadata={
+            "description": "mark-up in percent over the parent's prices of every product sold here "
+            "that has no mark-up of its own; null: the parent's prices (child marketplaces)",
+            "example": "15",
+        },
+    )
+    commission_percent = fields.Decimal(
+        as_string=True,
+        metadata={
+            "description": "of the vendors' prices of the products published in this marketplace, "
+            "the part it keeps (the rest is owed to the vendor)",
+            "example": "20",
+        },
+    )
+
+
+RULE_DESCRIPTION = (
+    '{"percent": "20"} or {"amount": "1.50"} (added to each of its prices); for a component also an '
+    'explicit price, {"unit_price": "12.00"} or {"tiers": [...]} with the parent\'s tier bounds. '
+    "Never below the parent's price."
+)
+
+
+class PlanRulesSchema(Schema):
+    markup = fields.Dict(allow_none=True, metadata={"description": RULE_DESCRIPTION})
+    components = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(allow_none=True),
+        load_default=dict,
+        metadata={"description": "per component, by its index in the plan: " + RULE_DESCRIPTION},
+    )
+
+
+class PricesSchema(Schema):
+    """How this marketplace prices one product over its parent's prices."""
+
+    markup = fields.Dict(
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "for the whole product: " + RULE_DESCRIPTION},
+    )
+    plans = fields.Dict(keys=fields.String(), values=fields.Nested(PlanRulesSchema), load_default=dict)
+
+
+class PriceViewSchema(Schema):
+    unit_price = fields.String(allow_none=True)
+    tiers = fields.List(fields.Dict(), allow_none=True)
+
+
+class PricedComponentSchema(Schema):
+    index = fields.Integer()
+    kind = fields.String()
+    label = fields.String()
+    metric = fields.String(allow_none=True)
+    unit = fields.String(allow_none=True)
+    parent_price = fields.Nested(PriceViewSchema, metadata={"description": "the parent marketplace's price"})
+    price = fields.Nested(PriceViewSchema, metadata={"description": "this marketplace's price"})
+    rule = fields.Dict(allow_none=True)
+
+
+class PricedPlanSchema(Schema):
+    code = fields.String()
+    name = fields.String()
+    currency = fields.String()
+    billing_period = fields.String()
+    markup = fields.Dict(allow_none=True)
+    components = fields.List(fields.Nested(PricedComponentSchema))
+
+
+class PricesViewSchema(Schema):
+    product_id = fields.UUID()
+    slug = fields.String()
+    markup = fields.Dict(allow_none=True)
+    default_markup_percent = fields.Decimal(as_string=True, allow_none=True)
+    plans = fields.List(fields.Nested(PricedPlanSchema))

@@ -4,11 +4,12 @@ to the currency's minor unit per line; totals are sums of rounded lines."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from cmw.catalog.models import ComponentKind, Plan
-from cmw.catalog.pricing import rate_component, spec_of
+from cmw.catalog.pricing import ComponentSpec, rate_component, spec_of
 from cmw.money import format_amount, round_to_minor
 
 
@@ -29,12 +30,16 @@ def check_quantity(plan: Plan, quantity: int) -> None:
             raise QuantityError(f"{c.label}: order {allowed} {c.unit or 'units'}")
 
 
-def breakdown(plan: Plan, quantity: int, *, trial_days: int = 0) -> dict[str, Any]:
+def breakdown(
+    plan: Plan, quantity: int, *, trial_days: int = 0, specs: Sequence[ComponentSpec] | None = None
+) -> dict[str, Any]:
+    """The order's prices: the plan's components as priced by ``specs`` (the marketplace's
+    prices, ``cmw.marketplaces.pricing``), else as the vendor priced them."""
     currency = plan.currency
     lines: list[dict[str, Any]] = []
     setup_total = period_total = Decimal(0)
-    for component in plan.components:
-        spec = spec_of(component)
+    for index, component in enumerate(plan.components):
+        spec = specs[index] if specs is not None else spec_of(component)
         line: dict[str, Any] = {"kind": component.kind.value, "label": component.label}
         if component.kind is ComponentKind.SETUP:
             amount = round_to_minor(rate_component(spec, Decimal(1)), currency)
@@ -50,7 +55,7 @@ def breakdown(plan: Plan, quantity: int, *, trial_days: int = 0) -> dict[str, An
             line.update(
                 quantity=quantity,
                 unit=component.unit,
-                unit_price=format_amount(component.unit_price or Decimal(0)),
+                unit_price=format_amount(spec.unit_price or Decimal(0)),
                 amount=format_amount(amount),
                 when="each period",
             )
@@ -60,8 +65,8 @@ def breakdown(plan: Plan, quantity: int, *, trial_days: int = 0) -> dict[str, An
                 unit=component.unit,
                 pricing_model=component.pricing_model.value if component.pricing_model else None,
                 included_quantity=format_amount(component.included_quantity),
-                unit_price=None if component.unit_price is None else format_amount(component.unit_price),
-                tiers=component.tiers,
+                unit_price=None if spec.unit_price is None else format_amount(spec.unit_price),
+                tiers=[t.as_json() for t in spec.tiers] if component.tiers else component.tiers,
                 amount=None,
                 when="on usage",
             )

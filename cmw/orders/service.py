@@ -22,6 +22,7 @@ from cmw.catalog import service as catalog
 from cmw.catalog.models import BillingPeriod, Plan, Product, ProductVersion
 from cmw.db import utcnow
 from cmw.events.service import emit
+from cmw.marketplaces import pricing
 from cmw.marketplaces.models import Marketplace
 from cmw.orders.models import (
     Order,
@@ -159,7 +160,12 @@ def place_order(
         region=target.get("region"),
         ssh_public_key=ssh_key,
         currency=plan.currency,
-        breakdown=breakdown(plan, request.quantity, trial_days=trial_days),
+        breakdown=breakdown(
+            plan,
+            request.quantity,
+            trial_days=trial_days,
+            specs=pricing.price_list(session, marketplace, product).specs(plan),
+        ),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )

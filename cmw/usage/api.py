@@ -20,6 +20,7 @@ from cmw.catalog import service as catalog
 from cmw.catalog.models import Plan, Product
 from cmw.catalog.schemas import Amount
 from cmw.extensions import current_session
+from cmw.marketplaces import pricing
 from cmw.orders import service as orders
 from cmw.orders.models import Subscription
 from cmw.usage import budgets, cloud, estimates, ingest, live, simulation
@@ -103,7 +104,8 @@ def items_for(refs: list[dict[str, Any]]) -> list[estimates.Item]:
         if plan is None:
             codes = ", ".join(p.code for p in live.plans)
             raise estimates.EstimateError(f"items.{index}.plan", f"{live.name} sells {codes}")
-        found.append(estimates.Item(plan, ref.get("quantity", 1), ref.get("usage") or {}, live.name))
+        specs = pricing.price_list(session, marketplace, product).specs(plan)
+        found.append(estimates.Item(plan, ref.get("quantity", 1), ref.get("usage") or {}, live.name, specs))
     return found
 
 

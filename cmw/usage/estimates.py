@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from cmw.catalog.models import BillingPeriod, ComponentKind, Plan
-from cmw.catalog.pricing import rate_component, spec_of
+from cmw.catalog.pricing import ComponentSpec, rate_component, spec_of
 from cmw.money import format_amount, round_to_minor
 
 ZERO = Decimal(0)
@@ -39,6 +39,9 @@ class Item:
     usage: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
     #: a name for the answer (the product's)
     label: str = ""
+    #: the plan's components as the marketplace prices them (``PriceList.specs``); None:
+    #: the vendor's prices
+    specs: Sequence[ComponentSpec] | None = None
 
 
 def _periods(plan: Plan, months: int) -> tuple[int, int]:
@@ -57,8 +60,8 @@ def estimate_item(item: Item, months: int) -> dict[str, Any]:
         raise EstimateError("usage", f"{plan.name} has no price for {', '.join(unknown)}")
     lines: list[dict[str, Any]] = []
     totals = {"setup": ZERO, "recurring": ZERO, "usage": ZERO}
-    for component in plan.components:
-        spec = spec_of(component)
+    for index, component in enumerate(plan.components):
+        spec = item.specs[index] if item.specs is not None else spec_of(component)
         line: dict[str, Any] = {"label": component.label, "kind": component.kind.value}
         if component.kind is ComponentKind.SETUP:
             amount = round_to_minor(rate_component(spec, Decimal(1)), currency)

@@ -23,8 +23,10 @@ from sqlalchemy.orm import Session
 from cmw.billing.models import UsageHourly
 from cmw.billing.service import hour_floor
 from cmw.catalog.models import ComponentKind, Plan, Product
-from cmw.catalog.pricing import rate_component, spec_of
+from cmw.catalog.pricing import rate_component
 from cmw.db import utcnow
+from cmw.marketplaces import pricing
+from cmw.marketplaces.models import Marketplace
 from cmw.money import round_to_minor
 from cmw.orders.models import Subscription, SubscriptionStatus
 
@@ -98,9 +100,16 @@ def costs(
         ).all()
     )
     used = _usage(session, live, now)
+    prices: dict[tuple[uuid.UUID, uuid.UUID], pricing.PriceList] = {}
     found = []
     for subscription in live:
         plan = plans[subscription.plan_id]
+        key = (subscription.marketplace_id, subscription.product_id)
+        if key not in prices:
+            marketplace = session.get(Marketplace, subscription.marketplace_id)
+            product = session.get(Product, subscription.product_id)
+            assert marketplace is not None and product is not None
+            prices[key] = pricing.price_list(session, marketplace, product)
         start, end = subscription.current_period_start, subscription.current_period_end
         at = min(max(now, start), end)
         elapsed = (at - hour_floor(start)).total_seconds()
@@ -108,8 +117,8 @@ def costs(
         # how much more usage the rest of the period brings at the rate so far
         stretch = Decimal(whole) / Decimal(elapsed) if elapsed > 3600 else None
         lines = []
-        for c in plan.components:
-            spec = spec_of(c)
+        for index, c in enumerate(plan.components):
+            spec = prices[key].spec(plan, index)
             if c.kind is ComponentKind.FLAT:
                 amount = round_to_minor(rate_component(spec, Decimal(1)), plan.currency)
                 lines.append(CostLine(c.label, "fee", None, Decimal(1), None, amount, amount))
