@@ -24,7 +24,7 @@ from cmw.accounts.auth import Identity, current_identity
 from cmw.accounts.models import Organisation, Role
 from cmw.assets.api import storage
 from cmw.assets.service import InvalidImage, save_image
-from cmw.billing import service as billing
+from cmw.billing import revenue as billing_revenue
 from cmw.catalog import presenters
 from cmw.catalog import service as catalog_service
 from cmw.catalog.api import MAX_UPLOAD
@@ -727,7 +727,7 @@ def vendor_sales() -> ResponseReturnValue:
         {s.product_id for s in subscriptions_shown} | {o.product_id for o in recent},
         {s.plan_id for s in subscriptions_shown} | {o.plan_id for o in recent},
     )
-    revenue = billing.vendor_revenue(session, identity.marketplace.id, vendors)
+    revenue = billing_revenue.vendor_revenue(session, identity.marketplace.id, vendors)
     return render_template(
         "vendor_sales.html",
         revenue=revenue,

@@ -12,6 +12,7 @@ from cmw.accounts.models import Organisation, OrganisationKind, Role, User
 from cmw.catalog import service as catalog
 from cmw.catalog.models import Product
 from cmw.catalog.pricing import PlanSpec
+from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import platform
 
 
@@ -174,10 +175,16 @@ def publish_product(
 
 
 def add_customer(
-    session: Session, email: str, *, organisation: Organisation | None = None, paying: bool = False
+    session: Session,
+    email: str,
+    *,
+    organisation: Organisation | None = None,
+    paying: bool = False,
+    marketplace: Marketplace | None = None,
 ) -> tuple[User, Organisation]:
-    """A user with the customer role for ``organisation`` (a new one by default)."""
-    marketplace = platform(session)
+    """A user with the customer role for ``organisation`` (a new one by default) of
+    ``marketplace`` (the platform by default)."""
+    marketplace = marketplace or platform(session)
     user = accounts.create_user(session, email=email, name=email.split("@")[0], password="long-enough-pw")
     if organisation is None:
         organisation = accounts.create_organisation(

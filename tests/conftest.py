@@ -182,7 +182,8 @@ def truncate(engine: sa.Engine) -> None:
             for name in sorted(SEEDED_TABLES - {"marketplaces"})
         }
         platform_rows = [
-            {**row, "logo_image_id": None}
+            # a test's prices (mark-up, commission) and logo do not outlive it
+            {**row, "logo_image_id": None, "commission_percent": 0, "default_markup_percent": None}
             for row in conn.execute(
                 sa.select(marketplaces).where(marketplaces.c.kind == MarketplaceKind.PLATFORM.value)
             ).mappings()

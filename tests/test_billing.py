@@ -616,7 +616,7 @@ def test_vendors_see_their_revenue_by_month(app: Flask, committed_db: Factory, w
             == 200
         )
     assert browser.get("/api/v1/vendor/revenue").get_json() == [
-        {"month": f"{now:%Y-%m}", "currency": "EUR", "invoiced": "48.5", "paid": "0"}
+        {"month": f"{now:%Y-%m}", "currency": "EUR", "invoiced": "48.5", "paid": "0", "earned": "48.5"}
     ]
     assert stranger.get("/api/v1/vendor/revenue").get_json() == []
     page = browser.get("/vendor/sales").get_data(as_text=True)

@@ -13,14 +13,13 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from cmw.accounts.auth import Identity, require_identity, roles_required, visible_rows
+from cmw.accounts.auth import Identity, current_marketplace, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.api.views import attributes
 from cmw.assets.api import storage
-from cmw.billing import coupons, documents, payments, taxes
-from cmw.billing import service as billing
+from cmw.billing import coupons, documents, payments, revenue, taxes
 from cmw.billing.errors import BillingError
 from cmw.billing.models import (
     Coupon,
@@ -367,6 +366,33 @@ class RevenueSchema(Schema):
     currency = fields.String()
     invoiced = Amount(metadata={"description": "your products' invoice lines, before tax"})
     paid = Amount()
+    earned = Amount(
+        metadata={"description": "your part of them: the marketplace's price less its commission"}
+    )
+
+
+class MarketplaceRevenueSchema(Schema):
+    month = fields.String(metadata={"example": "2026-11"})
+    currency = fields.String()
+    sold = Amount(metadata={"description": "invoiced to this marketplace's customers, before tax"})
+    tax = Amount(metadata={"description": "tax on those invoices, this marketplace's to remit"})
+    received = Amount(metadata={"description": "owed to it by the marketplaces under it for their sales"})
+    owes = Amount(
+        metadata={"description": "owed to its parent marketplace (or, for its own products, their vendors)"}
+    )
+    earned = Amount(metadata={"description": "sold + received - owes"})
+
+
+@blp.route("/marketplace/revenue")
+class MarketplaceRevenue(MethodView):
+    @blp.arguments(RevenueArgs, location="query")
+    @blp.response(200, MarketplaceRevenueSchema(many=True))
+    @roles_required(Role.ADMIN)
+    def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """This marketplace's revenue by month and currency, oldest first: what it sold to
+        its customers, what the marketplaces under it owe it, what it owes up the tree, and
+        what it earned."""
+        return revenue.marketplace_revenue(current_session(), current_marketplace().id, args["months"])
 
 
 @blp.route("/vendor/revenue")
@@ -377,7 +403,7 @@ class VendorRevenue(MethodView):
     def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """What your products were invoiced for, by month and currency, oldest first."""
         identity = require_identity()
-        return billing.vendor_revenue(
+        return revenue.vendor_revenue(
             current_session(),
             identity.marketplace.id,
             identity.organisations_with(Role.VENDOR),

@@ -177,11 +177,13 @@ class CompareProducts(MethodView):
         for product in products:
             live = product.live_version
             assert live is not None
+            view = presenters.public_view(current_session(), storage(), product, current_marketplace())
             items.append(
                 {
                     **_card(product),
-                    "logo": _images_of(live)["logo"],
-                    "plans": live.plans,
+                    "price_from": view["price_from"],
+                    "logo": view["logo"],
+                    "plans": view["plans"],
                     "sizes": [t["size"] for t in live.deployment],
                 }
             )

@@ -14,6 +14,7 @@ from cmw.assets.service import image_view
 from cmw.catalog import search, service
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Product, ProductVersion
+from cmw.catalog.pricing import price_from
 from cmw.marketplaces import pricing
 from cmw.marketplaces.models import Marketplace
 
@@ -43,9 +44,7 @@ def public_view(
     assert live is not None
     prices = pricing.price_list(session, marketplace, product)
     plans = pricing.priced_plans(prices, live.plans)
-    price_from = (
-        service.price_from(plans) if prices.marked_up else (live.price_from_amount, live.price_from_currency)
-    )
+    cheapest = price_from(plans) if prices.marked_up else (live.price_from_amount, live.price_from_currency)
     return {
         **service.content_of(live),
         "id": product.id,
@@ -56,7 +55,7 @@ def public_view(
         "long_description_html": render(live.long_description),
         "plans": plans,
         "published_at": product.published_at,
-        "price_from": search.price_from_view(*price_from),
+        "price_from": search.price_from_view(*cheapest),
         "rating": search.rating_view(product.rating_count, product.rating_sum),
         **images_of(session, storage, live),
     }

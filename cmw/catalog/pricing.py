@@ -16,9 +16,10 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from cmw.catalog.models import BillingPeriod, ComponentKind, Plan, PriceComponent, PricingModel
-from cmw.money import CurrencyError, check_currency, format_amount
+from cmw.money import PRICE_SCALE, CurrencyError, check_currency, format_amount
 
 ZERO = Decimal(0)
 METRIC = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
@@ -259,3 +260,28 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
         billing_period=plan.billing_period,
         components=tuple(spec_of(c) for c in plan.components),
     )
+
+
+def price_from(plans: Sequence[Any]) -> tuple[Decimal | None, str | None]:
+    """The lowest recurring price a month among the plans: flat fees plus the minimum
+    quantity of per-unit fees; yearly plans count a twelfth. Metered usage is not known
+    in advance and counts 0. Plans in another currency than the first plan's are ignored.
+    ``plans`` are stored plans or a marketplace's priced views of them (the same attributes)."""
+    if not plans:
+        return None, None
+    currency = plans[0].currency
+    best: Decimal | None = None
+    for plan in plans:
+        if plan.currency != currency:
+            continue
+        monthly = ZERO
+        for c in plan.components:
+            if c.kind is ComponentKind.FLAT:
+                monthly += c.unit_price or 0
+            elif c.kind is ComponentKind.PER_UNIT:
+                monthly += (c.unit_price or 0) * (c.min_quantity or 1)
+        if plan.billing_period is BillingPeriod.YEAR:
+            monthly = monthly / 12
+        monthly = monthly.quantize(Decimal(1).scaleb(-PRICE_SCALE))
+        best = monthly if best is None else min(best, monthly)
+    return best, currency

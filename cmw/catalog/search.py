@@ -24,7 +24,7 @@ from cmw.assets.models import Image, StoredFile
 from cmw.assets.service import url_for_file
 from cmw.catalog import service
 from cmw.catalog.models import Product, ProductStatus, ProductType, ProductVersion
-from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.models import Marketplace, MarketplacePrice
 
 TS_CONFIG = sa.text("'english'::regconfig")
 #: PostgreSQL only: the stored to_tsvector('english', search_text), GIN-indexed (migration 0003)
@@ -69,6 +69,15 @@ def catalog_query(session: Session, marketplace: Marketplace, query: Query) -> s
         .options(contains_eager(Product.live_version))
         .where(service.sold_in(session, marketplace), Product.status == ProductStatus.PUBLISHED)
     )
+    price: sa.ColumnElement[Any] = live.price_from_amount.expression
+    currency: sa.ColumnElement[Any] = live.price_from_currency.expression
+    if marketplace.parent_id is not None:  # a child's mark-ups may change the price
+        own = sa.orm.aliased(MarketplacePrice)
+        stmt = stmt.outerjoin(
+            own, sa.and_(own.product_id == Product.id, own.marketplace_id == marketplace.id)
+        )
+        price = sa.func.coalesce(own.price_from_amount, live.price_from_amount)
+        currency = sa.func.coalesce(own.price_from_currency, live.price_from_currency)
     rank: sa.ColumnElement[Any] | None = None
     terms = (query.q or "").strip()
     if terms:
@@ -95,12 +104,12 @@ def catalog_query(session: Session, marketplace: Marketplace, query: Query) -> s
         stmt = stmt.where(live.trial_days > 0 if query.has_trial else live.trial_days == 0)
     if query.min_price is not None or query.max_price is not None:
         if query.currency:
-            stmt = stmt.where(live.price_from_currency == query.currency)
+            stmt = stmt.where(currency == query.currency)
         if query.min_price is not None:
-            stmt = stmt.where(live.price_from_amount >= query.min_price)
+            stmt = stmt.where(price >= query.min_price)
         if query.max_price is not None:
-            stmt = stmt.where(live.price_from_amount <= query.max_price)
-    return stmt.order_by(*_order(query.sort, rank))
+            stmt = stmt.where(price <= query.max_price)
+    return stmt.order_by(*_order(query.sort, rank, price))
 
 
 def _has_tag(session: Session, tag: str) -> sa.ColumnElement[bool]:
@@ -111,7 +120,7 @@ def _has_tag(session: Session, tag: str) -> sa.ColumnElement[bool]:
     return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
 
 
-def _order(sort: Sort, rank: sa.ColumnElement[Any] | None) -> list[Any]:
+def _order(sort: Sort, rank: sa.ColumnElement[Any] | None, price: sa.ColumnElement[Any]) -> list[Any]:
     newest = [Product.published_at.desc(), Product.id]
     if sort is Sort.RELEVANCE:
         return [rank.desc(), *newest] if rank is not None else newest
@@ -121,7 +130,6 @@ def _order(sort: Sort, rank: sa.ColumnElement[Any] | None) -> list[Any]:
         )
         return [average.desc(), Product.rating_count.desc(), *newest]
     if sort in (Sort.PRICE, Sort.PRICE_DESC):
-        price = ProductVersion.price_from_amount
         first = price.asc().nulls_last() if sort is Sort.PRICE else price.desc().nulls_last()
         return [first, *newest]
     return newest
@@ -147,7 +155,7 @@ def page(
     else:  # past the last page
         total = session.scalar(full.with_only_columns(sa.func.count()).order_by(None)) or 0
     ids = [row.id for row in rows]
-    loaded = {card["id"]: card for card in cards(session, ids, storage)} if ids else {}
+    loaded = {card["id"]: card for card in cards(session, ids, storage, marketplace)} if ids else {}
     return {
         "items": [loaded[i] for i in ids if i in loaded],
         "page": number,
@@ -157,10 +165,26 @@ def page(
     }
 
 
-def cards(session: Session, ids: list[uuid.UUID], storage: Storage) -> list[dict[str, Any]]:
-    """What a catalog card shows, for these products, as plain dicts."""
+def cards(
+    session: Session, ids: list[uuid.UUID], storage: Storage, marketplace: Marketplace
+) -> list[dict[str, Any]]:
+    """What a catalog card shows, for these products, as plain dicts, at the marketplace's prices."""
     rows = session.execute(_cards_statement(), {"ids": ids})
-    return [card(row, storage) for row in rows]
+    found = [card(row, storage) for row in rows]
+    if marketplace.parent_id is not None:
+        own = {
+            row.product_id: row
+            for row in session.scalars(
+                sa.select(MarketplacePrice).where(
+                    MarketplacePrice.marketplace_id == marketplace.id, MarketplacePrice.product_id.in_(ids)
+                )
+            )
+        }
+        for item in found:
+            if item["id"] in own:
+                row = own[item["id"]]
+                item["price_from"] = price_from_view(row.price_from_amount, row.price_from_currency)
+    return found
 
 
 @functools.cache

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,9 +14,7 @@ from sqlalchemy.orm import Session
 from cmw.accounts.models import Organisation, OrganisationKind, User
 from cmw.assets.models import Image
 from cmw.catalog.models import (
-    BillingPeriod,
     Category,
-    ComponentKind,
     Plan,
     PriceComponent,
     Product,
@@ -26,13 +23,13 @@ from cmw.catalog.models import (
     ProductVersion,
     VersionState,
 )
-from cmw.catalog.pricing import PlanSpec, validate_plans
+from cmw.catalog.pricing import PlanSpec, price_from, validate_plans
 from cmw.catalog.workflow import Action, InvalidTransition, next_state, next_status, save_state, save_status
 from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.marketplaces.models import Marketplace, SelectedProduct
-from cmw.marketplaces.service import ancestors
-from cmw.money import PRICE_SCALE
+from cmw.marketplaces.pricing import refresh_prices_from
+from cmw.marketplaces.service import ancestors, subtree_ids
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,78}[a-z0-9])?$")
 #: fields of a version the vendor writes (plans are set separately)
@@ -355,6 +352,8 @@ def approve(session: Session, product: Product, admin: User) -> ProductVersion:
         published_at=product.published_at or now,
     )
     session.refresh(version)
+    # the marketplaces that mark it up show a "price from" of their own
+    refresh_prices_from(session, subtree_ids(session, product.marketplace_id), [product.id])
     emit(session, "product.published", _payload(product, version), marketplace_id=product.marketplace_id)
     return version
 
@@ -395,31 +394,6 @@ def search_text(version: ProductVersion) -> str:
     """What search matches: name, descriptions and tags, lowercase."""
     parts = [version.name, version.short_description, version.long_description, " ".join(version.tags or [])]
     return "\n".join(p for p in parts if p).lower()
-
-
-def price_from(plans: Sequence[Any]) -> tuple[Decimal | None, str | None]:
-    """The lowest recurring price a month among the plans: flat fees plus the minimum
-    quantity of per-unit fees; yearly plans count a twelfth. Metered usage is not known
-    in advance and counts 0. Plans in another currency than the first plan's are ignored.
-    ``plans`` are stored plans or a marketplace's priced views of them (the same attributes)."""
-    if not plans:
-        return None, None
-    currency = plans[0].currency
-    best: Decimal | None = None
-    for plan in plans:
-        if plan.currency != currency:
-            continue
-        monthly = Decimal(0)
-        for c in plan.components:
-            if c.kind is ComponentKind.FLAT:
-                monthly += c.unit_price or 0
-            elif c.kind is ComponentKind.PER_UNIT:
-                monthly += (c.unit_price or 0) * (c.min_quantity or 1)
-        if plan.billing_period is BillingPeriod.YEAR:
-            monthly = monthly / 12
-        monthly = monthly.quantize(Decimal(1).scaleb(-PRICE_SCALE))
-        best = monthly if best is None else min(best, monthly)
-    return best, currency
 
 
 def _payload(product: Product, version: ProductVersion) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class Pricing(MethodView):
         session = current_session()
         marketplace = current_marketplace()
         try:
-            pricing.set_pricing(marketplace, data)
+            pricing.set_pricing(session, marketplace, data)
         except pricing.MarkupError as exc:
             session.rollback()
             raise invalid(exc.field, exc.message) from None

@@ -160,3 +160,19 @@ class PriceMarkup(db.Model):  # type: ignore[name-defined,misc]
     plans: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class MarketplacePrice(db.Model):  # type: ignore[name-defined,misc]
+    """A product's "price from" in a marketplace whose mark-ups change it, kept for the
+    catalog's price filters, sort and cards (elsewhere the live version's applies)."""
+
+    __tablename__ = "marketplace_prices"
+
+    marketplace_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("marketplaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    price_from_amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(18, 6))
+    price_from_currency: Mapped[str | None] = mapped_column(sa.String(3))

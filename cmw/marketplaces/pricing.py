@@ -38,9 +38,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
 from cmw.catalog.models import Plan, PricingModel, Product
-from cmw.catalog.pricing import ComponentSpec, Tier, spec_of
-from cmw.marketplaces.models import Marketplace, PriceMarkup
-from cmw.marketplaces.service import ancestors
+from cmw.catalog.pricing import ComponentSpec, Tier, price_from, spec_of
+from cmw.marketplaces.models import Marketplace, MarketplacePrice, PriceMarkup
+from cmw.marketplaces.service import ancestors, subtree_ids
 from cmw.money import PRICE_SCALE, format_amount, round_to_minor
 
 ZERO = Decimal(0)
@@ -565,23 +565,33 @@ def set_prices(
     parent = _parent_prices(session, marketplace, product)
     markup, plans = validate(marketplace, parent, live_plans(session, product), data)
     save(session, marketplace, product, markup, plans, user_id, now)
+    session.flush()
+    refresh_prices_from(session, subtree_ids(session, marketplace.id), [product.id])
 
 
-def set_pricing(marketplace: Marketplace, data: dict[str, Any]) -> None:
+def set_pricing(session: Session, marketplace: Marketplace, data: dict[str, Any]) -> None:
     """The marketplace's default mark-up and the commission it keeps of its own products' prices."""
-    if "default_markup_percent" in data:
+    if (
+        "default_markup_percent" in data
+        and data["default_markup_percent"] != marketplace.default_markup_percent
+    ):
         value = data["default_markup_percent"]
         if value is not None:
             if marketplace.parent_id is None:
                 raise MarkupError(
                     "default_markup_percent", "the platform has no parent to mark up: vendors set its prices"
                 )
-            checked = check_markup({"percent": value}, "default_markup_percent")
+            try:
+                checked = check_markup({"percent": value}, "default_markup_percent")
+            except MarkupError as exc:
+                raise MarkupError("default_markup_percent", exc.message) from None
             assert checked is not None
             value = Decimal(checked["percent"])
             if value != value.quantize(Decimal("0.0001")):
                 raise MarkupError("default_markup_percent", "at most 4 decimals")
         marketplace.default_markup_percent = value
+        session.flush()
+        refresh_prices_from(session, subtree_ids(session, marketplace.id))
     if "commission_percent" in data:
         value = _decimal(data["commission_percent"], "commission_percent")
         if not ZERO <= value <= HUNDRED:
@@ -589,3 +599,35 @@ def set_pricing(marketplace: Marketplace, data: dict[str, Any]) -> None:
         if value != value.quantize(Decimal("0.0001")):
             raise MarkupError("commission_percent", "at most 4 decimals")
         marketplace.commission_percent = value
+
+
+def refresh_prices_from(
+    session: Session, marketplace_ids: Sequence[uuid.UUID], product_ids: Sequence[uuid.UUID] | None = None
+) -> None:
+    """Recompute the "price from" (:class:`MarketplacePrice`) of the products (default: all
+    published ones) in the marketplaces, after their mark-ups or the vendor's prices changed.
+    A row is kept only where the marketplace's prices differ from the vendor's."""
+    marketplaces = [m for m in (session.get(Marketplace, i) for i in marketplace_ids) if m is not None]
+    marketplaces = [m for m in marketplaces if m.parent_id is not None]
+    if not marketplaces:
+        return
+    stmt = sa.select(Product).where(Product.live_version_id.is_not(None))
+    if product_ids is not None:
+        stmt = stmt.where(Product.id.in_(list(product_ids)))
+    products = list(session.scalars(stmt))
+    plans: dict[uuid.UUID, list[Plan]] = {}
+    for marketplace in marketplaces:
+        for product in products:
+            prices = price_list(session, marketplace, product)
+            row = session.get(MarketplacePrice, (marketplace.id, product.id))
+            if not prices.marked_up:
+                if row is not None:
+                    session.delete(row)
+                continue
+            if product.id not in plans:
+                plans[product.id] = live_plans(session, product)
+            amount, currency = price_from(priced_plans(prices, plans[product.id]))
+            if row is None:
+                row = MarketplacePrice(marketplace_id=marketplace.id, product_id=product.id)
+                session.add(row)
+            row.price_from_amount, row.price_from_currency = amount, currency

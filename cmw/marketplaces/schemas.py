@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -9,6 +10,7 @@ from marshmallow import Schema, fields, validate
 from cmw.assets.api import storage
 from cmw.assets.service import image_view
 from cmw.marketplaces.models import Marketplace, MarketplaceKind
+from cmw.money import format_amount
 
 
 class MarketplaceSchema(Schema):
@@ -98,20 +100,25 @@ class SelectionViewSchema(SelectionSchema):
     )
 
 
+class Percent(fields.Decimal):
+    """A decimal in, its canonical text out ("20", "12.5")."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_amount(Decimal(value))
+
+
 class PricingSchema(Schema):
     """A marketplace's pricing settings."""
 
-    default_markup_percent = fields.Decimal(
+    default_markup_percent = Percent(
         allow_none=True,
-        as_string=True,
         metadata={
             "description": "mark-up in percent over the parent's prices of every product sold here "
             "that has no mark-up of its own; null: the parent's prices (child marketplaces)",
             "example": "15",
         },
     )
-    commission_percent = fields.Decimal(
-        as_string=True,
+    commission_percent = Percent(
         metadata={
             "description": "of the vendors' prices of the products published in this marketplace, "
             "the part it keeps (the rest is owed to the vendor)",
@@ -177,5 +184,5 @@ class PricesViewSchema(Schema):
     product_id = fields.UUID()
     slug = fields.String()
     markup = fields.Dict(allow_none=True)
-    default_markup_percent = fields.Decimal(as_string=True, allow_none=True)
+    default_markup_percent = Percent(allow_none=True)
     plans = fields.List(fields.Nested(PricedPlanSchema))

@@ -177,3 +177,10 @@ def _apply_branding(session: Session, marketplace: Marketplace, data: dict[str, 
         if field in data:
             value = data[field]
             setattr(marketplace, field, value.strip() if isinstance(value, str) else value)
+
+
+def subtree_ids(session: Session, marketplace_id: uuid.UUID) -> list[uuid.UUID]:
+    """The marketplace and every marketplace under it."""
+    tree = sa.select(Marketplace.id).where(Marketplace.id == marketplace_id).cte("tree", recursive=True)
+    tree = tree.union_all(sa.select(Marketplace.id).where(Marketplace.parent_id == tree.c.id))
+    return list(session.scalars(sa.select(tree.c.id)))
