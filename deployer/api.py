@@ -12,7 +12,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from cmw.accounts.auth import Identity, require_identity, roles_required, visible_rows
+from cmw.accounts.auth import Identity, current_marketplace, require_identity, roles_required, visible_rows
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
@@ -146,12 +146,20 @@ def _invalid(exc: service.CloudAccountError) -> ApiError:
     )
 
 
+def platform_only() -> None:
+    """Cloud accounts are the platform's: its admins manage them, and for the admins of the
+    marketplaces under it they do not exist (404)."""
+    if current_marketplace().parent_id is not None:
+        raise ApiError(404, "cloud accounts are managed in the platform marketplace")
+
+
 @blp.route("/admin/cloud-accounts")
 class CloudAccounts(MethodView):
     @blp.response(200, CloudAccountSchema(many=True))
     @roles_required(Role.ADMIN)
     def get(self) -> list[CloudAccount]:
         """Cloud accounts deployments go to (credentials are never shown)."""
+        platform_only()
         return list(current_session().scalars(sa.select(CloudAccount).order_by(CloudAccount.slug)))
 
     @blp.arguments(CloudAccountSchema)
@@ -159,6 +167,7 @@ class CloudAccounts(MethodView):
     @roles_required(Role.ADMIN)
     def post(self, data: dict[str, Any]) -> CloudAccount:
         """Add a cloud account: a Libcloud provider, its credentials (sealed at rest), region and options."""
+        platform_only()
         session = current_session()
         try:
             account = service.create_cloud_account(session, sealer(), service.CloudAccountInput(**data))
@@ -175,6 +184,7 @@ class CloudAccountResource(MethodView):
     @roles_required(Role.ADMIN)
     def get(self, account_id: uuid.UUID) -> CloudAccount:
         """One cloud account."""
+        platform_only()
         return _account(account_id)
 
     @blp.arguments(CloudAccountPatchSchema)
@@ -182,6 +192,7 @@ class CloudAccountResource(MethodView):
     @roles_required(Role.ADMIN)
     def patch(self, data: dict[str, Any], account_id: uuid.UUID) -> CloudAccount:
         """Change settings or credentials; running deployments keep their machines."""
+        platform_only()
         session = current_session()
         account = _account(account_id)
         try:
@@ -201,6 +212,7 @@ class CloudAccountTest(MethodView):
     @roles_required(Role.ADMIN)
     def post(self, data: dict[str, Any], account_id: uuid.UUID) -> dict[str, Any]:
         """Try the account: list its sizes, and its images (or look up the ones named)."""
+        platform_only()
         account = _account(account_id)
         try:
             return service.test_cloud_account(sealer(), account, data["images"])

@@ -100,6 +100,8 @@ def cloud_accounts() -> ResponseReturnValue:
     """The clouds the platform deploys to: provider, region, SSH endpoint, whether active."""
     if admin_identity() is None:
         return sign_in_first()
+    if current_marketplace().parent_id is not None:  # the platform's (deployer.api.platform_only)
+        abort(404)
     listed = current_session().scalars(sa.select(CloudAccount).order_by(CloudAccount.name).limit(500))
     return render_template("admin_cloud_accounts.html", accounts=list(listed), form=ActionForm())
 
@@ -110,6 +112,8 @@ def cloud_account(account_id: uuid.UUID | None) -> ResponseReturnValue:
     """Add a cloud account or change one (credentials left blank stay as they are)."""
     if admin_identity() is None:
         return sign_in_first()
+    if current_marketplace().parent_id is not None:  # the platform's (deployer.api.platform_only)
+        abort(404)
     session = current_session()
     account = session.get(CloudAccount, account_id) if account_id else None
     if account_id and account is None:
@@ -147,6 +151,8 @@ def test_cloud_account(account_id: uuid.UUID) -> ResponseReturnValue:
     """Try the account's credentials: list its sizes and images, and say how long it took."""
     if admin_identity() is None:
         return sign_in_first()
+    if current_marketplace().parent_id is not None:  # the platform's (deployer.api.platform_only)
+        abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)
     session = current_session()
