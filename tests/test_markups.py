@@ -23,13 +23,13 @@ from cmw.accounts.models import Role, User
 from cmw.billing import revenue
 from cmw.billing import service as billing
 from cmw.billing.models import Invoice, InvoiceLine, UsageHourly
-from cmw.catalog.models import BillingPeriod, ComponentKind, PricingModel
-from cmw.catalog.pricing import ComponentSpec, PlanSpec, Tier
 from cmw.marketplaces import pricing
 from cmw.marketplaces.models import Marketplace, MarketplaceKind
 from cmw.marketplaces.service import platform
 from cmw.orders import service as orders
 from tests import catalog_data
+from tests.test_billing import CPU, FEE, SEATS, SETUP, T0, TRAFFIC
+from tests.test_billing import _plan as plan_of
 from tests.test_catalog_selection import select, tree  # noqa: F401  (the tree fixture)
 
 Headers = Callable[..., dict[str, str]]
@@ -246,31 +246,6 @@ def test_a_parents_rise_above_an_explicit_price_wins(
 
 
 # ---------------------------------------------------------------- the revenue split
-T0 = dt.datetime(2026, 1, 15, 10, 0, tzinfo=dt.UTC)
-FEE = ComponentSpec(kind=ComponentKind.FLAT, label="Fee", unit_price=D("10"))
-SETUP = ComponentSpec(kind=ComponentKind.SETUP, label="Setup", unit_price=D("25"))
-SEATS = ComponentSpec(kind=ComponentKind.PER_UNIT, label="Seats", unit_price=D("4.50"), unit="seat")
-TRAFFIC = ComponentSpec(
-    kind=ComponentKind.METERED, label="Traffic", metric="bandwidth.gb", unit="GB",
-    pricing_model=PricingModel.GRADUATED, included_quantity=D(100),
-    tiers=(Tier(D(0), D(1000), D("0.08")), Tier(D(1000), None, D("0.05"))),
-)  # fmt: skip
-CPU = ComponentSpec(
-    kind=ComponentKind.METERED, label="CPU", metric="cpu.hours", unit="hour",
-    pricing_model=PricingModel.VOLUME, tiers=(Tier(D(0), D(500), D("0.02")), Tier(D(500), None, D("0.015"))),
-)  # fmt: skip
-
-
-def _plan(code: str, *components: ComponentSpec) -> PlanSpec:
-    return PlanSpec(
-        code=code,
-        name=code.title(),
-        currency="EUR",
-        billing_period=BillingPeriod.MONTH,
-        components=components,
-    )
-
-
 def test_three_levels_each_customer_pays_its_price_and_the_split_adds_up(
     committed_db: sessionmaker[Session], app: Flask
 ) -> None:
@@ -278,7 +253,7 @@ def test_three_levels_each_customer_pays_its_price_and_the_split_adds_up(
     own 6.00 a seat; the reseller 10% over the distributor, and one cent more a GB."""
     with committed_db() as session:
         product = catalog_data.publish_product(
-            session, "split", [_plan("seats", FEE, SETUP, SEATS), _plan("usage", FEE, TRAFFIC, CPU)]
+            session, "split", [plan_of("seats", FEE, SETUP, SEATS), plan_of("usage", FEE, TRAFFIC, CPU)]
         )
         top = platform(session)
         top.commission_percent = D(15)

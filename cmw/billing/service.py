@@ -242,10 +242,7 @@ class RunContext:
         key = (subscription.marketplace_id, subscription.product_id)
         found = self._prices.get(key)
         if found is None:
-            marketplace = self.reader.get(Marketplace, subscription.marketplace_id)
-            product = self.reader.get(Product, subscription.product_id)
-            assert marketplace is not None and product is not None
-            found = self._prices[key] = marketplace_pricing.price_list(self.reader, marketplace, product)
+            found = self._prices[key] = marketplace_pricing.price_list_of(self.reader, *key)
         return found
 
     def split(self, charge: Charge) -> list[dict[str, str]] | None:

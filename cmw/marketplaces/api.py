@@ -231,10 +231,10 @@ class Marketplaces(MethodView):
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """This marketplace and every marketplace under it (admins)."""
         root = current_marketplace()
-        tree = sa.select(Marketplace.id).where(Marketplace.id == root.id).cte("tree", recursive=True)
-        tree = tree.union_all(sa.select(Marketplace.id).where(Marketplace.parent_id == tree.c.id))
         stmt = (
-            sa.select(Marketplace).where(Marketplace.id.in_(sa.select(tree.c.id))).order_by(Marketplace.slug)
+            sa.select(Marketplace)
+            .where(Marketplace.id.in_(service.subtree(root.id)))
+            .order_by(Marketplace.slug)
         )
         return paginate(current_session(), stmt, args["page"], args["per_page"])
 

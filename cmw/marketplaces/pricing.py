@@ -261,6 +261,14 @@ def price_list(session: Session, marketplace: Marketplace, product: Product) -> 
     )
 
 
+def price_list_of(session: Session, marketplace_id: uuid.UUID, product_id: uuid.UUID) -> PriceList:
+    """:func:`price_list` by ids (a subscription's marketplace and product)."""
+    marketplace = session.get(Marketplace, marketplace_id)
+    product = session.get(Product, product_id)
+    assert marketplace is not None and product is not None
+    return price_list(session, marketplace, product)
+
+
 # ---------------------------------------------------------------- validation
 def _decimal(value: Any, field: str) -> Decimal:
     try:
@@ -318,7 +326,7 @@ def check_markup(doc: dict[str, Any] | None, field: str, *, explicit: bool = Fal
 
 
 def validate(
-    marketplace: Marketplace, parent_prices: PriceList, plans: Sequence[Plan], data: dict[str, Any]
+    parent_prices: PriceList, plans: Sequence[Plan], data: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The product's rules for ``marketplace`` from an API body, checked against the
     parent's current prices (``parent_prices``): the stored ``markup`` and ``plans``."""
@@ -563,7 +571,7 @@ def set_prices(
 ) -> None:
     """Replace the product's rules in ``marketplace`` (checked against the parent's prices)."""
     parent = _parent_prices(session, marketplace, product)
-    markup, plans = validate(marketplace, parent, live_plans(session, product), data)
+    markup, plans = validate(parent, live_plans(session, product), data)
     save(session, marketplace, product, markup, plans, user_id, now)
     session.flush()
     refresh_prices_from(session, subtree_ids(session, marketplace.id), [product.id])

@@ -179,8 +179,13 @@ def _apply_branding(session: Session, marketplace: Marketplace, data: dict[str, 
             setattr(marketplace, field, value.strip() if isinstance(value, str) else value)
 
 
-def subtree_ids(session: Session, marketplace_id: uuid.UUID) -> list[uuid.UUID]:
-    """The marketplace and every marketplace under it."""
+def subtree(marketplace_id: uuid.UUID) -> sa.Select[tuple[uuid.UUID]]:
+    """The ids of the marketplace and every marketplace under it, as a query."""
     tree = sa.select(Marketplace.id).where(Marketplace.id == marketplace_id).cte("tree", recursive=True)
     tree = tree.union_all(sa.select(Marketplace.id).where(Marketplace.parent_id == tree.c.id))
-    return list(session.scalars(sa.select(tree.c.id)))
+    return sa.select(tree.c.id)
+
+
+def subtree_ids(session: Session, marketplace_id: uuid.UUID) -> list[uuid.UUID]:
+    """The marketplace and every marketplace under it."""
+    return list(session.scalars(subtree(marketplace_id)))

@@ -26,7 +26,6 @@ from cmw.catalog.models import ComponentKind, Plan, Product
 from cmw.catalog.pricing import rate_component
 from cmw.db import utcnow
 from cmw.marketplaces import pricing
-from cmw.marketplaces.models import Marketplace
 from cmw.money import round_to_minor
 from cmw.orders.models import Subscription, SubscriptionStatus
 
@@ -106,10 +105,7 @@ def costs(
         plan = plans[subscription.plan_id]
         key = (subscription.marketplace_id, subscription.product_id)
         if key not in prices:
-            marketplace = session.get(Marketplace, subscription.marketplace_id)
-            product = session.get(Product, subscription.product_id)
-            assert marketplace is not None and product is not None
-            prices[key] = pricing.price_list(session, marketplace, product)
+            prices[key] = pricing.price_list_of(session, *key)
         start, end = subscription.current_period_start, subscription.current_period_end
         at = min(max(now, start), end)
         elapsed = (at - hour_floor(start)).total_seconds()
