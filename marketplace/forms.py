@@ -8,6 +8,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
+    ColorField,
     EmailField,
     FieldList,
     Form,
@@ -399,3 +400,66 @@ class SignInSettingsForm(FlaskForm):  # type: ignore[misc]
     )
     provision_users = BooleanField("Create Keycloak users on sign-up, disable them with their Mercato user")
     introspect = BooleanField("Ask Keycloak about every API token (introspection)")
+
+
+class BrandingForm(FlaskForm):  # type: ignore[misc]
+    """How a marketplace looks to its customers: every page and e-mail carries it."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=120)])
+    domain = StringField(
+        "Host name",
+        validators=[Optional(), Length(max=253)],
+        description="shop.example.com, with its DNS pointing at the platform; empty: only the /m/ prefix.",
+    )
+    description = TextAreaField(
+        "Description", validators=[Optional(), Length(max=5000)], description="Shown on the home page."
+    )
+    primary_colour = ColorField(
+        "Primary colour",
+        validators=[DataRequired()],
+        description="The page header, under white text: dark enough for 4.5:1 contrast.",
+    )
+    accent_colour = ColorField(
+        "Accent colour",
+        validators=[DataRequired()],
+        description="Buttons, under black text: light enough for 4.5:1 contrast.",
+    )
+    support_email = EmailField("Support e-mail", validators=[Optional(), Length(max=254)])
+    legal_footer = TextAreaField(
+        "Legal footer",
+        validators=[Optional(), Length(max=5000)],
+        description="Company, registration and address: on every page, e-mail and invoice.",
+    )
+    email_sender_name = StringField(
+        "E-mail sender name", validators=[Optional(), Length(max=120)], description="Empty: the name."
+    )
+
+
+class MarketplacePricingForm(FlaskForm):  # type: ignore[misc]
+    default_markup_percent = StringField(
+        "Default mark-up (%)",
+        validators=[Optional(), Length(max=20)],
+        description="Over the parent's prices, for every product without a mark-up of its own; empty: none.",
+    )
+    commission_percent = StringField(
+        "Commission (%)",
+        validators=[DataRequired(), Length(max=20)],
+        description="The part of the vendors' prices this marketplace keeps, for products published here.",
+    )
+
+
+class ChildMarketplaceForm(FlaskForm):  # type: ignore[misc]
+    """A distributor under the platform, or a reseller under a distributor."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=120)])
+    slug = StringField(
+        "Short name",
+        validators=[DataRequired(), Length(max=63)],
+        description="Lowercase letters, digits and hyphens; it is served under /m/<short name> too.",
+    )
+    domain = StringField("Host name", validators=[Optional(), Length(max=253)])
+    admin = EmailField(
+        "Its administrator's e-mail",
+        validators=[Optional(), Length(max=254)],
+        description="Someone who has signed up already; you administer it too.",
+    )

@@ -23,11 +23,10 @@ from wtforms import Form as BaseForm
 from cmw.accounts.auth import Identity, current_identity
 from cmw.accounts.models import Organisation, Role
 from cmw.assets.api import storage
-from cmw.assets.service import InvalidImage, save_image
+from cmw.assets.service import InvalidImage
 from cmw.billing import revenue as billing_revenue
 from cmw.catalog import presenters
 from cmw.catalog import service as catalog_service
-from cmw.catalog.api import MAX_UPLOAD
 from cmw.catalog.markdown import render
 from cmw.catalog.models import Category, Plan, Product, ProductVersion, VersionState
 from cmw.catalog.pricing import PlanSpec, PricingError, plan_spec_of
@@ -53,7 +52,7 @@ from marketplace.forms import (
     TargetForm,
     UploadForm,
 )
-from marketplace.views import belongs, bp, paged, sign_in_first
+from marketplace.views import belongs, bp, paged, save_upload, sign_in_first
 
 #: what the service may refuse, each with a reason a person can act on
 REFUSALS = (catalog_service.CatalogError, PricingError, InvalidTransition, ConcurrentChange)
@@ -314,19 +313,6 @@ def _editor(product: Product, form: ProductForm, preview: str | None, status: in
 
 
 # ----------------------------------------------------------------- images
-def _upload(identity: Identity, form: UploadForm) -> Any:
-    session = current_session()
-    data = form.file.data.read(MAX_UPLOAD + 1)
-    return save_image(
-        session,
-        storage(),
-        data,
-        marketplace_id=identity.marketplace.id,
-        uploaded_by_id=identity.user.id,
-        max_bytes=MAX_UPLOAD,
-    )
-
-
 @bp.post("/vendor/products/<uuid:product_id>/<any(logo, screenshots):kind>")
 def vendor_upload(product_id: uuid.UUID, kind: str) -> ResponseReturnValue:
     """Upload the logo (its background colour is computed) or add a screenshot."""
@@ -343,7 +329,7 @@ def vendor_upload(product_id: uuid.UUID, kind: str) -> ResponseReturnValue:
         flash("; ".join(form.file.errors) or "Choose an image file.", "error")
         return redirect(back)
     try:
-        image = _upload(identity, form)
+        image = save_upload(identity, form)
         if kind == "logo":
             catalog_service.set_logo(session, product, image)
         else:

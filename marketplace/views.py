@@ -42,9 +42,11 @@ from cmw.accounts.auth import (
 from cmw.accounts.models import Organisation, Role
 from cmw.api.pagination import PageArgs, paginate
 from cmw.assets.api import storage
-from cmw.assets.service import image_view
+from cmw.assets.models import Image
+from cmw.assets.service import image_view, save_image
 from cmw.catalog import cache, presenters, reviews, search
 from cmw.catalog import service as catalog_service
+from cmw.catalog.api import MAX_UPLOAD
 from cmw.catalog.models import Category, Product, ProductVersion, Review
 from cmw.catalog.schemas import ProductListArgs
 from cmw.catalog.search import Sort
@@ -69,6 +71,7 @@ from marketplace.forms import (
     SignInForm,
     SignOutForm,
     SignUpForm,
+    UploadForm,
 )
 
 bp = Blueprint("pages", __name__)
@@ -603,6 +606,18 @@ def admin_identity() -> Identity | None:
     if identity is not None and not identity.is_admin:
         abort(403)
     return identity
+
+
+def save_upload(identity: Identity, form: UploadForm) -> Image:
+    """The form's image stored with its renditions (:class:`InvalidImage` if it is not one)."""
+    return save_image(
+        current_session(),
+        storage(),
+        form.file.data.read(MAX_UPLOAD + 1),
+        marketplace_id=identity.marketplace.id,
+        uploaded_by_id=identity.user.id,
+        max_bytes=MAX_UPLOAD,
+    )
 
 
 def sign_in_first() -> ResponseReturnValue:

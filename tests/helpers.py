@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 import string
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from flask.testing import FlaskClient
 
 T = TypeVar("T")
 
@@ -26,3 +29,11 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, message: str =
 def tag(length: int = 10) -> str:
     """A random lowercase word, usable in topics and queue names."""
     return "".join(secrets.choice(string.ascii_lowercase) for _ in range(length))
+
+
+def on_host(client: FlaskClient, host: str | None) -> None:
+    """Send the client's next requests to ``host`` (None: back to its default)."""
+    if host is None:
+        vars(client).pop("open", None)
+    else:
+        client.open = functools.partial(type(client).open, client, base_url=f"http://{host}")  # type: ignore[method-assign]

@@ -13,7 +13,6 @@ operations that list things never show them A's objects either.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import io
 import re
 import uuid
@@ -32,6 +31,7 @@ from cmw.marketplaces.models import Marketplace
 from cmw.notifications.models import Notification
 from deployer.models import CloudAccount, Deployment, DeploymentState
 from tests.catalog_data import publish
+from tests.helpers import on_host
 from tests.test_catalog_assets import png_logo
 
 A_HOST, B_HOST = "a-side.test", "b-side.test"
@@ -55,14 +55,6 @@ PARAMETERS = {
     "note_id": "credit_note",
     "rate_id": "tax_rate",
 }
-
-
-def _on(client: FlaskClient, host: str | None) -> None:
-    """Send the client's next requests to ``host`` (None: back to its default)."""
-    if host is None:
-        vars(client).pop("open", None)
-    else:
-        client.open = functools.partial(type(client).open, client, base_url=f"http://{host}")  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -91,7 +83,7 @@ def sides(
     token_id, _ = token(customer, a)
     membership = db_session.query(Membership).filter_by(user_id=customer.id, marketplace_id=a.id).one()
 
-    _on(client, A_HOST)
+    on_host(client, A_HOST)
     product = publish(client, headers["a"][Role.VENDOR], headers["a"][Role.ADMIN], slug="a-app")
     shot = client.post(
         f"/api/v1/vendor/products/{product['id']}/screenshots",
@@ -113,7 +105,7 @@ def sides(
         headers=headers["a"][Role.CUSTOMER],
     )
     assert review.status_code in (200, 201), review.get_json()
-    _on(client, None)
+    on_host(client, None)
 
     now = dt.datetime.now(dt.UTC)
     order_body = order.get_json()

@@ -451,6 +451,28 @@ def parent_catalog(session: Session, marketplace: Marketplace) -> list[Product]:
     return list(session.scalars(published(session, parent).order_by(Product.slug)))
 
 
+def selection(session: Session, marketplace: Marketplace) -> dict[str, Any]:
+    """Which of its parent's products the marketplace sells, and what it may choose from."""
+    chosen = set(
+        session.scalars(
+            sa.select(SelectedProduct.product_id).where(SelectedProduct.marketplace_id == marketplace.id)
+        )
+    )
+    return {
+        "sells_all_of_parent": marketplace.sells_all_of_parent,
+        "product_ids": sorted(chosen, key=str),
+        "parent_catalog": [
+            {
+                "id": p.id,
+                "slug": p.slug,
+                "name": p.live_version.name if p.live_version else p.slug,
+                "selected": marketplace.sells_all_of_parent or p.id in chosen,
+            }
+            for p in parent_catalog(session, marketplace)
+        ],
+    }
+
+
 def select_products(
     session: Session, marketplace: Marketplace, product_ids: list[uuid.UUID], *, sells_all: bool
 ) -> None:

@@ -20,7 +20,7 @@ from cmw.catalog.schemas import UploadSchema
 from cmw.db import utcnow
 from cmw.extensions import current_session
 from cmw.marketplaces import pricing, service
-from cmw.marketplaces.models import Marketplace, SelectedProduct
+from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.schemas import (
     BrandingSchema,
     MarketplaceCreateSchema,
@@ -86,27 +86,7 @@ class CurrentMarketplaceLogo(MethodView):
 
 
 def _selection() -> dict[str, Any]:
-    session = current_session()
-    marketplace = current_marketplace()
-    chosen = set(
-        session.scalars(
-            sa.select(SelectedProduct.product_id).where(SelectedProduct.marketplace_id == marketplace.id)
-        )
-    )
-    offered = catalog.parent_catalog(session, marketplace)
-    return {
-        "sells_all_of_parent": marketplace.sells_all_of_parent,
-        "product_ids": sorted(chosen, key=str),
-        "parent_catalog": [
-            {
-                "id": p.id,
-                "slug": p.slug,
-                "name": p.live_version.name if p.live_version else p.slug,
-                "selected": marketplace.sells_all_of_parent or p.id in chosen,
-            }
-            for p in offered
-        ],
-    }
+    return catalog.selection(current_session(), current_marketplace())
 
 
 @blp.route("/marketplace/selection")

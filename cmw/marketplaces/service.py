@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -41,6 +42,18 @@ def by_host(session: Session, host: str) -> Marketplace:
     if found is None:
         raise MarketplaceNotFound("the platform marketplace is missing; run `flask db upgrade`")
     return found
+
+
+def address(marketplace: Marketplace, base_url: str) -> str:
+    """Where people reach ``marketplace`` (links and images in its e-mails): the platform's
+    base URL for the platform; a child's own host name, with the base URL's scheme and
+    port; a child without one, the base URL with its ``/m/<slug>`` prefix."""
+    if marketplace.parent_id is None:
+        return base_url
+    if marketplace.domain:
+        base = urlsplit(base_url)
+        return f"{base.scheme}://{marketplace.domain}{f':{base.port}' if base.port else ''}"
+    return f"{base_url}/m/{marketplace.slug}"
 
 
 def ancestors(session: Session, marketplace: Marketplace) -> list[Marketplace]:

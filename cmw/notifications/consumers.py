@@ -22,7 +22,7 @@ from cmw.events.consumer import Event, EventConsumer
 from cmw.events.service import emit
 from cmw.mail import Mailer
 from cmw.marketplaces.models import Marketplace
-from cmw.marketplaces.service import platform
+from cmw.marketplaces.service import address, platform
 from cmw.notifications.messages import MESSAGES
 from cmw.notifications.models import Notification
 from cmw.orders import service as orders
@@ -125,17 +125,26 @@ class EmailConsumer(EventConsumer):
         marketplace: Marketplace,
         secret: tuple[str, str] | None = None,
     ) -> EmailMessage:
+        home = address(marketplace, self.base_url)
+        logo = marketplace.logo
         context = {
             "title": notification.title,
             "body": notification.body,
             "secret": secret,
             "link": notification.link,
-            "base_url": self.base_url,
+            # links and the logo point at the marketplace's own address; the logo through
+            # the files route, which does not expire (a presigned S3 URL would)
+            "base_url": home,
+            "logo": (
+                {"url": f"{home}/assets/{logo.thumb.key}", "background": logo.background_colour}
+                if logo is not None
+                else None
+            ),
             "marketplace": marketplace,
         }
         message = EmailMessage()
-        _, address = parseaddr(self.mail_from)
-        message["From"] = formataddr((marketplace.email_sender_name or marketplace.name, address))
+        _, sender = parseaddr(self.mail_from)
+        message["From"] = formataddr((marketplace.email_sender_name or marketplace.name, sender))
         message["To"] = formataddr((user.name, user.email))
         message["Subject"] = notification.title
         message.set_content(_templates.get_template("email.txt").render(context))
