@@ -38,7 +38,10 @@ def browser() -> Iterator[Browser]:
         )
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+            executable_path=str(CHROMIUM),
+            headless=True,
+            # marketplaces' host names (distri.test, ...) are the loopback live server
+            args=["--no-sandbox", "--host-resolver-rules=MAP *.test 127.0.0.1"],
         )
         try:
             yield launched

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import Any
 
@@ -61,13 +62,16 @@ def mailer(smtp_server: SmtpServer) -> CountingMailer:
     )
 
 
-@pytest.fixture
-def worker(committed_db: Factory, mailer: CountingMailer) -> Iterator[tuple[Worker, list[Any]]]:
+@contextmanager
+def notifying(
+    committed_db: Factory, mailer: Any, base_url: str = "https://shop.example"
+) -> Iterator[tuple[Worker, list[Any]]]:
+    """A worker turning events into notifications and e-mails, on queues of its own."""
     suffix = tag(8)
     notifications = NotificationConsumer()
     email = EmailConsumer(
         mailer,
-        "https://shop.example",
+        base_url,
         "Mercato <no-reply@mercato.example>",
         Sealer([Fernet.generate_key().decode()]),
     )
@@ -78,12 +82,20 @@ def worker(committed_db: Factory, mailer: CountingMailer) -> Iterator[tuple[Work
     runner = Worker(connect, committed_db, [notifications, email], relay_poll_seconds=0.05)
     thread = threading.Thread(target=runner.run_forever, daemon=True)
     thread.start()
-    yield runner, [notifications, email]
-    runner.stop()
-    thread.join(15)
-    with connect() as conn:
-        for consumer in (notifications, email):
-            consumer.queue()(conn.default_channel).delete()
+    try:
+        yield runner, [notifications, email]
+    finally:
+        runner.stop()
+        thread.join(15)
+        with connect() as conn:
+            for consumer in (notifications, email):
+                consumer.queue()(conn.default_channel).delete()
+
+
+@pytest.fixture
+def worker(committed_db: Factory, mailer: CountingMailer) -> Iterator[tuple[Worker, list[Any]]]:
+    with notifying(committed_db, mailer) as running:
+        yield running
 
 
 def _shop_and_order(factory: Factory, colleagues: int = 1) -> dict[str, Any]:

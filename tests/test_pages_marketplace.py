@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import io
 import re
-from urllib.parse import urlsplit
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from flask import Flask
