@@ -21,9 +21,11 @@ from cmw.billing import service as billing
 from cmw.billing import taxes
 from cmw.billing.errors import BillingError
 from cmw.billing.models import BillingRun, BillingSettings, Coupon, CouponRedemption, TaxRate
+from cmw.catalog.models import Plan, ProductVersion
 from cmw.extensions import current_session
 from cmw.marketplaces.models import Marketplace
 from cmw.money import parse_amount
+from cmw.orders.models import Order, OrderStatus
 from deployer import clouds
 from deployer import service as deployments
 from deployer.models import CloudAccount
@@ -528,3 +530,38 @@ def _save_sign_in(form: SignInSettingsForm, marketplace: Marketplace) -> bool:
         target.errors = [*target.errors, str(exc)]
         return False
     return True
+
+
+# ------------------------------------------------------------------ orders
+@bp.get("/admin/orders")
+def admin_orders() -> ResponseReturnValue:
+    """The marketplace's orders, newest first: who ordered what, in which state, for how much;
+    by state and by customer name."""
+    identity = admin_identity()
+    if identity is None:
+        return sign_in_first()
+    status_arg = request.args.get("status") or ""
+    q = (request.args.get("q") or "").strip()[:100]
+    session = current_session()
+    stmt = (
+        sa.select(Order)
+        .join(Organisation, Organisation.id == Order.customer_id)
+        .where(Order.marketplace_id == identity.marketplace.id)
+    )
+    if status_arg in {s.value for s in OrderStatus}:
+        stmt = stmt.where(Order.status == OrderStatus(status_arg))
+    if q:
+        stmt = stmt.where(Organisation.name.icontains(q, autoescape=True))
+    page = paged(stmt.order_by(Order.created_at.desc(), Order.id))
+    orders: list[Order] = page["items"]
+    names: dict[uuid.UUID, str] = {}
+    for column, ids in (
+        (Organisation, {o.customer_id for o in orders}),
+        (ProductVersion, {o.version_id for o in orders}),
+        (Plan, {o.plan_id for o in orders}),
+    ):
+        for row in session.execute(sa.select(column.id, column.name).where(column.id.in_(ids))):
+            names[row[0]] = row[1]
+    return render_template(
+        "admin_orders.html", page=page, names=names, status=status_arg, statuses=list(OrderStatus), q=q
+    )

@@ -21,12 +21,15 @@ from cmw.marketplaces.models import Marketplace, MarketplaceKind
 from cmw.marketplaces.service import address
 from cmw.notifications.consumers import EmailConsumer
 from cmw.notifications.models import Notification
+from cmw.orders import service as orders
+from tests import catalog_data
 from tests.conftest import PASSWORD
-from tests.helpers import on_host
+from tests.helpers import on_host, tag
 from tests.test_catalog_assets import png_logo
 from tests.test_catalog_selection import sold, tree  # noqa: F401  (the fixture)
 from tests.test_pages_admin import _error
 from tests.test_pages_storefront import _csrf
+from tests.test_pricing import FLAT, _plan
 
 BRANDING = {
     "name": "Northwind Cloud",
@@ -207,3 +210,34 @@ def test_emails_link_to_and_show_the_marketplace_they_come_from(
     assert "https://bluebird.test/account/orders/1" in text and "Support: help@bluebird.test" in text
     assert 'href="https://bluebird.test/account/orders/1"' in html
     assert "background:#0b3d2e" in html and "Bluebird IT Ltd" in html
+
+
+def test_an_admin_sees_the_marketplace_s_orders_and_no_sibling_s(
+    app: Flask,
+    db_session: Session,
+    make_marketplace: Callable[..., Marketplace],
+    make_user: Callable[..., User],
+) -> None:
+    catalog_data.publish_product(db_session, "wiki-server", [_plan(FLAT)])
+    ours = make_marketplace(name="Ours", domain="ours.test", sells_all_of_parent=True)
+    theirs = make_marketplace(name="Theirs", domain="theirs.test", sells_all_of_parent=True)
+    for marketplace, customers in ((ours, ("Acme Srl", "Beta GmbH")), (theirs, ("Gamma Ltd",))):
+        for name in customers:
+            user, org = catalog_data.add_customer(
+                db_session, f"{tag(6)}@example.test", marketplace=marketplace
+            )
+            org.name = name
+            orders.place_order(
+                db_session, marketplace, user, org, orders.OrderRequest(product="wiki-server", plan="basic")
+            )
+    db_session.flush()
+    admin = _on(app, "ours.test", make_user(Role.ADMIN, marketplace=ours))
+    page = admin.get("/admin/orders").get_data(as_text=True)
+    assert "2 orders" in page and "Acme Srl" in page and "Beta GmbH" in page
+    assert "Gamma Ltd" not in page  # a sibling's
+    assert "Wiki Server · Basic" in page and "10.00 EUR" in page
+    found = admin.get("/admin/orders?q=acme").get_data(as_text=True)
+    assert "1 order" in found and "Beta GmbH" not in found
+    assert "No orders match" in admin.get("/admin/orders?status=cancelled").get_data(as_text=True)
+    customer = _on(app, "ours.test", make_user(Role.CUSTOMER, marketplace=ours))
+    assert customer.get("/admin/orders").status_code == 403
