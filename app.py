@@ -33,6 +33,8 @@ from cmw.extensions import csrf, db, migrate
 from cmw.health import bp as health_bp
 from cmw.mail import mailer_for
 from cmw.marketplaces.prefix import MarketplacePrefix
+from cmw.monitoring.api import bp as monitoring_bp
+from cmw.monitoring.requests import record_request, start_timing
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
 from cmw.usage.cloud import CloudStackEvents
@@ -150,9 +152,13 @@ def import_models() -> sa.MetaData:
 
 
 def register_blueprints(app: Flask) -> None:
+    # timed from first to last: the identity and token bookkeeping are part of the answer
+    app.before_request(start_timing)
     app.before_request(load_identity)
     app.after_request(record_token_use)
+    app.after_request(record_request)
     app.register_blueprint(health_bp)
+    app.register_blueprint(monitoring_bp)
     app.register_blueprint(assets_bp)
     spec.register(app)
     app.register_blueprint(pages_bp)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import click
+import prometheus_client
 import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
@@ -29,6 +32,7 @@ from cmw.events.periodic import Every
 from cmw.events.worker import Worker
 from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
+from cmw.monitoring import metrics
 from cmw.orders.jobs import run_due
 from cmw.usage import bandwidth, budgets, cloud, ingest, replay
 from deployer import reaper
@@ -85,6 +89,10 @@ def demo_data() -> None:
 def worker() -> None:
     """Run the outbox relay and the event consumers until SIGTERM or Ctrl-C."""
     config = _config()
+    if config.worker_metrics_port and not metrics.multiprocess_dir():
+        # its own /metrics (deployment steps, provider calls, billing runs) where it does not
+        # share a multiprocess folder with the web process
+        prometheus_client.start_http_server(config.worker_metrics_port, addr=config.worker_metrics_host)
     session_factory = sessionmaker(bind=db.engine, expire_on_commit=False)
     consumers = current_app.extensions.get("mercato.consumers", [])
     sealer = current_app.extensions["mercato.sealer"]
@@ -228,6 +236,13 @@ def serve(host: str, port: int, web_workers: int) -> None:
     db.engine.dispose()
 
     env = dict(os.environ)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # web workers and the worker count into one place; /metrics adds them up. A fresh
+        # start begins at zero (Prometheus's rate() reads a restart as one).
+        metrics_dir = Path(current_app.config["MERCATO"].data_dir) / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     web = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn",

@@ -57,6 +57,12 @@ class Config:
     token_ttl_days: int = 90
     #: logging level name
     log_level: str = "INFO"
+    #: a bearer token Prometheus must send to read ``/metrics``; empty = no token asked
+    metrics_token: str = ""
+    #: the worker's own ``/metrics`` port (when it does not share PROMETHEUS_MULTIPROC_DIR
+    #: with the web process, as in the containers); 0 = none
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "0.0.0.0"  # noqa: S104 - inside its container
     #: outbox relay batch size and idle poll interval in seconds
     outbox_batch_size: int = 100
     outbox_poll_seconds: float = 0.5

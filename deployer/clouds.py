@@ -25,6 +25,7 @@ from libcloud.compute.base import NodeDriver, NodeSize
 from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
 from libcloud.compute.providers import DRIVERS, get_driver
 
+from cmw.monitoring import metrics
 from deployer.models import CloudAccount
 
 #: the in-memory driver of the embedded default
@@ -256,6 +257,8 @@ def set_fault_injector(injector: FaultInjector | None) -> FaultInjector | None:
 class ProviderCalls:
     """Runs provider (and SSH) calls, timing them and classifying their failures."""
 
+    #: the cloud account's slug, labelling the calls' metrics
+    account: str = "-"
     seconds: float = 0.0
     calls: list[str] = field(default_factory=list)
 
@@ -272,6 +275,11 @@ class ProviderCalls:
         except NotImplementedError:
             raise
         except Exception as exc:
-            raise classify(exc) from exc
+            error = classify(exc)
+            kind = "transient" if isinstance(error, TransientError) else "permanent"
+            metrics.PROVIDER_ERRORS.labels(self.account, name, kind).inc()
+            raise error from exc
         finally:
-            self.seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.seconds += elapsed
+            metrics.PROVIDER_CALLS.labels(self.account, name).observe(elapsed)

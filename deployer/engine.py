@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.service import emit
+from cmw.monitoring import metrics
 from deployer import clouds, service, ssh
 from deployer.clouds import PermanentError, TransientError
 from deployer.models import CloudAccount, Deployment, DeploymentState
@@ -184,7 +185,7 @@ class Engine:
             deployment.last_error = "the cloud account is gone"
             service.record(session, deployment, S.FAILED, deployment.last_error, error=deployment.last_error)
             return
-        ctx = Context(session, deployment, account, self.sealer, clouds.ProviderCalls())
+        ctx = Context(session, deployment, account, self.sealer, clouds.ProviderCalls(account.slug))
         state = deployment.state
         handler = self._handler(deployment)
         try:
@@ -215,6 +216,8 @@ class Engine:
                     self._order_failed(ctx)
             else:
                 deployment.next_attempt_at = now + dt.timedelta(seconds=step.delay)
+        finally:
+            metrics.DEPLOYMENT_STEPS.labels(str(state)).observe(time.perf_counter() - started)
 
     def _handler(self, deployment: Deployment) -> Callable[[Context], Step]:
         state = deployment.state

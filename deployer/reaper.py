@@ -106,7 +106,7 @@ def _reap_account(
     now: dt.datetime,
     report: Report,
 ) -> None:
-    calls = clouds.ProviderCalls()
+    calls = clouds.ProviderCalls(account.slug)
     driver = clouds.driver_for(account, service.credentials(sealer, account))
     ec2 = isinstance(driver, BaseEC2NodeDriver)
     tag_filter = {"tag-key": TAG}

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.service import emit
+from cmw.monitoring import metrics
 from deployer import clouds, ssh
 from deployer.models import ACTIVE_STATES, CloudAccount, Deployment, DeploymentEvent, DeploymentState
 
@@ -162,7 +163,7 @@ def test_cloud_account(
     sealer: Sealer, account: CloudAccount, image_ids: list[str] | None = None
 ) -> dict[str, Any]:
     """List sizes (and images, or the named ones) with the account's driver."""
-    calls = clouds.ProviderCalls()
+    calls = clouds.ProviderCalls(account.slug)
     driver = clouds.make_driver(
         account.provider, credentials(sealer, account), account.region, dict(account.driver_options or {})
     )
@@ -215,6 +216,7 @@ def record(
         )
     )
     if to_state != from_state:
+        metrics.DEPLOYMENT_TRANSITIONS.labels(str(to_state)).inc()
         deployment.state = to_state
         deployment.active = to_state in ACTIVE_STATES or wants_change(deployment)
         emit(

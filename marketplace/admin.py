@@ -25,6 +25,8 @@ from cmw.catalog.models import Plan, ProductVersion
 from cmw.extensions import current_session
 from cmw.marketplaces.models import Marketplace
 from cmw.money import parse_amount
+from cmw.monitoring import api as monitoring_api
+from cmw.monitoring import health
 from cmw.orders.models import Order, OrderStatus
 from deployer import clouds
 from deployer import service as deployments
@@ -565,3 +567,16 @@ def admin_orders() -> ResponseReturnValue:
     return render_template(
         "admin_orders.html", page=page, names=names, status=status_arg, statuses=list(OrderStatus), q=q
     )
+
+
+# ------------------------------------------------------------------ monitoring
+@bp.get("/admin/alerts")
+def admin_alerts() -> ResponseReturnValue:
+    """What the platform's own checks say now: the alerts firing, and the figures behind them."""
+    if admin_identity() is None:
+        return sign_in_first()
+    if current_marketplace().parent_id is not None:  # the platform's
+        abort(404)
+    snap = monitoring_api.current_snapshot()
+    current_session().rollback()
+    return render_template("admin_alerts.html", snap=snap, alerts=snap.alerts(), thresholds=health)

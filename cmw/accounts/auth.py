@@ -37,7 +37,9 @@ R = TypeVar("R")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 #: endpoints that must answer without touching the database's tenant tables
-UNTENANTED_ENDPOINTS = frozenset({"health.healthz", "static", "api-docs.openapi_json", "assets.stored_file"})
+UNTENANTED_ENDPOINTS = frozenset(
+    {"health.healthz", "monitoring.metrics", "static", "api-docs.openapi_json", "assets.stored_file"}
+)
 #: posted to by other servers, never by a browser holding our session (signed tokens instead)
 CSRF_EXEMPT_ENDPOINTS = frozenset({"pages.sso_backchannel_logout"})
 

@@ -26,6 +26,7 @@ from cmw.billing.api import blp as billing_blp
 from cmw.catalog.api import blp as catalog_blp
 from cmw.catalog.reviews_api import blp as reviews_blp
 from cmw.marketplaces.api import blp as marketplaces_blp
+from cmw.monitoring.api import blp as monitoring_blp
 from cmw.notifications.api import blp as notifications_blp
 from cmw.orders.api import blp as orders_blp
 from cmw.usage.api import blp as usage_blp
@@ -132,4 +133,5 @@ def register(app: Flask) -> MercatoApi:
     api.register_blueprint(deployer_blp)
     api.register_blueprint(usage_blp)
     api.register_blueprint(billing_blp)
+    api.register_blueprint(monitoring_blp)
     return api

@@ -35,6 +35,7 @@ import datetime as dt
 import enum
 import json
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -72,6 +73,7 @@ from cmw.marketplaces import pricing as marketplace_pricing
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.pricing import PriceList
 from cmw.money import format_amount, round_to_minor
+from cmw.monitoring import metrics
 from cmw.orders.models import Subscription, SubscriptionChange, SubscriptionStatus
 from cmw.orders.service import next_period_end
 from deployer import service as deployments
@@ -763,6 +765,7 @@ def run(
     if at > now:
         raise BillingError("at", "a billing run cannot bill the future: use a time up to now")
     report = RunReport()
+    started = time.perf_counter()
     with session_factory() as session:
         billing_run = BillingRun(id=uuid.uuid4(), at=at)
         session.add(billing_run)
@@ -806,6 +809,7 @@ def run(
             assert failed is not None
             failed.status, failed.error, failed.finished_at = "failed", str(exc)[:2000], utcnow()
             session.commit()
+        metrics.BILLING_RUNS.labels("failed").observe(time.perf_counter() - started)
         raise
     finally:
         ctx.close()
@@ -815,5 +819,6 @@ def run(
         done.status, done.finished_at = "finished", utcnow()
         done.invoices, done.lines = len(report.invoices), report.lines
         session.commit()
+    metrics.BILLING_RUNS.labels("finished").observe(time.perf_counter() - started)
     log.info("billing run %s: %d invoices, %d lines", report.run_id, len(report.invoices), report.lines)
     return report

@@ -24,6 +24,7 @@ from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.marketplaces import pricing
 from cmw.marketplaces.models import Marketplace
+from cmw.monitoring import metrics
 from cmw.orders.models import (
     Order,
     OrderKind,
@@ -201,6 +202,7 @@ def place_order(
         },
         marketplace_id=marketplace.id,
     )
+    metrics.ORDERS.labels(order.kind.value).inc()
     return order
 
 

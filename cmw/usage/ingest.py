@@ -36,6 +36,7 @@ from cmw.billing.models import BilledItem, BilledKind, UsageHourly
 from cmw.billing.service import usage_lock
 from cmw.catalog.models import ComponentKind, Plan, PriceComponent, Product
 from cmw.db import utcnow
+from cmw.monitoring import metrics as monitoring
 from cmw.orders.models import Subscription
 from cmw.orders.service import next_period_end
 from cmw.usage.models import MAX_RECORD_ID, UsageRecord, UsageRecordId
@@ -366,6 +367,13 @@ def ingest(
                 result.hours.add((record.subscription_id, record.metric, hour_of(record.at)))
             else:
                 result.duplicates.append(record.record_id)
+    for outcome, count in (
+        ("accepted", len(result.accepted)),
+        ("duplicate", len(result.duplicates)),
+        ("rejected", len(result.rejected)),
+    ):
+        if count:
+            monitoring.USAGE_RECORDS.labels(source, outcome).inc(count)
     return result
 
 

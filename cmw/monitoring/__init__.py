@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics, the platform's own alert conditions."""
