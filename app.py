@@ -24,6 +24,7 @@ from cmw.accounts.auth import load_identity, record_token_use
 from cmw.accounts.consumers import KeycloakUsers
 from cmw.api import spec
 from cmw.assets.api import bp as assets_bp
+from cmw.audit import service as audit
 from cmw.billing.documents import FailedDeployments, InvoiceDocuments
 from cmw.catalog import reviews
 from cmw.config import Config, ConfigError
@@ -138,6 +139,7 @@ def register_extensions(app: Flask) -> None:
 def import_models() -> sa.MetaData:
     from cmw.accounts import models as _accounts  # noqa: F401
     from cmw.assets import models as _assets  # noqa: F401
+    from cmw.audit import models as _audit  # noqa: F401
     from cmw.billing import models as _billing  # noqa: F401
     from cmw.catalog import cache as _catalog_cache  # noqa: F401  (its session events)
     from cmw.catalog import models as _catalog  # noqa: F401
@@ -157,6 +159,7 @@ def register_blueprints(app: Flask) -> None:
     app.before_request(load_identity)
     app.after_request(record_token_use)
     app.after_request(record_request)
+    app.after_request(audit.record_request)
     app.register_blueprint(health_bp)
     app.register_blueprint(monitoring_bp)
     app.register_blueprint(assets_bp)

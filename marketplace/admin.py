@@ -16,6 +16,7 @@ from cmw.accounts import oidc
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import current_marketplace, identity_provider
 from cmw.accounts.models import IdentityProvider, Membership, Organisation, Role, User
+from cmw.audit import service as audit
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import service as billing
 from cmw.billing import taxes
@@ -580,3 +581,18 @@ def admin_alerts() -> ResponseReturnValue:
     snap = monitoring_api.current_snapshot()
     current_session().rollback()
     return render_template("admin_alerts.html", snap=snap, alerts=snap.alerts(), thresholds=health)
+
+
+# ------------------------------------------------------------------ audit log
+@bp.get("/admin/audit")
+def admin_audit() -> ResponseReturnValue:
+    """Who did what to which object and when, newest first; by person, action and object."""
+    identity = admin_identity()
+    if identity is None:
+        return sign_in_first()
+    filters = {
+        name: (request.args.get(name) or "").strip()[:200] for name in ("actor", "action", "object_id")
+    }
+    marketplace = identity.marketplace
+    page = paged(audit.search(marketplace.id, platform=marketplace.parent_id is None, **filters))
+    return render_template("admin_audit.html", page=page, filters=filters)

@@ -22,6 +22,7 @@ from cmw.api.errors import (
     is_api_request,
     problem_response,
 )
+from cmw.audit.api import blp as audit_blp
 from cmw.billing.api import blp as billing_blp
 from cmw.catalog.api import blp as catalog_blp
 from cmw.catalog.reviews_api import blp as reviews_blp
@@ -134,4 +135,5 @@ def register(app: Flask) -> MercatoApi:
     api.register_blueprint(usage_blp)
     api.register_blueprint(billing_blp)
     api.register_blueprint(monitoring_blp)
+    api.register_blueprint(audit_blp)
     return api

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from cmw.audit import events as audit
 from cmw.events.models import OutboxEvent
 
 _TOPIC = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+$")
@@ -27,4 +28,5 @@ def emit(
     # flush, together with the change it describes (several events, one INSERT).
     event = OutboxEvent(id=uuid.uuid4(), topic=topic, payload=payload, marketplace_id=marketplace_id)
     session.add(event)
+    audit.from_event(session, topic, payload, marketplace_id)
     return event

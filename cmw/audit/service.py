@@ -1,0 +1,88 @@
+"""Writing the audit log: what people do through the API and the pages (every successful
+change they ask for), and what changes money or machines, from the events that say so
+(in the same transaction as the change)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import sqlalchemy as sa
+from flask import Response, request
+
+from cmw.accounts.auth import current_identity
+from cmw.audit.models import AuditEntry
+from cmw.extensions import current_session
+from cmw.marketplaces.service import subtree
+
+log = logging.getLogger(__name__)
+
+CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: requests not worth an entry: signing in and out, and usage records (kept themselves)
+NOT_AUDITED = frozenset(
+    {
+        "accounts.SessionResource",
+        "pages.sign_in",
+        "pages.sign_out",
+        "pages.sign_up",
+        "usage.UsageBatches",
+        "usage.CostEstimates",
+        "usage.PriceSimulation",
+        "notifications.ReadNotification",
+        "notifications.ReadAllNotifications",
+        "pages.notifications_read",
+    }
+)
+
+
+def record_request(response: Response) -> Response:
+    """``after_request``: an entry for every change a signed-in person asked for and got."""
+    if request.method not in CHANGES or response.status_code >= 400 or request.endpoint in NOT_AUDITED:
+        return response
+    identity = current_identity()
+    if identity is None:
+        return response
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    args = {k: str(v) for k, v in (request.view_args or {}).items()}
+    object_key = next(iter(args), None)
+    session = current_session()
+    try:
+        session.add(
+            AuditEntry(
+                marketplace_id=identity.marketplace.id,
+                actor_id=identity.user.id,
+                actor=identity.user.email,
+                action=f"{request.method} {rule}",
+                object_type=object_key.removesuffix("_id") if object_key else None,
+                object_id=args[object_key][:120] if object_key else None,
+                detail={"status": response.status_code, "endpoint": request.endpoint, **args},
+                ip=request.remote_addr,
+            )
+        )
+        session.commit()
+    except Exception:
+        session.rollback()
+        log.exception("could not write the audit entry for %s %s", request.method, rule)
+    return response
+
+
+def search(
+    marketplace_id: uuid.UUID,
+    *,
+    platform: bool,
+    actor: str | None = None,
+    action: str | None = None,
+    object_id: str | None = None,
+) -> sa.Select[tuple[AuditEntry]]:
+    """Entries of the marketplace and those under it (the platform's admins: every one),
+    newest first."""
+    stmt = sa.select(AuditEntry)
+    if not platform:
+        stmt = stmt.where(AuditEntry.marketplace_id.in_(subtree(marketplace_id)))
+    if actor:
+        stmt = stmt.where(AuditEntry.actor.icontains(actor, autoescape=True))
+    if action:
+        stmt = stmt.where(AuditEntry.action.icontains(action, autoescape=True))
+    if object_id:
+        stmt = stmt.where(AuditEntry.object_id == object_id)
+    return stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
