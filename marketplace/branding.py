@@ -102,10 +102,6 @@ def admin_marketplace() -> ResponseReturnValue:
         session.rollback()
         _field_error(form, exc.field, str(exc))
         return _page(422, branding=form)
-    except sa.exc.IntegrityError:
-        session.rollback()
-        _field_error(form, "domain", "the host name is taken by another marketplace")
-        return _page(422, branding=form)
     flash("The branding is saved: pages and e-mails show it from now on.", "info")
     return redirect(url_for("pages.admin_marketplace"))
 
@@ -220,10 +216,6 @@ def admin_marketplace_child() -> ResponseReturnValue:
     except service.MarketplaceError as exc:
         session.rollback()
         _field_error(form, exc.field, str(exc))
-        return _page(422, child=form)
-    except sa.exc.IntegrityError:
-        session.rollback()
-        _field_error(form, "slug", "the short name or host name is taken")
         return _page(422, child=form)
     flash(f"{child.name} is created. Its administrators brand it and choose what it sells.", "info")
     return redirect(url_for("pages.admin_marketplace") + "#children")

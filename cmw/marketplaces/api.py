@@ -57,9 +57,6 @@ class CurrentMarketplace(MethodView):
         except service.MarketplaceError as exc:
             session.rollback()
             raise invalid(exc.field, str(exc)) from None
-        except sa.exc.IntegrityError:
-            session.rollback()
-            raise invalid("domain", "the host name is taken by another marketplace") from None
         return marketplace
 
 
@@ -240,7 +237,4 @@ class Marketplaces(MethodView):
         except service.MarketplaceError as exc:
             session.rollback()
             raise invalid(exc.field, str(exc)) from None
-        except sa.exc.IntegrityError:
-            session.rollback()
-            raise invalid("slug", "the short name or host name is taken") from None
         return child

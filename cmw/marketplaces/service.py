@@ -158,15 +158,24 @@ def create_child(session: Session, parent: Marketplace, data: dict[str, Any]) ->
     marketplace = Marketplace(kind=kind, parent_id=parent.id, slug=slug, name=slug)
     _apply_branding(session, marketplace, {"primary_colour": "#1f4e79", "accent_colour": "#e07a1f", **data})
     session.add(marketplace)
-    session.flush()
+    _flush(session, "slug", "the short name or host name is taken")
     return marketplace
 
 
 def update_branding(session: Session, marketplace: Marketplace, data: dict[str, Any]) -> Marketplace:
     """Change the name, host name, texts, colours, support contact or sender name. Flushes."""
     _apply_branding(session, marketplace, data)
-    session.flush()
+    _flush(session, "domain", "the host name is taken by another marketplace")
     return marketplace
+
+
+def _flush(session: Session, field: str, message: str) -> None:
+    """Flush; a unique name taken by a concurrent request since it was checked is a
+    :class:`MarketplaceError` like the check's (the caller rolls back)."""
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:
+        raise MarketplaceError(field, message) from None
 
 
 def _apply_branding(session: Session, marketplace: Marketplace, data: dict[str, Any]) -> None:
