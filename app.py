@@ -40,6 +40,7 @@ from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
 from cmw.usage.cloud import CloudStackEvents
 from cmw.usage.consumer import UsageRecords
+from cmw.webhooks.consumer import VendorWebhooks
 from deployer.consumer import DeploymentRequests
 
 # the control panel's modules add their routes to the pages blueprint
@@ -48,6 +49,7 @@ from marketplace import admin as _admin_pages  # noqa: F401
 from marketplace import branding as _branding_pages  # noqa: F401
 from marketplace import sso as _sso_pages  # noqa: F401
 from marketplace import vendor as _vendor_pages  # noqa: F401
+from marketplace import webhooks as _webhook_pages  # noqa: F401
 from marketplace.views import bp as pages_bp
 
 ROOT = Path(__file__).resolve().parent
@@ -123,6 +125,7 @@ def register_extensions(app: Flask) -> None:
         InvoiceDocuments(app.extensions["mercato.storage"]),
         FailedDeployments(),
         KeycloakUsers(config, sealer),
+        VendorWebhooks(),
     ]
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
@@ -148,6 +151,7 @@ def import_models() -> sa.MetaData:
     from cmw.notifications import models as _notifications  # noqa: F401
     from cmw.orders import models as _orders  # noqa: F401
     from cmw.usage import models as _usage  # noqa: F401
+    from cmw.webhooks import models as _webhooks  # noqa: F401
     from deployer import models as _deployer  # noqa: F401
 
     return db.metadata

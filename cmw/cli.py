@@ -35,6 +35,7 @@ from cmw.marketplaces.service import platform
 from cmw.monitoring import metrics
 from cmw.orders.jobs import run_due
 from cmw.usage import bandwidth, budgets, cloud, ingest, replay
+from cmw.webhooks import service as webhooks
 from deployer import reaper
 from deployer.engine import Engine
 
@@ -116,7 +117,17 @@ def worker() -> None:
             Every(300, functools.partial(cloud.extend_running, session_factory)),
             Every(900, functools.partial(bandwidth.export, session_factory, sealer)),
         ],
-        loops=[Engine(session_factory, sealer).run],
+        loops=[
+            Engine(session_factory, sealer).run,
+            functools.partial(
+                webhooks.send_forever,
+                session_factory,
+                sealer,
+                webhooks.Sender(
+                    allow_private=config.allow_private_targets, ca_bundle=config.outbound_ca_bundle
+                ),
+            ),
+        ],
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

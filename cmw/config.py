@@ -88,6 +88,12 @@ class Config:
     oidc_introspect: bool = False
     #: country of the organisations made for users who arrive through the provider
     oidc_default_country: str = "DE"
+    #: let webhooks, the ticket forwarder and the CRM call loopback, private and
+    #: link-local addresses (on-premises receivers; the test suite's loopback servers)
+    allow_private_targets: bool = False
+    #: a PEM file of the CA certificates trusted for those outbound HTTPS calls instead of
+    #: the default set (a private CA); empty = the default set
+    outbound_ca_bundle: str = ""
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -141,6 +147,8 @@ class Config:
             raise ConfigError(f"{PREFIX}OIDC_ISSUER: {self.oidc_issuer!r} is not an http(s) URL")
         if self.outbox_batch_size < 1 or self.outbox_poll_seconds <= 0:
             raise ConfigError(f"{PREFIX}OUTBOX_BATCH_SIZE and _POLL_SECONDS must be positive")
+        if self.outbound_ca_bundle and not Path(self.outbound_ca_bundle).is_file():
+            raise ConfigError(f"{PREFIX}OUTBOUND_CA_BUNDLE: {self.outbound_ca_bundle!r} is not a file")
         return dataclasses.replace(
             self,
             data_dir=data_dir,

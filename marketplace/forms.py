@@ -17,11 +17,13 @@ from wtforms import (
     PasswordField,
     SelectChoice,
     SelectField,
+    SelectMultipleField,
     StringField,
     TextAreaField,
     URLField,
 )
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
+from wtforms.widgets import CheckboxInput, ListWidget
 
 
 class SignInForm(FlaskForm):  # type: ignore[misc]
@@ -462,4 +464,21 @@ class ChildMarketplaceForm(FlaskForm):  # type: ignore[misc]
         "Its administrator's e-mail",
         validators=[Optional(), Length(max=254)],
         description="Someone who has signed up already; you administer it too.",
+    )
+
+
+class WebhookForm(FlaskForm):  # type: ignore[misc]
+    url = URLField(
+        "Endpoint URL",
+        validators=[DataRequired(), Length(max=2000)],
+        description="An https:// address of yours that accepts POST requests.",
+    )
+    description = StringField("Description", validators=[Optional(), Length(max=200)])
+    topics = SelectMultipleField(
+        "Events",
+        choices=[],
+        validators=[Optional()],
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+        description="None ticked: every event.",
     )

@@ -105,6 +105,8 @@ def config(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Confi
         broker_url=broker_url(),
         secret_key="test-secret-key-of-enough-length",
         outbox_poll_seconds=0.05,
+        # the suite's webhook, ticket and CRM receivers listen on 127.0.0.1
+        allow_private_targets=True,
     ).resolved()
 
 

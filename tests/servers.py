@@ -7,7 +7,9 @@ A pytest plugin (loaded by ``tests/conftest.py``) with three session-scoped fixt
 * ``sshd_server`` -- OpenSSH's ``sshd`` run as its own process with its own config,
   host key and ``authorized_keys`` in a temporary directory;
 * ``smtp_server`` -- an aiosmtpd server that records every message it receives and can
-  be stopped and started again on the same port for fault-injection tests.
+  be stopped and started again on the same port for fault-injection tests;
+* ``https_receiver`` -- an HTTPS server (its certificate from a throwaway CA made with
+  trustme) that records every request and answers with the statuses a test scripts.
 
 Each is started on first use and stopped when the session ends. Nothing here sends
 traffic to any address other than 127.0.0.1.
@@ -18,9 +20,12 @@ from __future__ import annotations
 import email
 import email.policy
 import http.client
+import http.server
+import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
 from moto.server import ThreadedMotoServer
 
@@ -468,3 +474,113 @@ def smtp_server() -> Iterator[SmtpServer]:
         yield server
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- HTTPS receiver
+@dataclass
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpsReceiver:
+    """An HTTP(S) server on 127.0.0.1 keeping every request; it answers each with the next
+    scripted ``(status, json body)`` (then ``default``)."""
+
+    def __init__(self, ca: trustme.CA | None, workdir: Path) -> None:
+        self._requests: list[ReceivedRequest] = []
+        self._script: list[tuple[int, Any]] = []
+        self.default: tuple[int, Any] = (200, {"ok": True})
+        self._condition = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, payload = receiver._record(
+                    ReceivedRequest(self.command, self.path, dict(self.headers.items()), body)
+                )
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.ca_bundle: str | None = None
+        scheme = "http"
+        if ca is not None:
+            scheme = "https"
+            certificate = ca.issue_cert(LOOPBACK, "localhost")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            certificate.configure_cert(context)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            bundle = workdir / "receiver-ca.pem"
+            ca.cert_pem.write_to_path(str(bundle))
+            self.ca_bundle = str(bundle)
+        self.url = f"{scheme}://{LOOPBACK}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _record(self, request: ReceivedRequest) -> tuple[int, Any]:
+        with self._condition:
+            self._requests.append(request)
+            self._condition.notify_all()
+            return self._script.pop(0) if self._script else self.default
+
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        with self._condition:
+            return list(self._requests)
+
+    def answer(self, *responses: int | tuple[int, Any]) -> None:
+        """Script the next answers: a status, or (status, JSON body)."""
+        with self._condition:
+            self._script = [r if isinstance(r, tuple) else (r, {"status": r}) for r in responses]
+
+    def reset(self) -> None:
+        with self._condition:
+            self._requests.clear()
+            self._script.clear()
+            self.default = (200, {"ok": True})
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[ReceivedRequest]:
+        with self._condition:
+            if not self._condition.wait_for(lambda: len(self._requests) >= count, timeout=timeout):
+                raise TimeoutError(
+                    f"expected {count} request(s) within {timeout}s, got {len(self._requests)}"
+                )
+            return list(self._requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def https_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpsReceiver]:
+    """An HTTPS server on 127.0.0.1 trusted through ``https_receiver.ca_bundle``."""
+    receiver = HttpsReceiver(trustme.CA(), tmp_path_factory.mktemp("https"))
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture
+def receiver(https_receiver: HttpsReceiver) -> HttpsReceiver:
+    """The HTTPS receiver, emptied for this test."""
+    https_receiver.reset()
+    return https_receiver

@@ -132,3 +132,26 @@ def vendor_revenue(
         # lines billed before the split was recorded were the vendor's whole
         row["earned"] += Decimal(split[-1]["amount"]) if split else amount
     return [{"month": m, "currency": c, **values} for (m, c), values in sorted(rows.items())]
+
+
+def vendor_lines(session: Session, invoice_id: uuid.UUID) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """The invoice's lines per vendor, as each vendor may see them (its own lines only)."""
+    found: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    for line in session.scalars(
+        sa.select(InvoiceLine)
+        .where(InvoiceLine.invoice_id == invoice_id, InvoiceLine.vendor_id.is_not(None))
+        .order_by(InvoiceLine.position)
+    ):
+        assert line.vendor_id is not None
+        found[line.vendor_id].append(
+            {
+                "description": line.description,
+                "kind": str(line.kind),
+                "subscription_id": str(line.subscription_id) if line.subscription_id else None,
+                "product_id": str(line.product_id) if line.product_id else None,
+                "quantity": str(line.quantity),
+                "unit": line.unit,
+                "amount": str(line.amount),
+            }
+        )
+    return dict(found)

@@ -516,6 +516,11 @@ def product_name(session: Session, product_id: uuid.UUID) -> str:
     return version.name if version else product.slug
 
 
+def vendor_of(session: Session, product_id: uuid.UUID) -> uuid.UUID | None:
+    """The vendor organisation that sells the product."""
+    return session.scalar(sa.select(Product.vendor_id).where(Product.id == product_id))
+
+
 def review_queue(marketplace: Marketplace) -> sa.Select[Any]:
     """Products of the marketplace whose next revision waits for an administrator, oldest first
     (new products, and published ones with an edited revision)."""
