@@ -38,9 +38,11 @@ from cmw.monitoring.api import bp as monitoring_bp
 from cmw.monitoring.requests import record_request, start_timing
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders_service
+from cmw.support.consumers import TicketForwarder, TicketMail
 from cmw.usage.cloud import CloudStackEvents
 from cmw.usage.consumer import UsageRecords
 from cmw.webhooks.consumer import VendorWebhooks
+from cmw.webhooks.service import Sender
 from deployer.consumer import DeploymentRequests
 
 # the control panel's modules add their routes to the pages blueprint
@@ -48,6 +50,7 @@ from marketplace import account as _account_pages  # noqa: F401
 from marketplace import admin as _admin_pages  # noqa: F401
 from marketplace import branding as _branding_pages  # noqa: F401
 from marketplace import sso as _sso_pages  # noqa: F401
+from marketplace import support as _support_pages  # noqa: F401
 from marketplace import vendor as _vendor_pages  # noqa: F401
 from marketplace import webhooks as _webhook_pages  # noqa: F401
 from marketplace.views import bp as pages_bp
@@ -126,6 +129,15 @@ def register_extensions(app: Flask) -> None:
         FailedDeployments(),
         KeycloakUsers(config, sealer),
         VendorWebhooks(),
+        TicketMail(mailer_for(config), config.base_url, config.mail_from, config.support_address),
+        TicketForwarder(
+            mailer_for(config),
+            config.base_url,
+            config.mail_from,
+            config.support_address,
+            sealer,
+            Sender(allow_private=config.allow_private_targets, ca_bundle=config.outbound_ca_bundle),
+        ),
     ]
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
@@ -150,6 +162,7 @@ def import_models() -> sa.MetaData:
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
     from cmw.notifications import models as _notifications  # noqa: F401
     from cmw.orders import models as _orders  # noqa: F401
+    from cmw.support import models as _support  # noqa: F401
     from cmw.usage import models as _usage  # noqa: F401
     from cmw.webhooks import models as _webhooks  # noqa: F401
     from deployer import models as _deployer  # noqa: F401

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 import click
 import prometheus_client
@@ -34,6 +35,7 @@ from cmw.extensions import current_session, db
 from cmw.marketplaces.service import platform
 from cmw.monitoring import metrics
 from cmw.orders.jobs import run_due
+from cmw.support import mail as support_mail
 from cmw.usage import bandwidth, budgets, cloud, ingest, replay
 from cmw.webhooks import service as webhooks
 from deployer import reaper
@@ -209,6 +211,32 @@ def usage_rebuild(start: str, end: str) -> None:
         )
     if not report.billed:
         click.echo("  every invoiced usage line in the range rates the same")
+
+
+@mercato.group("support")
+def support_group() -> None:
+    """Support tickets."""
+
+
+@support_group.command("inbound-email")
+@click.argument("source", type=click.File("rb"), default="-")
+@with_appcontext
+def support_inbound_email(source: BinaryIO) -> None:
+    """Add a reply e-mail (raw RFC 5322, from SOURCE or standard input) to its ticket: for an
+    MTA that pipes the support address's mail here. Exits 67 (EX_NOUSER) when the e-mail
+    belongs to no ticket, so the MTA bounces it with the reason."""
+    session = current_session()
+    try:
+        received = support_mail.receive(session, current_app.extensions["mercato.storage"], source.read())
+    except support_mail.InboundError as exc:
+        session.rollback()
+        click.echo(f"mercato: {exc}", err=True)
+        raise SystemExit(67) from None
+    session.commit()
+    state = "already in" if received.duplicate else "added to"
+    click.echo(f"{state} ticket {received.ticket.ref}")
+    for reason in received.refused:
+        click.echo(f"  attachment refused: {reason}")
 
 
 @mercato.command("bootstrap")

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import secrets
 from collections.abc import Mapping
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -88,6 +89,13 @@ class Config:
     oidc_introspect: bool = False
     #: country of the organisations made for users who arrive through the provider
     oidc_default_country: str = "DE"
+    #: the support address tickets' e-mails answer to, as ``<local>+t-<token>@<domain>``
+    #: (route that domain's mail to ``POST /api/v1/support/inbound-email``); empty =
+    #: ``support@`` the domain of ``mail_from``
+    support_address: str = ""
+    #: the bearer token the mail gateway sends to ``/api/v1/support/inbound-email``;
+    #: empty = that endpoint is off (``flask mercato support inbound-email`` still works)
+    inbound_email_token: str = ""
     #: let webhooks, the ticket forwarder and the CRM call loopback, private and
     #: link-local addresses (on-premises receivers; the test suite's loopback servers)
     allow_private_targets: bool = False
@@ -157,6 +165,8 @@ class Config:
             storage_url=storage_url,
             smtp_url=smtp_url,
             base_url=self.base_url.rstrip("/"),
+            support_address=self.support_address
+            or "support@" + (parseaddr(self.mail_from)[1].partition("@")[2] or "mercato.localhost"),
             log_level=self.log_level.upper(),
         )
 

@@ -130,6 +130,10 @@ def by_slug(session: Session, slug: str) -> CloudAccount | None:
     return session.scalar(sa.select(CloudAccount).where(CloudAccount.slug == slug))
 
 
+def get(session: Session, deployment_id: uuid.UUID) -> Deployment | None:
+    return session.get(Deployment, deployment_id)
+
+
 def of_subscriptions(session: Session, subscription_ids: list[uuid.UUID]) -> dict[uuid.UUID, Deployment]:
     """The deployment of each subscription that has one."""
     if not subscription_ids:

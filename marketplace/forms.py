@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileField, FileRequired
+from flask_wtf.file import FileField, FileRequired, MultipleFileField
 from wtforms import (
     BooleanField,
     ColorField,
@@ -482,3 +482,16 @@ class WebhookForm(FlaskForm):  # type: ignore[misc]
         option_widget=CheckboxInput(),
         description="None ticked: every event.",
     )
+
+
+class TicketReplyForm(FlaskForm):  # type: ignore[misc]
+    body = TextAreaField("Your message", validators=[DataRequired(), Length(max=20_000)])
+    files = MultipleFileField(
+        "Attachments",
+        description="Up to 5 files of 10 MB: images, PDF, text and log files, ZIP archives.",
+    )
+
+
+class TicketForm(TicketReplyForm):
+    subject = StringField("Subject", validators=[DataRequired(), Length(max=200)])
+    about = SelectField("About", choices=[], validate_choice=False)

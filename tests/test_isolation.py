@@ -54,6 +54,10 @@ PARAMETERS = {
     "invoice_id": "invoice",
     "note_id": "credit_note",
     "rate_id": "tax_rate",
+    "endpoint_id": "webhook_endpoint",
+    "delivery_id": "webhook_delivery",
+    "ticket_id": "ticket",
+    "attachment_id": "ticket_attachment",
 }
 
 
@@ -105,6 +109,16 @@ def sides(
         headers=headers["a"][Role.CUSTOMER],
     )
     assert review.status_code in (200, 201), review.get_json()
+    endpoint = client.post(
+        "/api/v1/vendor/webhooks", json={"url": "https://127.0.0.1:9/hooks"}, headers=headers["a"][Role.VENDOR]
+    ).get_json()
+    delivery = client.post(f"/api/v1/vendor/webhooks/{endpoint['id']}/test", headers=headers["a"][Role.VENDOR])
+    ticket = client.post(
+        "/api/v1/support/tickets",
+        data={"subject": "Help", "body": "Please", "files": [(io.BytesIO(b"log line\n"), "a.log")]},
+        headers=headers["a"][Role.CUSTOMER],
+        content_type="multipart/form-data",
+    ).get_json()
     on_host(client, None)
 
     now = dt.datetime.now(dt.UTC)
@@ -172,6 +186,10 @@ def sides(
         "order": order_body["id"],
         "subscription": order_body["subscription_id"],
         "credit_note": note.id,
+        "webhook_endpoint": endpoint["id"],
+        "webhook_delivery": delivery.get_json()["id"],
+        "ticket": ticket["id"],
+        "ticket_attachment": ticket["messages"][0]["attachments"][0]["id"],
         **{name: row.id for name, row in rows.items()},
     }
     return {"objects": {k: str(v) for k, v in objects.items()}, "b": headers["b"]}

@@ -38,7 +38,15 @@ R = TypeVar("R")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 #: endpoints that must answer without touching the database's tenant tables
 UNTENANTED_ENDPOINTS = frozenset(
-    {"health.healthz", "monitoring.metrics", "static", "api-docs.openapi_json", "assets.stored_file"}
+    {
+        "health.healthz",
+        "monitoring.metrics",
+        "static",
+        "api-docs.openapi_json",
+        "assets.stored_file",
+        # a mail gateway, with its own token
+        "support.InboundEmail",
+    }
 )
 #: posted to by other servers, never by a browser holding our session (signed tokens instead)
 CSRF_EXEMPT_ENDPOINTS = frozenset({"pages.sso_backchannel_logout"})

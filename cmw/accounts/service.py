@@ -446,6 +446,22 @@ def members(session: Session, organisation_id: uuid.UUID, role: Role) -> list[Us
     )
 
 
+def admins_of(session: Session, marketplace_id: uuid.UUID) -> list[User]:
+    """Active users holding the admin role in the marketplace itself."""
+    return list(
+        session.scalars(
+            sa.select(User)
+            .join(Membership, Membership.user_id == User.id)
+            .where(
+                Membership.marketplace_id == marketplace_id,
+                Membership.role == Role.ADMIN,
+                User.is_active.is_(True),
+            )
+            .order_by(User.email)
+        )
+    )
+
+
 def administers_everywhere(session: Session, admin: User, user: User) -> bool:
     """Whether ``admin`` is an admin of every marketplace ``user`` holds a role in (or of one
     above it). Users are global: disabling or renaming one changes every marketplace."""

@@ -30,6 +30,7 @@ from cmw.marketplaces.api import blp as marketplaces_blp
 from cmw.monitoring.api import blp as monitoring_blp
 from cmw.notifications.api import blp as notifications_blp
 from cmw.orders.api import blp as orders_blp
+from cmw.support.api import blp as support_blp
 from cmw.usage.api import blp as usage_blp
 from cmw.webhooks.api import blp as webhooks_blp
 from deployer.api import blp as deployer_blp
@@ -138,4 +139,5 @@ def register(app: Flask) -> MercatoApi:
     api.register_blueprint(monitoring_blp)
     api.register_blueprint(audit_blp)
     api.register_blueprint(webhooks_blp)
+    api.register_blueprint(support_blp)
     return api
