@@ -28,6 +28,8 @@ from cmw.audit import service as audit
 from cmw.billing.documents import FailedDeployments, InvoiceDocuments
 from cmw.catalog import reviews
 from cmw.config import Config, ConfigError
+from cmw.crm.consumer import CrmSync
+from cmw.crm.service import HubSpot
 from cmw.crypto import Sealer
 from cmw.db import check_liveness_on_checkout, configure_sqlite
 from cmw.extensions import csrf, db, migrate
@@ -129,6 +131,11 @@ def register_extensions(app: Flask) -> None:
         FailedDeployments(),
         KeycloakUsers(config, sealer),
         VendorWebhooks(),
+        *(
+            [CrmSync(HubSpot(config.hubspot_base_url, config.hubspot_token, config.outbound_ca_bundle))]
+            if config.hubspot_token
+            else []
+        ),
         TicketMail(mailer_for(config), config.base_url, config.mail_from, config.support_address),
         TicketForwarder(
             mailer_for(config),
@@ -158,6 +165,7 @@ def import_models() -> sa.MetaData:
     from cmw.billing import models as _billing  # noqa: F401
     from cmw.catalog import cache as _catalog_cache  # noqa: F401  (its session events)
     from cmw.catalog import models as _catalog  # noqa: F401
+    from cmw.crm import models as _crm  # noqa: F401
     from cmw.events import models as _events  # noqa: F401
     from cmw.marketplaces import models as _marketplaces  # noqa: F401
     from cmw.notifications import models as _notifications  # noqa: F401

@@ -96,6 +96,11 @@ class Config:
     #: the bearer token the mail gateway sends to ``/api/v1/support/inbound-email``;
     #: empty = that endpoint is off (``flask mercato support inbound-email`` still works)
     inbound_email_token: str = ""
+    #: a HubSpot private app's access token (scopes: crm.objects.companies, .contacts and
+    #: .deals, read and write); empty = no CRM sync
+    hubspot_token: str = ""
+    #: HubSpot's API, or a stand-in speaking it
+    hubspot_base_url: str = "https://api.hubapi.com"
     #: let webhooks, the ticket forwarder and the CRM call loopback, private and
     #: link-local addresses (on-premises receivers; the test suite's loopback servers)
     allow_private_targets: bool = False

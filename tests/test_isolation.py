@@ -110,9 +110,13 @@ def sides(
     )
     assert review.status_code in (200, 201), review.get_json()
     endpoint = client.post(
-        "/api/v1/vendor/webhooks", json={"url": "https://127.0.0.1:9/hooks"}, headers=headers["a"][Role.VENDOR]
+        "/api/v1/vendor/webhooks",
+        json={"url": "https://127.0.0.1:9/hooks"},
+        headers=headers["a"][Role.VENDOR],
     ).get_json()
-    delivery = client.post(f"/api/v1/vendor/webhooks/{endpoint['id']}/test", headers=headers["a"][Role.VENDOR])
+    delivery = client.post(
+        f"/api/v1/vendor/webhooks/{endpoint['id']}/test", headers=headers["a"][Role.VENDOR]
+    )
     ticket = client.post(
         "/api/v1/support/tickets",
         data={"subject": "Help", "body": "Please", "files": [(io.BytesIO(b"log line\n"), "a.log")]},

@@ -287,7 +287,12 @@ def grant(
     emit(
         session,
         "membership.granted",
-        {"membership_id": str(membership.id), "user_id": str(user.id), "role": role.value},
+        {
+            "membership_id": str(membership.id),
+            "user_id": str(user.id),
+            "role": role.value,
+            "organisation_id": str(organisation.id) if organisation else None,
+        },
         marketplace_id=marketplace.id,
     )
     return membership

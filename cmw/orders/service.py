@@ -298,6 +298,31 @@ def _order_payload(order: Order) -> dict[str, Any]:
     }
 
 
+def summary(session: Session, subscription_id: uuid.UUID) -> dict[str, Any] | None:
+    """What a CRM deal says of a subscription: customer, product, plan, status, start, and
+    the price of a period from its latest order (None when not known)."""
+    subscription = session.get(Subscription, subscription_id)
+    if subscription is None:
+        return None
+    plan = session.get(Plan, subscription.plan_id)
+    latest = session.scalar(
+        sa.select(Order)
+        .where(Order.subscription_id == subscription.id)
+        .order_by(Order.created_at.desc())
+        .limit(1)
+    )
+    period = (latest.breakdown or {}).get("period_total") if latest is not None else None
+    return {
+        "customer_id": subscription.customer_id,
+        "product_id": subscription.product_id,
+        "plan": plan.name if plan else "",
+        "status": subscription.status.value,
+        "started_at": subscription.created_at,
+        "amount": period,
+        "currency": latest.currency if latest is not None else None,
+    }
+
+
 def has_subscribed(session: Session, organisation_id: uuid.UUID, product_id: uuid.UUID) -> bool:
     """Whether the organisation has or had a subscription to the product (review rule)."""
     return (

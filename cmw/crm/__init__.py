@@ -1,0 +1,1 @@
+"""CRM sync: customers (companies and contacts) and subscriptions (deals) pushed to HubSpot."""
