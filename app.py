@@ -174,6 +174,7 @@ def import_models() -> sa.MetaData:
     from cmw.usage import models as _usage  # noqa: F401
     from cmw.webhooks import models as _webhooks  # noqa: F401
     from deployer import models as _deployer  # noqa: F401
+    from deployer import telemetry as _telemetry  # noqa: F401
 
     return db.metadata
 

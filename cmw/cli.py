@@ -40,6 +40,7 @@ from cmw.usage import bandwidth, budgets, cloud, ingest, replay
 from cmw.webhooks import service as webhooks
 from deployer import reaper
 from deployer.engine import Engine
+from deployer.monitor import Monitor, Retention
 
 
 @click.group("mercato")
@@ -118,6 +119,17 @@ def worker() -> None:
             Every(60, functools.partial(budgets.run, session_factory)),
             Every(300, functools.partial(cloud.extend_running, session_factory)),
             Every(900, functools.partial(bandwidth.export, session_factory, sealer)),
+            Every(
+                config.monitor_interval_seconds,
+                Monitor(
+                    session_factory,
+                    sealer,
+                    Retention(
+                        dt.timedelta(days=config.stats_retention_days),
+                        dt.timedelta(days=config.log_retention_days),
+                    ),
+                ).run,
+            ),
         ],
         loops=[
             Engine(session_factory, sealer).run,

@@ -101,6 +101,11 @@ class Config:
     hubspot_token: str = ""
     #: HubSpot's API, or a stand-in speaking it
     hubspot_base_url: str = "https://api.hubapi.com"
+    #: how often the worker reads running instances' statistics and logs, in seconds
+    monitor_interval_seconds: int = 60
+    #: days instance statistics and collected log lines are kept
+    stats_retention_days: int = 14
+    log_retention_days: int = 14
     #: let webhooks, the ticket forwarder and the CRM call loopback, private and
     #: link-local addresses (on-premises receivers; the test suite's loopback servers)
     allow_private_targets: bool = False

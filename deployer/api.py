@@ -4,6 +4,7 @@ marketplace; admins retry a failed one or force its removal)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -17,8 +18,9 @@ from cmw.accounts.models import Role
 from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.crypto import sealer
+from cmw.db import utcnow
 from cmw.extensions import current_session
-from deployer import clouds, engine, service
+from deployer import clouds, engine, service, telemetry
 from deployer.models import CloudAccount, Deployment, DeploymentState
 
 blp = Blueprint("deployer", __name__, url_prefix="/api/v1", description="Cloud accounts and deployments")
@@ -301,3 +303,77 @@ class DeploymentRemove(MethodView):
         session.commit()
         engine.WAKE.set()
         return deployment
+
+
+# ------------------------------------------------------------------ statistics and logs
+class StatsArgs(Schema):
+    hours = fields.Integer(load_default=24, validate=validate.Range(min=1, max=24 * 31))
+
+
+class StatsPointSchema(Schema):
+    at = fields.AwareDateTime()
+    reachable = fields.Boolean()
+    cpu_percent = fields.Float(allow_none=True)
+    memory_percent = fields.Float(allow_none=True)
+    disk_percent = fields.Float(allow_none=True)
+    received_per_second = fields.Float(allow_none=True, metadata={"description": "bytes"})
+    sent_per_second = fields.Float(allow_none=True, metadata={"description": "bytes"})
+    load1 = fields.Float(allow_none=True)
+
+
+class StatsSchema(Schema):
+    deployment_id = fields.UUID()
+    reachable = fields.Boolean(allow_none=True, metadata={"description": "null: not collected yet"})
+    unreachable_since = fields.AwareDateTime(allow_none=True)
+    last_collected_at = fields.AwareDateTime(allow_none=True)
+    points = fields.List(fields.Nested(StatsPointSchema))
+
+
+class LogArgs(Schema):
+    q = fields.String(
+        load_default=None, validate=validate.Length(max=200), metadata={"description": "substring"}
+    )
+    path = fields.String(load_default=None, validate=validate.Length(max=500))
+    since = fields.AwareDateTime(load_default=None)
+    until = fields.AwareDateTime(load_default=None)
+
+
+class LogLineSchema(Schema):
+    id = fields.Integer()
+    path = fields.String()
+    at = fields.AwareDateTime()
+    text = fields.String()
+    escaped = fields.Boolean(metadata={"description": "the line was not UTF-8: bytes kept as \\xNN"})
+
+
+@blp.route("/deployments/<uuid:deployment_id>/stats")
+class DeploymentStats(MethodView):
+    @blp.arguments(StatsArgs, location="query")
+    @blp.response(200, StatsSchema)
+    @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
+    def get(self, args: dict[str, Any], deployment_id: uuid.UUID) -> dict[str, Any]:
+        """CPU, memory, disk and network of the instance over the last ``hours``."""
+        deployment = _deployment(deployment_id)
+        session = current_session()
+        health = session.get(telemetry.InstanceHealth, deployment.id)
+        since = utcnow() - dt.timedelta(hours=args["hours"])
+        return {
+            "deployment_id": deployment.id,
+            "reachable": health.reachable if health else None,
+            "unreachable_since": health.unreachable_since if health else None,
+            "last_collected_at": health.last_collected_at if health else None,
+            "points": telemetry.series(session, deployment.id, since),
+        }
+
+
+@blp.route("/deployments/<uuid:deployment_id>/logs")
+class DeploymentLogs(MethodView):
+    @blp.arguments(LogArgs, location="query")
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(LogLineSchema))
+    @roles_required(Role.CUSTOMER, Role.VENDOR, Role.ADMIN)
+    def get(self, filters: dict[str, Any], args: dict[str, Any], deployment_id: uuid.UUID) -> dict[str, Any]:
+        """The instance's collected log lines, newest first, searchable."""
+        deployment = _deployment(deployment_id)
+        stmt = telemetry.search_logs(deployment.id, **filters)
+        return paginate(current_session(), stmt, args["page"], args["per_page"])

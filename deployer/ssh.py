@@ -123,3 +123,11 @@ class Session:
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
         return Result(out.channel.recv_exit_status(), stdout, stderr)
+
+    def read(self, command: str, *, timeout: float = 60) -> tuple[int, bytes]:
+        """Run ``command``; its exit status and its standard output as raw bytes (log files
+        need not be UTF-8)."""
+        _in, out, _err = self._client.exec_command(command, timeout=timeout)
+        _in.channel.shutdown_write()
+        data = out.read()
+        return out.channel.recv_exit_status(), data

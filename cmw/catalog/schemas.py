@@ -85,6 +85,21 @@ class DeploymentTargetSchema(Schema):
         metadata={"example": "https://{ip}/", "description": "placeholders: {ip}, {hostname}"},
     )
     default_login = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    log_files = fields.List(
+        fields.String(
+            validate=[validate.Length(max=500), validate.Regexp(r"^/[^\0\n]*$", error="an absolute path")]
+        ),
+        load_default=list,
+        validate=validate.Length(max=10),
+        metadata={
+            "description": "files on the VM whose new lines the platform collects, e.g. /var/log/app.log"
+        },
+    )
+    node_exporter_port = fields.Integer(
+        load_default=9100,
+        validate=validate.Range(min=1, max=65535),
+        metadata={"description": "where the VM's Prometheus node exporter listens, on its loopback"},
+    )
     final_snapshot = fields.Boolean(
         load_default=False,
         metadata={"description": "snapshot the data disk before it is deleted when the subscription ends"},

@@ -21,6 +21,18 @@ def _subscription_link(p: dict[str, Any]) -> str:
 
 #: topic -> how to word it, from the event payload and the product's name
 MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
+    "deployment.unreachable": lambda p, product: Message(
+        f"{product}: your instance does not answer",
+        f"Your instance of {product} ({p.get('address') or 'no address'}) has not answered since"
+        f" {str(p.get('since', ''))[:16].replace('T', ' ')} UTC. We keep trying and tell you when it is back;"
+        " open a support ticket if you did not stop it yourself.",
+        _subscription_link(p),
+    ),
+    "deployment.reachable": lambda p, product: Message(
+        f"{product}: your instance answers again",
+        f"Your instance of {product} ({p.get('address') or 'no address'}) answers again.",
+        _subscription_link(p),
+    ),
     "invoice.issued": lambda p, product: Message(
         f"Invoice {p.get('number', '')}",
         f"Invoice {p.get('number', '')} for {p.get('total', '')} {p.get('currency', '')} is issued;"
