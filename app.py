@@ -121,10 +121,11 @@ def register_extensions(app: Flask) -> None:
     app.extensions["mercato.storage"] = storage_from_url(config.storage_url)
     # Seals cloud credentials, platform keys and one-time passwords at rest.
     sealer = app.extensions["mercato.sealer"] = Sealer(config.effective_encryption_keys())
+    mailer = mailer_for(config)
     # What `flask mercato worker` consumes.
     app.extensions["mercato.consumers"] = [
         NotificationConsumer(),
-        EmailConsumer(mailer_for(config), config.base_url, config.mail_from, sealer),
+        EmailConsumer(mailer, config.base_url, config.mail_from, sealer),
         UsageRecords(),
         CloudStackEvents(config.cloudstack_exchange),
         DeploymentRequests(),
@@ -137,9 +138,9 @@ def register_extensions(app: Flask) -> None:
             if config.hubspot_token
             else []
         ),
-        TicketMail(mailer_for(config), config.base_url, config.mail_from, config.support_address),
+        TicketMail(mailer, config.base_url, config.mail_from, config.support_address),
         TicketForwarder(
-            mailer_for(config),
+            mailer,
             config.base_url,
             config.mail_from,
             config.support_address,

@@ -26,6 +26,7 @@ from sqlalchemy.orm import sessionmaker
 from cmw import demo
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
+from cmw.assets.api import storage
 from cmw.billing import dunning
 from cmw.billing import service as billing
 from cmw.config import Config
@@ -79,9 +80,7 @@ def create_admin(email: str, name: str, password: str) -> None:
 @with_appcontext
 def demo_data() -> None:
     """Load a believable demo (idempotent): admin, vendors, customers."""
-    created = demo.load(
-        current_session(), current_app.extensions["mercato.storage"], current_app.extensions["mercato.sealer"]
-    )
+    created = demo.load(current_session(), storage(), current_app.extensions["mercato.sealer"])
     current_session().commit()
     click.echo("demo data loaded" if created else "demo data already present")
     for login in demo.LOGINS:
@@ -239,7 +238,7 @@ def support_inbound_email(source: BinaryIO) -> None:
     belongs to no ticket, so the MTA bounces it with the reason."""
     session = current_session()
     try:
-        received = support_mail.receive(session, current_app.extensions["mercato.storage"], source.read())
+        received = support_mail.receive(session, storage(), source.read())
     except support_mail.InboundError as exc:
         session.rollback()
         click.echo(f"mercato: {exc}", err=True)
@@ -259,7 +258,7 @@ def bootstrap() -> None:
     if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
         demo.load(
             current_session(),
-            current_app.extensions["mercato.storage"],
+            storage(),
             current_app.extensions["mercato.sealer"],
         )
         current_session().commit()
@@ -279,7 +278,7 @@ def serve(host: str, port: int, web_workers: int) -> None:
     if current_session().scalar(sa.select(sa.func.count()).select_from(User)) == 0:
         demo.load(
             current_session(),
-            current_app.extensions["mercato.storage"],
+            storage(),
             current_app.extensions["mercato.sealer"],
         )
         current_session().commit()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from flask import current_app
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session
 
+from cmw.config import Config
 from cmw.db import Base
 
 db = SQLAlchemy(model_class=Base)
@@ -19,6 +21,12 @@ def current_session() -> Session:
     """The request's (or command's) SQLAlchemy session, typed as a plain Session."""
     session: Session = db.session()
     return session
+
+
+def current_config() -> Config:
+    """The app's settings, typed."""
+    config: Config = current_app.config["MERCATO"]
+    return config
 
 
 def read_in_autocommit(session: Session) -> None:

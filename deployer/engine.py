@@ -15,6 +15,7 @@ and ``removed``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import random
 import secrets
@@ -577,20 +578,28 @@ def _image(ctx: Context, image_id: str) -> Any:
         raise PermanentError(f"the cloud has no image {image_id!r}") from None
 
 
-def _ssh(
-    ctx: Context, what: str, command: str, *, env: dict[str, str] | None = None, stdin: str | None = None
-) -> ssh.Result:
-    deployment, account = ctx.deployment, ctx.account
+def vm_connection(account: CloudAccount, deployment: Deployment, sealer: Sealer) -> Callable[[], ssh.Session]:
+    """What opens an SSH session to the deployment's VM with the platform key, at the
+    account's SSH endpoint override if it has one, checking the host key recorded at first
+    contact. Raises at once when there is no address to connect to."""
     host = account.ssh_host or deployment.address
     if not host:
         raise PermanentError("the VM has no address to connect to")
     assert account.private_key_sealed is not None
-    key = ssh.load_private_key(ctx.sealer.open(account.private_key_sealed))
+    key = ssh.load_private_key(sealer.open(account.private_key_sealed))
+    return functools.partial(
+        ssh.Session, host, account.ssh_port or 22, account.ssh_username, key, deployment.host_key
+    )
+
+
+def _ssh(
+    ctx: Context, what: str, command: str, *, env: dict[str, str] | None = None, stdin: str | None = None
+) -> ssh.Result:
+    deployment = ctx.deployment
+    connect = vm_connection(ctx.account, deployment, ctx.sealer)
 
     def connect_and_run() -> tuple[ssh.Result, str]:
-        with ssh.Session(
-            host, account.ssh_port or 22, account.ssh_username, key, deployment.host_key
-        ) as conn:
+        with connect() as conn:
             return conn.run(command, env=env, stdin=stdin), conn.host_key
 
     try:

@@ -33,6 +33,8 @@ from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.service import emit
 from deployer import ssh
+from deployer.clouds import PermanentError
+from deployer.engine import vm_connection
 from deployer.models import CloudAccount, Deployment, DeploymentState
 from deployer.telemetry import InstanceHealth, InstanceLogLine, InstanceSample
 
@@ -222,7 +224,14 @@ class Monitor:
                 values, source, lines, positions = self._read(
                     deployment, account, dict(health.log_positions), now
                 )
-            except (OSError, EOFError, paramiko.SSHException, ssh.HostKeyMismatch, ValueError) as exc:
+            except (
+                OSError,
+                EOFError,
+                paramiko.SSHException,
+                ssh.HostKeyMismatch,
+                PermanentError,
+                ValueError,
+            ) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:1000]
                 session.add(InstanceSample(deployment_id=deployment_id, at=now, reachable=False, error=error))
                 self._failed(session, deployment, health, error, now)
@@ -278,16 +287,10 @@ class Monitor:
     def _read(
         self, deployment: Deployment, account: CloudAccount, positions: dict[str, Any], now: dt.datetime
     ) -> tuple[dict[str, Any], str, list[InstanceLogLine], dict[str, Any]]:
-        host = account.ssh_host or deployment.address
-        if not host or account.private_key_sealed is None:
-            raise ValueError("the instance has no address or the cloud account no platform key")
-        key = ssh.load_private_key(self.sealer.open(account.private_key_sealed))
         spec = deployment.spec or {}
         mount = account.data_mount_point or "/"
         lines: list[InstanceLogLine] = []
-        with ssh.Session(
-            host, account.ssh_port or 22, account.ssh_username, key, deployment.host_key
-        ) as conn:
+        with vm_connection(account, deployment, self.sealer)() as conn:
             _status, raw = conn.read(
                 _proc_command(mount, int(spec.get("node_exporter_port") or 9100)), timeout=30
             )

@@ -5,21 +5,20 @@ answers, attachments and closing. The same service and checks as the API."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import sqlalchemy as sa
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from wtforms import SelectChoice
 
 from cassetto.files import CheckedFile, RefusedFile, check_attachment
 from cmw.accounts.auth import Identity, current_identity
 from cmw.accounts.models import Role
+from cmw.assets.api import storage
 from cmw.catalog.service import product_name
 from cmw.extensions import current_session
 from cmw.orders.models import Subscription
 from cmw.support import service
-from cmw.support.api import MAX_ATTACHMENT
 from cmw.support.models import AuthorRole, Ticket, TicketStatus
 from marketplace.forms import ActionForm, TicketForm, TicketReplyForm
 from marketplace.views import bp, paged, sign_in_first
@@ -35,7 +34,9 @@ def _files(form: TicketReplyForm) -> list[CheckedFile] | None:
     for upload in uploads:
         try:
             checked.append(
-                check_attachment(upload.filename, upload.read(MAX_ATTACHMENT + 1), max_bytes=MAX_ATTACHMENT)
+                check_attachment(
+                    upload.filename, upload.read(service.MAX_ATTACHMENT + 1), max_bytes=service.MAX_ATTACHMENT
+                )
             )
         except RefusedFile as exc:
             errors.append(exc.reason)
@@ -43,10 +44,6 @@ def _files(form: TicketReplyForm) -> list[CheckedFile] | None:
         form.files.errors = errors
         return None
     return checked
-
-
-def _storage() -> Any:
-    return current_app.extensions["mercato.storage"]
 
 
 def _subscriptions(identity: Identity) -> list[SelectChoice]:
@@ -93,7 +90,7 @@ def tickets() -> ResponseReturnValue:
             try:
                 ticket = service.open_ticket(
                     session,
-                    _storage(),
+                    storage(),
                     marketplace_id=identity.marketplace.id,
                     customer_id=min(customers),
                     author=service.Author.of(identity.user, AuthorRole.CUSTOMER),
@@ -157,7 +154,7 @@ def ticket(ticket_id: uuid.UUID) -> ResponseReturnValue:
             try:
                 service.add_message(
                     session,
-                    _storage(),
+                    storage(),
                     found,
                     service.Author.of(identity.user, role),
                     form.body.data or "",

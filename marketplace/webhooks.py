@@ -13,9 +13,8 @@ from wtforms import SelectChoice
 
 from cmw.accounts.auth import Identity, current_identity
 from cmw.accounts.models import Role
-from cmw.config import Config
 from cmw.crypto import sealer
-from cmw.extensions import current_session
+from cmw.extensions import current_config, current_session
 from cmw.webhooks import service
 from cmw.webhooks.models import DeliveryState, WebhookDelivery, WebhookEndpoint
 from marketplace.forms import ActionForm, WebhookForm
@@ -40,11 +39,6 @@ def _form() -> WebhookForm:
     form = WebhookForm()
     form.topics.choices = [SelectChoice(t, t) for t in service.TOPICS]
     return form
-
-
-def _allow_private() -> bool:
-    config: Config = current_app.config["MERCATO"]
-    return config.allow_private_targets
 
 
 def _no_store(body: str, status: int = 200) -> ResponseReturnValue:
@@ -78,7 +72,7 @@ def vendor_webhooks() -> ResponseReturnValue:
                     topics=form.topics.data or [],
                     description=form.description.data or "",
                     created_by=identity.user.id,
-                    allow_private=_allow_private(),
+                    allow_private=current_config().allow_private_targets,
                 )
                 session.commit()
                 form = _form()

@@ -5,11 +5,18 @@ from __future__ import annotations
 import functools
 import secrets
 import string
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 from flask.testing import FlaskClient
+from kombu import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from cmw.events.consumer import EventConsumer
+from cmw.events.worker import Worker
 
 T = TypeVar("T")
 
@@ -37,3 +44,30 @@ def on_host(client: FlaskClient, host: str | None) -> None:
         vars(client).pop("open", None)
     else:
         client.open = functools.partial(type(client).open, client, base_url=f"http://{host}")  # type: ignore[method-assign]
+
+
+def connect() -> Connection:
+    """A connection to the test broker, with publisher confirms."""
+    from tests.conftest import broker_url
+
+    return Connection(broker_url(), transport_options={"confirm_publish": True}, heartbeat=30)
+
+
+@contextmanager
+def worker_running(factory: sessionmaker[Session], consumers: Sequence[EventConsumer]) -> Iterator[Worker]:
+    """A worker relaying the outbox to ``consumers`` over the test broker, each on a queue of
+    its own (so nothing from another run is consumed or left behind), stopped at the end."""
+    suffix = tag(8)
+    for consumer in consumers:
+        consumer.name = f"{consumer.name}-{suffix}"  # type: ignore[misc]
+    runner = Worker(connect, factory, list(consumers), relay_poll_seconds=0.05)
+    thread = threading.Thread(target=runner.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(15)
+        with connect() as conn:
+            for consumer in consumers:
+                consumer.queue()(conn.default_channel).delete()

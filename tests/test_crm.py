@@ -5,7 +5,6 @@ making a second deal; every call is on record."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -15,16 +14,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from cmw.crm.consumer import CrmSync
 from cmw.crm.models import CrmCall, CrmLink
 from cmw.crm.service import DEAL_TO_COMPANY, DEAL_TO_CONTACT, HubSpot
-from cmw.events.worker import Worker
 from cmw.marketplaces.service import platform
 from cmw.orders import service as orders
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription
 from tests import catalog_data
-from tests.helpers import tag, wait_until
+from tests.helpers import wait_until, worker_running
 from tests.hubspot import TOKEN, FakeHubSpot
 from tests.hubspot import hubspot as hubspot
-from tests.test_notifications import connect
 from tests.test_pricing import FLAT, _plan
 
 Factory = sessionmaker[Session]
@@ -34,18 +31,9 @@ Factory = sessionmaker[Session]
 def syncing(committed_db: Factory, hubspot: tuple[FakeHubSpot, str]) -> Iterator[FakeHubSpot]:
     fake, url = hubspot
     consumer = CrmSync(HubSpot(url, TOKEN, timeout=5))
-    consumer.name = f"crm-sync-{tag(8)}"  # type: ignore[misc]
     consumer.retry_delay = 0.2  # type: ignore[misc]
-    runner = Worker(connect, committed_db, [consumer], relay_poll_seconds=0.05)
-    thread = threading.Thread(target=runner.run_forever, daemon=True)
-    thread.start()
-    try:
+    with worker_running(committed_db, [consumer]):
         yield fake
-    finally:
-        runner.stop()
-        thread.join(15)
-        with connect() as conn:
-            consumer.queue()(conn.default_channel).delete()
 
 
 def test_customers_and_subscriptions_reach_the_crm_through_a_failure(

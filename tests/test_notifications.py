@@ -4,7 +4,6 @@ even when the SMTP server refuses for a while."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
@@ -14,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from flask import Flask
-from kombu import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
@@ -28,8 +26,7 @@ from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.notifications.models import Notification
 from cmw.orders import service as orders
 from tests import catalog_data
-from tests.conftest import broker_url
-from tests.helpers import tag, wait_until
+from tests.helpers import wait_until, worker_running
 from tests.servers import SmtpServer
 from tests.test_pricing import FLAT, _plan
 
@@ -48,10 +45,6 @@ class CountingMailer:
         return self.inner.send(message)
 
 
-def connect() -> Connection:
-    return Connection(broker_url(), transport_options={"confirm_publish": True}, heartbeat=30)
-
-
 @pytest.fixture
 def mailer(smtp_server: SmtpServer) -> CountingMailer:
     smtp_server.clear()
@@ -67,7 +60,6 @@ def notifying(
     committed_db: Factory, mailer: Any, base_url: str = "https://shop.example"
 ) -> Iterator[tuple[Worker, list[Any]]]:
     """A worker turning events into notifications and e-mails, on queues of its own."""
-    suffix = tag(8)
     notifications = NotificationConsumer()
     email = EmailConsumer(
         mailer,
@@ -75,21 +67,9 @@ def notifying(
         "Mercato <no-reply@mercato.example>",
         Sealer([Fernet.generate_key().decode()]),
     )
-    # Queues of their own, so nothing from another run is consumed or left behind.
-    notifications.name = f"notifications-{suffix}"  # type: ignore[misc]
-    email.name = f"email-{suffix}"  # type: ignore[misc]
     email.retry_delay = 0.2  # type: ignore[misc]
-    runner = Worker(connect, committed_db, [notifications, email], relay_poll_seconds=0.05)
-    thread = threading.Thread(target=runner.run_forever, daemon=True)
-    thread.start()
-    try:
+    with worker_running(committed_db, [notifications, email]) as runner:
         yield runner, [notifications, email]
-    finally:
-        runner.stop()
-        thread.join(15)
-        with connect() as conn:
-            for consumer in (notifications, email):
-                consumer.queue()(conn.default_channel).delete()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from cassetto.files import RefusedFile, check_attachment, safe_filename
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
 from cmw.crypto import Sealer
-from cmw.events.worker import Worker
 from cmw.mail import SmtpMailer
 from cmw.marketplaces.service import platform
 from cmw.orders import service as orders
@@ -33,9 +31,8 @@ from cmw.support.consumers import TicketForwarder, TicketMail
 from cmw.support.models import Ticket, TicketMessage
 from cmw.webhooks.service import Sender
 from tests import catalog_data
-from tests.helpers import tag, wait_until
+from tests.helpers import wait_until, worker_running
 from tests.servers import HttpsReceiver, SmtpServer
-from tests.test_notifications import connect
 from tests.test_pricing import FLAT, _plan
 from tests.test_webhooks import _token, _vendor_user, verify
 
@@ -74,21 +71,10 @@ def ticket_worker(
         TicketMail(*args),
         TicketForwarder(*args, sealer, Sender(allow_private=True, ca_bundle=receiver.ca_bundle or "")),
     ]
-    suffix = tag(8)
     for consumer in consumers:
-        consumer.name = f"{consumer.name}-{suffix}"
         consumer.retry_delay = 0.2
-    runner = Worker(connect, committed_db, consumers, relay_poll_seconds=0.05)
-    thread = threading.Thread(target=runner.run_forever, daemon=True)
-    thread.start()
-    try:
+    with worker_running(committed_db, consumers):
         yield consumers
-    finally:
-        runner.stop()
-        thread.join(15)
-        with connect() as conn:
-            for consumer in consumers:
-                consumer.queue()(conn.default_channel).delete()
 
 
 def _mails_to(smtp_server: SmtpServer, address: str, count: int = 1) -> list[EmailMessage]:

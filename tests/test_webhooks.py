@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Organisation, Role, User
 from cmw.billing import service as billing
-from cmw.events.worker import Worker
 from cmw.marketplaces.service import platform
 from cmw.orders import service as orders
 from cmw.outbound import OutboundError, check_url
@@ -33,9 +31,8 @@ from cmw.webhooks import service as webhooks
 from cmw.webhooks.consumer import VendorWebhooks
 from cmw.webhooks.models import DeliveryState, WebhookDelivery, WebhookEndpoint
 from tests import catalog_data
-from tests.helpers import tag, wait_until
+from tests.helpers import wait_until, worker_running
 from tests.servers import HttpsReceiver, ReceivedRequest, free_port
-from tests.test_notifications import connect
 from tests.test_pricing import FLAT, _plan
 
 Factory = sessionmaker[Session]
@@ -75,17 +72,8 @@ def sender(receiver: HttpsReceiver) -> webhooks.Sender:
 def relaying(committed_db: Factory) -> Iterator[VendorWebhooks]:
     """A worker relaying the outbox over RabbitMQ to the webhook consumer (its own queue)."""
     consumer = VendorWebhooks()
-    consumer.name = f"vendor-webhooks-{tag(8)}"  # type: ignore[misc]
-    runner = Worker(connect, committed_db, [consumer], relay_poll_seconds=0.05)
-    thread = threading.Thread(target=runner.run_forever, daemon=True)
-    thread.start()
-    try:
+    with worker_running(committed_db, [consumer]):
         yield consumer
-    finally:
-        runner.stop()
-        thread.join(15)
-        with connect() as conn:
-            consumer.queue()(conn.default_channel).delete()
 
 
 def _deliveries(factory: Factory) -> list[WebhookDelivery]:

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from cmw.crm import service
-from cmw.events.consumer import Event, EventConsumer
+from cmw.events.consumer import Event, EventConsumer, as_uuid
 
 log = logging.getLogger(__name__)
-
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        return None
 
 
 class CrmSync(EventConsumer):
@@ -33,9 +25,11 @@ class CrmSync(EventConsumer):
 
     def handle(self, session: Session, event: Event) -> None:
         try:
-            if subscription_id := _uuid(event.payload.get("subscription_id")):
+            if subscription_id := as_uuid(event.payload.get("subscription_id")):
                 service.sync_deal(session, self.crm, subscription_id)
-            elif organisation_id := _uuid(event.payload.get("organisation_id")) or self._of_membership(event):
+            elif organisation_id := as_uuid(event.payload.get("organisation_id")) or self._of_membership(
+                event
+            ):
                 service.sync_company(session, self.crm, organisation_id)
         except service.CrmRejected as exc:
             # the same data would be refused again: on record (crm_calls), not retried
@@ -45,4 +39,4 @@ class CrmSync(EventConsumer):
     def _of_membership(event: Event) -> uuid.UUID | None:
         if event.topic != "membership.granted" or event.payload.get("role") != "customer":
             return None
-        return _uuid(event.payload.get("organisation_id"))
+        return as_uuid(event.payload.get("organisation_id"))

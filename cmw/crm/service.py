@@ -85,7 +85,7 @@ class HubSpot:
             status, text = response.status_code, response.text
         except requests.RequestException as exc:
             text = f"{type(exc).__name__}: {exc}"
-        _record(
+        _write(
             session,
             CrmCall(
                 object_type=kind,
@@ -119,10 +119,6 @@ def _write(session: Session, row: CrmCall | CrmLink) -> None:
     with Session(bind=session.get_bind()) as own:
         own.merge(row)
         own.commit()
-
-
-def _record(session: Session, row: CrmCall) -> None:
-    _write(session, row)
 
 
 def _link(session: Session, kind: str, local_id: uuid.UUID) -> str | None:

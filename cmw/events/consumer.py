@@ -53,6 +53,14 @@ class Event:
     marketplace_id: uuid.UUID | None = None
 
 
+def as_uuid(value: Any) -> uuid.UUID | None:
+    """A payload's id as a UUID; None when it is missing or not one."""
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
 class Outcome:
     APPLIED = "applied"
     DUPLICATE = "duplicate"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from email.message import EmailMessage
 from email.utils import formataddr, parseaddr
-from typing import Any
 
 import sqlalchemy as sa
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -18,7 +17,7 @@ from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
 from cmw.catalog import service as catalog
 from cmw.crypto import Sealer
-from cmw.events.consumer import Event, EventConsumer
+from cmw.events.consumer import Event, EventConsumer, as_uuid
 from cmw.events.service import emit
 from cmw.mail import Mailer
 from cmw.marketplaces.models import Marketplace
@@ -35,13 +34,6 @@ _templates = Environment(
 )
 
 
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        return None
-
-
 #: topics the product's vendor is told of as well
 VENDOR_TOPICS = frozenset({"deployment.failed"})
 
@@ -52,21 +44,21 @@ class NotificationConsumer(EventConsumer):
 
     def handle(self, session: Session, event: Event) -> None:
         wording = MESSAGES.get(event.topic)
-        customer_id = _uuid(event.payload.get("customer_id"))
+        customer_id = as_uuid(event.payload.get("customer_id"))
         if wording is None or customer_id is None:
             return
-        product_id = _uuid(event.payload.get("product_id"))
-        if product_id is None and (subscription_id := _uuid(event.payload.get("subscription_id"))):
+        product_id = as_uuid(event.payload.get("product_id"))
+        if product_id is None and (subscription_id := as_uuid(event.payload.get("subscription_id"))):
             product_id = orders.product_of_subscription(session, subscription_id)
         product = catalog.product_name(session, product_id) if product_id else "your product"
         message = wording(event.payload, product)
         recipients = accounts.members(session, customer_id, Role.CUSTOMER)
-        if event.topic in VENDOR_TOPICS and (vendor_id := _uuid(event.payload.get("vendor_id"))):
+        if event.topic in VENDOR_TOPICS and (vendor_id := as_uuid(event.payload.get("vendor_id"))):
             recipients += accounts.members(session, vendor_id, Role.VENDOR)
         # the one-time password of a ready machine goes to whoever ordered it, in the e-mail only
         password_to = None
         if event.topic == "deployment.ready" and (
-            subscription_id := _uuid(event.payload.get("subscription_id"))
+            subscription_id := as_uuid(event.payload.get("subscription_id"))
         ):
             password_to = orders.placed_by(session, subscription_id)
         for user in recipients:
@@ -100,7 +92,7 @@ class EmailConsumer(EventConsumer):
         self.sealer = sealer
 
     def handle(self, session: Session, event: Event) -> None:
-        notification_id = _uuid(event.payload.get("notification_id"))
+        notification_id = as_uuid(event.payload.get("notification_id"))
         notification = session.get(Notification, notification_id) if notification_id else None
         if notification is None:
             return
@@ -111,7 +103,7 @@ class EmailConsumer(EventConsumer):
             session.get(Marketplace, notification.marketplace_id) if notification.marketplace_id else None
         ) or platform(session)
         secret = None
-        if deployment_id := _uuid(event.payload.get("password_of_deployment")):
+        if deployment_id := as_uuid(event.payload.get("password_of_deployment")):
             # a copy: the order page shows the password once too, then forgets it
             password = deployments.read_password(session, self.sealer, deployment_id)
             if password is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
-from flask import Response, current_app, request
+from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
@@ -21,9 +21,9 @@ from cmw.accounts.auth import Identity, login_required, require_identity, roles_
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
-from cmw.config import Config
+from cmw.assets.api import storage
 from cmw.crypto import sealer
-from cmw.extensions import current_session
+from cmw.extensions import current_config, current_session
 from cmw.outbound import OutboundError, check_url
 from cmw.support import mail, service
 from cmw.support.models import (
@@ -37,8 +37,6 @@ from cmw.support.models import (
 from cmw.webhooks.service import new_secret
 
 blp = Blueprint("support", __name__, url_prefix="/api/v1", description="Support tickets")
-
-MAX_ATTACHMENT = 10 * 1024 * 1024
 
 
 class AttachmentSchema(Schema):
@@ -102,7 +100,9 @@ class FilesSchema(Schema):
         fields.Raw(metadata={"type": "string", "format": "binary"}),
         load_default=list,
         metadata={
-            "description": f"up to {service.MAX_ATTACHMENTS} files, {MAX_ATTACHMENT // 1_048_576} MB each"
+            "description": (
+                f"up to {service.MAX_ATTACHMENTS} files, {service.MAX_ATTACHMENT // 1_048_576} MB each"
+            )
         },
     )
 
@@ -132,28 +132,18 @@ class InboundSchema(Schema):
     refused = fields.List(fields.String(), metadata={"description": "attachments not accepted, with why"})
 
 
-def _config() -> Config:
-    config: Config = current_app.config["MERCATO"]
-    return config
-
-
-def _storage() -> Storage:
-    store: Storage = current_app.extensions["mercato.storage"]
-    return store
-
-
 def checked_files(uploads: list[Any]) -> list[CheckedFile]:
     """The uploads, each checked; 422 naming the first refused one and why."""
     if len(uploads) > service.MAX_ATTACHMENTS:
         raise invalid("files", f"at most {service.MAX_ATTACHMENTS} attachments a message", "files")
     checked = []
     for upload in uploads:
-        data = upload.read(MAX_ATTACHMENT + 1)
+        data = upload.read(service.MAX_ATTACHMENT + 1)
         try:
-            checked.append(check_attachment(upload.filename, data, max_bytes=MAX_ATTACHMENT))
+            checked.append(check_attachment(upload.filename, data, max_bytes=service.MAX_ATTACHMENT))
         except RefusedFile as exc:
             raise ApiError(
-                413 if len(data) > MAX_ATTACHMENT else 422,
+                413 if len(data) > service.MAX_ATTACHMENT else 422,
                 f"attachment refused: {exc.reason}",
                 errors=[{"location": "files", "field": "files", "message": exc.reason}],
             ) from None
@@ -212,7 +202,7 @@ class Tickets(MethodView):
         ticket = _run(
             service.open_ticket,
             current_session(),
-            _storage(),
+            storage(),
             marketplace_id=identity.marketplace.id,
             customer_id=customer_id,
             author=service.Author.of(identity.user, AuthorRole.CUSTOMER),
@@ -247,7 +237,7 @@ class TicketMessages(MethodView):
         ticket, author = _ticket(ticket_id)
         checked = checked_files(request.files.getlist("files"))
         message = _run(
-            service.add_message, current_session(), _storage(), ticket, author, data["body"], files=checked
+            service.add_message, current_session(), storage(), ticket, author, data["body"], files=checked
         )
         current_session().commit()
         return message
@@ -292,7 +282,7 @@ class InboundEmail(MethodView):
         """A reply e-mail (the raw RFC 5322 message as the body, ``message/rfc822``), posted by
         the mail gateway with ``Authorization: Bearer <MERCATO_INBOUND_EMAIL_TOKEN>``; it is
         added to its ticket's thread. 422 with the reason when it belongs to none."""
-        expected = _config().inbound_email_token
+        expected = current_config().inbound_email_token
         if not expected:
             raise ApiError(404, "inbound e-mail is not enabled (set MERCATO_INBOUND_EMAIL_TOKEN)")
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -304,7 +294,7 @@ class InboundEmail(MethodView):
         if not raw:
             raise invalid("body", "send the e-mail's raw bytes as the body", "body")
         try:
-            received = mail.receive(current_session(), _storage(), raw, max_attachment=MAX_ATTACHMENT)
+            received = mail.receive(current_session(), storage(), raw, max_attachment=service.MAX_ATTACHMENT)
         except mail.InboundError as exc:
             current_session().rollback()
             raise ApiError(422, str(exc), slug="inbound-email-refused") from None
@@ -343,7 +333,7 @@ class Forwarding(MethodView):
         url = (data["forward_url"] or "").strip() or None
         if url is not None:
             try:
-                url = check_url(url, allow_private=_config().allow_private_targets)
+                url = check_url(url, allow_private=current_config().allow_private_targets)
             except OutboundError as exc:
                 raise invalid("forward_url", f"the URL {exc}") from None
         if url != found.forward_url:
@@ -376,4 +366,4 @@ class AttachmentFile(MethodView):
         ticket, _ = _ticket(ticket.id)
         attachment = service.attachment_of(session, ticket, attachment_id)
         assert attachment is not None
-        return serve_attachment(_storage(), attachment)
+        return serve_attachment(storage(), attachment)

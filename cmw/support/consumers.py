@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts.models import User
 from cmw.crypto import Sealer
-from cmw.events.consumer import Event, EventConsumer
+from cmw.events.consumer import Event, EventConsumer, as_uuid
 from cmw.mail import Mailer
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import address
@@ -24,20 +24,16 @@ from cmw.support.service import forwarding
 from cmw.webhooks.service import Job, Sender
 
 
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        return None
-
-
 class _TicketConsumer(EventConsumer):
     def __init__(self, mailer: Mailer, base_url: str, mail_from: str, support_address: str) -> None:
         self.mailer, self.base_url, self.mail_from = mailer, base_url, mail_from
         self.support_address = support_address
 
     def _load(self, session: Session, event: Event) -> tuple[Ticket, TicketMessage, Marketplace] | None:
-        ticket_id, message_id = _uuid(event.payload.get("ticket_id")), _uuid(event.payload.get("message_id"))
+        ticket_id, message_id = (
+            as_uuid(event.payload.get("ticket_id")),
+            as_uuid(event.payload.get("message_id")),
+        )
         ticket = session.get(Ticket, ticket_id) if ticket_id else None
         message = session.get(TicketMessage, message_id) if message_id else None
         marketplace = session.get(Marketplace, ticket.marketplace_id) if ticket else None
@@ -67,7 +63,7 @@ class TicketMail(_TicketConsumer):
 
     def handle(self, session: Session, event: Event) -> None:
         loaded = self._load(session, event)
-        user_id = _uuid(event.payload.get("user_id"))
+        user_id = as_uuid(event.payload.get("user_id"))
         user = session.get(User, user_id) if user_id else None
         if loaded is None or user is None or not user.is_active:
             return
@@ -102,7 +98,7 @@ class TicketForwarder(_TicketConsumer):
             body = json.dumps(self.document(ticket, message, marketplace, event.id), separators=(",", ":"))
             result = self.sender.send(
                 Job(
-                    _uuid(event.id) or uuid.uuid4(),
+                    as_uuid(event.id) or uuid.uuid4(),
                     settings.forward_url,
                     self.sealer.open(settings.forward_secret_sealed),
                     "ticket.message",

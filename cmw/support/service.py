@@ -40,6 +40,8 @@ from cmw.support.models import (
 from deployer import service as deployments
 
 MAX_ATTACHMENTS = 5
+#: bytes an attachment may have
+MAX_ATTACHMENT = 10 * 1024 * 1024
 MAX_BODY = 20_000
 _REF_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 

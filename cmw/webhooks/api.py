@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
@@ -16,9 +15,8 @@ from cmw.accounts.auth import require_identity, roles_required
 from cmw.accounts.models import Role
 from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
-from cmw.config import Config
 from cmw.crypto import sealer
-from cmw.extensions import current_session
+from cmw.extensions import current_config, current_session
 from cmw.webhooks import service
 from cmw.webhooks.models import DeliveryState, WebhookDelivery, WebhookEndpoint
 
@@ -103,11 +101,6 @@ class DeliveryArgs(Schema):
     topic = fields.String(validate=validate.Length(max=100), load_default=None)
 
 
-def _config() -> Config:
-    config: Config = current_app.config["MERCATO"]
-    return config
-
-
 def _vendors() -> frozenset[uuid.UUID]:
     return require_identity().organisations_with(Role.VENDOR)
 
@@ -169,7 +162,7 @@ class Endpoints(MethodView):
             topics=data["topics"],
             description=data["description"],
             created_by=identity.user.id,
-            allow_private=_config().allow_private_targets,
+            allow_private=current_config().allow_private_targets,
         )
         current_session().commit()
         fields_ = ("id", "vendor_id", "url", "description", "topics", "active", "created_at")
@@ -194,7 +187,7 @@ class Endpoint(MethodView):
             current_session(),
             _endpoint(endpoint_id),
             data,
-            allow_private=_config().allow_private_targets,
+            allow_private=current_config().allow_private_targets,
         )
         current_session().commit()
         return endpoint

@@ -40,6 +40,7 @@ from cmw.billing.revenue import vendor_lines
 from cmw.catalog.service import vendor_of
 from cmw.crypto import Sealer
 from cmw.db import utcnow
+from cmw.events.consumer import as_uuid
 from cmw.orders.service import product_of_subscription
 from cmw.outbound import OutboundError, check_url
 from cmw.webhooks.models import DeliveryState, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -203,18 +204,11 @@ def enqueue(
     return delivery
 
 
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        return None
-
-
 def recipients(session: Session, topic: str, payload: dict[str, Any]) -> dict[uuid.UUID, dict[str, Any]]:
     """Which vendors an event concerns, and the data each of them is sent."""
     shared = {k: v for k, v in payload.items() if k not in PRIVATE_FIELDS}
     if topic == "invoice.issued":
-        invoice_id = _uuid(payload.get("invoice_id"))
+        invoice_id = as_uuid(payload.get("invoice_id"))
         if invoice_id is None:
             return {}
         shared.pop("total", None)  # the whole invoice's total covers other vendors' lines too
@@ -222,8 +216,8 @@ def recipients(session: Session, topic: str, payload: dict[str, Any]) -> dict[uu
             vendor: {**shared, "vendor_id": str(vendor), "lines": lines}
             for vendor, lines in vendor_lines(session, invoice_id).items()
         }
-    product_id = _uuid(payload.get("product_id"))
-    if product_id is None and (subscription_id := _uuid(payload.get("subscription_id"))):
+    product_id = as_uuid(payload.get("product_id"))
+    if product_id is None and (subscription_id := as_uuid(payload.get("subscription_id"))):
         product_id = product_of_subscription(session, subscription_id)
     vendor = vendor_of(session, product_id) if product_id else None
     if vendor is None:
