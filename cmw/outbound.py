@@ -41,13 +41,13 @@ def check_host(host: str, port: int, *, allow_private: bool) -> None:
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
-        raise OutboundError(f"the host name {host!r} does not resolve") from None
+        raise OutboundError(f"names a host, {host!r}, that does not resolve") from None
     if allow_private:
         return
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if not address.is_global or address.is_multicast:
             raise OutboundError(
-                f"{host} leads to {address}, a private, loopback or link-local address, "
+                f"leads to {address} ({host}), a private, loopback or link-local address, "
                 "which the platform does not call"
             )

@@ -8,7 +8,7 @@ import uuid
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from wtforms import SelectChoice
 
@@ -44,7 +44,7 @@ from marketplace.forms import (
     SshKeyForm,
     TokenForm,
 )
-from marketplace.views import belongs, bp, paged, sign_in_first
+from marketplace.views import belongs, bp, no_store, paged, sign_in_first
 
 
 def _own_subscription(identity: Identity, subscription_id: uuid.UUID, lock: bool = False) -> Subscription:
@@ -223,17 +223,10 @@ def tokens() -> ResponseReturnValue:
         .order_by(ApiToken.created_at.desc())
         .limit(100)
     )
-    response = current_app.make_response(
-        (
-            render_template(
-                "tokens.html", tokens=list(listed), form=form, secret=secret, action_form=ActionForm()
-            ),
-            status,
-        )
+    body = render_template(
+        "tokens.html", tokens=list(listed), form=form, secret=secret, action_form=ActionForm()
     )
-    if secret is not None:
-        response.headers["Cache-Control"] = "no-store"
-    return response
+    return no_store(body, status) if secret is not None else (body, status)
 
 
 @bp.post("/account/tokens/<uuid:token_id>/revoke")

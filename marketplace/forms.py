@@ -6,6 +6,8 @@ from typing import Any
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired, MultipleFileField
+from marshmallow import ValidationError as MarshmallowError
+from marshmallow import validate
 from wtforms import (
     BooleanField,
     ColorField,
@@ -481,6 +483,27 @@ class WebhookForm(FlaskForm):  # type: ignore[misc]
         widget=ListWidget(prefix_label=False),
         option_widget=CheckboxInput(),
         description="None ticked: every event.",
+    )
+
+
+def email_address(_form: Any, field: Any) -> None:
+    """The same e-mail check as the API's (marshmallow's), with words for a person."""
+    try:
+        validate.Email()(field.data)
+    except MarshmallowError:
+        raise ValidationError("Enter an e-mail address, such as help@example.com.") from None
+
+
+class ForwardingForm(FlaskForm):  # type: ignore[misc]
+    forward_url = URLField(
+        "Webhook URL",
+        validators=[Optional(), Length(max=2000)],
+        description="An https:// address of your ticket system that accepts POST requests. Empty: none.",
+    )
+    forward_email = EmailField(
+        "E-mail address",
+        validators=[Optional(), Length(max=254), email_address],
+        description="Your ticket system's address; its replies come back into the thread. Empty: none.",
     )
 
 

@@ -16,12 +16,14 @@ from cmw.accounts.auth import Identity, current_identity
 from cmw.accounts.models import Role
 from cmw.assets.api import storage
 from cmw.catalog.service import product_name
-from cmw.extensions import current_session
+from cmw.crypto import sealer
+from cmw.extensions import current_config, current_session
 from cmw.orders.models import Subscription
+from cmw.outbound import OutboundError
 from cmw.support import service
-from cmw.support.models import AuthorRole, Ticket, TicketStatus
-from marketplace.forms import ActionForm, TicketForm, TicketReplyForm
-from marketplace.views import bp, paged, sign_in_first
+from cmw.support.models import AuthorRole, SupportSettings, Ticket, TicketStatus
+from marketplace.forms import ActionForm, ForwardingForm, TicketForm, TicketReplyForm
+from marketplace.views import admin_identity, bp, no_store, paged, sign_in_first
 
 
 def _files(form: TicketReplyForm) -> list[CheckedFile] | None:
@@ -182,3 +184,55 @@ def ticket(ticket_id: uuid.UUID) -> ResponseReturnValue:
         ),
         status,
     )
+
+
+@bp.route("/admin/support", methods=["GET", "POST"])
+def admin_support() -> ResponseReturnValue:
+    """Where the marketplace forwards its customers' ticket messages: an external ticket
+    system's webhook (its signing secret shown once) and/or e-mail address."""
+    identity = admin_identity()
+    if identity is None:
+        return sign_in_first()
+    session = current_session()
+    marketplace_id = identity.marketplace.id
+    current = session.get(SupportSettings, marketplace_id)
+    form, secret, status = ForwardingForm(obj=current), None, 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            try:
+                current, secret = service.set_forwarding(
+                    session,
+                    sealer(),
+                    marketplace_id,
+                    url=form.forward_url.data,
+                    email=form.forward_email.data,
+                    allow_private=current_config().allow_private_targets,
+                )
+            except OutboundError as exc:
+                session.rollback()
+                form.forward_url.errors.append(f"The URL {exc}.")
+                status = 422
+            else:
+                session.commit()
+                flash(
+                    "Saved: customers' messages are forwarded as shown."
+                    if current.forward_url or current.forward_email
+                    else "Saved: nothing is forwarded."
+                )
+                if secret is None:
+                    return redirect(url_for("pages.admin_support"))
+        elif form.csrf_token.errors:
+            abort(400)
+        else:
+            status = 422
+    counts = dict(
+        session.execute(
+            sa.select(Ticket.status, sa.func.count())
+            .where(Ticket.marketplace_id == marketplace_id)
+            .group_by(Ticket.status)
+        ).all()
+    )
+    body = render_template(
+        "admin_support.html", form=form, current=current, secret=secret, counts=counts, statuses=TicketStatus
+    )
+    return no_store(body, status) if secret else (body, status)

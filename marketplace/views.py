@@ -620,6 +620,13 @@ def save_upload(identity: Identity, form: UploadForm) -> Image:
     )
 
 
+def no_store(body: str, status: int = 200) -> ResponseReturnValue:
+    """A page showing a secret: never kept by a cache or the browser's history."""
+    response = current_app.make_response((body, status))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def sign_in_first() -> ResponseReturnValue:
     """To the sign-in page, and back here afterwards."""
     return redirect(url_for("pages.sign_in", next=request.path))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import sqlalchemy as sa
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from wtforms import SelectChoice
 
@@ -18,7 +18,7 @@ from cmw.extensions import current_config, current_session
 from cmw.webhooks import service
 from cmw.webhooks.models import DeliveryState, WebhookDelivery, WebhookEndpoint
 from marketplace.forms import ActionForm, WebhookForm
-from marketplace.views import bp, paged, sign_in_first
+from marketplace.views import bp, no_store, paged, sign_in_first
 
 
 def _vendor() -> Identity | None:
@@ -39,13 +39,6 @@ def _form() -> WebhookForm:
     form = WebhookForm()
     form.topics.choices = [SelectChoice(t, t) for t in service.TOPICS]
     return form
-
-
-def _no_store(body: str, status: int = 200) -> ResponseReturnValue:
-    """A page showing a secret: never kept by a cache or the browser's history."""
-    response = current_app.make_response((body, status))
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 @bp.route("/vendor/webhooks", methods=["GET", "POST"])
@@ -103,7 +96,7 @@ def vendor_webhooks() -> ResponseReturnValue:
         form=form,
         secret=secret,
     )
-    return _no_store(body, status) if secret else (body, status)
+    return no_store(body, status) if secret else (body, status)
 
 
 @bp.get("/vendor/webhooks/<uuid:endpoint_id>")
@@ -148,7 +141,7 @@ def vendor_webhook_action(endpoint_id: uuid.UUID, action: str) -> ResponseReturn
     if action == "secret":
         secret = service.rotate_secret(session, sealer(), endpoint)
         session.commit()
-        return _no_store(render_template("vendor_webhook_secret.html", endpoint=endpoint, secret=secret))
+        return no_store(render_template("vendor_webhook_secret.html", endpoint=endpoint, secret=secret))
     if action == "test":
         service.ping(session, endpoint)
         flash("A test event (webhook.ping) is on its way; it shows below in a moment.")

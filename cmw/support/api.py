@@ -24,7 +24,7 @@ from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.assets.api import storage
 from cmw.crypto import sealer
 from cmw.extensions import current_config, current_session
-from cmw.outbound import OutboundError, check_url
+from cmw.outbound import OutboundError
 from cmw.support import mail, service
 from cmw.support.models import (
     AuthorRole,
@@ -34,7 +34,6 @@ from cmw.support.models import (
     TicketMessage,
     TicketStatus,
 )
-from cmw.webhooks.service import new_secret
 
 blp = Blueprint("support", __name__, url_prefix="/api/v1", description="Support tickets")
 
@@ -326,25 +325,21 @@ class Forwarding(MethodView):
         """Forward customers' ticket messages to an external ticket system: an HTTPS webhook
         (signed like vendor webhooks; a new secret is made, and shown, whenever the URL
         changes) and/or an e-mail address, whose replies come back into the thread."""
-        marketplace_id = require_identity().marketplace.id
         session = current_session()
-        found = session.get(SupportSettings, marketplace_id) or SupportSettings(marketplace_id=marketplace_id)
-        answer: dict[str, Any] = {}
-        url = (data["forward_url"] or "").strip() or None
-        if url is not None:
-            try:
-                url = check_url(url, allow_private=current_config().allow_private_targets)
-            except OutboundError as exc:
-                raise invalid("forward_url", f"the URL {exc}") from None
-        if url != found.forward_url:
-            found.forward_url = url
-            found.forward_secret_sealed = None
-            if url is not None:
-                answer["secret"] = secret = new_secret()
-                found.forward_secret_sealed = sealer().seal(secret)
-        found.forward_email = data["forward_email"] or None
-        session.add(found)
+        try:
+            found, secret = service.set_forwarding(
+                session,
+                sealer(),
+                require_identity().marketplace.id,
+                url=data["forward_url"],
+                email=data["forward_email"],
+                allow_private=current_config().allow_private_targets,
+            )
+        except OutboundError as exc:
+            session.rollback()
+            raise invalid("forward_url", f"the URL {exc}") from None
         session.commit()
+        answer = {"secret": secret} if secret else {}
         return {**answer, "forward_url": found.forward_url, "forward_email": found.forward_email}
 
 

@@ -26,9 +26,11 @@ from cassetto.files import CheckedFile
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Membership, Role, User
 from cmw.catalog.service import vendor_of
+from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.orders.models import Subscription
+from cmw.outbound import check_url
 from cmw.support.models import (
     AuthorRole,
     SupportSettings,
@@ -37,6 +39,7 @@ from cmw.support.models import (
     TicketMessage,
     TicketStatus,
 )
+from cmw.webhooks.service import new_secret
 from deployer import service as deployments
 
 MAX_ATTACHMENTS = 5
@@ -277,3 +280,33 @@ def forwarding(session: Session, marketplace_id: uuid.UUID) -> SupportSettings |
     if found is None or not (found.forward_url or found.forward_email):
         return None
     return found
+
+
+def set_forwarding(
+    session: Session,
+    sealer: Sealer,
+    marketplace_id: uuid.UUID,
+    *,
+    url: str | None,
+    email: str | None,
+    allow_private: bool,
+) -> tuple[SupportSettings, str | None]:
+    """Forward the marketplace's customer messages to ``url`` (an HTTPS webhook, signed like
+    vendor webhooks) and/or ``email``; empty stops that kind. Returns the settings and, when
+    the URL changed, its new signing secret (shown once; the old one stops signing).
+    ``cmw.outbound.OutboundError`` when the URL may not be called."""
+    found = session.get(SupportSettings, marketplace_id) or SupportSettings(marketplace_id=marketplace_id)
+    url = (url or "").strip() or None
+    if url is not None:
+        url = check_url(url, allow_private=allow_private)
+    secret = None
+    if url != found.forward_url:
+        found.forward_url = url
+        found.forward_secret_sealed = None
+        if url is not None:
+            secret = new_secret()
+            found.forward_secret_sealed = sealer.seal(secret)
+    found.forward_email = (email or "").strip() or None
+    session.add(found)
+    session.flush()
+    return found, secret
