@@ -26,7 +26,7 @@ from cmw.catalog.models import Plan
 from cmw.extensions import current_session
 from cmw.marketplaces import pricing
 from cmw.money import format_amount, parse_amount
-from cmw.orders import subscriptions
+from cmw.orders import approval, subscriptions
 from cmw.orders.models import Order, Subscription
 from cmw.usage import budgets, estimates
 from cmw.usage import live as live_costs
@@ -168,9 +168,18 @@ def change_subscription(subscription_id: uuid.UUID, what: str) -> ResponseReturn
             abort(400)
         return _subscription_page(found, plan_form, quantity_form, 422)
     try:
-        if what == "plan":
-            new_plan = session.get(Plan, uuid.UUID(plan_form.plan.data))
-            assert new_plan is not None
+        new_plan = session.get(Plan, uuid.UUID(plan_form.plan.data)) if what == "plan" else None
+        waiting = approval.request_change(
+            session,
+            found,
+            plan=new_plan,
+            quantity=quantity_form.quantity.data if what == "quantity" else None,
+            user_id=identity.user.id,
+            memberships=identity.memberships,
+        )
+        if waiting is not None:
+            message = "Your change waits for approval; we tell you as soon as it is decided."
+        elif new_plan is not None:
             when = subscriptions.change_plan(session, found, new_plan, identity.user.id)
             message = (
                 f"You are on {new_plan.name} from now on."
@@ -180,7 +189,7 @@ def change_subscription(subscription_id: uuid.UUID, what: str) -> ResponseReturn
         else:
             subscriptions.change_quantity(session, found, quantity_form.quantity.data, identity.user.id)
             message = f"The quantity is now {found.quantity}."
-    except subscriptions.ChangeError as exc:
+    except (subscriptions.ChangeError, approval.ApprovalError) as exc:
         session.rollback()
         getattr(form, exc.field, form[next(iter(form._fields))]).errors = [exc.message]
         found = _own_subscription(identity, subscription_id)

@@ -67,6 +67,14 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
     all it carries."""
 
 
+class RejectOrderForm(FlaskForm):  # type: ignore[misc]
+    reason = TextAreaField(
+        "Reason",
+        validators=[DataRequired("Say why: the customer reads it."), Length(max=1000)],
+        description="The customer reads it.",
+    )
+
+
 class ReviewForm(FlaskForm):  # type: ignore[misc]
     rating = SelectField(
         "Your rating",
@@ -120,6 +128,10 @@ class ProductForm(FlaskForm):  # type: ignore[misc]
         default=0,
         validators=[Optional(), NumberRange(min=0, max=365)],
         description="0 for no trial.",
+    )
+    requires_approval = BooleanField(
+        "Orders need my approval",
+        description="New orders, trials and plan changes wait in your Approvals until you approve them.",
     )
     website = URLField("Website", validators=[Optional(), Length(max=500)])
     support_email = EmailField("Support e-mail", validators=[Optional(), Length(max=254)])

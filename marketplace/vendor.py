@@ -20,7 +20,7 @@ from marshmallow import Schema, ValidationError
 from wtforms import Field, FieldList, FormField, SelectChoice
 from wtforms import Form as BaseForm
 
-from cmw.accounts.auth import Identity, current_identity
+from cmw.accounts.auth import Identity
 from cmw.accounts.models import Organisation, Role
 from cmw.assets.api import storage
 from cmw.assets.service import InvalidImage
@@ -52,20 +52,13 @@ from marketplace.forms import (
     TargetForm,
     UploadForm,
 )
-from marketplace.views import belongs, bp, paged, save_upload, sign_in_first
+from marketplace.views import belongs, bp, paged, save_upload, sign_in_first, vendor_identity
 
 #: what the service may refuse, each with a reason a person can act on
 REFUSALS = (catalog_service.CatalogError, PricingError, InvalidTransition, ConcurrentChange)
 
 
 # ----------------------------------------------------------------- helpers
-def _vendor() -> Identity | None:
-    identity = current_identity()
-    if identity is not None and not identity.organisations_with(Role.VENDOR):
-        abort(403)
-    return identity
-
-
 def _own(identity: Identity, product_id: uuid.UUID) -> Product:
     product = current_session().get(Product, product_id)
     if product is None or not belongs(identity, product.marketplace_id, product.vendor_id, Role.VENDOR):
@@ -161,7 +154,7 @@ def _act(
 ) -> ResponseReturnValue:
     """A button of the editor: check the caller and the CSRF token, make ``change`` to the
     product (``LookupError``: what it names is not there, 404), say how it went, go back."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -198,6 +191,7 @@ def _content(form: ProductForm) -> dict[str, Any]:
         "tags": tags,
         "product_type": form.product_type.data,
         "trial_days": form.trial_days.data or 0,
+        "requires_approval": bool(form.requires_approval.data),
         "website": _blank(form.website.data),
         "support_email": _blank(form.support_email.data),
     }
@@ -212,6 +206,7 @@ def _fill(form: ProductForm, product: Product, version: ProductVersion) -> None:
     form.tags.data = ", ".join(version.tags or [])
     form.product_type.data = version.product_type.value
     form.trial_days.data = version.trial_days
+    form.requires_approval.data = version.requires_approval
     form.website.data = version.website or ""
     form.support_email.data = version.support_email or ""
 
@@ -219,7 +214,7 @@ def _fill(form: ProductForm, product: Product, version: ProductVersion) -> None:
 @bp.route("/vendor/products/new", methods=["GET", "POST"])
 def vendor_new_product() -> ResponseReturnValue:
     """A new product, in draft: its details first, then images, plans and deployment."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -254,7 +249,7 @@ def vendor_new_product() -> ResponseReturnValue:
 @bp.route("/vendor/products/<uuid:product_id>", methods=["GET", "POST"])
 def vendor_edit_product(product_id: uuid.UUID) -> ResponseReturnValue:
     """The editor: details (with a preview of the description), images, plans, deployment."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -316,7 +311,7 @@ def _editor(product: Product, form: ProductForm, preview: str | None, status: in
 @bp.post("/vendor/products/<uuid:product_id>/<any(logo, screenshots):kind>")
 def vendor_upload(product_id: uuid.UUID, kind: str) -> ResponseReturnValue:
     """Upload the logo (its background colour is computed) or add a screenshot."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -461,7 +456,7 @@ def _row_path(path: str, rows: list[int]) -> str:
 @bp.route("/vendor/products/<uuid:product_id>/plans/<string:code>", methods=["GET", "POST"])
 def vendor_plan(product_id: uuid.UUID, code: str | None) -> ResponseReturnValue:
     """Add a plan, or change one; the product's other plans stay as they are."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -606,7 +601,7 @@ def _fill_target(form: TargetForm, target: dict[str, Any]) -> None:
 @bp.route("/vendor/products/<uuid:product_id>/targets/<int:index>", methods=["GET", "POST"])
 def vendor_target(product_id: uuid.UUID, index: int | None) -> ResponseReturnValue:
     """Add or change where the product runs: a cloud account, region, image and VM size."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -679,7 +674,7 @@ def vendor_withdraw(product_id: uuid.UUID) -> ResponseReturnValue:
 def vendor_sales() -> ResponseReturnValue:
     """Who bought your products: subscriptions with their customer, plan and instance,
     newest first and paginated, and the latest orders."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -760,7 +755,7 @@ def _names(
 @bp.get("/vendor/products/<uuid:product_id>/simulation")
 def vendor_simulation(product_id: uuid.UUID) -> ResponseReturnValue:
     """The draft's prices on the last days of real usage, beside the published prices."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     product = _own(identity, product_id)

@@ -47,7 +47,7 @@ from cmw.assets.service import image_view, save_image
 from cmw.catalog import cache, presenters, reviews, search
 from cmw.catalog import service as catalog_service
 from cmw.catalog.api import MAX_UPLOAD
-from cmw.catalog.models import Category, Product, ProductVersion, Review
+from cmw.catalog.models import Category, Plan, Product, ProductVersion, Review
 from cmw.catalog.schemas import ProductListArgs
 from cmw.catalog.search import Sort
 from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
@@ -58,7 +58,7 @@ from cmw.notifications.consumers import in_marketplace, unread_count
 from cmw.notifications.models import Notification
 from cmw.orders import service as orders
 from cmw.orders import subscriptions
-from cmw.orders.models import Order, Subscription, SubscriptionStatus
+from cmw.orders.models import Order, OrderKind, OrderStatus, Subscription, SubscriptionStatus
 from deployer import engine as deployer_engine
 from deployer import service as deployments
 from deployer.models import Deployment, DeploymentState
@@ -345,6 +345,13 @@ def compare() -> ResponseReturnValue:
     return render_template("compare.html", products=views, asked=refs), status
 
 
+def _plan_names(order: Order) -> dict[str, str]:
+    """Names of the order's plan and, for a change, the plan it changes from."""
+    ids = {order.plan_id} | ({uuid.UUID(order.change_from["plan_id"])} if order.change_from else set())
+    rows = current_session().execute(sa.select(Plan.id, Plan.name).where(Plan.id.in_(ids)))
+    return {str(plan_id): name for plan_id, name in rows}
+
+
 @bp.route("/account/orders/<uuid:order_id>", methods=["GET", "POST"])
 def order(order_id: uuid.UUID) -> ResponseReturnValue:
     """One of your orders, following its deployment until the instance is ready. Whoever
@@ -374,7 +381,12 @@ def order(order_id: uuid.UUID) -> ResponseReturnValue:
             session.commit()
     history = deployments.history(session, deployment.id) if deployment else []
     product_name = catalog_service.product_name(session, placed.product_id)
-    busy = deployment is None or deployment.active
+    # an order waiting for approval, refused, or a change has no machine to follow
+    follows = placed.kind is not OrderKind.CHANGE and placed.status in (
+        OrderStatus.PENDING,
+        OrderStatus.CONFIRMED,
+    )
+    busy = follows and (deployment is None or deployment.active)
     response = make_response(
         render_template(
             "order.html",
@@ -383,6 +395,7 @@ def order(order_id: uuid.UUID) -> ResponseReturnValue:
             history=history,
             product_name=product_name,
             busy=busy,
+            plan_names=_plan_names(placed),
             password=password,
             is_placer=is_placer,
             can_reveal=is_placer and deployment is not None and deployment.password_sealed is not None,
@@ -600,6 +613,14 @@ def subscription_action(subscription_id: uuid.UUID, action: str) -> ResponseRetu
 
 
 # ------------------------------------------------------------------ admin
+def vendor_identity() -> Identity | None:
+    """The signed-in vendor; None if nobody is signed in; 403 for anyone else."""
+    identity = current_identity()
+    if identity is not None and not identity.organisations_with(Role.VENDOR):
+        abort(403)
+    return identity
+
+
 def admin_identity() -> Identity | None:
     """The signed-in administrator; None if nobody is signed in; 403 for anyone else."""
     identity = current_identity()

@@ -11,21 +11,14 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from wtforms import SelectChoice
 
-from cmw.accounts.auth import Identity, current_identity
+from cmw.accounts.auth import Identity
 from cmw.accounts.models import Role
 from cmw.crypto import sealer
 from cmw.extensions import current_config, current_session
 from cmw.webhooks import service
 from cmw.webhooks.models import DeliveryState, WebhookDelivery, WebhookEndpoint
 from marketplace.forms import ActionForm, WebhookForm
-from marketplace.views import bp, no_store, paged, sign_in_first
-
-
-def _vendor() -> Identity | None:
-    identity = current_identity()
-    if identity is not None and not identity.organisations_with(Role.VENDOR):
-        abort(403)
-    return identity
+from marketplace.views import bp, no_store, paged, sign_in_first, vendor_identity
 
 
 def _endpoint(identity: Identity, endpoint_id: uuid.UUID) -> WebhookEndpoint:
@@ -44,7 +37,7 @@ def _form() -> WebhookForm:
 @bp.route("/vendor/webhooks", methods=["GET", "POST"])
 def vendor_webhooks() -> ResponseReturnValue:
     """Your endpoints with their latest outcome, and a form to add one."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     session = current_session()
@@ -102,7 +95,7 @@ def vendor_webhooks() -> ResponseReturnValue:
 @bp.get("/vendor/webhooks/<uuid:endpoint_id>")
 def vendor_webhook(endpoint_id: uuid.UUID) -> ResponseReturnValue:
     """One endpoint: its deliveries, newest first, by state."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     endpoint = _endpoint(identity, endpoint_id)
@@ -126,7 +119,7 @@ def vendor_webhook(endpoint_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.post("/vendor/webhooks/<uuid:endpoint_id>/<any(test, pause, resume, secret, delete):action>")
 def vendor_webhook_action(endpoint_id: uuid.UUID, action: str) -> ResponseReturnValue:
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     if not ActionForm().validate_on_submit():
@@ -155,7 +148,7 @@ def vendor_webhook_action(endpoint_id: uuid.UUID, action: str) -> ResponseReturn
 @bp.get("/vendor/webhooks/deliveries/<uuid:delivery_id>")
 def vendor_webhook_delivery(delivery_id: uuid.UUID) -> ResponseReturnValue:
     """A delivery: the body sent, and each attempt with its answer."""
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     delivery = current_session().get(WebhookDelivery, delivery_id)
@@ -167,7 +160,7 @@ def vendor_webhook_delivery(delivery_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.post("/vendor/webhooks/deliveries/<uuid:delivery_id>/replay")
 def vendor_webhook_replay(delivery_id: uuid.UUID) -> ResponseReturnValue:
-    identity = _vendor()
+    identity = vendor_identity()
     if identity is None:
         return sign_in_first()
     if not ActionForm().validate_on_submit():

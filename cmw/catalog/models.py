@@ -165,6 +165,8 @@ class ProductVersion(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name
     product_type: Mapped[ProductType] = mapped_column(str_enum(ProductType, "product_type"))
     #: days of free trial; 0 = no trial
     trial_days: Mapped[int] = mapped_column(default=0)
+    #: orders (purchases and changes) wait for the vendor's, or the reseller's, approval
+    requires_approval: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     #: per target cloud account: image, size, disks, ports, setup, URL template, login
     deployment: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
     #: when the vendor submitted it for review (UTC)

@@ -138,6 +138,12 @@ class ProductContentSchema(Schema):
     trial_days = fields.Integer(
         validate=validate.Range(min=0, max=365), metadata={"description": "0 = no trial"}
     )
+    requires_approval = fields.Boolean(
+        metadata={
+            "description": "orders and plan or quantity changes wait for your approval "
+            "(the reseller's, on a reseller marketplace)"
+        }
+    )
     deployment = fields.List(fields.Nested(DeploymentTargetSchema), validate=validate.Length(max=20))
 
 

@@ -43,6 +43,7 @@ CONTENT_FIELDS = (
     "support_email",
     "product_type",
     "trial_days",
+    "requires_approval",
     "deployment",
 )
 

@@ -22,7 +22,7 @@ from cmw.events.service import emit
 from cmw.mail import Mailer
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import address, platform
-from cmw.notifications.messages import MESSAGES
+from cmw.notifications.messages import AUDITOR_MESSAGES, MESSAGES
 from cmw.notifications.models import Notification
 from cmw.orders import service as orders
 from deployer import service as deployments
@@ -61,15 +61,20 @@ class NotificationConsumer(EventConsumer):
             subscription_id := as_uuid(event.payload.get("subscription_id"))
         ):
             password_to = orders.placed_by(session, subscription_id)
-        for user in recipients:
+        notices = [(user, message) for user in recipients]
+        if (auditor_wording := AUDITOR_MESSAGES.get(event.topic)) is not None:
+            told = {user.id for user in recipients}
+            auditors = [user for user in self._auditors(session, event) if user.id not in told]
+            notices += [(user, auditor_wording(event.payload, product)) for user in auditors]
+        for user, said in notices:
             notification = Notification(
                 user_id=user.id,
                 marketplace_id=event.marketplace_id,
                 event_id=event.id,
                 kind=event.topic,
-                title=message.title,
-                body=message.body,
-                link=message.link,
+                title=said.title,
+                body=said.body,
+                link=said.link,
             )
             session.add(notification)
             session.flush()
@@ -77,6 +82,14 @@ class NotificationConsumer(EventConsumer):
             if password_to == user.id:
                 payload["password_of_deployment"] = str(event.payload["deployment_id"])
             emit(session, "notification.email", payload, marketplace_id=event.marketplace_id)
+
+    @staticmethod
+    def _auditors(session: Session, event: Event) -> list[User]:
+        """Who decides on the order: the vendor's users, or the reseller marketplace's admins."""
+        if event.payload.get("auditor") == "vendor":
+            vendor_id = as_uuid(event.payload.get("vendor_id"))
+            return accounts.members(session, vendor_id, Role.VENDOR) if vendor_id else []
+        return accounts.admins_of(session, event.marketplace_id) if event.marketplace_id else []
 
 
 class EmailConsumer(EventConsumer):

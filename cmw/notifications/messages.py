@@ -15,6 +15,15 @@ class Message:
     link: str | None = None
 
 
+def _order_link(p: dict[str, Any]) -> str:
+    return f"/account/orders/{p.get('order_id', '')}"
+
+
+def _asked(p: dict[str, Any]) -> str:
+    """What the order asks for, in words."""
+    return {"trial": "trial", "change": "change of plan or quantity"}.get(str(p.get("kind")), "order")
+
+
 def _subscription_link(p: dict[str, Any]) -> str:
     return f"/account/subscriptions/{p.get('subscription_id', '')}"
 
@@ -142,5 +151,33 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         f"Your {product} subscription has ended",
         f"Your subscription to {product} has been cancelled.",
         _subscription_link(p),
+    ),
+    "order.awaiting_approval": lambda p, product: Message(
+        f"Your order of {product} waits for approval",
+        f"Your {_asked(p)} of {product} needs the approval of "
+        + ("its vendor" if p.get("auditor") == "vendor" else "the marketplace")
+        + ". We tell you as soon as it is decided.",
+        _order_link(p),
+    ),
+    "order.approved": lambda p, product: Message(
+        f"Your order of {product} is approved",
+        f"Your {_asked(p)} of {product} is approved"
+        + ("; the change is made." if p.get("kind") == "change" else "; we are setting it up now."),
+        _order_link(p),
+    ),
+    "order.rejected": lambda p, product: Message(
+        f"Your order of {product} was not approved",
+        f"Your {_asked(p)} of {product} was not approved: {p.get('reason') or 'no reason given'}."
+        " Nothing was charged. Open a support ticket if you have questions.",
+        _order_link(p),
+    ),
+}
+
+#: topic -> how to word it for the order's auditor (the vendor, or the reseller's admins)
+AUDITOR_MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
+    "order.awaiting_approval": lambda p, product: Message(
+        f"An order of {product} waits for your approval",
+        f"A customer asks for a {_asked(p)} of {product}. Approve it, or reject it with a reason.",
+        "/vendor/approvals" if p.get("auditor") == "vendor" else "/admin/approvals",
     ),
 }

@@ -1,6 +1,7 @@
-"""The orders API: place an order (idempotent with ``Idempotency-Key``), and see orders
-and subscriptions: customers their own, vendors those of their products, admins all of
-the marketplace."""
+"""The orders API: place an order (idempotent with ``Idempotency-Key``; an admin may order
+for a customer of the marketplace), see orders and subscriptions (customers their own,
+vendors those of their products, admins all of the marketplace), and approve or reject the
+orders of products that require approval."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from marshmallow import Schema, fields, validate
 from sqlalchemy.exc import IntegrityError
 
 from cmw.accounts.auth import Identity, require_identity, roles_required, visible_rows
-from cmw.accounts.models import Organisation, Role
-from cmw.api.errors import ApiError
+from cmw.accounts.models import Organisation, OrganisationKind, Role
+from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate, paginate_rows
 from cmw.api.views import attributes
 from cmw.catalog.models import Plan, Product
 from cmw.extensions import current_session
-from cmw.orders import service, subscriptions
+from cmw.orders import approval, service, subscriptions
 from cmw.orders.models import (
     Order,
     OrderKind,
@@ -53,7 +54,11 @@ class OrderCreateSchema(Schema):
         metadata={"description": "OpenSSH public key line installed for the machine's login user"},
     )
     organisation_id = fields.UUID(
-        load_default=None, metadata={"description": "needed if you buy for several customers"}
+        load_default=None,
+        metadata={
+            "description": "needed if you buy for several customers; an admin names the customer "
+            "organisation of the marketplace it orders for"
+        },
     )
 
 
@@ -76,9 +81,22 @@ class OrderSchema(Schema):
     created_at = fields.AwareDateTime()
     confirmed_at = fields.AwareDateTime(allow_none=True)
     failure_reason = fields.String(allow_none=True)
+    change_from = fields.Dict(
+        allow_none=True, metadata={"description": "a change order's plan_id and quantity before"}
+    )
+    decided_at = fields.AwareDateTime(allow_none=True)
+    rejection_reason = fields.String(allow_none=True)
 
 
 ORDER_SCHEMA = OrderSchema()
+
+
+class RejectOrderSchema(Schema):
+    reason = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=approval.MAX_REASON),
+        metadata={"description": "why not; the customer is told"},
+    )
 
 
 class ChangeSchema(Schema):
@@ -143,6 +161,21 @@ def _list(
     return paginate(current_session(), ordered, args["page"], args["per_page"])
 
 
+def _buyer(identity: Identity, organisation_id: uuid.UUID | None) -> uuid.UUID:
+    """The customer organisation the order is for: the caller's own, or, for an admin, the
+    named customer organisation of the marketplace."""
+    if organisation_id is None or not identity.is_admin:
+        return identity.customer(organisation_id)
+    found = current_session().get(Organisation, organisation_id)
+    if (
+        found is None
+        or found.marketplace_id != identity.marketplace.id
+        or found.kind is not OrganisationKind.CUSTOMER
+    ):
+        raise invalid("organisation_id", "name a customer organisation of this marketplace")
+    return found.id
+
+
 def _request_hash(data: dict[str, Any]) -> str:
     canonical = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -153,10 +186,12 @@ class Orders(MethodView):
     @blp.arguments(OrderCreateSchema)
     @blp.response(201, OrderSchema)
     @blp.alt_response(409, description="the Idempotency-Key was used with a different request")
-    @roles_required(Role.CUSTOMER)
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
     def post(self, data: dict[str, Any]) -> Any:
         """Order a plan, or start a trial. Send an ``Idempotency-Key`` header to make retries
-        safe: the same key with the same body answers the first order again."""
+        safe: the same key with the same body answers the first order again. An order of a
+        product that requires approval is ``awaiting_approval`` until its auditor decides,
+        unless the auditor places it (a reseller's admin ordering for its customer)."""
         identity = require_identity()
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
@@ -167,7 +202,7 @@ class Orders(MethodView):
                     {"location": "headers", "field": "Idempotency-Key", "message": "1 to 255 characters"}
                 ],
             )
-        customer_id = identity.customer(data.pop("organisation_id"))
+        customer_id = _buyer(identity, data.pop("organisation_id"))
         digest = _request_hash({**data, "organisation_id": str(customer_id)})
         session = current_session()
         for attempt in range(2):
@@ -186,6 +221,7 @@ class Orders(MethodView):
                     service.OrderRequest(**data),
                     idempotency_key=key,
                     request_hash=digest if key else None,
+                    placer_memberships=identity.memberships,
                 )
                 # serialised before the commit expires it: no reload on the busiest write
                 response = current_app.json.response(ORDER_SCHEMA.dump(order))
@@ -229,6 +265,62 @@ class OrderResource(MethodView):
         )
         if order is None:
             raise ApiError(404, "no such order")
+        return order
+
+
+@blp.route("/orders/approvals")
+class Approvals(MethodView):
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(OrderSchema))
+    @roles_required(Role.VENDOR, Role.ADMIN)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Orders waiting for your decision, oldest first: of your products on the platform
+        marketplace (vendors), of the marketplace on a reseller's (its admins)."""
+        identity = require_identity()
+        stmt = approval.queue(identity.marketplace, identity.memberships)
+        return paginate(current_session(), stmt, args["page"], args["per_page"])
+
+
+def _decidable(order_id: uuid.UUID) -> Order:
+    identity = require_identity()
+    session = current_session()
+    order = session.get(Order, order_id)
+    if order is None or order.marketplace_id != identity.marketplace.id:
+        raise ApiError(404, "no such order")
+    if not approval.can_decide(session, order, identity.memberships):
+        raise ApiError(403, "only the order's auditor decides: the product's vendor, or the reseller")
+    return order
+
+
+@blp.route("/orders/<uuid:order_id>/approve")
+class ApproveOrder(MethodView):
+    @blp.response(200, OrderSchema)
+    @roles_required(Role.VENDOR, Role.ADMIN)
+    def post(self, order_id: uuid.UUID) -> Order:
+        """Approve an order waiting for approval: a purchase or trial starts (subscription and
+        deployment), a change is made. 422 if it no longer waits or the change cannot be made."""
+        order = _decidable(order_id)
+        try:
+            approval.approve(current_session(), order.id, require_identity().user.id)
+        except approval.ApprovalError as exc:
+            raise _approval_error(exc) from None
+        current_session().commit()
+        return order
+
+
+@blp.route("/orders/<uuid:order_id>/reject")
+class RejectOrder(MethodView):
+    @blp.arguments(RejectOrderSchema)
+    @blp.response(200, OrderSchema)
+    @roles_required(Role.VENDOR, Role.ADMIN)
+    def post(self, data: dict[str, Any], order_id: uuid.UUID) -> Order:
+        """Reject an order waiting for approval, with the reason the customer is told."""
+        order = _decidable(order_id)
+        try:
+            approval.reject(current_session(), order.id, require_identity().user.id, data["reason"])
+        except approval.ApprovalError as exc:
+            raise _approval_error(exc) from None
+        current_session().commit()
         return order
 
 
@@ -296,6 +388,48 @@ def _changeable(subscription_id: uuid.UUID) -> Subscription:
     return subscription
 
 
+WAITS = "the product requires approval: the change waits for it as this change order"
+
+
+def _approval_error(exc: approval.ApprovalError) -> ApiError:
+    current_session().rollback()
+    return ApiError(
+        422,
+        exc.message,
+        errors=[{"location": "json", "field": exc.field, "message": exc.message}],
+    )
+
+
+def _request_or_apply(
+    subscription: Subscription,
+    change: Any,
+    value: Any,
+    *,
+    plan: Plan | None = None,
+    quantity: int | None = None,
+) -> Any:
+    """The change made now, or, for a product that requires approval, a change order (202)."""
+    identity = require_identity()
+    session = current_session()
+    try:
+        order = approval.request_change(
+            session,
+            subscription,
+            plan=plan,
+            quantity=quantity,
+            user_id=identity.user.id,
+            memberships=identity.memberships,
+        )
+    except approval.ApprovalError as exc:
+        raise _approval_error(exc) from None
+    if order is None:
+        return _apply(subscription, change, value, identity.user.id)
+    response = current_app.json.response(ORDER_SCHEMA.dump(order))
+    session.commit()
+    response.status_code = 202
+    return response
+
+
 def _apply(subscription: Subscription, change: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     session = current_session()
     try:
@@ -318,8 +452,9 @@ def _apply(subscription: Subscription, change: Any, *args: Any, **kwargs: Any) -
 class SubscriptionPlan(MethodView):
     @blp.arguments(ChangePlanSchema)
     @blp.response(200, SubscriptionDetailSchema)
+    @blp.alt_response(202, schema=OrderSchema, description=WAITS)
     @roles_required(Role.CUSTOMER, Role.ADMIN)
-    def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> dict[str, Any]:
+    def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> Any:
         """Change plan: an upgrade applies at once, a downgrade at the end of the period."""
         subscription = _changeable(subscription_id)
         product = current_session().get(Product, subscription.product_id)
@@ -340,19 +475,20 @@ class SubscriptionPlan(MethodView):
                     }
                 ],
             )
-        return _apply(subscription, subscriptions.change_plan, plan, require_identity().user.id)
+        return _request_or_apply(subscription, subscriptions.change_plan, plan, plan=plan)
 
 
 @blp.route("/subscriptions/<uuid:subscription_id>/quantity")
 class SubscriptionQuantity(MethodView):
     @blp.arguments(ChangeQuantitySchema)
     @blp.response(200, SubscriptionDetailSchema)
+    @blp.alt_response(202, schema=OrderSchema, description=WAITS)
     @roles_required(Role.CUSTOMER, Role.ADMIN)
-    def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> dict[str, Any]:
+    def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> Any:
         """Change the number of seats (or other units), from now."""
         subscription = _changeable(subscription_id)
-        return _apply(
-            subscription, subscriptions.change_quantity, data["quantity"], require_identity().user.id
+        return _request_or_apply(
+            subscription, subscriptions.change_quantity, data["quantity"], quantity=data["quantity"]
         )
 
 

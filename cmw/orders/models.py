@@ -21,11 +21,18 @@ class OrderKind(enum.StrEnum):
     PURCHASE = "purchase"
     #: a free trial of the product's trial length
     TRIAL = "trial"
+    #: a change of plan or quantity of an existing subscription, for a product whose
+    #: changes need approval
+    CHANGE = "change"
 
 
 class OrderStatus(enum.StrEnum):
     #: received, not yet accepted
     PENDING = "pending"
+    #: the product needs approval: waits for its auditor (the vendor, or the reseller)
+    AWAITING_APPROVAL = "awaiting_approval"
+    #: refused by the auditor, with a reason
+    REJECTED = "rejected"
     #: accepted: the subscription exists and provisioning was requested
     CONFIRMED = "confirmed"
     #: what was bought runs (the deployment is ready)
@@ -56,6 +63,13 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
         sa.UniqueConstraint("placed_by_id", "idempotency_key", name="uq_orders_idempotency"),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
         sa.Index("ix_orders_marketplace_created", "marketplace_id", "created_at"),
+        # the approval queues read only the waiting orders
+        sa.Index(
+            "ix_orders_awaiting_approval",
+            "marketplace_id",
+            "product_id",
+            postgresql_where=sa.text("status = 'awaiting_approval'"),
+        ),
     )
 
     #: tenant
@@ -72,7 +86,7 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
     #: the product version the customer saw (prices and deployment spec at order time)
     version_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("product_versions.id", ondelete="RESTRICT"))
     plan_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("plans.id", ondelete="RESTRICT"))
-    #: purchase or trial
+    #: purchase, trial or change
     kind: Mapped[OrderKind] = mapped_column(str_enum(OrderKind, "kind"))
     #: pending, confirmed, fulfilled, cancelled or failed
     status: Mapped[OrderStatus] = mapped_column(str_enum(OrderStatus, "status"))
@@ -96,6 +110,12 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
     )
     confirmed_at: Mapped[dt.datetime | None]
     failure_reason: Mapped[str | None] = mapped_column(sa.Text)
+    #: for a change order: the plan and quantity before (the order's plan and quantity are after)
+    change_from: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: who approved or rejected it, when, and why not
+    decided_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+    decided_at: Mapped[dt.datetime | None]
+    rejection_reason: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class Subscription(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]

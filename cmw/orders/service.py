@@ -3,6 +3,8 @@
 An order for a published plan is confirmed at once (payment collection comes with
 billing): it creates the subscription, records its history, and emits ``order.placed``
 and ``subscription.activated`` or ``subscription.trial_started`` in the same transaction.
+An order of a product that requires approval waits instead (``awaiting_approval``) until its
+auditor approves it (:mod:`cmw.orders.approval`), unless the auditor placed it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import calendar
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, joinedload
 
 from cmw.accounts import keys
-from cmw.accounts.models import Organisation, OrganisationKind, User
+from cmw.accounts.models import Membership, Organisation, OrganisationKind, Role, User
 from cmw.catalog import service as catalog
 from cmw.catalog.models import BillingPeriod, Plan, Product, ProductVersion
 from cmw.db import utcnow
@@ -116,7 +119,10 @@ def place_order(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     now: dt.datetime | None = None,
+    placer_memberships: Iterable[Membership] = (),
 ) -> Order:
+    """The order, confirmed with its subscription, or waiting for approval; ``placer_memberships``
+    (the placer's grants in the marketplace) say whether the placer is its own auditor."""
     now = now or utcnow()
     if customer.kind is not OrganisationKind.CUSTOMER or customer.marketplace_id != marketplace.id:
         raise OrderError("organisation_id", "not a customer organisation of this marketplace")
@@ -172,21 +178,68 @@ def place_order(
     )
     if request.trial:
         session.add(TrialGrant(customer_id=customer.id, product_id=product.id, granted_at=now))
-    subscription = _start(session, order, plan, trial_days, now, user)
+    if live.requires_approval and not may_decide(marketplace, product, placer_memberships):
+        order.status = OrderStatus.AWAITING_APPROVAL
+        session.add(order)
+        session.flush()
+        emit(
+            session,
+            "order.awaiting_approval",
+            approval_payload(marketplace, product, order),
+            marketplace_id=marketplace.id,
+        )
+        metrics.ORDERS.labels(order.kind.value).inc()
+        return order
+    confirm(session, order, live, plan, target, product.vendor_id, now)
+    metrics.ORDERS.labels(order.kind.value).inc()
+    return order
+
+
+def may_decide(marketplace: Marketplace, product: Product, memberships: Iterable[Membership]) -> bool:
+    """Whether someone with these grants in ``marketplace`` is the auditor of its orders of
+    ``product``: the product's vendor on the platform marketplace, the marketplace's admins
+    on a reseller's."""
+    if marketplace.parent_id is None:
+        return any(m.role is Role.VENDOR and m.organisation_id == product.vendor_id for m in memberships)
+    return any(m.role is Role.ADMIN for m in memberships)
+
+
+def approval_payload(marketplace: Marketplace, product: Product, order: Order) -> dict[str, Any]:
+    """What the approval events carry: the order, and who decides (the vendor or the reseller)."""
+    return {
+        **_order_payload(order),
+        "subscription_id": str(order.subscription_id) if order.subscription_id else None,
+        "vendor_id": str(product.vendor_id),
+        "auditor": "vendor" if marketplace.parent_id is None else "reseller",
+    }
+
+
+def confirm(
+    session: Session,
+    order: Order,
+    live: ProductVersion,
+    plan: Plan,
+    target: dict[str, Any],
+    vendor_id: uuid.UUID,
+    now: dt.datetime,
+) -> Subscription:
+    """Accept a new purchase or trial: its subscription starts now, and the machine is asked for."""
+    trial_days = live.trial_days if order.kind is OrderKind.TRIAL else 0
+    subscription = _start(session, order, plan, trial_days, now, order.placed_by_id)
     order.subscription_id = subscription.id
     order.status = OrderStatus.CONFIRMED
     order.confirmed_at = now
-    session.add(order)
+    session.add(order)  # after its subscription: a new order is inserted once, complete
     # One flush for the order, its subscription, history and events: a concurrent request
     # with the same key (or the same trial) waits on the unique index here, then fails and
     # its transaction rolls back whole.
     session.flush()
-    emit(session, "order.placed", _order_payload(order), marketplace_id=marketplace.id)
+    emit(session, "order.placed", _order_payload(order), marketplace_id=order.marketplace_id)
     emit(
         session,
-        "subscription.trial_started" if request.trial else "subscription.activated",
+        "subscription.trial_started" if trial_days else "subscription.activated",
         {**_order_payload(order), "subscription_id": str(subscription.id)},
-        marketplace_id=marketplace.id,
+        marketplace_id=order.marketplace_id,
     )
     # what the deployer needs to make the machine, as it stands at order time
     emit(
@@ -195,15 +248,14 @@ def place_order(
         {
             **_order_payload(order),
             "subscription_id": str(subscription.id),
-            "vendor_id": str(product.vendor_id),
+            "vendor_id": str(vendor_id),
             "product_type": str(live.product_type),
             "target": target,
-            "ssh_public_key": ssh_key,
+            "ssh_public_key": order.ssh_public_key,
         },
-        marketplace_id=marketplace.id,
+        marketplace_id=order.marketplace_id,
     )
-    metrics.ORDERS.labels(order.kind.value).inc()
-    return order
+    return subscription
 
 
 def _ssh_public_key(value: str | None) -> str | None:
@@ -228,7 +280,7 @@ def _target(version: ProductVersion, cloud_account: str | None, region: str | No
 
 
 def _start(
-    session: Session, order: Order, plan: Plan, trial_days: int, now: dt.datetime, user: User
+    session: Session, order: Order, plan: Plan, trial_days: int, now: dt.datetime, actor_id: uuid.UUID
 ) -> Subscription:
     if trial_days:
         end = now + dt.timedelta(days=trial_days)
@@ -259,7 +311,7 @@ def _start(
         session,
         subscription,
         "trial_started" if trial_days else "activated",
-        user.id,
+        actor_id,
         {},
         {"status": status.value, "plan_id": str(plan.id), "quantity": order.quantity},
         now,
@@ -307,7 +359,10 @@ def summary(session: Session, subscription_id: uuid.UUID) -> dict[str, Any] | No
     plan = session.get(Plan, subscription.plan_id)
     latest = session.scalar(
         sa.select(Order)
-        .where(Order.subscription_id == subscription.id)
+        .where(
+            Order.subscription_id == subscription.id,
+            Order.status.in_([OrderStatus.CONFIRMED, OrderStatus.FULFILLED]),
+        )
         .order_by(Order.created_at.desc())
         .limit(1)
     )

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: the event types a vendor can receive
 TOPICS = (
     "order.placed",
+    "order.awaiting_approval",
+    "order.approved",
+    "order.rejected",
     "subscription.activated",
     "subscription.trial_started",
     "subscription.changed",
