@@ -116,6 +116,10 @@ class DeploymentSchema(Schema):
     volume_id = fields.String(allow_none=True)
     address = fields.String(allow_none=True)
     url = fields.String(allow_none=True)
+    endpoints = fields.List(
+        fields.Dict(keys=fields.String(), values=fields.String()),
+        metadata={"description": "the product's access URLs on this instance: name and url"},
+    )
     login = fields.String(allow_none=True)
     ready_at = fields.AwareDateTime(allow_none=True)
     removed_at = fields.AwareDateTime(allow_none=True)

@@ -373,11 +373,15 @@ class Engine:
                 f'[ "$rc" = 0 ] && touch {marker}; exit "$rc"'
             )
             env = {
+                # the vendor's variables first: the documented ones cannot be overridden
+                **{str(k): str(v) for k, v in (spec.get("variables") or {}).items()},
+                **service.customer_environment(ctx.session, deployment),
                 "MERCATO_DEPLOYMENT_ID": str(deployment.id),
                 "MERCATO_DATA_DIR": ctx.account.data_mount_point,
                 "MERCATO_DEFAULT_LOGIN": login,
                 "MERCATO_DEFAULT_PASSWORD": password,
                 "MERCATO_APP_URL": url or "",
+                "MERCATO_HOSTNAME": deployment.address or "",
             }
             result = _ssh(ctx, "setup", command, env=env, stdin=script)
             if result.exit_status != 0:

@@ -7,6 +7,7 @@ import datetime as dt
 import enum
 import uuid
 from typing import Any
+from urllib.parse import urljoin
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -176,6 +177,17 @@ class Deployment(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     password_sealed: Mapped[str | None] = mapped_column(sa.Text)
     ready_at: Mapped[dt.datetime | None]
     removed_at: Mapped[dt.datetime | None]
+
+    @property
+    def endpoints(self) -> list[dict[str, str]]:
+        """The product's access URLs (``/``, ``/admin``, ...) under the instance's URL."""
+        if not self.url:
+            return []
+        base = self.url if self.url.endswith("/") else self.url + "/"
+        return [
+            {"name": str(e["name"]), "url": urljoin(base, str(e["path"]).lstrip("/"))}
+            for e in self.spec.get("endpoints") or []
+        ]
 
 
 class DeploymentEvent(db.Model):  # type: ignore[name-defined,misc]

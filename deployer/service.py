@@ -12,10 +12,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from cmw.accounts.models import Organisation, User
 from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.service import emit
+from cmw.marketplaces.models import Marketplace
 from cmw.monitoring import metrics
+from cmw.orders.models import Order
 from deployer import clouds, ssh
 from deployer.models import ACTIVE_STATES, CloudAccount, Deployment, DeploymentEvent, DeploymentState
 
@@ -437,3 +440,46 @@ def retry(session: Session, deployment: Deployment) -> None:
     deployment.attempt, deployment.last_error = 0, None
     deployment.next_attempt_at = utcnow()
     record(session, deployment, DeploymentState.REQUESTED, "retried by an administrator")
+
+
+# ------------------------------------------------------------------ setup environment
+#: the documented variables every setup script receives, besides the vendor's own
+SETUP_VARIABLES = {
+    "MERCATO_DEPLOYMENT_ID": "the deployment's id",
+    "MERCATO_DATA_DIR": "where the data disk is mounted",
+    "MERCATO_DEFAULT_LOGIN": "the application's login user",
+    "MERCATO_DEFAULT_PASSWORD": "its one-time password, to set as the application's admin password",
+    "MERCATO_APP_URL": "the instance's URL (empty when the product has no URL template)",
+    "MERCATO_HOSTNAME": "the instance's host name or address",
+    "MERCATO_CUSTOMER_COMPANY": "the customer organisation's legal name",
+    "MERCATO_CUSTOMER_TAX_CODE": "its VAT or tax number (may be empty)",
+    "MERCATO_CUSTOMER_COUNTRY": "its country, ISO 3166-1 alpha-2",
+    "MERCATO_CUSTOMER_EMAIL": "the e-mail address of the person who ordered",
+    "MERCATO_CUSTOMER_NAME": "their name",
+    "MERCATO_CUSTOMER_LANGUAGE": "their language, a BCP 47 tag such as en or it-IT",
+    "MERCATO_MARKETPLACE": "the slug of the marketplace it was bought on",
+    "MERCATO_MARKETPLACE_NAME": "that marketplace's name",
+}
+
+
+def customer_environment(session: Session, deployment: Deployment) -> dict[str, str]:
+    """The customer's details for the setup script, read when it runs."""
+    organisation = session.get(Organisation, deployment.customer_id)
+    marketplace = session.get(Marketplace, deployment.marketplace_id)
+    buyer = session.scalar(
+        sa.select(User)
+        .join(Order, Order.placed_by_id == User.id)
+        .where(Order.subscription_id == deployment.subscription_id)
+        .order_by(Order.created_at)
+        .limit(1)
+    )
+    return {
+        "MERCATO_CUSTOMER_COMPANY": organisation.legal_name if organisation else "",
+        "MERCATO_CUSTOMER_TAX_CODE": (organisation.vat_number or "") if organisation else "",
+        "MERCATO_CUSTOMER_COUNTRY": organisation.country if organisation else "",
+        "MERCATO_CUSTOMER_EMAIL": buyer.email if buyer else "",
+        "MERCATO_CUSTOMER_NAME": buyer.name if buyer else "",
+        "MERCATO_CUSTOMER_LANGUAGE": buyer.language if buyer else "en",
+        "MERCATO_MARKETPLACE": marketplace.slug if marketplace else "",
+        "MERCATO_MARKETPLACE_NAME": marketplace.name if marketplace else "",
+    }

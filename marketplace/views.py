@@ -249,6 +249,10 @@ def product(slug: str) -> ResponseReturnValue:
                         cloud_account=cloud or None,
                         region=region or None,
                         ssh_public_key=form.ssh_public_key.data or _saved_key(identity, form.saved_key.data),
+                        variables={
+                            v["name"]: request.form.get(f"var-{v['name']}", v.get("default") or "")
+                            for v in view["setup_variables"]
+                        },
                     ),
                 )
             except orders.OrderError as exc:

@@ -143,7 +143,13 @@ def target(image: str, *, cloud_account: str = "aws-test", vm_app: bool = True) 
 
 
 def order(
-    factory: Factory, spec: dict[str, Any], *, vm_app: bool = True, ssh_key: str | None = None
+    factory: Factory,
+    spec: dict[str, Any],
+    *,
+    vm_app: bool = True,
+    ssh_key: str | None = None,
+    content: dict[str, Any] | None = None,
+    variables: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A published product deploying to ``spec`` and a confirmed order for it."""
     slug = f"dep-{tag(6)}"
@@ -173,6 +179,7 @@ def order(
                 "category_slug": "web",
                 "product_type": "vm_app" if vm_app else "bare_vm",
                 "deployment": [spec],
+                **(content or {}),
             },
         )
         catalog.set_plans(session, product, [_plan(FLAT)])
@@ -194,7 +201,7 @@ def order(
             marketplace,
             buyer,
             customer,
-            orders.OrderRequest(product=slug, plan="basic", ssh_public_key=ssh_key),
+            orders.OrderRequest(product=slug, plan="basic", ssh_public_key=ssh_key, variables=variables),
         )
         session.commit()
         requested = session.scalar(
@@ -460,6 +467,60 @@ def test_bare_vm_has_no_disk_and_no_setup(
     assert len(live_instances(ec2)) == 1
     states = [to for to, _m, _e in history(committed_db, deployment.id)]
     assert S.CREATING_DISK.value not in states and S.PREPARING_DISK.value not in states
+
+
+ENV_SCRIPT = """#!/bin/sh
+env | grep -E '^(MERCATO_|APP_)' | grep -v PASSWORD | sort > "$MERCATO_DATA_DIR/setup-env"
+"""
+
+
+def test_the_setup_script_gets_the_customer_s_details_and_the_vendor_s_variables(
+    committed_db: Factory, cloud: CloudAccount, ec2: Any, image_id: str, engine: Engine, tmp_path: Path
+) -> None:
+    content = {
+        "setup_variables": [
+            {"name": "APP_TITLE", "label": "Site title", "default": "My wiki", "customer_editable": True},
+            {"name": "APP_EDITION", "default": "enterprise"},
+            {"name": "APP_LICENCE", "default": 'it\'s "quoted" $HOME'},
+        ],
+        "endpoints": [{"name": "Wiki", "path": "/"}, {"name": "Admin", "path": "/admin"}],
+    }
+    with pytest.raises(
+        orders.OrderError, match="not a variable you can set: APP_EDITION; you can set: APP_TITLE"
+    ):
+        order(
+            committed_db,
+            target(image_id) | {"setup_script": ENV_SCRIPT},
+            content=content,
+            variables={"APP_EDITION": "free"},
+        )
+    made = order(
+        committed_db,
+        target(image_id) | {"setup_script": ENV_SCRIPT},
+        content=content,
+        variables={"APP_TITLE": "Team Wiki; rm -rf /"},
+    )
+    deployment = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
+    assert deployment.state is S.RUNNING, history(committed_db, deployment.id)
+    env = dict(
+        line.split("=", 1)
+        for line in (tmp_path / "data" / "setup-env").read_text().splitlines()
+        if "=" in line
+    )
+    assert env["APP_TITLE"] == "Team Wiki; rm -rf /"  # the customer's value, passed as a value
+    assert env["APP_EDITION"] == "enterprise" and env["APP_LICENCE"] == 'it\'s "quoted" $HOME'
+    assert env["MERCATO_CUSTOMER_COMPANY"] == "Customer Srl"
+    assert env["MERCATO_CUSTOMER_COUNTRY"] == "IT"
+    assert env["MERCATO_CUSTOMER_EMAIL"] == made["buyer"] and env["MERCATO_CUSTOMER_NAME"] == "B"
+    assert env["MERCATO_CUSTOMER_LANGUAGE"] == "en"
+    assert env["MERCATO_MARKETPLACE"] == "platform"
+    assert env["MERCATO_HOSTNAME"] == deployment.address
+    assert env["MERCATO_APP_URL"] == f"https://{deployment.address}/"
+    assert env["MERCATO_DATA_DIR"] == str(tmp_path / "data")
+    assert deployment.endpoints == [
+        {"name": "Wiki", "url": f"https://{deployment.address}/"},
+        {"name": "Admin", "url": f"https://{deployment.address}/admin"},
+    ]
 
 
 def test_a_transient_failure_is_retried(

@@ -32,6 +32,7 @@ from cmw.accounts.schemas import (
     GrantSchema,
     MembershipSchema,
     MeSchema,
+    MeUpdateSchema,
     NewTokenSchema,
     OrganisationCreateSchema,
     OrganisationListArgs,
@@ -120,6 +121,21 @@ class MeResource(MethodView):
     @login_required
     def get(self) -> dict[str, Any]:
         """The caller, their roles and organisations in this marketplace."""
+        return _me()
+
+    @blp.arguments(MeUpdateSchema)
+    @blp.response(200, MeSchema)
+    @login_required
+    def patch(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Change your name or language."""
+        identity = require_identity()
+        user = current_session().get(User, identity.user.id)
+        assert user is not None
+        if "name" in data:
+            user.name = data["name"].strip() or user.name
+        if "language" in data:
+            user.language = data["language"]
+        current_session().commit()
         return _me()
 
 

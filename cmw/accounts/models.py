@@ -47,6 +47,8 @@ class User(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,m
     email: Mapped[str] = mapped_column(sa.String(254), unique=True)
     #: full name for display
     name: Mapped[str] = mapped_column(sa.String(120))
+    #: preferred language, a BCP 47 tag such as ``en`` or ``it-IT`` (instances' setup reads it)
+    language: Mapped[str] = mapped_column(sa.String(35), default="en", server_default="en")
     #: argon2id hash (PHC string); NULL for users who sign in only through SSO
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     #: whether the address was confirmed (or asserted by the identity provider)

@@ -77,8 +77,19 @@ class UserSchema(Schema):
     name = fields.String()
     email_verified = fields.Boolean()
     is_active = fields.Boolean()
+    language = fields.String(metadata={"description": "BCP 47 tag, e.g. en or it-IT"})
     created_at = fields.AwareDateTime(dump_only=True)
     last_sign_in_at = fields.AwareDateTime(allow_none=True)
+
+
+class MeUpdateSchema(Schema):
+    name = fields.String(validate=validate.Length(min=1, max=120))
+    language = fields.String(
+        validate=validate.Regexp(
+            r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="a language tag such as en, de or it-IT"
+        ),
+        metadata={"description": "your language, passed to the instances you order (BCP 47)"},
+    )
 
 
 class UserDetailSchema(UserSchema):

@@ -169,6 +169,10 @@ class ProductVersion(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name
     requires_approval: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     #: per target cloud account: image, size, disks, ports, setup, URL template, login
     deployment: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    #: the instance's access URLs: ``{name, path}`` under its address (``/``, ``/admin``, ...)
+    endpoints: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list, server_default="[]")
+    #: the vendor's variables for the setup script: ``{name, label, default, customer_editable}``
+    setup_variables: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list, server_default="[]")
     #: when the vendor submitted it for review (UTC)
     submitted_at: Mapped[dt.datetime | None]
     #: when an admin approved or sent it back (UTC)

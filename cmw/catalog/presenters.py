@@ -45,8 +45,15 @@ def public_view(
     prices = pricing.price_list(session, marketplace, product)
     plans = pricing.priced_plans(prices, live.plans)
     cheapest = price_from(plans) if prices.marked_up else (live.price_from_amount, live.price_from_currency)
+    content = service.content_of(live)
+    # what only the vendor and the machine should read: the setup script and the values of
+    # the variables customers do not set
+    content["deployment"] = [
+        {k: v for k, v in t.items() if k != "setup_script"} for t in live.deployment or []
+    ]
+    content["setup_variables"] = [v for v in live.setup_variables or [] if v.get("customer_editable")]
     return {
-        **service.content_of(live),
+        **content,
         "id": product.id,
         "slug": product.slug,
         "vendor_id": product.vendor_id,

@@ -122,6 +122,48 @@ class DeploymentTargetSchema(Schema):
             raise ValidationError("only {ip} and {hostname} may be used", "app_url_template")
 
 
+class EndpointSchema(Schema):
+    name = fields.String(
+        required=True, validate=validate.Length(min=1, max=40), metadata={"example": "Admin"}
+    )
+    path = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=200),
+            validate.Regexp(r"^/[^\s#]*$", error="a path under the instance's address, like /admin"),
+        ],
+        metadata={"example": "/admin"},
+    )
+
+
+class SetupVariableSchema(Schema):
+    name = fields.String(
+        required=True,
+        validate=[
+            validate.Regexp(
+                r"^(?!MERCATO_)[A-Z][A-Z0-9_]{0,62}$",
+                error="an environment variable name like APP_TITLE (capitals, digits, _; not MERCATO_...)",
+            )
+        ],
+    )
+    label = fields.String(load_default="", validate=validate.Length(max=100))
+    description = fields.String(load_default="", validate=validate.Length(max=500))
+    default = fields.String(load_default="", validate=validate.Length(max=1000))
+    customer_editable = fields.Boolean(
+        load_default=False, metadata={"description": "the customer may set it when ordering"}
+    )
+
+
+def _unique(key: str) -> Any:
+    def check(items: list[dict[str, Any]]) -> None:
+        seen = [i[key] for i in items]
+        twice = sorted({n for n in seen if seen.count(n) > 1})
+        if twice:
+            raise ValidationError(f"each {key} once; repeated: {', '.join(twice)}")
+
+    return check
+
+
 class ProductContentSchema(Schema):
     name = fields.String(validate=validate.Length(min=1, max=120))
     short_description = fields.String(validate=validate.Length(max=300))
@@ -145,6 +187,16 @@ class ProductContentSchema(Schema):
         }
     )
     deployment = fields.List(fields.Nested(DeploymentTargetSchema), validate=validate.Length(max=20))
+    endpoints = fields.List(
+        fields.Nested(EndpointSchema),
+        validate=[validate.Length(max=20), _unique("name")],
+        metadata={"description": "the instance's access URLs, under its address"},
+    )
+    setup_variables = fields.List(
+        fields.Nested(SetupVariableSchema),
+        validate=[validate.Length(max=50), _unique("name")],
+        metadata={"description": "environment variables of the setup script, with their defaults"},
+    )
 
 
 class ProductCreateSchema(ProductContentSchema):

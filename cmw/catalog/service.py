@@ -45,6 +45,8 @@ CONTENT_FIELDS = (
     "trial_days",
     "requires_approval",
     "deployment",
+    "endpoints",
+    "setup_variables",
 )
 
 

@@ -53,6 +53,13 @@ class OrderCreateSchema(Schema):
         validate=validate.Length(max=16_384),
         metadata={"description": "OpenSSH public key line installed for the machine's login user"},
     )
+    variables = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=63)),
+        values=fields.String(validate=validate.Length(max=1000)),
+        load_default=None,
+        validate=validate.Length(max=50),
+        metadata={"description": "values of the product's customer-editable setup variables"},
+    )
     organisation_id = fields.UUID(
         load_default=None,
         metadata={
@@ -73,6 +80,7 @@ class OrderSchema(Schema):
     cloud_account = fields.String()
     region = fields.String(allow_none=True)
     ssh_public_key = fields.String(allow_none=True)
+    variables = fields.Dict(allow_none=True)
     currency = fields.String()
     breakdown = fields.Dict(
         metadata={"description": "lines, setup_total, period_total, due_now (decimal strings)"}

@@ -69,6 +69,7 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
             "marketplace_id",
             "product_id",
             postgresql_where=sa.text("status = 'awaiting_approval'"),
+            sqlite_where=sa.text("status = 'awaiting_approval'"),
         ),
     )
 
@@ -97,6 +98,8 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
     region: Mapped[str | None] = mapped_column(sa.String(64))
     #: the customer's SSH public key for the machine (OpenSSH one-line format)
     ssh_public_key: Mapped[str | None] = mapped_column(sa.Text)
+    #: the customer's values of the product's customer-editable setup variables
+    variables: Mapped[dict[str, str] | None] = mapped_column(sa.JSON)
     #: ISO 4217 currency of the breakdown
     currency: Mapped[str] = mapped_column(sa.String(3))
     #: price breakdown at order time: lines with decimal strings (see orders.pricing)

@@ -62,6 +62,8 @@ class OrderRequest:
     cloud_account: str | None = None
     region: str | None = None
     ssh_public_key: str | None = None
+    #: values of the product's customer-editable setup variables, by name
+    variables: dict[str, str] | None = None
 
 
 def add_months(anchor: dt.datetime, months: int) -> dt.datetime:
@@ -144,6 +146,7 @@ def place_order(
         raise OrderError("quantity", str(exc)) from None
     target = _target(live, request.cloud_account, request.region)
     ssh_key = _ssh_public_key(request.ssh_public_key)
+    variables = _variables(live, request.variables or {})
     trial_days = 0
     if request.trial:
         if live.trial_days == 0:
@@ -166,6 +169,7 @@ def place_order(
         cloud_account=target["cloud_account"],
         region=target.get("region"),
         ssh_public_key=ssh_key,
+        variables=variables or None,
         currency=plan.currency,
         breakdown=breakdown(
             plan,
@@ -250,12 +254,38 @@ def confirm(
             "subscription_id": str(subscription.id),
             "vendor_id": str(vendor_id),
             "product_type": str(live.product_type),
-            "target": target,
+            "target": {
+                **target,
+                "variables": setup_environment(live, order.variables),
+                "endpoints": list(live.endpoints or []),
+            },
             "ssh_public_key": order.ssh_public_key,
         },
         marketplace_id=order.marketplace_id,
     )
     return subscription
+
+
+def _variables(version: ProductVersion, given: dict[str, str]) -> dict[str, str]:
+    """The customer's values, checked: only the product's customer-editable variables."""
+    editable = {v["name"] for v in version.setup_variables or [] if v.get("customer_editable")}
+    wrong = sorted(set(given) - editable)
+    if wrong:
+        allowed = ", ".join(sorted(editable)) or "none"
+        raise OrderError(
+            "variables", f"not a variable you can set: {', '.join(wrong)}; you can set: {allowed}"
+        )
+    for name, value in given.items():
+        if "\0" in value or len(value) > 1000:
+            raise OrderError("variables", f"{name}: at most 1,000 characters, no NUL")
+    return dict(given)
+
+
+def setup_environment(version: ProductVersion, chosen: dict[str, str] | None) -> dict[str, str]:
+    """The vendor's variables for the setup script: their defaults, then the customer's values."""
+    values = {v["name"]: str(v.get("default") or "") for v in version.setup_variables or []}
+    values.update(chosen or {})
+    return values
 
 
 def _ssh_public_key(value: str | None) -> str | None:
