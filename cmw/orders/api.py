@@ -289,7 +289,8 @@ class Approvals(MethodView):
         return paginate(current_session(), stmt, args["page"], args["per_page"])
 
 
-def _decidable(order_id: uuid.UUID) -> Order:
+def _decide(order_id: uuid.UUID, decision: Any, *args: Any) -> Order:
+    """Approve or reject the order, as its auditor."""
     identity = require_identity()
     session = current_session()
     order = session.get(Order, order_id)
@@ -297,6 +298,11 @@ def _decidable(order_id: uuid.UUID) -> Order:
         raise ApiError(404, "no such order")
     if not approval.can_decide(session, order, identity.memberships):
         raise ApiError(403, "only the order's auditor decides: the product's vendor, or the reseller")
+    try:
+        decision(session, order.id, identity.user.id, *args)
+    except approval.ApprovalError as exc:
+        raise _approval_error(exc) from None
+    session.commit()
     return order
 
 
@@ -307,13 +313,7 @@ class ApproveOrder(MethodView):
     def post(self, order_id: uuid.UUID) -> Order:
         """Approve an order waiting for approval: a purchase or trial starts (subscription and
         deployment), a change is made. 422 if it no longer waits or the change cannot be made."""
-        order = _decidable(order_id)
-        try:
-            approval.approve(current_session(), order.id, require_identity().user.id)
-        except approval.ApprovalError as exc:
-            raise _approval_error(exc) from None
-        current_session().commit()
-        return order
+        return _decide(order_id, approval.approve)
 
 
 @blp.route("/orders/<uuid:order_id>/reject")
@@ -323,13 +323,7 @@ class RejectOrder(MethodView):
     @roles_required(Role.VENDOR, Role.ADMIN)
     def post(self, data: dict[str, Any], order_id: uuid.UUID) -> Order:
         """Reject an order waiting for approval, with the reason the customer is told."""
-        order = _decidable(order_id)
-        try:
-            approval.reject(current_session(), order.id, require_identity().user.id, data["reason"])
-        except approval.ApprovalError as exc:
-            raise _approval_error(exc) from None
-        current_session().commit()
-        return order
+        return _decide(order_id, approval.reject, data["reason"])
 
 
 @blp.route("/subscriptions")

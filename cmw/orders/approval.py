@@ -66,6 +66,19 @@ def queue(marketplace: Marketplace, memberships: Iterable[Membership]) -> sa.Sel
     return stmt.order_by(Order.created_at, Order.id)
 
 
+def _tell(
+    session: Session, topic: str, marketplace: Marketplace, product: Product, order: Order, **extra: Any
+) -> None:
+    """The order as it now stands, and the event that says so."""
+    session.flush()
+    emit(
+        session,
+        topic,
+        {**approval_payload(marketplace, product, order), **extra},
+        marketplace_id=marketplace.id,
+    )
+
+
 def _waiting(session: Session, order_id: uuid.UUID) -> Order:
     """The order, locked; ApprovalError unless it still waits (two auditors cannot both decide)."""
     order = session.scalar(sa.select(Order).where(Order.id == order_id).with_for_update())
@@ -94,13 +107,7 @@ def approve(session: Session, order_id: uuid.UUID, actor_id: uuid.UUID) -> Order
             target = {"cloud_account": order.cloud_account, "region": order.region}
         confirm(session, order, live, plan, target, product.vendor_id, now)
     order.decided_by_id, order.decided_at = actor_id, now
-    session.flush()
-    emit(
-        session,
-        "order.approved",
-        approval_payload(marketplace, product, order),
-        marketplace_id=marketplace.id,
-    )
+    _tell(session, "order.approved", marketplace, product, order)
     return order
 
 
@@ -119,13 +126,7 @@ def reject(session: Session, order_id: uuid.UUID, actor_id: uuid.UUID, reason: s
         grant = session.get(TrialGrant, (order.customer_id, order.product_id))
         if grant is not None:
             session.delete(grant)
-    session.flush()
-    emit(
-        session,
-        "order.rejected",
-        {**approval_payload(marketplace, product, order), "reason": reason},
-        marketplace_id=marketplace.id,
-    )
+    _tell(session, "order.rejected", marketplace, product, order, reason=reason)
     return order
 
 
@@ -225,11 +226,5 @@ def request_change(
         change_from=before,
     )
     session.add(order)
-    session.flush()
-    emit(
-        session,
-        "order.awaiting_approval",
-        {**approval_payload(marketplace, product, order), "change_from": before},
-        marketplace_id=marketplace.id,
-    )
+    _tell(session, "order.awaiting_approval", marketplace, product, order, change_from=before)
     return order
