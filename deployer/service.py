@@ -18,7 +18,7 @@ from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.marketplaces.models import Marketplace
 from cmw.monitoring import metrics
-from cmw.orders.models import Order
+from cmw.orders import service as orders
 from deployer import clouds, ssh
 from deployer.models import ACTIVE_STATES, CloudAccount, Deployment, DeploymentEvent, DeploymentState
 
@@ -443,36 +443,13 @@ def retry(session: Session, deployment: Deployment) -> None:
 
 
 # ------------------------------------------------------------------ setup environment
-#: the documented variables every setup script receives, besides the vendor's own
-SETUP_VARIABLES = {
-    "MERCATO_DEPLOYMENT_ID": "the deployment's id",
-    "MERCATO_DATA_DIR": "where the data disk is mounted",
-    "MERCATO_DEFAULT_LOGIN": "the application's login user",
-    "MERCATO_DEFAULT_PASSWORD": "its one-time password, to set as the application's admin password",
-    "MERCATO_APP_URL": "the instance's URL (empty when the product has no URL template)",
-    "MERCATO_HOSTNAME": "the instance's host name or address",
-    "MERCATO_CUSTOMER_COMPANY": "the customer organisation's legal name",
-    "MERCATO_CUSTOMER_TAX_CODE": "its VAT or tax number (may be empty)",
-    "MERCATO_CUSTOMER_COUNTRY": "its country, ISO 3166-1 alpha-2",
-    "MERCATO_CUSTOMER_EMAIL": "the e-mail address of the person who ordered",
-    "MERCATO_CUSTOMER_NAME": "their name",
-    "MERCATO_CUSTOMER_LANGUAGE": "their language, a BCP 47 tag such as en or it-IT",
-    "MERCATO_MARKETPLACE": "the slug of the marketplace it was bought on",
-    "MERCATO_MARKETPLACE_NAME": "that marketplace's name",
-}
-
-
 def customer_environment(session: Session, deployment: Deployment) -> dict[str, str]:
-    """The customer's details for the setup script, read when it runs."""
+    """The customer's details for the setup script, read when it runs (the README lists
+    every ``MERCATO_*`` variable the script gets)."""
     organisation = session.get(Organisation, deployment.customer_id)
     marketplace = session.get(Marketplace, deployment.marketplace_id)
-    buyer = session.scalar(
-        sa.select(User)
-        .join(Order, Order.placed_by_id == User.id)
-        .where(Order.subscription_id == deployment.subscription_id)
-        .order_by(Order.created_at)
-        .limit(1)
-    )
+    buyer_id = orders.placed_by(session, deployment.subscription_id)
+    buyer = session.get(User, buyer_id) if buyer_id else None
     return {
         "MERCATO_CUSTOMER_COMPANY": organisation.legal_name if organisation else "",
         "MERCATO_CUSTOMER_TAX_CODE": (organisation.vat_number or "") if organisation else "",

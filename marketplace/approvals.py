@@ -5,6 +5,7 @@ who approve them or reject them with a reason. The same service as the API."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from flask import abort, flash, redirect, render_template, url_for
@@ -90,30 +91,28 @@ def decide(order_id: uuid.UUID, decision: str) -> ResponseReturnValue:
     panel = "vendor" if identity.marketplace.parent_id is None else "admin"
     back = url_for("pages.vendor_approvals" if panel == "vendor" else "pages.admin_approvals")
     name = product_name(session, order.product_id)
+    act: Callable[..., Order]
+    args: tuple[str, ...]
     if decision == "approve":
         if not ActionForm().validate_on_submit():
             abort(400)
-        try:
-            approval.approve(session, order.id, identity.user.id)
-        except approval.ApprovalError as exc:
-            session.rollback()
-            flash(f"The order of {name} could not be approved: {exc.message}.", "error")
-            return redirect(back)
-        session.commit()
-        flash(f"Approved: the customer's order of {name} proceeds, and they are told.", "info")
-        return redirect(back)
-    form = RejectOrderForm()
-    if not form.validate_on_submit():
-        if form.csrf_token.errors:
-            abort(400)
-        form.order_id = order.id
-        return _queue(identity, panel, form)
+        act, args = approval.approve, ()
+        done = f"Approved: the customer's order of {name} proceeds, and they are told."
+    else:
+        form = RejectOrderForm()
+        if not form.validate_on_submit():
+            if form.csrf_token.errors:
+                abort(400)
+            form.order_id = order.id
+            return _queue(identity, panel, form)
+        act, args = approval.reject, (form.reason.data or "",)
+        done = f"Rejected: the customer is told why they cannot have {name}."
     try:
-        approval.reject(session, order.id, identity.user.id, form.reason.data or "")
+        act(session, order.id, identity.user.id, *args)
     except approval.ApprovalError as exc:
         session.rollback()
-        flash(f"The order of {name} could not be rejected: {exc.message}.", "error")
+        flash(f"The order of {name} could not be {decision}d: {exc.message}.", "error")
         return redirect(back)
     session.commit()
-    flash(f"Rejected: the customer is told why they cannot have {name}.", "info")
+    flash(done, "info")
     return redirect(back)

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
@@ -21,7 +22,10 @@ from cmw.catalog.pricing import ComponentSpec
 from cmw.events.models import OutboxEvent
 from cmw.mail import SmtpMailer
 from cmw.marketplaces.models import Marketplace, MarketplaceKind
+from cmw.marketplaces.service import platform
 from cmw.notifications.models import Notification
+from cmw.orders import approval
+from cmw.orders import service as orders
 from cmw.orders.models import Order, Subscription, TrialGrant
 from tests import catalog_data
 from tests.helpers import on_host, wait_until
@@ -254,3 +258,40 @@ def test_a_reseller_decides_on_its_marketplace_and_its_own_orders_need_no_approv
         f"/api/v1/subscriptions/{own.json['subscription_id']}/quantity", json={"quantity": 1}, headers=admin
     )
     assert change.status_code == 200 and change.json["id"] == own.json["subscription_id"]
+
+
+def test_an_order_is_decided_once_even_when_read_before_another_auditor_decided(
+    committed_db: Factory,
+) -> None:
+    with committed_db() as session:
+        product = _requiring_approval(session, "raced-app")
+        vendor = _vendor_user(session, product.vendor_id, "raced-vendor@example.test")
+        buyer, org = catalog_data.add_customer(session, "raced-buyer@example.test")
+        placed = orders.place_order(
+            session, platform(session), buyer, org, orders.OrderRequest(product="raced-app", plan="basic")
+        )
+        session.commit()
+        order_id, vendor_id = placed.id, vendor.id
+    with committed_db() as first, committed_db() as second:
+        seen = first.get(Order, order_id)  # the first auditor's page loaded the order ...
+        assert seen is not None and seen.status.value == "awaiting_approval"
+        approval.approve(second, order_id, vendor_id)  # ... while the second approved it
+        second.commit()
+        with pytest.raises(approval.ApprovalError, match="not waiting for approval: it is confirmed"):
+            approval.approve(first, order_id, vendor_id)
+        first.rollback()
+    with committed_db() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 1
+        # a change to what the subscription already is waits for nothing
+        subscription = session.scalars(sa.select(Subscription)).one()
+        assert (
+            approval.request_change(
+                session,
+                subscription,
+                plan=None,
+                quantity=subscription.quantity,
+                user_id=buyer.id,
+                memberships=[],
+            )
+            is None
+        )

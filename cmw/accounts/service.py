@@ -435,35 +435,27 @@ def default_token_expiry(ttl_days: int) -> dt.datetime | None:
     return utcnow() + dt.timedelta(days=ttl_days) if ttl_days else None
 
 
-def members(session: Session, organisation_id: uuid.UUID, role: Role) -> list[User]:
-    """Active users holding ``role`` for the organisation."""
+def _active_holders(session: Session, *where: sa.ColumnElement[bool]) -> list[User]:
+    """Active users with a membership matching ``where``, by e-mail."""
     return list(
         session.scalars(
             sa.select(User)
             .join(Membership, Membership.user_id == User.id)
-            .where(
-                Membership.organisation_id == organisation_id,
-                Membership.role == role,
-                User.is_active.is_(True),
-            )
+            .where(*where, User.is_active.is_(True))
             .order_by(User.email)
         )
     )
 
 
+def members(session: Session, organisation_id: uuid.UUID, role: Role) -> list[User]:
+    """Active users holding ``role`` for the organisation."""
+    return _active_holders(session, Membership.organisation_id == organisation_id, Membership.role == role)
+
+
 def admins_of(session: Session, marketplace_id: uuid.UUID) -> list[User]:
     """Active users holding the admin role in the marketplace itself."""
-    return list(
-        session.scalars(
-            sa.select(User)
-            .join(Membership, Membership.user_id == User.id)
-            .where(
-                Membership.marketplace_id == marketplace_id,
-                Membership.role == Role.ADMIN,
-                User.is_active.is_(True),
-            )
-            .order_by(User.email)
-        )
+    return _active_holders(
+        session, Membership.marketplace_id == marketplace_id, Membership.role == Role.ADMIN
     )
 
 

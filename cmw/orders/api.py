@@ -403,12 +403,7 @@ def _approval_error(exc: approval.ApprovalError) -> ApiError:
 
 
 def _request_or_apply(
-    subscription: Subscription,
-    change: Any,
-    value: Any,
-    *,
-    plan: Plan | None = None,
-    quantity: int | None = None,
+    subscription: Subscription, *, plan: Plan | None = None, quantity: int | None = None
 ) -> Any:
     """The change made now, or, for a product that requires approval, a change order (202)."""
     identity = require_identity()
@@ -425,7 +420,9 @@ def _request_or_apply(
     except approval.ApprovalError as exc:
         raise _approval_error(exc) from None
     if order is None:
-        return _apply(subscription, change, value, identity.user.id)
+        if plan is not None:
+            return _apply(subscription, subscriptions.change_plan, plan, identity.user.id)
+        return _apply(subscription, subscriptions.change_quantity, quantity, identity.user.id)
     response = current_app.json.response(ORDER_SCHEMA.dump(order))
     session.commit()
     response.status_code = 202
@@ -477,7 +474,7 @@ class SubscriptionPlan(MethodView):
                     }
                 ],
             )
-        return _request_or_apply(subscription, subscriptions.change_plan, plan, plan=plan)
+        return _request_or_apply(subscription, plan=plan)
 
 
 @blp.route("/subscriptions/<uuid:subscription_id>/quantity")
@@ -489,9 +486,7 @@ class SubscriptionQuantity(MethodView):
     def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> Any:
         """Change the number of seats (or other units), from now."""
         subscription = _changeable(subscription_id)
-        return _request_or_apply(
-            subscription, subscriptions.change_quantity, data["quantity"], quantity=data["quantity"]
-        )
+        return _request_or_apply(subscription, quantity=data["quantity"])
 
 
 @blp.route("/subscriptions/<uuid:subscription_id>/cancel")

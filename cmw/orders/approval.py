@@ -20,13 +20,12 @@ from sqlalchemy.orm import Session, joinedload
 from cmw.accounts.models import Membership, Role
 from cmw.catalog.models import Plan, Product, ProductVersion
 from cmw.db import utcnow
-from cmw.events.service import emit
 from cmw.marketplaces import pricing
 from cmw.marketplaces.models import Marketplace
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, OrderKind, OrderStatus, Subscription, TrialGrant
-from cmw.orders.pricing import QuantityError, breakdown, check_quantity
-from cmw.orders.service import _target, approval_payload, confirm, may_decide
+from cmw.orders.pricing import breakdown
+from cmw.orders.service import _target, confirm, may_decide, tell_approval
 
 MAX_REASON = 1000
 
@@ -66,22 +65,16 @@ def queue(marketplace: Marketplace, memberships: Iterable[Membership]) -> sa.Sel
     return stmt.order_by(Order.created_at, Order.id)
 
 
-def _tell(
-    session: Session, topic: str, marketplace: Marketplace, product: Product, order: Order, **extra: Any
-) -> None:
-    """The order as it now stands, and the event that says so."""
-    session.flush()
-    emit(
-        session,
-        topic,
-        {**approval_payload(marketplace, product, order), **extra},
-        marketplace_id=marketplace.id,
-    )
-
-
 def _waiting(session: Session, order_id: uuid.UUID) -> Order:
     """The order, locked; ApprovalError unless it still waits (two auditors cannot both decide)."""
-    order = session.scalar(sa.select(Order).where(Order.id == order_id).with_for_update())
+    # populate_existing: the caller may have loaded the order before the lock; its status
+    # must be read again once the lock is held, or two auditors could both decide
+    order = session.scalar(
+        sa.select(Order)
+        .where(Order.id == order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     assert order is not None
     if order.status is not OrderStatus.AWAITING_APPROVAL:
         raise ApprovalError("status", f"the order is not waiting for approval: it is {order.status.value}")
@@ -101,13 +94,11 @@ def approve(session: Session, order_id: uuid.UUID, actor_id: uuid.UUID) -> Order
         live = session.get(ProductVersion, order.version_id)
         plan = session.get(Plan, order.plan_id)
         assert live is not None and plan is not None
-        try:
-            target = _target(live, order.cloud_account, order.region)
-        except ValueError:
-            target = {"cloud_account": order.cloud_account, "region": order.region}
+        # the version the customer ordered never changes, so its target is still there
+        target = _target(live, order.cloud_account, order.region)
         confirm(session, order, live, plan, target, product.vendor_id, now)
     order.decided_by_id, order.decided_at = actor_id, now
-    _tell(session, "order.approved", marketplace, product, order)
+    tell_approval(session, "order.approved", marketplace, product, order)
     return order
 
 
@@ -126,7 +117,7 @@ def reject(session: Session, order_id: uuid.UUID, actor_id: uuid.UUID, reason: s
         grant = session.get(TrialGrant, (order.customer_id, order.product_id))
         if grant is not None:
             session.delete(grant)
-    _tell(session, "order.rejected", marketplace, product, order, reason=reason)
+    tell_approval(session, "order.rejected", marketplace, product, order, reason=reason)
     return order
 
 
@@ -134,7 +125,10 @@ def _apply_change(session: Session, order: Order) -> None:
     """The change the order asks for, applied to its subscription as its customer's act."""
     assert order.subscription_id is not None
     subscription = session.scalar(
-        sa.select(Subscription).where(Subscription.id == order.subscription_id).with_for_update()
+        sa.select(Subscription)
+        .where(Subscription.id == order.subscription_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     assert subscription is not None
     try:
@@ -179,16 +173,14 @@ def request_change(
         raise ApprovalError(
             "status", f"a change of this subscription already waits for approval (order {waiting})"
         )
+    if plan is None and quantity == subscription.quantity:
+        return None  # nothing changes: nothing to approve
     current = session.get(Plan, subscription.plan_id)
     assert current is not None
     target_plan = plan or current
     target_quantity = (
         quantity if quantity is not None else subscriptions.quantity_on(target_plan, subscription.quantity)
     )
-    try:
-        check_quantity(target_plan, target_quantity)
-    except QuantityError as exc:
-        raise ApprovalError("quantity", str(exc)) from None
     # the change as it would be made now, undone: what could not be made is refused here
     with session.begin_nested() as trial:
         try:
@@ -226,5 +218,5 @@ def request_change(
         change_from=before,
     )
     session.add(order)
-    _tell(session, "order.awaiting_approval", marketplace, product, order, change_from=before)
+    tell_approval(session, "order.awaiting_approval", marketplace, product, order, change_from=before)
     return order

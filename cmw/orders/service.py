@@ -185,16 +185,9 @@ def place_order(
     if live.requires_approval and not may_decide(marketplace, product, placer_memberships):
         order.status = OrderStatus.AWAITING_APPROVAL
         session.add(order)
-        session.flush()
-        emit(
-            session,
-            "order.awaiting_approval",
-            approval_payload(marketplace, product, order),
-            marketplace_id=marketplace.id,
-        )
-        metrics.ORDERS.labels(order.kind.value).inc()
-        return order
-    confirm(session, order, live, plan, target, product.vendor_id, now)
+        tell_approval(session, "order.awaiting_approval", marketplace, product, order)
+    else:
+        confirm(session, order, live, plan, target, product.vendor_id, now)
     metrics.ORDERS.labels(order.kind.value).inc()
     return order
 
@@ -208,14 +201,20 @@ def may_decide(marketplace: Marketplace, product: Product, memberships: Iterable
     return any(m.role is Role.ADMIN for m in memberships)
 
 
-def approval_payload(marketplace: Marketplace, product: Product, order: Order) -> dict[str, Any]:
-    """What the approval events carry: the order, and who decides (the vendor or the reseller)."""
-    return {
+def tell_approval(
+    session: Session, topic: str, marketplace: Marketplace, product: Product, order: Order, **extra: Any
+) -> None:
+    """Write the order as it now stands, and the approval event that says so: the order, and
+    who decides on it (the vendor or the reseller)."""
+    session.flush()
+    payload = {
         **_order_payload(order),
         "subscription_id": str(order.subscription_id) if order.subscription_id else None,
         "vendor_id": str(product.vendor_id),
         "auditor": "vendor" if marketplace.parent_id is None else "reseller",
+        **extra,
     }
+    emit(session, topic, payload, marketplace_id=marketplace.id)
 
 
 def confirm(
