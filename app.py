@@ -52,6 +52,7 @@ from marketplace import account as _account_pages  # noqa: F401
 from marketplace import admin as _admin_pages  # noqa: F401
 from marketplace import approvals as _approval_pages  # noqa: F401
 from marketplace import branding as _branding_pages  # noqa: F401
+from marketplace import clouds as _cloud_pages  # noqa: F401
 from marketplace import instances as _instance_pages  # noqa: F401
 from marketplace import sso as _sso_pages  # noqa: F401
 from marketplace import support as _support_pages  # noqa: F401

@@ -19,8 +19,8 @@ from cmw.api.errors import ApiError
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.crypto import sealer
 from cmw.db import utcnow
-from cmw.extensions import current_session
-from deployer import clouds, engine, service, telemetry
+from cmw.extensions import current_config, current_session
+from deployer import clouds, engine, own, service, telemetry
 from deployer.models import CloudAccount, Deployment, DeploymentState
 
 blp = Blueprint("deployer", __name__, url_prefix="/api/v1", description="Cloud accounts and deployments")
@@ -139,7 +139,7 @@ class DeploymentListArgs(Schema):
 # ------------------------------------------------------------------ cloud accounts
 def _account(account_id: uuid.UUID) -> CloudAccount:
     found = current_session().get(CloudAccount, account_id)
-    if found is None:
+    if found is None or found.owner_id is not None:  # a customer's own is theirs alone
         raise ApiError(404, "no such cloud account")
     return found
 
@@ -166,7 +166,11 @@ class CloudAccounts(MethodView):
     def get(self) -> list[CloudAccount]:
         """Cloud accounts deployments go to (credentials are never shown)."""
         platform_only()
-        return list(current_session().scalars(sa.select(CloudAccount).order_by(CloudAccount.slug)))
+        return list(
+            current_session().scalars(
+                sa.select(CloudAccount).where(CloudAccount.owner_id.is_(None)).order_by(CloudAccount.slug)
+            )
+        )
 
     @blp.arguments(CloudAccountSchema)
     @blp.response(201, CloudAccountSchema)
@@ -226,6 +230,86 @@ class CloudAccountTest(MethodView):
             raise ApiError(
                 422, f"the cloud account does not work: {exc}", slug="cloud-account-failed"
             ) from None
+
+
+# ------------------------------------------------------------------ customers' own accounts
+class OwnCloudAccountSchema(CloudAccountSchema):
+    class Meta:
+        exclude = ("slug", "is_active", "key_name")
+
+    organisation_id = fields.UUID(
+        load_default=None, load_only=True, metadata={"description": "needed if you act for several customers"}
+    )
+    owner_id = fields.UUID(dump_only=True)
+
+
+class OwnerArgs(Schema):
+    organisation_id = fields.UUID(load_default=None)
+
+
+def _own(identity: Identity, account_id: uuid.UUID, organisation_id: uuid.UUID | None) -> CloudAccount:
+    found = own.find(current_session(), identity.customer(organisation_id, "query"), account_id)
+    if found is None:
+        raise ApiError(404, "no such cloud account")
+    return found
+
+
+@blp.route("/customer/cloud-accounts")
+class OwnCloudAccounts(MethodView):
+    @blp.arguments(OwnerArgs, location="query")
+    @blp.response(200, OwnCloudAccountSchema(many=True))
+    @roles_required(Role.CUSTOMER)
+    def get(self, args: dict[str, Any]) -> list[CloudAccount]:
+        """Your organisation's own cloud accounts (credentials are never shown)."""
+        identity = require_identity()
+        return own.owned(current_session(), identity.customer(args["organisation_id"], "query"))
+
+    @blp.arguments(OwnCloudAccountSchema)
+    @blp.response(201, OwnCloudAccountSchema)
+    @roles_required(Role.CUSTOMER)
+    def post(self, data: dict[str, Any]) -> CloudAccount:
+        """Add a cloud account of your own (AWS: ``ec2`` with ``key`` and ``secret``; Azure:
+        ``azure_arm`` with ``tenant_id``, ``subscription_id``, ``key`` (application id) and
+        ``secret``; or any Libcloud provider's fields). The credentials are tried with one
+        call to the cloud first: if it fails, 422 with the cloud's answer, and nothing is
+        kept. Order with ``own_cloud_account`` to run a product there; you are then charged
+        for its licence only."""
+        identity = require_identity()
+        owner_id = identity.customer(data.pop("organisation_id"))
+        session = current_session()
+        try:
+            account = own.add(
+                session, sealer(), owner_id, data, allow_private=current_config().allow_private_targets
+            )
+        except service.CloudAccountError as exc:
+            session.rollback()
+            raise _invalid(exc) from None
+        session.commit()
+        return account
+
+
+@blp.route("/customer/cloud-accounts/<uuid:account_id>")
+class OwnCloudAccountResource(MethodView):
+    @blp.arguments(OwnerArgs, location="query")
+    @blp.response(200, OwnCloudAccountSchema)
+    @roles_required(Role.CUSTOMER)
+    def get(self, args: dict[str, Any], account_id: uuid.UUID) -> CloudAccount:
+        """One of your own cloud accounts."""
+        return _own(require_identity(), account_id, args["organisation_id"])
+
+    @blp.arguments(OwnerArgs, location="query")
+    @blp.response(204)
+    @roles_required(Role.CUSTOMER)
+    def delete(self, args: dict[str, Any], account_id: uuid.UUID) -> None:
+        """Forget the account and its credentials: refused (422) while an instance runs in it."""
+        session = current_session()
+        account = _own(require_identity(), account_id, args["organisation_id"])
+        try:
+            own.remove(session, sealer(), account)
+        except own.InUse as exc:
+            session.rollback()
+            raise ApiError(422, str(exc), slug="cloud-account-in-use") from None
+        session.commit()
 
 
 # ------------------------------------------------------------------ deployments

@@ -115,6 +115,11 @@ class CloudAccount(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-d
     private_key_sealed: Mapped[str | None] = mapped_column(sa.Text)
     #: False: no new deployments go here
     is_active: Mapped[bool] = mapped_column(default=True)
+    #: the customer organisation whose own account this is (its credentials, its bill from
+    #: the cloud); None for the platform's accounts
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("organisations.id", ondelete="RESTRICT"), index=True
+    )
 
 
 class Deployment(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,misc]

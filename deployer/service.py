@@ -162,7 +162,11 @@ def never_ran(session: Session, subscription_ids: list[uuid.UUID]) -> set[uuid.U
 
 def account_choices(session: Session) -> list[tuple[str, str]]:
     """(slug, name) of every cloud account, for vendors choosing where a product runs."""
-    rows = session.execute(sa.select(CloudAccount.slug, CloudAccount.name).order_by(CloudAccount.name))
+    rows = session.execute(
+        sa.select(CloudAccount.slug, CloudAccount.name)
+        .where(CloudAccount.owner_id.is_(None))
+        .order_by(CloudAccount.name)
+    )
     return [(slug, name) for slug, name in rows]
 
 

@@ -107,7 +107,9 @@ def cloud_accounts() -> ResponseReturnValue:
         return sign_in_first()
     if current_marketplace().parent_id is not None:  # the platform's (deployer.api.platform_only)
         abort(404)
-    listed = current_session().scalars(sa.select(CloudAccount).order_by(CloudAccount.name).limit(500))
+    listed = current_session().scalars(
+        sa.select(CloudAccount).where(CloudAccount.owner_id.is_(None)).order_by(CloudAccount.name).limit(500)
+    )
     return render_template("admin_cloud_accounts.html", accounts=list(listed), form=ActionForm())
 
 

@@ -43,6 +43,7 @@ class OrderForm(FlaskForm):  # type: ignore[misc]
     plan = SelectField("Plan", validators=[DataRequired()])
     quantity = IntegerField("Quantity", default=1, validators=[Optional(), NumberRange(min=1, max=100_000)])
     target = SelectField("Cloud and region", validators=[Optional()])
+    own_cloud_account = SelectField("Run it in", validators=[Optional()])
     saved_key = SelectField("Use one of your saved SSH keys", validators=[Optional()])
     ssh_public_key = TextAreaField(
         "Your SSH public key (optional)", validators=[Optional(), Length(max=16_384)]
@@ -181,6 +182,9 @@ class ComponentForm(Form):  # type: ignore[misc]
     )
     min_quantity = IntegerField("Minimum quantity", validators=[Optional()])
     max_quantity = IntegerField("Maximum quantity", validators=[Optional()])
+    infrastructure = BooleanField(
+        "Infrastructure: the machine's cost, not charged when the customer runs it in their own cloud"
+    )
 
 
 #: price component rows on the plan form
@@ -530,3 +534,43 @@ class TicketReplyForm(FlaskForm):  # type: ignore[misc]
 class TicketForm(TicketReplyForm):
     subject = StringField("Subject", validators=[DataRequired(), Length(max=200)])
     about = SelectField("About", choices=[], validate_choice=False)
+
+
+class OwnCloudForm(FlaskForm):  # type: ignore[misc]
+    """A customer's own cloud account: the provider's credentials, tried before they are kept."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=120)], description="e.g. Our AWS")
+    provider = SelectField(
+        "Cloud",
+        choices=[
+            SelectChoice("ec2", "Amazon Web Services (EC2)"),
+            SelectChoice("azure_arm", "Microsoft Azure"),
+            SelectChoice("other", "Another cloud (any Libcloud provider)"),
+        ],
+        validators=[DataRequired()],
+    )
+    other_provider = StringField(
+        "Libcloud provider name (another cloud)",
+        validators=[Optional(), Length(max=40)],
+        description="e.g. openstack, gce, digital_ocean",
+    )
+    region = StringField("Region", validators=[Optional(), Length(max=64)], description="e.g. eu-west-1")
+    key = StringField(
+        "Access key ID (AWS) or application (client) ID (Azure)", validators=[Optional(), Length(max=500)]
+    )
+    secret = PasswordField(
+        "Secret access key (AWS) or client secret (Azure)", validators=[Optional(), Length(max=2000)]
+    )
+    tenant_id = StringField("Tenant ID (Azure)", validators=[Optional(), Length(max=100)])
+    subscription_id = StringField("Subscription ID (Azure)", validators=[Optional(), Length(max=100)])
+    extra = TextAreaField(
+        "More credentials or driver settings",
+        validators=[Optional(), Length(max=5000)],
+        description="One name=value per line, as the Libcloud driver names them (e.g. host=..., port=...).",
+    )
+    ssh_username = StringField(
+        "The image's login user",
+        default="ubuntu",
+        validators=[DataRequired(), Length(max=64)],
+        description="The platform signs in as this user to set the machine up.",
+    )

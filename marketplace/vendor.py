@@ -405,6 +405,7 @@ def _fill_plan(form: PlanForm, plan: Plan) -> None:
         row.tiers.data = _tiers_text(c.tiers)
         row.min_quantity.data = c.min_quantity
         row.max_quantity.data = c.max_quantity
+        row.infrastructure.data = c.infrastructure
 
 
 def _plan_data(form: PlanForm) -> tuple[dict[str, Any], list[int]]:
@@ -430,6 +431,7 @@ def _plan_data(form: PlanForm) -> tuple[dict[str, Any], list[int]]:
                 "tiers": tiers,
                 "min_quantity": row.min_quantity.data,
                 "max_quantity": row.max_quantity.data,
+                "infrastructure": bool(row.infrastructure.data),
             }
         )
         rows.append(index)

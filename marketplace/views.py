@@ -60,6 +60,7 @@ from cmw.orders import service as orders
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, OrderKind, OrderStatus, Subscription, SubscriptionStatus
 from deployer import engine as deployer_engine
+from deployer import own as own_clouds
 from deployer import service as deployments
 from deployer.models import Deployment, DeploymentState
 from marketplace.forms import (
@@ -209,6 +210,14 @@ def _order_form(view: dict[str, Any]) -> OrderForm:
         )
         for t in targets
     ]
+    customers = sorted(identity.organisations_with(Role.CUSTOMER)) if identity else []
+    owned = own_clouds.owned(current_session(), customers[0]) if customers else []
+    form.own_cloud_account.choices = [
+        SelectChoice("", "The marketplace's cloud (the machine is included)")
+    ] + [
+        SelectChoice(str(a.id), f"{a.name}, your own {a.provider} account: you pay only the licence")
+        for a in owned
+    ]
     return form
 
 
@@ -248,6 +257,9 @@ def product(slug: str) -> ResponseReturnValue:
                         trial=bool(form.trial.data),
                         cloud_account=cloud or None,
                         region=region or None,
+                        own_cloud_account=uuid.UUID(form.own_cloud_account.data)
+                        if form.own_cloud_account.data
+                        else None,
                         ssh_public_key=form.ssh_public_key.data or _saved_key(identity, form.saved_key.data),
                         variables={
                             v["name"]: request.form.get(f"var-{v['name']}", v.get("default") or "")

@@ -23,6 +23,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -74,7 +75,9 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class _Ec2NamespaceFix:
-    """WSGI middleware giving EC2 responses the XML namespace real EC2 uses."""
+    """WSGI middleware giving EC2 responses the XML namespace real EC2 uses, and its errors
+    the shape real EC2 sends: ``<Error>`` holds a ``Code`` and a ``Message`` (moto adds a
+    ``Type``, and Libcloud then fails to read why a call was refused)."""
 
     def __init__(self, app: WsgiApp) -> None:
         self.app = app
@@ -94,8 +97,9 @@ class _Ec2NamespaceFix:
             if close is not None:
                 close()
         headers: list[tuple[str, str]] = captured["headers"]
-        if _EC2_NAMESPACE_FROM_MOTO in body:
+        if _EC2_NAMESPACE_FROM_MOTO in body or b"<Errors><Error>" in body:
             body = body.replace(_EC2_NAMESPACE_FROM_MOTO, _EC2_NAMESPACE_FROM_AWS)
+            body = re.sub(rb"<Type>[A-Za-z]*</Type>(?=</Error>)", b"", body)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Content-Length", str(len(body))))
         start_response(captured["status"], headers, captured["exc_info"])

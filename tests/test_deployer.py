@@ -9,10 +9,13 @@ them: the cloud account's SSH endpoint override points at the loopback sshd.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
+import re
 import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
 from cmw.accounts.models import OrganisationKind, Role
+from cmw.billing import service as billing
+from cmw.billing.models import Invoice, InvoiceLine
 from cmw.catalog import service as catalog
+from cmw.catalog.models import ComponentKind
+from cmw.catalog.pricing import ComponentSpec
 from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.consumer import Event
@@ -37,10 +44,11 @@ from cmw.marketplaces.service import platform
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders
 from cmw.orders.models import Order, OrderStatus
-from deployer import clouds, service
+from deployer import clouds, own, service
 from deployer.consumer import DeploymentRequests
 from deployer.engine import Engine
 from deployer.models import CloudAccount, Deployment, DeploymentState
+from tests import catalog_data
 from tests.conftest import broker_url
 from tests.deployer_support import use_moto_driver
 from tests.helpers import tag, wait_until
@@ -799,3 +807,252 @@ def test_the_reaper_removes_an_orphan_and_spares_a_live_one(
         )
         session.commit()
         assert service.take_password(session, sealer, live.id) is None
+
+
+# ------------------------------------------------------------------ customers' own clouds
+#: the customer's own AWS account in moto (the platform's is moto's default one)
+CUSTOMER_ACCOUNT = "222233334444"
+
+LICENCE = ComponentSpec(kind=ComponentKind.FLAT, label="Licence", unit_price=Decimal("30.00"))
+SERVER = ComponentSpec(
+    kind=ComponentKind.FLAT, label="Server", unit_price=Decimal("20.00"), infrastructure=True
+)
+
+
+def customer_aws_keys(moto_server: MotoServer) -> tuple[str, str]:
+    """An access key of an IAM user in the customer's own AWS account (moto files the key,
+    and everything made with it, under that account)."""
+    iam = moto_server.boto3_client("iam")
+
+    def in_customer_account(request: Any, **_: Any) -> None:
+        request.headers["x-moto-account-id"] = CUSTOMER_ACCOUNT
+
+    iam.meta.events.register("before-sign.iam.*", in_customer_account)
+    iam.create_user(UserName="mercato")
+    key = iam.create_access_key(UserName="mercato")["AccessKey"]
+    return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+
+
+def own_account_body(
+    moto_server: MotoServer, sshd_server: SshdServer, tmp_path: Path, key: str, secret: str
+) -> dict[str, Any]:
+    options = moto_server.libcloud_ec2_kwargs()
+    return {
+        "name": "Our AWS",
+        "provider": "ec2",
+        "credentials": {"key": key, "secret": secret},
+        "region": options.pop("region"),
+        "driver_options": options,
+        # the test's "VM" is the loopback sshd, as for the platform's account
+        "ssh_host": sshd_server.host,
+        "ssh_port": sshd_server.port,
+        "ssh_username": sshd_server.username,
+        "authorized_keys_file": str(sshd_server.authorized_keys_path),
+        "data_mount_point": str(tmp_path / "own-data"),
+        "disk_script": DISK_SCRIPT,
+    }
+
+
+def _moto_auth(moto_server: MotoServer, count: str) -> None:
+    """Make moto check credentials (``0``) or accept anything again (``inf``)."""
+    connection = http.client.HTTPConnection(moto_server.host, moto_server.port, timeout=10)
+    try:
+        connection.request("POST", "/moto-api/reset-auth", body=count.encode())
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_a_customer_s_own_cloud_account_is_tried_kept_sealed_and_theirs_alone(
+    app: Flask,
+    client: Any,
+    db_session: Session,
+    make_user: Callable[..., Any],
+    token_for: Callable[..., dict[str, str]],
+    moto_server: MotoServer,
+    sshd_server: SshdServer,
+    ec2: Any,
+    tmp_path: Path,
+    sealer: Sealer,
+) -> None:
+    customer = make_user(Role.CUSTOMER)
+    headers = token_for(customer)
+    key, secret = customer_aws_keys(moto_server)
+    body = own_account_body(moto_server, sshd_server, tmp_path, key, secret)
+
+    # credentials the cloud refuses: 422 with its answer, nothing kept
+    _moto_auth(moto_server, "0")
+    try:
+        refused = client.post(
+            "/api/v1/customer/cloud-accounts",
+            json={**body, "credentials": {"key": "AKIANOTAREALKEY00000", "secret": "wrong"}},
+            headers=headers,
+        )
+    finally:
+        _moto_auth(moto_server, "inf")
+    assert refused.status_code == 422, refused.get_data(as_text=True)
+    error = refused.get_json()["errors"][0]
+    assert error["field"] == "credentials" and "refused the credentials" in error["message"]
+    assert db_session.scalar(sa.select(sa.func.count()).select_from(CloudAccount)) == 0
+
+    # an endpoint on the cloud's metadata address is not called (outbound rules)
+    with pytest.raises(service.CloudAccountError) as metadata:
+        own.add(
+            db_session,
+            sealer,
+            uuid.uuid4(),
+            {**body, "driver_options": {**body["driver_options"], "host": "169.254.169.254"}},
+            allow_private=False,
+        )
+    assert metadata.value.field == "driver_options" and "link-local" in str(metadata.value)
+
+    made = client.post("/api/v1/customer/cloud-accounts", json=body, headers=headers)
+    assert made.status_code == 201, made.get_data(as_text=True)
+    account = made.get_json()
+    assert "credentials" not in account and secret not in made.get_data(as_text=True)
+    assert account["provider"] == "ec2" and account["public_key"].startswith("ssh-ed25519 ")
+    stored = db_session.get(CloudAccount, uuid.UUID(account["id"]))
+    assert stored is not None and secret not in stored.credentials_sealed
+    assert service.credentials(sealer, stored) == {"key": key, "secret": secret}
+    listed = client.get("/api/v1/customer/cloud-accounts", headers=headers).get_json()
+    assert [a["id"] for a in listed] == [account["id"]]
+
+    # not the platform's: admins do not manage it, vendors cannot deploy to it, others cannot see it
+    admin = token_for(make_user(Role.ADMIN))
+    assert client.get("/api/v1/admin/cloud-accounts", headers=admin).get_json() == []
+    assert client.get(f"/api/v1/admin/cloud-accounts/{account['id']}", headers=admin).status_code == 404
+    assert service.account_choices(db_session) == []
+    other = token_for(make_user(Role.CUSTOMER))
+    assert client.get(f"/api/v1/customer/cloud-accounts/{account['id']}", headers=other).status_code == 404
+    assert client.delete(f"/api/v1/customer/cloud-accounts/{account['id']}", headers=other).status_code == 404
+
+    # forgotten by its owner
+    gone = client.delete(f"/api/v1/customer/cloud-accounts/{account['id']}", headers=headers)
+    assert gone.status_code == 204
+    assert client.get("/api/v1/customer/cloud-accounts", headers=headers).get_json() == []
+
+
+def test_an_order_into_the_customer_s_own_account_runs_there_and_bills_the_licence_only(
+    committed_db: Factory,
+    cloud: CloudAccount,
+    ec2: Any,
+    image_id: str,
+    engine: Engine,
+    moto_server: MotoServer,
+    sshd_server: SshdServer,
+    tmp_path: Path,
+    sealer: Sealer,
+) -> None:
+    key, secret = customer_aws_keys(moto_server)
+    with committed_db() as session:
+        product = catalog_data.publish_product(
+            session, f"own-{tag(6)}", [_plan(LICENCE, SERVER)], targets=[target(image_id)]
+        )
+        buyer, customer = catalog_data.add_customer(session, f"own-{tag(6)}@example.test", paying=True)
+        _other, stranger = catalog_data.add_customer(session, f"own-{tag(6)}@example.test")
+        account = own.add(
+            session,
+            sealer,
+            customer.id,
+            own_account_body(moto_server, sshd_server, tmp_path, key, secret),
+            allow_private=True,
+        )
+        session.commit()
+        assert account.public_key is not None
+        sshd_server.authorize_key(account.public_key)  # cloud-init's part on the customer's VM
+        request_ = orders.OrderRequest(product=product.slug, plan="basic", own_cloud_account=account.id)
+        # another organisation's account
+        with pytest.raises(orders.OrderError) as foreign:
+            orders.place_order(session, platform(session), buyer, stranger, request_)
+        assert foreign.value.field == "own_cloud_account"
+        assert "not a cloud account of your organisation" in foreign.value.message
+        session.rollback()
+        placed = orders.place_order(session, platform(session), buyer, customer, request_)
+        session.commit()
+        # the price shown: the licence only
+        assert [line["label"] for line in placed.breakdown["lines"]] == ["Licence"]
+        assert placed.breakdown["period_total"] == "30"
+        requested = session.scalar(
+            sa.select(OutboxEvent).where(
+                OutboxEvent.topic == "deployment.requested",
+                OutboxEvent.payload["subscription_id"].as_string() == str(placed.subscription_id),
+            )
+        )
+        assert requested is not None
+        made = {"event": (requested.payload, requested.marketplace_id)}
+
+    deployment = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
+    assert deployment.state is S.RUNNING, history(committed_db, deployment.id)
+    assert deployment.cloud_account_id == account.id
+
+    # the VM and its disk are in the customer's AWS account, none in the platform's
+    options = moto_server.libcloud_ec2_kwargs()
+    theirs = moto_server.boto3_client("ec2", aws_access_key_id=key, aws_secret_access_key=secret)
+    assert [i["InstanceId"] for i in live_instances(theirs)] == [deployment.node_id]
+    assert [v["VolumeId"] for v in data_disks(theirs)] == [deployment.volume_id]
+    assert live_instances(ec2) == [] and data_disks(ec2) == []
+    assert options["host"] == moto_server.host
+    assert (tmp_path / "own-data" / "setup-runs").read_text().splitlines() == ["ran"]
+
+    # billed: the licence, not the server the customer's cloud bills them for
+    at = utcnow()
+    billing.run(committed_db, at, now=at)
+    with committed_db() as session:
+        lines = session.scalars(
+            sa.select(InvoiceLine.description)
+            .join(Invoice, InvoiceLine.invoice_id == Invoice.id)
+            .where(Invoice.customer_id == customer.id)
+        ).all()
+        assert len(lines) == 1 and "Licence" in lines[0], lines
+        # a machine runs there: the account cannot be forgotten yet
+        with pytest.raises(own.InUse):
+            own.remove(session, sealer, session.get(CloudAccount, account.id))
+
+
+def test_the_clouds_page_tries_the_credentials_and_the_order_form_offers_the_account(
+    app: Flask,
+    client: Any,
+    make_user: Callable[..., Any],
+    token_for: Callable[..., dict[str, str]],
+    moto_server: MotoServer,
+    ec2: Any,
+) -> None:
+    customer = make_user(Role.CUSTOMER, password="a-long-password-1")
+    browser = app.test_client()
+    signed = browser.post("/api/v1/session", json={"email": customer.email, "password": "a-long-password-1"})
+    assert signed.status_code == 200
+    page = browser.get("/account/clouds")
+    assert page.status_code == 200 and "No cloud of your own yet" in page.get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.get_data(as_text=True))
+    assert token is not None
+    key, secret = customer_aws_keys(moto_server)
+    options = moto_server.libcloud_ec2_kwargs()
+    form = {
+        "csrf_token": token.group(1),
+        "name": "Our AWS",
+        "provider": "ec2",
+        "region": options["region"],
+        "key": "AKIANOTAREALKEY00000",
+        "secret": "wrong",
+        "extra": "\n".join(f"{k}={options[k]}" for k in ("host", "port", "secure", "signature_version")),
+        "ssh_username": "ubuntu",
+    }
+    _moto_auth(moto_server, "0")
+    try:
+        refused = browser.post("/account/clouds", data=form)
+    finally:
+        _moto_auth(moto_server, "inf")
+    text = refused.get_data(as_text=True)
+    assert refused.status_code == 422 and "the cloud refused the credentials" in text
+    assert 'aria-invalid="true"' in text and "No cloud of your own yet" in text
+
+    saved = browser.post("/account/clouds", data={**form, "key": key, "secret": secret})
+    assert saved.status_code == 302, saved.get_data(as_text=True)
+    listed = browser.get("/account/clouds").get_data(as_text=True)
+    assert "Our AWS" in listed and secret not in listed and "The cloud account works" in listed
+
+    # the order form offers it, saying what is charged
+    vendor_h, admin_h = token_for(make_user(Role.VENDOR)), token_for(make_user(Role.ADMIN))
+    product = catalog_data.publish(client, vendor_h, admin_h)
+    offered = browser.get(f"/products/{product['slug']}").get_data(as_text=True)
+    assert "Our AWS, your own ec2 account: you pay only the licence" in offered

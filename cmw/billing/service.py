@@ -75,6 +75,7 @@ from cmw.marketplaces.pricing import PriceList
 from cmw.money import format_amount, round_to_minor
 from cmw.monitoring import metrics
 from cmw.orders.models import Subscription, SubscriptionChange, SubscriptionStatus
+from cmw.orders.pricing import charged
 from cmw.orders.service import next_period_end
 from deployer import service as deployments
 
@@ -169,13 +170,15 @@ def _immediate(change: SubscriptionChange) -> bool:
     return change.kind == "cancelled" and (change.after or {}).get("at") is None
 
 
-def advance_amount(plan: Plan, quantity: int, prices: PriceList, level: int = 0) -> Decimal:
+def advance_amount(
+    plan: Plan, quantity: int, prices: PriceList, level: int = 0, licence_only: bool = False
+) -> Decimal:
     """A period's fees paid in advance (flat and per unit), unrounded, at the prices of the
     ``level``-th marketplace up from the selling one."""
     return sum(
         (
             rate_component(prices.at_levels(plan, i)[level], Decimal(quantity))
-            for i, c in enumerate(plan.components)
+            for i, c in charged(plan, licence_only)
             if c.kind in (ComponentKind.FLAT, ComponentKind.PER_UNIT)
         ),
         ZERO,
@@ -338,7 +341,7 @@ def charges_for(
         quantity = quantity or subscription.quantity
         period_label = f"{start:%d %b %Y} to {end:%d %b %Y}"
         if first and (BilledKind.SETUP, start) not in billed:
-            for i, c in enumerate(plan.components):
+            for i, c in charged(plan, subscription.licence_only):
                 if c.kind is ComponentKind.SETUP:
                     amount, owed, _price = _rated(prices, plan, i, Decimal(1))
                     found.append(
@@ -348,7 +351,7 @@ def charges_for(
                     )  # fmt: skip
         first = False
         if (BilledKind.ADVANCE, start) not in billed:
-            for i, c in enumerate(plan.components):
+            for i, c in charged(plan, subscription.licence_only):
                 if c.kind is ComponentKind.FLAT:
                     amount, owed, price = _rated(prices, plan, i, Decimal(1))
                     found.append(
@@ -378,11 +381,11 @@ def charges_for(
                 )  # fmt: skip
         found += _prorations(ctx, prices, subscription, changes, start, end, billed, product_name)
         usage_end = min(end, ends_at) if ends_at is not None else end
-        metered = [c for c in plan.components if c.kind is ComponentKind.METERED]
+        metered = [c for _i, c in charged(plan, subscription.licence_only) if c.kind is ComponentKind.METERED]
         if metered and usage_end <= at and (BilledKind.USAGE, start) not in billed:
             used = _used(usage, start, usage_end, last=ends_at is not None and usage_end == ends_at)
             usage_label = f"{start:%d %b %Y} to {usage_end:%d %b %Y}"
-            for i, c in enumerate(plan.components):
+            for i, c in charged(plan, subscription.licence_only):
                 if c.kind is not ComponentKind.METERED:
                     continue
                 assert c.metric is not None
@@ -397,12 +400,19 @@ def charges_for(
 
 
 def _prorated(
-    prices: PriceList, plan: Plan, quantity: int, start: dt.datetime, end: dt.datetime, when: dt.datetime
+    prices: PriceList,
+    plan: Plan,
+    quantity: int,
+    start: dt.datetime,
+    end: dt.datetime,
+    when: dt.datetime,
+    licence_only: bool = False,
 ) -> tuple[Decimal, tuple[Decimal, ...]]:
     """The fees from ``when`` to the period's end where sold, and what is owed up for them."""
     amounts = [
         round_to_minor(
-            prorate(advance_amount(plan, quantity, prices, level), start, end, when), plan.currency
+            prorate(advance_amount(plan, quantity, prices, level, licence_only), start, end, when),
+            plan.currency,
         )
         for level in range(len(prices.levels))
     ]
@@ -436,14 +446,18 @@ def _prorations(
         if old_plan is None or new_plan is None:
             continue
         span = f"{when:%d %b %Y %H:%M} to {end:%d %b %Y}"
-        credit, owed = _prorated(prices, old_plan, old_quantity or 1, start, end, when)
+        credit, owed = _prorated(
+            prices, old_plan, old_quantity or 1, start, end, when, subscription.licence_only
+        )
         found.append(
             Charge(BilledKind.PRORATION, LineKind.PRORATION, subscription, old_plan, when, end,
                    f"{product_name} · {old_plan.name}, quantity {old_quantity or 1}, unused {span}",
                    Decimal(-1), None, None, -credit, tuple(-a for a in owed))
         )  # fmt: skip
         if change.kind != "cancelled":
-            charge, owed = _prorated(prices, new_plan, new_quantity or 1, start, end, when)
+            charge, owed = _prorated(
+                prices, new_plan, new_quantity or 1, start, end, when, subscription.licence_only
+            )
             found.append(
                 Charge(BilledKind.PRORATION, LineKind.PRORATION, subscription, new_plan, when, end,
                        f"{product_name} · {new_plan.name}, quantity {new_quantity or 1}, {span}",

@@ -252,6 +252,9 @@ class PriceComponent(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,mis
     #: allowed quantity at order (per_unit)
     min_quantity: Mapped[int | None]
     max_quantity: Mapped[int | None]
+    #: the machine's cost (VM, disk, traffic) rather than the licence: not charged when the
+    #: customer runs the product in their own cloud account
+    infrastructure: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     plan: Mapped[Plan] = relationship(back_populates="components")
 

@@ -63,6 +63,8 @@ class ComponentSpec:
     tiers: tuple[Tier, ...] = ()
     min_quantity: int | None = None
     max_quantity: int | None = None
+    #: the machine's cost, not charged in the customer's own cloud
+    infrastructure: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +249,7 @@ def spec_of(component: PriceComponent) -> ComponentSpec:
         ),
         min_quantity=component.min_quantity,
         max_quantity=component.max_quantity,
+        infrastructure=component.infrastructure,
     )
 
 

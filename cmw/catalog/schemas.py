@@ -122,7 +122,7 @@ class DeploymentTargetSchema(Schema):
             raise ValidationError("only {ip} and {hostname} may be used", "app_url_template")
 
 
-class EndpointSchema(Schema):
+class AccessUrlSchema(Schema):
     name = fields.String(
         required=True, validate=validate.Length(min=1, max=40), metadata={"example": "Admin"}
     )
@@ -188,7 +188,7 @@ class ProductContentSchema(Schema):
     )
     deployment = fields.List(fields.Nested(DeploymentTargetSchema), validate=validate.Length(max=20))
     endpoints = fields.List(
-        fields.Nested(EndpointSchema),
+        fields.Nested(AccessUrlSchema),
         validate=[validate.Length(max=20), _unique("name")],
         metadata={"description": "the instance's access URLs, under its address"},
     )
@@ -252,6 +252,13 @@ class PriceComponentSchema(Schema):
     )
     min_quantity = fields.Integer(load_default=None, allow_none=True)
     max_quantity = fields.Integer(load_default=None, allow_none=True)
+    infrastructure = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "the machine's cost (VM, disk, traffic), not charged when the customer "
+            "runs the product in their own cloud account"
+        },
+    )
 
 
 class PlanSchema(Schema):
@@ -440,6 +447,7 @@ def plan_specs(plans: list[dict[str, Any]]) -> list[PlanSpec]:
                     ),
                     min_quantity=c.get("min_quantity"),
                     max_quantity=c.get("max_quantity"),
+                    infrastructure=bool(c.get("infrastructure")),
                 )
                 for c in p["components"]
             ),

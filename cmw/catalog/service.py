@@ -190,7 +190,7 @@ def _copy_plan(plan: Plan) -> Plan:
                     c: getattr(component, c)
                     for c in (
                         "position", "kind", "label", "unit_price", "metric", "unit", "pricing_model",
-                        "included_quantity", "tiers", "min_quantity", "max_quantity",
+                        "included_quantity", "tiers", "min_quantity", "max_quantity", "infrastructure",
                     )
                 }
             )
@@ -252,6 +252,7 @@ def set_plans(session: Session, product: Product, plans: Sequence[PlanSpec]) -> 
                     tiers=[t.as_json() for t in c.tiers] or None,
                     min_quantity=c.min_quantity,
                     max_quantity=c.max_quantity,
+                    infrastructure=c.infrastructure,
                 )
             )
         version.plans.append(plan)

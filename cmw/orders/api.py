@@ -47,6 +47,15 @@ class OrderCreateSchema(Schema):
     trial = fields.Boolean(load_default=False)
     cloud_account = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=63))
     region = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    own_cloud_account = fields.UUID(
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "id of one of your organisation's own cloud accounts "
+            "(/api/v1/customer/cloud-accounts) to run it in: only the licence is charged, not the "
+            "plan's infrastructure components"
+        },
+    )
     ssh_public_key = fields.String(
         load_default=None,
         allow_none=True,
@@ -79,6 +88,7 @@ class OrderSchema(Schema):
     quantity = fields.Integer()
     cloud_account = fields.String()
     region = fields.String(allow_none=True)
+    own_cloud_account_id = fields.UUID(allow_none=True)
     ssh_public_key = fields.String(allow_none=True)
     variables = fields.Dict(allow_none=True)
     currency = fields.String()
@@ -129,6 +139,10 @@ class SubscriptionSchema(Schema):
     cancel_at_period_end = fields.Boolean()
     cloud_account = fields.String()
     region = fields.String(allow_none=True)
+    own_cloud_account_id = fields.UUID(allow_none=True)
+    licence_only = fields.Boolean(
+        metadata={"description": "runs in the customer's own cloud: infrastructure components not charged"}
+    )
     created_at = fields.AwareDateTime()
 
 

@@ -96,6 +96,11 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
     #: deployment target chosen (cloud account slug and region)
     cloud_account: Mapped[str] = mapped_column(sa.String(63))
     region: Mapped[str | None] = mapped_column(sa.String(64))
+    #: the customer's own cloud account it runs in: only the licence is charged, not the
+    #: plan's infrastructure components
+    own_cloud_account_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("cloud_accounts.id", ondelete="RESTRICT")
+    )
     #: the customer's SSH public key for the machine (OpenSSH one-line format)
     ssh_public_key: Mapped[str | None] = mapped_column(sa.Text)
     #: the customer's values of the product's customer-editable setup variables
@@ -146,12 +151,22 @@ class Subscription(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-d
     cancelled_at: Mapped[dt.datetime | None]
     cloud_account: Mapped[str] = mapped_column(sa.String(63))
     region: Mapped[str | None] = mapped_column(sa.String(64))
+    #: the customer's own cloud account it runs in: only the licence is charged, not the
+    #: plan's infrastructure components
+    own_cloud_account_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("cloud_accounts.id", ondelete="RESTRICT")
+    )
     #: a downgrade waiting for the end of the current period
     pending_plan_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("plans.id", ondelete="SET NULL"))
     #: when the customer was told the trial ends in 3 days (UTC)
     trial_reminder_sent_at: Mapped[dt.datetime | None]
     #: since when its instance is suspended for an unpaid invoice (NULL: not suspended)
     suspended_at: Mapped[dt.datetime | None]
+
+    @property
+    def licence_only(self) -> bool:
+        """Runs in the customer's own cloud: the plan's infrastructure components are not charged."""
+        return self.own_cloud_account_id is not None
 
 
 class SubscriptionChange(db.Model):  # type: ignore[name-defined,misc]

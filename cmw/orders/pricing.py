@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from cmw.catalog.models import ComponentKind, Plan
+from cmw.catalog.models import ComponentKind, Plan, PriceComponent
 from cmw.catalog.pricing import ComponentSpec, rate_component, spec_of
 from cmw.money import format_amount, round_to_minor
 
@@ -30,15 +30,27 @@ def check_quantity(plan: Plan, quantity: int) -> None:
             raise QuantityError(f"{c.label}: order {allowed} {c.unit or 'units'}")
 
 
+def charged(plan: Plan, licence_only: bool = False) -> list[tuple[int, PriceComponent]]:
+    """The plan's components (with their index) a subscription pays for: all of them, or,
+    when it runs in the customer's own cloud (``licence_only``), all but the infrastructure."""
+    return [(i, c) for i, c in enumerate(plan.components) if not (licence_only and c.infrastructure)]
+
+
 def breakdown(
-    plan: Plan, quantity: int, *, trial_days: int = 0, specs: Sequence[ComponentSpec] | None = None
+    plan: Plan,
+    quantity: int,
+    *,
+    trial_days: int = 0,
+    specs: Sequence[ComponentSpec] | None = None,
+    licence_only: bool = False,
 ) -> dict[str, Any]:
     """The order's prices: the plan's components as priced by ``specs`` (the marketplace's
-    prices, ``cmw.marketplaces.pricing``), else as the vendor priced them."""
+    prices, ``cmw.marketplaces.pricing``), else as the vendor priced them; without the
+    infrastructure ones when the customer's own cloud runs it (``licence_only``)."""
     currency = plan.currency
     lines: list[dict[str, Any]] = []
     setup_total = period_total = Decimal(0)
-    for index, component in enumerate(plan.components):
+    for index, component in charged(plan, licence_only):
         spec = specs[index] if specs is not None else spec_of(component)
         line: dict[str, Any] = {"kind": component.kind.value, "label": component.label}
         if component.kind is ComponentKind.SETUP:

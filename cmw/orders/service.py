@@ -38,6 +38,7 @@ from cmw.orders.models import (
     TrialGrant,
 )
 from cmw.orders.pricing import QuantityError, breakdown, check_quantity
+from deployer.models import CloudAccount
 
 
 class OrderError(ValueError):
@@ -64,6 +65,8 @@ class OrderRequest:
     ssh_public_key: str | None = None
     #: values of the product's customer-editable setup variables, by name
     variables: dict[str, str] | None = None
+    #: the customer's own cloud account to run it in (only the licence is charged)
+    own_cloud_account: uuid.UUID | None = None
 
 
 def add_months(anchor: dt.datetime, months: int) -> dt.datetime:
@@ -144,7 +147,12 @@ def place_order(
         check_quantity(plan, request.quantity)
     except QuantityError as exc:
         raise OrderError("quantity", str(exc)) from None
-    target = _target(live, request.cloud_account, request.region)
+    own = _own_account(session, customer, request.own_cloud_account)
+    target = (
+        _own_target(session, live, own, request.cloud_account)
+        if own is not None
+        else _target(live, request.cloud_account, request.region)
+    )
     ssh_key = _ssh_public_key(request.ssh_public_key)
     variables = _variables(live, request.variables or {})
     trial_days = 0
@@ -168,6 +176,7 @@ def place_order(
         quantity=request.quantity,
         cloud_account=target["cloud_account"],
         region=target.get("region"),
+        own_cloud_account_id=own.id if own is not None else None,
         ssh_public_key=ssh_key,
         variables=variables or None,
         currency=plan.currency,
@@ -176,6 +185,7 @@ def place_order(
             request.quantity,
             trial_days=trial_days,
             specs=pricing.price_list(session, marketplace, product).specs(plan),
+            licence_only=own is not None,
         ),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -308,6 +318,50 @@ def _target(version: ProductVersion, cloud_account: str | None, region: str | No
     raise OrderError("cloud_account", f"choose one of the product's targets: {offered}")
 
 
+def _own_account(
+    session: Session, customer: Organisation, account_id: uuid.UUID | None
+) -> CloudAccount | None:
+    if account_id is None:
+        return None
+    found = session.get(CloudAccount, account_id)
+    if found is None or found.owner_id != customer.id or not found.is_active:
+        raise OrderError("own_cloud_account", "not a cloud account of your organisation")
+    return found
+
+
+def _own_target(
+    session: Session, version: ProductVersion, own: CloudAccount, cloud_account: str | None
+) -> dict[str, Any]:
+    """The product's target on the same provider (and region) as the customer's own
+    account, moved into it: the vendor's image, size and setup, in the customer's cloud."""
+    targets = [
+        t for t in version.deployment or [] if cloud_account is None or t["cloud_account"] == cloud_account
+    ]
+    providers = dict(
+        session.execute(
+            sa.select(CloudAccount.slug, CloudAccount.provider).where(
+                CloudAccount.slug.in_({t["cloud_account"] for t in targets})
+            )
+        ).all()
+    )
+    for target in targets:
+        region = target.get("region")
+        if providers.get(target["cloud_account"]) == own.provider and (
+            region is None or own.region is None or region == own.region
+        ):
+            return {**target, "cloud_account": own.slug, "region": own.region or region}
+    offered = ", ".join(
+        sorted(
+            {f"{providers.get(t['cloud_account'], '?')}/{t.get('region') or 'any region'}" for t in targets}
+        )
+    )
+    raise OrderError(
+        "own_cloud_account",
+        f"this product does not run on {own.provider} in {own.region or 'that region'}; it runs on: "
+        + (offered or "no cloud"),
+    )
+
+
 def _start(
     session: Session, order: Order, plan: Plan, trial_days: int, now: dt.datetime, actor_id: uuid.UUID
 ) -> Subscription:
@@ -331,6 +385,7 @@ def _start(
         trial_end=trial_end,
         cloud_account=order.cloud_account,
         region=order.region,
+        own_cloud_account_id=order.own_cloud_account_id,
     )
     session.add(subscription)
     # first: the order, its history and the trial grant refer to it, and the unit of work

@@ -28,6 +28,7 @@ from cmw.db import utcnow
 from cmw.marketplaces import pricing
 from cmw.money import round_to_minor
 from cmw.orders.models import Subscription, SubscriptionStatus
+from cmw.orders.pricing import charged
 
 ZERO = Decimal(0)
 #: subscriptions that cost something now
@@ -113,7 +114,7 @@ def costs(
         # how much more usage the rest of the period brings at the rate so far
         stretch = Decimal(whole) / Decimal(elapsed) if elapsed > 3600 else None
         lines = []
-        for index, c in enumerate(plan.components):
+        for index, c in charged(plan, subscription.licence_only):
             spec = prices[key].spec(plan, index)
             if c.kind is ComponentKind.FLAT:
                 amount = round_to_minor(rate_component(spec, Decimal(1)), plan.currency)
