@@ -151,7 +151,12 @@ def match_size(sizes: list[NodeSize], cores: int, ram_mib: int, architecture: st
         raise PermanentError(
             f"no size has {cores} cores and {ram_mib} MiB of RAM; the cloud offers {offered}"
         )
-    return min(fitting, key=lambda s: (size_cores(s) or 0, s.ram or 0, s.price or 0, str(s.id)))
+    # a size whose price the driver does not know (None, or 0 in Libcloud's EC2 price list)
+    # comes after those whose price it knows
+    return min(
+        fitting,
+        key=lambda s: (size_cores(s) or 0, s.ram or 0, not s.price, s.price or 0, str(s.id)),
+    )
 
 
 #: volume states meaning "attached to a VM", as the drivers spell them

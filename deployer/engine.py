@@ -48,6 +48,8 @@ S = DeploymentState
 TAG = "mercato-deployment"
 DEVICE = "/dev/sdf"
 SKIPPED_NO_SSH = "skipped: the dummy cloud has no machine to log in to"
+#: the states of a change of machine (another plan's size or disk)
+RESIZING = (DeploymentState.RESIZING_VM, DeploymentState.GROWING_DISK)
 
 #: formats (when blank) and mounts the data disk; run with sudo when not root
 DISK_SCRIPT = r"""set -e
@@ -69,6 +71,8 @@ mountpoint -q "$MERCATO_DATA_DIR" || $SUDO mount "$dev" "$MERCATO_DATA_DIR"
 $SUDO chown "$(id -u):$(id -g)" "$MERCATO_DATA_DIR"
 grep -q "LABEL=mercato-data" /etc/fstab || \
   echo "LABEL=mercato-data $MERCATO_DATA_DIR ext4 defaults,nofail 0 2" | $SUDO tee -a /etc/fstab >/dev/null
+# a grown disk (MERCATO_DISK_GROWN): the file system takes the new space
+if [ -n "$MERCATO_DISK_GROWN" ]; then $SUDO resize2fs "$dev"; fi
 """
 
 _hasher = PasswordHasher()
@@ -210,7 +214,9 @@ class Engine:
                 deployment.next_attempt_at = now
                 if step.next_state is S.REMOVED:
                     deployment.removed_at = now
-                if step.next_state is S.RUNNING and state not in (S.RESUMING, S.SUSPENDING):
+                if step.next_state is S.RUNNING and state in RESIZING:
+                    self._resized(ctx, now)
+                elif step.next_state is S.RUNNING and state not in (S.RESUMING, S.SUSPENDING):
                     self._ready(ctx, now)
                 elif step.next_state is S.FAILED:
                     service.emit_failed(session, deployment)
@@ -238,6 +244,8 @@ class Engine:
             S.ATTACHING_DISK: _attach_disk,
             S.PREPARING_DISK: _prepare_disk,
             S.RUNNING_SETUP: self._run_setup,
+            S.RESIZING_VM: self._resize_vm,
+            S.GROWING_DISK: _grow_disk,
             S.ROLLING_BACK: _roll_back,
             S.STOPPING: _stop,
             S.DESTROYING: _destroy,
@@ -251,6 +259,9 @@ class Engine:
         deployment.last_error = reason
         transient = isinstance(error, TransientError)
         undoing = state in (S.ROLLING_BACK, S.STOPPING, S.DESTROYING)
+        if state in RESIZING and not (transient and deployment.attempt < self.max_attempts):
+            self._resize_failed(ctx, state, reason, now)
+            return
         # stopping or starting a customer's machine never destroys it: retried like undoing
         keeping = state in (S.SUSPENDING, S.RESUMING)
         if (transient and deployment.attempt < self.max_attempts) or undoing or keeping:
@@ -311,6 +322,117 @@ class Engine:
         if ctx.deployment.attempt * self.poll_seconds > self.start_timeout:
             raise PermanentError(f"the VM did not start within {self.start_timeout:.0f} s")
         return Step(None, f"VM is {node.state}; waiting", delay=self.poll_seconds)
+
+    def _resize_vm(self, ctx: Context) -> Step:
+        """One look at the VM on its way to the wanted size: stop it, change its size, start
+        it, wait for its address, whichever is due (a worker killed in between looks again)."""
+        deployment = ctx.deployment
+        size_spec = (deployment.resize_to or {}).get("size") or deployment.spec.get("size") or {}
+        node = _find_node(ctx)
+        if node is None:
+            raise PermanentError("the VM to resize is gone")
+        if ctx.is_dummy:
+            return Step(S.GROWING_DISK, "size change recorded (the dummy cloud has no sizes to move to)")
+        if deployment.attempt * self.poll_seconds > self.start_timeout:
+            raise PermanentError(f"the VM did not reach its new size within {self.start_timeout:.0f} s")
+        sizes = ctx.calls("list_sizes", ctx.driver.list_sizes)
+        architecture = (node.extra or {}).get("architecture")
+        size = clouds.match_size(
+            sizes, int(size_spec.get("cores") or 1), int(size_spec.get("ram_mib") or 512), architecture
+        )
+        current = _node_size(node) or deployment.size_id
+        if current == size.id:
+            if node.state == NodeState.STOPPED:
+                ctx.calls("start_node", ctx.driver.start_node, node)
+                return Step(None, f"VM starting as {size.id}", delay=self.poll_seconds)
+            address = next(iter(node.public_ips or []), None) or next(iter(node.private_ips or []), None)
+            if node.state == NodeState.RUNNING and address:
+                deployment.size_id = str(size.id)
+                deployment.address = address
+                deployment.url = _url(deployment.spec.get("app_url_template"), address)
+                return Step(S.GROWING_DISK, f"VM {node.id} runs as {size.id} at {address}", {"size": size.id})
+            return Step(None, f"VM is {node.state}; waiting", delay=self.poll_seconds)
+        if not ctx.is_ec2:
+            resize = getattr(ctx.driver, "ex_resize", None) or getattr(ctx.driver, "ex_resize_node", None)
+            if resize is None:
+                raise PermanentError(f"the {ctx.account.provider} driver cannot change a VM's size")
+            ctx.calls("resize_node", resize, node, size)
+            return Step(None, f"VM {node.id} resizing to {size.id}", delay=self.poll_seconds)
+        if node.state == NodeState.RUNNING:
+            ctx.calls("stop_node", ctx.driver.stop_node, node)
+            return Step(None, f"VM {node.id} stopping to change its size", delay=self.poll_seconds)
+        if node.state == NodeState.STOPPED:
+            ctx.calls("change_node_size", ctx.driver.ex_change_node_size, node, size)
+            return Step(None, f"VM {node.id} changed from {current} to {size.id}", {"size": size.id})
+        return Step(None, f"VM is {node.state}; waiting", delay=self.poll_seconds)
+
+    def _resize_failed(self, ctx: Context, state: DeploymentState, reason: str, now: dt.datetime) -> None:
+        """The way forward failed for good: back to the old size (the machine is kept); the
+        way back failing is retried for as long as it takes."""
+        deployment = ctx.deployment
+        wanted = dict(deployment.resize_to or {})
+        deployment.next_attempt_at = now
+        if wanted.get("rolling_back"):
+            delay = random.uniform(self.max_delay / 2, self.max_delay)
+            deployment.next_attempt_at = now + dt.timedelta(seconds=delay)
+            service.record(
+                ctx.session, deployment, state, "going back to the old size failed; retrying", error=reason
+            )
+            return
+        before = wanted.get("from") or {}
+        deployment.resize_to = {
+            **wanted,
+            "size": before.get("size") or deployment.spec.get("size"),
+            "data_disk_gib": deployment.spec.get("data_disk_gib"),
+            "rolling_back": True,
+            "reason": reason,
+        }
+        deployment.attempt = 0
+        service.record(
+            ctx.session,
+            deployment,
+            S.RESIZING_VM,
+            "resize failed: " + reason + "; going back to the old size",
+            error=reason,
+        )
+
+    def _resized(self, ctx: Context, now: dt.datetime) -> None:
+        """The machine has its new size and disk (or its old ones again): the spec says so,
+        the subscription moves to its new plan from now, everyone is told."""
+        deployment = ctx.deployment
+        done = dict(deployment.resize_to or {})
+        deployment.resize_to = None
+        deployment.spec = {
+            **deployment.spec,
+            "size": done.get("size"),
+            "data_disk_gib": done.get("data_disk_gib"),
+        }
+        payload = {
+            "deployment_id": str(deployment.id),
+            "subscription_id": str(deployment.subscription_id),
+            "customer_id": str(deployment.customer_id),
+            "product_id": str(deployment.product_id),
+            "size": deployment.size_id,
+            "data_disk_gib": done.get("data_disk_gib"),
+        }
+        if done.get("rolling_back"):
+            deployment.last_error = done.get("reason")
+            emit(ctx.session, "deployment.resize_failed", {**payload, "reason": done.get("reason") or ""},
+                 marketplace_id=deployment.marketplace_id)  # fmt: skip
+            return
+        emit(ctx.session, "deployment.resized", {**payload, "plan_id": done.get("plan_id")},
+             marketplace_id=deployment.marketplace_id)  # fmt: skip
+        if done.get("apply_plan") and done.get("plan_id"):
+            from cmw.orders import subscriptions
+
+            actor = done.get("actor_id")
+            subscriptions.apply_resized_plan(
+                ctx.session,
+                deployment.subscription_id,
+                uuid.UUID(str(done["plan_id"])),
+                uuid.UUID(str(actor)) if actor else None,
+                now,
+            )
 
     def _suspend(self, ctx: Context) -> Step:
         """Stop the VM, keeping it and its disk (and the customer's data on it)."""
@@ -708,6 +830,54 @@ def _prepare_disk(ctx: Context) -> Step:
     return Step(S.RUNNING_SETUP, f"disk mounted at {ctx.account.data_mount_point}")
 
 
+def _node_size(node: Node) -> str | None:
+    """The VM's size as the cloud reports it (EC2's instance type, a flavour, ...)."""
+    extra = node.extra or {}
+    found = extra.get("instance_type") or extra.get("flavorId") or extra.get("size")
+    if found:
+        return str(found)
+    return str(node.size.id) if getattr(node, "size", None) is not None else None
+
+
+def _grow_disk(ctx: Context) -> Step:
+    """One look at the data disk on its way to the wanted size: grow the volume, wait until
+    the cloud has, then let the file system take the space (which does nothing the second
+    time). Disks never shrink: a smaller plan keeps the disk it has."""
+    deployment = ctx.deployment
+    resize = deployment.resize_to or {}
+    want = int(resize.get("data_disk_gib") or 0)
+    before = int((resize.get("from") or {}).get("data_disk_gib") or 0)
+    if want <= before or not deployment.volume_id:
+        return Step(S.RUNNING, "resized; the data disk stays as it is")
+    if ctx.is_dummy:
+        return Step(S.RUNNING, f"resized; disk growth to {want} GiB recorded", {"skipped": True})
+    volume = _find_volume(ctx)
+    if volume is None:
+        raise PermanentError("the data disk to grow is gone")
+    if int(volume.size or 0) < want:
+        if not ctx.is_ec2:
+            grow = getattr(ctx.driver, "ex_resize_volume", None)
+            if grow is None:
+                raise PermanentError(f"the {ctx.account.provider} driver cannot grow a disk")
+            ctx.calls("resize_volume", grow, volume, want)
+        else:
+            ctx.calls("modify_volume", ctx.driver.ex_modify_volume, volume, {"Size": want})
+        return Step(None, f"disk {volume.id} growing from {volume.size} to {want} GiB", delay=1.0)
+    env = {
+        "MERCATO_DISK_DEVICE": DEVICE,
+        "MERCATO_VOLUME_ID": volume.id,
+        "MERCATO_DATA_DIR": ctx.account.data_mount_point,
+        "MERCATO_DISK_GROWN": "1",
+        "MERCATO_DISK_GIB": str(want),
+    }
+    result = _ssh(ctx, "grow_disk", "sh -s", env=env, stdin=ctx.account.disk_script or DISK_SCRIPT)
+    if result.exit_status != 0:
+        raise TransientError(
+            f"growing the file system failed: {(result.stderr or result.stdout).strip()[-300:]}"
+        )
+    return Step(S.RUNNING, f"disk {volume.id} grown to {want} GiB", {"gib": want})
+
+
 def _url(template: str | None, address: str | None) -> str | None:
     if not template or not address:
         return None
@@ -727,6 +897,13 @@ def _at_rest(ctx: Context) -> Step:
         return Step(S.SUSPENDING, "an invoice is unpaid: suspending the VM")
     if deployment.state is S.SUSPENDED and deployment.desired == service.RUNNING:
         return Step(S.RESUMING, "paid: starting the VM again")
+    if deployment.state is S.RUNNING and deployment.resize_to is not None:
+        size = deployment.resize_to.get("size") or {}
+        return Step(
+            S.RESIZING_VM,
+            f"resizing the VM to {size.get('cores')} cores and {size.get('ram_mib')} MiB",
+            {"resize_to": deployment.resize_to},
+        )
     deployment.active = False  # already where it should be
     return Step(None, f"already {deployment.state.value}")
 

@@ -53,6 +53,11 @@ class DeploymentState(enum.StrEnum):
     SUSPENDED = "suspended"
     #: paid: starting the VM again and waiting for its (possibly new) address
     RESUMING = "resuming"
+    #: another plan's machine: the VM moved to another size (stopped, changed, started as
+    #: the cloud requires); also the way back to the old size when that fails
+    RESIZING_VM = "resizing_vm"
+    #: another plan's machine: the data disk grown, and its file system with it
+    GROWING_DISK = "growing_disk"
 
 
 #: states the worker still has something to do in
@@ -182,6 +187,11 @@ class Deployment(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     password_sealed: Mapped[str | None] = mapped_column(sa.Text)
     ready_at: Mapped[dt.datetime | None]
     removed_at: Mapped[dt.datetime | None]
+    #: a change of machine under way (another plan's size or disk): ``plan_id`` (applied
+    #: to the subscription when the resize completes, if ``apply_plan``), ``actor_id``,
+    #: ``size`` and ``data_disk_gib`` wanted, ``from`` (the machine before, to go back to)
+    #: and ``rolling_back`` with the ``reason`` once the way forward failed
+    resize_to: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
     @property
     def endpoints(self) -> list[dict[str, str]]:

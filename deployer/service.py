@@ -326,9 +326,13 @@ def request_deployment(
 
 def wants_change(deployment: Deployment) -> bool:
     """Whether a deployment at rest must still move: suspended while running, running while
-    suspended (a change asked for while it was on its way there)."""
-    return (deployment.state is DeploymentState.RUNNING and deployment.desired == SUSPENDED) or (
-        deployment.state is DeploymentState.SUSPENDED and deployment.desired == RUNNING
+    suspended (a change asked for while it was on its way there), or running with a resize
+    asked for."""
+    running = deployment.state is DeploymentState.RUNNING
+    return (
+        (running and deployment.desired == SUSPENDED)
+        or (deployment.state is DeploymentState.SUSPENDED and deployment.desired == RUNNING)
+        or (running and deployment.desired == RUNNING and deployment.resize_to is not None)
     )
 
 

@@ -181,10 +181,13 @@ def change_subscription(subscription_id: uuid.UUID, what: str) -> ResponseReturn
             message = "Your change waits for approval; we tell you as soon as it is decided."
         elif new_plan is not None:
             when = subscriptions.change_plan(session, found, new_plan, identity.user.id)
-            message = (
-                f"You are on {new_plan.name} from now on."
-                if when == "now"
-                else f"You move to {new_plan.name} when the period ends, {found.current_period_end:%d %b %Y}."
+            message = {
+                "now": f"You are on {new_plan.name} from now on.",
+                "on_resize": f"Your machine is being resized for {new_plan.name}; you move to it, "
+                "and are billed for it, as soon as that is done.",
+            }.get(
+                when,
+                f"You move to {new_plan.name} when the period ends, {found.current_period_end:%d %b %Y}.",
             )
         else:
             subscriptions.change_quantity(session, found, quantity_form.quantity.data, identity.user.id)

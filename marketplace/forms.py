@@ -204,6 +204,9 @@ class PlanForm(FlaskForm):  # type: ignore[misc]
         "Billed every", choices=[SelectChoice("month", "month"), SelectChoice("year", "year")]
     )
     components = FieldList(FormField(ComponentForm), min_entries=COMPONENT_ROWS, max_entries=30)
+    vm_cores = IntegerField("CPU cores", validators=[Optional(), NumberRange(min=1, max=512)])
+    vm_ram_mib = IntegerField("Memory (MiB)", validators=[Optional(), NumberRange(min=256)])
+    data_disk_gib = IntegerField("Data disk (GiB)", validators=[Optional(), NumberRange(min=1, max=65_536)])
 
 
 class TargetForm(FlaskForm):  # type: ignore[misc]

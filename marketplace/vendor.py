@@ -406,6 +406,9 @@ def _fill_plan(form: PlanForm, plan: Plan) -> None:
         row.min_quantity.data = c.min_quantity
         row.max_quantity.data = c.max_quantity
         row.infrastructure.data = c.infrastructure
+    form.vm_cores.data = (plan.vm_size or {}).get("cores")
+    form.vm_ram_mib.data = (plan.vm_size or {}).get("ram_mib")
+    form.data_disk_gib.data = plan.data_disk_gib
 
 
 def _plan_data(form: PlanForm) -> tuple[dict[str, Any], list[int]]:
@@ -442,12 +445,18 @@ def _plan_data(form: PlanForm) -> tuple[dict[str, Any], list[int]]:
         "currency": (form.currency.data or "").strip().upper(),
         "billing_period": form.billing_period.data,
         "components": components,
+        "data_disk_gib": form.data_disk_gib.data or None,
     }
+    if form.vm_cores.data or form.vm_ram_mib.data:
+        data["vm_size"] = {"cores": form.vm_cores.data, "ram_mib": form.vm_ram_mib.data}
     return data, rows
 
 
 def _row_path(path: str, rows: list[int]) -> str:
-    """Component ``n`` of the plan is form row ``rows[n]`` (blank rows are skipped)."""
+    """Component ``n`` of the plan is form row ``rows[n]`` (blank rows are skipped); the
+    plan's machine is in the form's ``vm_*`` fields."""
+    if path.startswith("vm_size"):
+        return {"vm_size.cores": "vm_cores", "vm_size.ram_mib": "vm_ram_mib"}.get(path, "vm_cores")
     parts = path.split(".")
     if len(parts) > 1 and parts[0] == "components" and parts[1].isdigit() and int(parts[1]) < len(rows):
         parts[1] = str(rows[int(parts[1])])

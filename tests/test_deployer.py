@@ -8,6 +8,7 @@ them: the cloud account's SSH endpoint override points at the loopback sshd.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.client
 import re
@@ -32,8 +33,8 @@ from cmw.accounts.models import OrganisationKind, Role
 from cmw.billing import service as billing
 from cmw.billing.models import Invoice, InvoiceLine
 from cmw.catalog import service as catalog
-from cmw.catalog.models import ComponentKind
-from cmw.catalog.pricing import ComponentSpec
+from cmw.catalog.models import BillingPeriod, ComponentKind, Plan
+from cmw.catalog.pricing import ComponentSpec, PlanSpec
 from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.consumer import Event
@@ -43,11 +44,13 @@ from cmw.mail import SmtpMailer
 from cmw.marketplaces.service import platform
 from cmw.notifications.consumers import EmailConsumer, NotificationConsumer
 from cmw.orders import service as orders
-from cmw.orders.models import Order, OrderStatus
+from cmw.orders import subscriptions
+from cmw.orders.jobs import run_due
+from cmw.orders.models import Order, OrderStatus, Subscription
 from deployer import clouds, own, service
 from deployer.consumer import DeploymentRequests
 from deployer.engine import Engine
-from deployer.models import CloudAccount, Deployment, DeploymentState
+from deployer.models import CloudAccount, Deployment, DeploymentEvent, DeploymentState
 from tests import catalog_data
 from tests.conftest import broker_url
 from tests.deployer_support import use_moto_driver
@@ -61,7 +64,8 @@ S = DeploymentState
 #: the test's "disk formatting": the loopback sshd has no block device to format
 DISK_SCRIPT = (
     'mkdir -p "$MERCATO_DATA_DIR" && '
-    'echo "$MERCATO_DISK_DEVICE $MERCATO_VOLUME_ID" > "$MERCATO_DATA_DIR/disk"'
+    'echo "$MERCATO_DISK_DEVICE $MERCATO_VOLUME_ID" > "$MERCATO_DATA_DIR/disk" && '
+    'if [ -n "$MERCATO_DISK_GROWN" ]; then echo "$MERCATO_DISK_GIB" >> "$MERCATO_DATA_DIR/grown"; fi'
 )
 SETUP_SCRIPT = """#!/bin/sh
 set -e
@@ -1056,3 +1060,169 @@ def test_the_clouds_page_tries_the_credentials_and_the_order_form_offers_the_acc
     product = catalog_data.publish(client, vendor_h, admin_h)
     offered = browser.get(f"/products/{product['slug']}").get_data(as_text=True)
     assert "Our AWS, your own ec2 account: you pay only the licence" in offered
+
+
+# ------------------------------------------------------------------ resize on plan change
+SMALL = PlanSpec(
+    code="small", name="Small", currency="EUR", billing_period=BillingPeriod.MONTH, components=(FLAT,)
+)
+LARGE = PlanSpec(
+    code="large",
+    name="Large",
+    currency="EUR",
+    billing_period=BillingPeriod.MONTH,
+    components=(ComponentSpec(kind=ComponentKind.FLAT, label="Base fee", unit_price=Decimal(40)),),
+    vm_size={"cores": 2, "ram_mib": 4096},
+    data_disk_gib=16,
+)
+HUGE = dataclasses.replace(
+    LARGE, code="huge", name="Huge", vm_size={"cores": 512, "ram_mib": 64 * 1024 * 1024}, data_disk_gib=None
+)
+
+
+def instance_type(ec2: Any, node_id: str) -> str:
+    found = ec2.describe_instances(InstanceIds=[node_id])["Reservations"][0]["Instances"][0]
+    return str(found["InstanceType"])
+
+
+def change_plan(app: Flask, factory: Factory, subscription_id: uuid.UUID, code: str) -> str:
+    with app.app_context(), factory() as session:
+        subscription = session.get(Subscription, subscription_id)
+        assert subscription is not None
+        current = session.get(Plan, subscription.plan_id)
+        assert current is not None
+        plan = session.scalar(sa.select(Plan).where(Plan.version_id == current.version_id, Plan.code == code))
+        assert plan is not None
+        when = subscriptions.change_plan(session, subscription, plan, None)
+        session.commit()
+        return when
+
+
+def plan_code(factory: Factory, subscription_id: uuid.UUID) -> str:
+    with factory() as session:
+        subscription = session.get(Subscription, subscription_id)
+        assert subscription is not None
+        plan = session.get(Plan, subscription.plan_id)
+        assert plan is not None
+        return plan.code
+
+
+def test_a_plan_change_resizes_the_vm_and_grows_the_disk_through_crashes_and_a_failure(
+    app: Flask,
+    committed_db: Factory,
+    cloud: CloudAccount,
+    ec2: Any,
+    image_id: str,
+    sealer: Sealer,
+    tmp_path: Path,
+) -> None:
+    with committed_db() as session:
+        product = catalog_data.publish_product(
+            session, f"rs-{tag(6)}", [SMALL, LARGE, HUGE], targets=[target(image_id)]
+        )
+        buyer, customer = catalog_data.add_customer(session, f"rs-{tag(6)}@example.test", paying=True)
+        placed = orders.place_order(
+            session,
+            platform(session),
+            buyer,
+            customer,
+            orders.OrderRequest(product=product.slug, plan="small"),
+        )
+        session.commit()
+        subscription_id = placed.subscription_id
+        assert subscription_id is not None
+        requested = session.scalar(
+            sa.select(OutboxEvent).where(
+                OutboxEvent.topic == "deployment.requested",
+                OutboxEvent.payload["subscription_id"].as_string() == str(subscription_id),
+            )
+        )
+        assert requested is not None
+    deployment_id = request(committed_db, {"event": (requested.payload, requested.marketplace_id)})
+    engine = Engine(committed_db, sealer, base_delay=0.05, poll_seconds=0.05, max_attempts=3)
+    first = drive(engine, committed_db, deployment_id, S.RUNNING, S.FAILED)
+    assert first.state is S.RUNNING, history(committed_db, deployment_id)
+    assert first.node_id is not None and first.volume_id is not None
+    assert instance_type(ec2, first.node_id) == "t3a.small"
+
+    # a plan whose machine the cloud does not have: 422 material, nothing changed
+    with pytest.raises(subscriptions.ChangeError) as unknown:
+        change_plan(app, committed_db, subscription_id, "huge")
+    assert unknown.value.field == "plan" and "no size has 512 cores" in unknown.value.message
+    assert plan_code(committed_db, subscription_id) == "small"
+
+    # the way forward fails for good: the VM goes back to its old size and keeps running
+    def refuse(call: str, phase: str) -> None:
+        if call == "change_node_size" and phase == "before":
+            raise ValueError("InvalidParameterCombination: not in this zone")
+
+    clouds.set_fault_injector(refuse)
+    assert change_plan(app, committed_db, subscription_id, "large") == "on_resize"
+    assert plan_code(committed_db, subscription_id) == "small"  # not before the machine is resized
+    back = drive(engine, committed_db, deployment_id, S.RUNNING)
+    clouds.set_fault_injector(None)
+    assert back.resize_to is None and "not in this zone" in (back.last_error or "")
+    assert [i["InstanceId"] for i in live_instances(ec2)] == [first.node_id]
+    assert instance_type(ec2, first.node_id) == "t3a.small"
+    assert live_instances(ec2)[0]["State"]["Name"] == "running"
+    assert plan_code(committed_db, subscription_id) == "small"
+    steps = [(to, msg) for to, msg, _err in history(committed_db, deployment_id)]
+    assert any(to == "resizing_vm" and "going back to the old size" in msg for to, msg in steps)
+
+    # again, with the worker killed after every call that changes something
+    armed = {"stop_node", "change_node_size", "start_node", "modify_volume", "ssh_grow_disk"}
+    crashed: list[str] = []
+
+    def kill_after(call: str, phase: str) -> None:
+        if phase == "after" and call in armed:
+            armed.discard(call)
+            crashed.append(call)
+            raise Crash(call)
+
+    clouds.set_fault_injector(kill_after)
+    assert change_plan(app, committed_db, subscription_id, "large") == "on_resize"
+    while True:
+        engine = Engine(committed_db, sealer, base_delay=0.05, poll_seconds=0.05, max_attempts=3)
+        try:
+            resized = drive(engine, committed_db, deployment_id, S.RUNNING, S.FAILED)
+            break
+        except Crash:
+            continue
+    clouds.set_fault_injector(None)
+    assert sorted(crashed) == sorted(
+        ["stop_node", "change_node_size", "start_node", "modify_volume", "ssh_grow_disk"]
+    )
+    assert resized.state is S.RUNNING and resized.resize_to is None, history(committed_db, deployment_id)
+    # one VM, the same one, of the new size; the same disk, grown, and its file system with it
+    assert [i["InstanceId"] for i in live_instances(ec2)] == [first.node_id]
+    assert instance_type(ec2, first.node_id) == "t3a.medium" and resized.size_id == "t3a.medium"
+    assert [(v["VolumeId"], v["Size"]) for v in data_disks(ec2)] == [(first.volume_id, 16)]
+    # (run again after the worker died right after it: growing a file system is idempotent)
+    assert (tmp_path / "data" / "grown").read_text().split() == ["16", "16"]
+    # the plan changes, and is billed, from the moment the resize completed
+    with committed_db() as session:
+        assert plan_code(committed_db, subscription_id) == "large"
+        ready = session.scalar(
+            sa.select(DeploymentEvent.at)
+            .where(DeploymentEvent.deployment_id == deployment_id, DeploymentEvent.to_state == "running")
+            .order_by(DeploymentEvent.id.desc())
+            .limit(1)
+        )
+        changed = [c for c in subscriptions.changes(session, subscription_id) if c.kind == "plan_changed"]
+        assert len(changed) == 1 and changed[0].at == ready and changed[0].after["effective"] == "now"
+        topics = session.scalars(
+            sa.select(OutboxEvent.topic).where(
+                OutboxEvent.topic.in_(["deployment.resized", "deployment.resize_failed"])
+            )
+        ).all()
+        assert sorted(topics) == ["deployment.resize_failed", "deployment.resized"]
+        period_end = session.get(Subscription, subscription_id).current_period_end  # type: ignore[union-attr]
+
+    # down again at the period's end: the VM shrinks, the disk keeps its 16 GiB
+    assert change_plan(app, committed_db, subscription_id, "small") == "period_end"
+    run_due(committed_db, now=period_end + dt.timedelta(minutes=1))
+    assert plan_code(committed_db, subscription_id) == "small"
+    down = drive(engine, committed_db, deployment_id, S.RUNNING)
+    assert down.resize_to is None and instance_type(ec2, first.node_id) == "t3a.small"
+    assert [(v["VolumeId"], v["Size"]) for v in data_disks(ec2)] == [(first.volume_id, 16)]
+    assert [i["InstanceId"] for i in live_instances(ec2)] == [first.node_id]

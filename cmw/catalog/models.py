@@ -217,6 +217,12 @@ class Plan(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]
     #: order on the product page
     position: Mapped[int] = mapped_column(default=0)
 
+    #: the VM this plan gets (``{"cores": 2, "ram_mib": 4096}``) instead of the deployment
+    #: target's size; a change to a plan with another one resizes the customer's VM
+    vm_size: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
+    #: the data disk this plan gets instead of the target's (disks only grow)
+    data_disk_gib: Mapped[int | None]
+
     version: Mapped[ProductVersion] = relationship(back_populates="plans")
     components: Mapped[list[PriceComponent]] = relationship(
         back_populates="plan", cascade="all, delete-orphan", order_by="PriceComponent.position"

@@ -75,6 +75,9 @@ class PlanSpec:
     billing_period: BillingPeriod
     components: tuple[ComponentSpec, ...]
     description: str = ""
+    #: the plan's own VM (``cores``, ``ram_mib``) and data disk, instead of the target's
+    vm_size: dict[str, int] | None = None
+    data_disk_gib: int | None = None
 
 
 # ---------------------------------------------------------------- validation
@@ -262,6 +265,8 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
         currency=plan.currency,
         billing_period=plan.billing_period,
         components=tuple(spec_of(c) for c in plan.components),
+        vm_size=dict(plan.vm_size) if plan.vm_size else None,
+        data_disk_gib=plan.data_disk_gib,
     )
 
 

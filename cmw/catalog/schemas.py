@@ -261,6 +261,11 @@ class PriceComponentSchema(Schema):
     )
 
 
+class VmSizeSchema(Schema):
+    cores = fields.Integer(required=True, validate=validate.Range(min=1, max=512))
+    ram_mib = fields.Integer(required=True, validate=validate.Range(min=256, max=16 * 1024 * 1024))
+
+
 class PlanSchema(Schema):
     id = fields.UUID(dump_only=True)
     code = fields.String(required=True, validate=validate.Length(min=1, max=50))
@@ -270,6 +275,21 @@ class PlanSchema(Schema):
     billing_period = fields.Enum(BillingPeriod, by_value=True, required=True)
     components = fields.List(
         fields.Nested(PriceComponentSchema), required=True, validate=validate.Length(min=1, max=30)
+    )
+    vm_size = fields.Nested(
+        VmSizeSchema,
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "this plan's VM instead of the deployment target's size; changing to a "
+            "plan with another one resizes the customer's VM"
+        },
+    )
+    data_disk_gib = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=1, max=65_536),
+        metadata={"description": "this plan's data disk instead of the target's (disks only grow)"},
     )
 
 
@@ -427,6 +447,8 @@ def plan_specs(plans: list[dict[str, Any]]) -> list[PlanSpec]:
             description=p.get("description", ""),
             currency=p["currency"],
             billing_period=p["billing_period"],
+            vm_size=p.get("vm_size"),
+            data_disk_gib=p.get("data_disk_gib"),
             components=tuple(
                 ComponentSpec(
                     kind=c["kind"],

@@ -182,6 +182,8 @@ def _copy_plan(plan: Plan) -> Plan:
         currency=plan.currency,
         billing_period=plan.billing_period,
         position=plan.position,
+        vm_size=plan.vm_size,
+        data_disk_gib=plan.data_disk_gib,
     )
     for component in plan.components:
         copy.components.append(
@@ -237,6 +239,8 @@ def set_plans(session: Session, product: Product, plans: Sequence[PlanSpec]) -> 
             currency=spec.currency,
             billing_period=spec.billing_period,
             position=position,
+            vm_size=spec.vm_size,
+            data_disk_gib=spec.data_disk_gib,
         )
         for index, c in enumerate(spec.components):
             plan.components.append(

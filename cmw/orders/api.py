@@ -32,6 +32,7 @@ from cmw.orders.models import (
     Subscription,
     SubscriptionStatus,
 )
+from deployer.models import Deployment
 
 blp = Blueprint("orders", __name__, url_prefix="/api/v1", description="Orders and subscriptions")
 
@@ -148,6 +149,13 @@ class SubscriptionSchema(Schema):
 
 class SubscriptionDetailSchema(SubscriptionSchema):
     history = fields.List(fields.Nested(ChangeSchema))
+    resizing_to_plan_id = fields.UUID(
+        allow_none=True,
+        metadata={
+            "description": "an upgrade to a plan with another machine, waiting for the VM's resize: "
+            "the subscription moves to this plan (and is billed for it) once that is done"
+        },
+    )
 
 
 class OrderListArgs(Schema):
@@ -352,8 +360,18 @@ class Subscriptions(MethodView):
 
 
 def _detail(subscription: Subscription) -> dict[str, Any]:
-    history = subscriptions.changes(current_session(), subscription.id)
-    return {**attributes(subscription, SubscriptionSchema), "history": history}
+    session = current_session()
+    history = subscriptions.changes(session, subscription.id)
+    resizing = session.scalar(
+        sa.select(Deployment.resize_to).where(Deployment.subscription_id == subscription.id)
+    )
+    return {
+        **attributes(subscription, SubscriptionSchema),
+        "history": history,
+        "resizing_to_plan_id": (resizing or {}).get("plan_id")
+        if not (resizing or {}).get("rolling_back")
+        else None,
+    }
 
 
 @blp.route("/subscriptions/<uuid:subscription_id>")
@@ -468,7 +486,9 @@ class SubscriptionPlan(MethodView):
     @blp.alt_response(202, schema=OrderSchema, description=WAITS)
     @roles_required(Role.CUSTOMER, Role.ADMIN)
     def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> Any:
-        """Change plan: an upgrade applies at once, a downgrade at the end of the period."""
+        """Change plan: an upgrade applies at once (or, to a plan with another VM size or data
+        disk, once the machine has been resized: see ``resizing_to_plan_id``), a downgrade at
+        the end of the period. 422 when the machine's cloud offers no size for the plan."""
         subscription = _changeable(subscription_id)
         product = current_session().get(Product, subscription.product_id)
         plan = current_session().scalar(

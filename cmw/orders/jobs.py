@@ -163,6 +163,11 @@ def _apply_pending_plan(
         "effective": at.isoformat(),
     }
     record(session, subscription, "plan_changed", None, before, after, now)
+    from deployer import resize
+
+    machine = resize.live_deployment(session, subscription.id)
+    if machine is not None and resize.differs(machine, pending) and machine.resize_to is None:
+        resize.request(session, machine, pending, None, apply_plan=False)
 
 
 def _roll(session: Session, subscription: Subscription, now: dt.datetime) -> None:

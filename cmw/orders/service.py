@@ -265,6 +265,10 @@ def confirm(
             "product_type": str(live.product_type),
             "target": {
                 **target,
+                **plan_machine(plan, target.get("size"), target.get("data_disk_gib")),
+                # the vendor's own, for the machine of another plan later
+                "vendor_size": target.get("size"),
+                "vendor_data_disk_gib": target.get("data_disk_gib"),
                 "variables": setup_environment(live, order.variables),
                 "endpoints": list(live.endpoints or []),
             },
@@ -273,6 +277,15 @@ def confirm(
         marketplace_id=order.marketplace_id,
     )
     return subscription
+
+
+def plan_machine(plan: Plan, vendor_size: dict[str, Any] | None, vendor_disk: int | None) -> dict[str, Any]:
+    """The VM ``size`` and ``data_disk_gib`` a subscription to ``plan`` gets: the plan's own,
+    else the deployment target's (the vendor's)."""
+    size = dict(vendor_size or {})
+    if plan.vm_size:
+        size.update(plan.vm_size)
+    return {"size": size, "data_disk_gib": plan.data_disk_gib or vendor_disk}
 
 
 def _variables(version: ProductVersion, given: dict[str, str]) -> dict[str, str]:

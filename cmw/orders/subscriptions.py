@@ -12,11 +12,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cmw.catalog.models import BillingPeriod, ComponentKind, Plan, Product
+from cmw.crypto import sealer
 from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.orders.models import Subscription, SubscriptionChange, SubscriptionStatus
 from cmw.orders.pricing import QuantityError, check_quantity
 from cmw.orders.service import record
+from deployer.models import Deployment
 
 LIVE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
 
@@ -67,7 +69,9 @@ def change_plan(
     actor_id: uuid.UUID | None,
     now: dt.datetime | None = None,
 ) -> str:
-    """Returns ``"now"`` for an upgrade (applied at once) or ``"period_end"`` for a downgrade."""
+    """Returns ``"now"`` for an upgrade (applied at once), ``"on_resize"`` for an upgrade to
+    a plan with another machine (applied when the VM has been resized, and billed from
+    then), or ``"period_end"`` for a downgrade (its machine resized then)."""
     _live(subscription)
     now = now or utcnow()
     current = session.get(Plan, subscription.plan_id)
@@ -91,7 +95,15 @@ def change_plan(
         "quantity": subscription.quantity,
         "pending_plan_id": str(subscription.pending_plan_id) if subscription.pending_plan_id else None,
     }
-    if monthly_price(plan, quantity) >= monthly_price(current, subscription.quantity):
+    upgrade = monthly_price(plan, quantity) >= monthly_price(current, subscription.quantity)
+    machine = _machine_change(session, subscription, plan)
+    if machine is not None and upgrade:
+        from deployer import resize
+
+        resize.request(session, machine, plan, actor_id, apply_plan=True)
+        _event(session, subscription, "subscription.changed", change="plan", effective="on_resize")
+        return "on_resize"
+    if upgrade:
         subscription.plan_id, subscription.pending_plan_id = plan.id, None
         subscription.quantity = quantity
         when = "now"
@@ -107,6 +119,52 @@ def change_plan(
     record(session, subscription, "plan_changed", actor_id, before, {**after, "effective": when}, now)
     _event(session, subscription, "subscription.changed", change="plan", effective=when)
     return when
+
+
+def _machine_change(session: Session, subscription: Subscription, plan: Plan) -> Deployment | None:
+    """The subscription's machine if ``plan`` gives it another size or a bigger disk, after
+    checking its cloud offers one (``ChangeError`` otherwise: nothing is changed)."""
+    from deployer import resize
+
+    deployment = resize.live_deployment(session, subscription.id)
+    if deployment is None or not resize.differs(deployment, plan):
+        return None
+    try:
+        resize.check(session, sealer(), deployment, plan)
+    except resize.ResizeError as exc:
+        raise ChangeError("plan", str(exc)) from None
+    return deployment
+
+
+def apply_resized_plan(
+    session: Session,
+    subscription_id: uuid.UUID,
+    plan_id: uuid.UUID,
+    actor_id: uuid.UUID | None,
+    now: dt.datetime,
+) -> None:
+    """An upgrade whose machine has just been resized takes effect now (billing prorates
+    from this moment); nothing happens to a subscription that has ended meanwhile."""
+    subscription = session.get(Subscription, subscription_id, with_for_update=True)
+    plan = session.get(Plan, plan_id)
+    if (
+        subscription is None
+        or plan is None
+        or subscription.status not in LIVE
+        or subscription.plan_id == plan.id
+    ):
+        return
+    before = {
+        "plan_id": str(subscription.plan_id),
+        "quantity": subscription.quantity,
+        "pending_plan_id": str(subscription.pending_plan_id) if subscription.pending_plan_id else None,
+    }
+    subscription.plan_id, subscription.pending_plan_id = plan.id, None
+    subscription.quantity = quantity_on(plan, subscription.quantity)
+    session.flush()
+    after = {"plan_id": str(plan.id), "quantity": subscription.quantity, "pending_plan_id": None}
+    record(session, subscription, "plan_changed", actor_id, before, {**after, "effective": "now"}, now)
+    _event(session, subscription, "subscription.changed", change="plan", effective="now", resized=True)
 
 
 def change_quantity(
