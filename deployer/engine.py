@@ -38,7 +38,7 @@ from cmw.crypto import Sealer
 from cmw.db import utcnow
 from cmw.events.service import emit
 from cmw.monitoring import metrics
-from deployer import clouds, service, ssh
+from deployer import clouds, service, ssh, support
 from deployer.clouds import PermanentError, TransientError
 from deployer.models import CloudAccount, Deployment, DeploymentState
 
@@ -231,8 +231,8 @@ class Engine:
         if deployment.desired == service.REMOVED and state not in (S.STOPPING, S.DESTROYING, S.ROLLING_BACK):
             return _begin_removal
         return {
-            S.RUNNING: _at_rest,
-            S.SUSPENDED: _at_rest,
+            S.RUNNING: self._at_rest,
+            S.SUSPENDED: self._at_rest,
             S.SUSPENDING: self._suspend,
             S.RESUMING: self._resume,
             S.REQUESTED: _requested,
@@ -262,8 +262,9 @@ class Engine:
         if state in RESIZING and not (transient and deployment.attempt < self.max_attempts):
             self._resize_failed(ctx, state, reason, now)
             return
-        # stopping or starting a customer's machine never destroys it: retried like undoing
-        keeping = state in (S.SUSPENDING, S.RESUMING)
+        # stopping or starting a customer's machine, or touching a running one, never
+        # destroys it: retried like undoing
+        keeping = state in (S.SUSPENDING, S.RESUMING, S.RUNNING, S.SUSPENDED)
         if (transient and deployment.attempt < self.max_attempts) or undoing or keeping:
             # undoing is retried for ever (with the longest delay): nothing may be left behind
             delay = min(self.max_delay, self.base_delay * 2 ** (deployment.attempt - 1))
@@ -322,6 +323,43 @@ class Engine:
         if ctx.deployment.attempt * self.poll_seconds > self.start_timeout:
             raise PermanentError(f"the VM did not start within {self.start_timeout:.0f} s")
         return Step(None, f"VM is {node.state}; waiting", delay=self.poll_seconds)
+
+    def _at_rest(self, ctx: Context) -> Step:
+        """A running or suspended deployment woken because it should be the other one, or
+        be resized, or have its vendor support keys written again."""
+        deployment = ctx.deployment
+        if deployment.state is S.RUNNING and deployment.desired == service.SUSPENDED:
+            return Step(S.SUSPENDING, "an invoice is unpaid: suspending the VM")
+        if deployment.state is S.SUSPENDED and deployment.desired == service.RUNNING:
+            return Step(S.RESUMING, "paid: starting the VM again")
+        if deployment.state is S.RUNNING and deployment.resize_to is not None:
+            size = deployment.resize_to.get("size") or {}
+            return Step(
+                S.RESIZING_VM,
+                f"resizing the VM to {size.get('cores')} cores and {size.get('ram_mib')} MiB",
+                {"resize_to": deployment.resize_to},
+            )
+        if deployment.state is S.RUNNING and deployment.support_sync_due:
+            return self._support_sync(ctx)
+        deployment.active = False  # already where it should be
+        return Step(None, f"already {deployment.state.value}")
+
+    def _support_sync(self, ctx: Context) -> Step:
+        """Write the vendor's support keys on the running VM again; a failure is retried
+        later and never touches the machine."""
+        deployment = ctx.deployment
+        try:
+            installed = _install_support(ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded, retried; the VM stays as it is
+            delay = min(self.max_delay, self.base_delay * 2**deployment.attempt)
+            deployment.last_error = f"vendor support access: {exc}"
+            return Step(None, f"vendor support keys not written ({exc}); retrying", delay=delay)
+        deployment.support_sync_due = False
+        deployment.active = service.wants_change(deployment)
+        service.record(
+            ctx.session, deployment, deployment.state, "vendor support access updated: " + installed
+        )
+        return Step(None, installed)
 
     def _resize_vm(self, ctx: Context) -> Step:
         """One look at the VM on its way to the wanted size: stop it, change its size, start
@@ -757,7 +795,27 @@ def _configure_access(ctx: Context) -> Step:
     if result.exit_status != 0:
         raise TransientError(f"installing the customer's key failed: {result.stderr.strip()[-300:]}")
     message = "customer's SSH key installed" if key else "no customer key given; SSH reachable"
+    if support.vendor_keys(ctx.session, deployment.vendor_id):
+        message += "; " + _install_support(ctx)
     return Step(after, message + f"; host key {deployment.host_key}", {"host_key": deployment.host_key})
+
+
+def _install_support(ctx: Context) -> str:
+    """The support user with the vendor's keys, exactly (idempotent); what was done."""
+    deployment = ctx.deployment
+    keys = support.vendor_keys(ctx.session, deployment.vendor_id)
+    if ctx.is_dummy:
+        deployment.support_keys_digest = support.digest(keys)
+        return "vendor support keys " + SKIPPED_NO_SSH
+    user = ctx.account.support_username
+    env = {"MERCATO_SUPPORT_USER": user, "MERCATO_SUPPORT_KEYS": support.authorized_keys(keys)}
+    result = _ssh(ctx, "support_access", "sh -s", env=env, stdin=support.SCRIPT)
+    if result.exit_status != 0:
+        raise TransientError(
+            f"writing the vendor's support keys failed: {(result.stderr or result.stdout).strip()[-300:]}"
+        )
+    deployment.support_keys_digest = support.digest(keys)
+    return f"{len(keys)} vendor support key(s) installed for {user}"
 
 
 def _find_volume(ctx: Context) -> StorageVolume | None:
@@ -890,24 +948,6 @@ def _finish(deployment: Deployment, url: str | None, login: str) -> None:
 
 
 # ------------------------------------------------------------------ suspension
-def _at_rest(ctx: Context) -> Step:
-    """A running or suspended deployment woken because it should be the other one."""
-    deployment = ctx.deployment
-    if deployment.state is S.RUNNING and deployment.desired == service.SUSPENDED:
-        return Step(S.SUSPENDING, "an invoice is unpaid: suspending the VM")
-    if deployment.state is S.SUSPENDED and deployment.desired == service.RUNNING:
-        return Step(S.RESUMING, "paid: starting the VM again")
-    if deployment.state is S.RUNNING and deployment.resize_to is not None:
-        size = deployment.resize_to.get("size") or {}
-        return Step(
-            S.RESIZING_VM,
-            f"resizing the VM to {size.get('cores')} cores and {size.get('ram_mib')} MiB",
-            {"resize_to": deployment.resize_to},
-        )
-    deployment.active = False  # already where it should be
-    return Step(None, f"already {deployment.state.value}")
-
-
 # ------------------------------------------------------------------ undoing
 def _begin_removal(ctx: Context) -> Step:
     state = ctx.deployment.state

@@ -109,6 +109,10 @@ class CloudAccount(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-d
     #: the login user's authorized_keys file (relative to its home, or absolute), where
     #: the customer's key is installed
     authorized_keys_file: Mapped[str] = mapped_column(sa.String(255), default=".ssh/authorized_keys")
+    #: the unprivileged user the vendor's support staff log in as, with their SSH keys
+    support_username: Mapped[str] = mapped_column(
+        sa.String(32), default="mercato-support", server_default="mercato-support"
+    )
     #: where the data disk is mounted on the VM
     data_mount_point: Mapped[str] = mapped_column(sa.String(255), default="/srv/data")
     #: shell commands that format and mount the data disk (``MERCATO_DISK_DEVICE``,
@@ -192,6 +196,10 @@ class Deployment(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     #: ``size`` and ``data_disk_gib`` wanted, ``from`` (the machine before, to go back to)
     #: and ``rolling_back`` with the ``reason`` once the way forward failed
     resize_to: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: the vendor's support keys changed: the support user's keys are to be written again
+    support_sync_due: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    #: SHA-256 of the support keys last installed on the VM
+    support_keys_digest: Mapped[str | None] = mapped_column(sa.String(64))
 
     @property
     def endpoints(self) -> list[dict[str, str]]:

@@ -333,6 +333,7 @@ def wants_change(deployment: Deployment) -> bool:
         (running and deployment.desired == SUSPENDED)
         or (deployment.state is DeploymentState.SUSPENDED and deployment.desired == RUNNING)
         or (running and deployment.desired == RUNNING and deployment.resize_to is not None)
+        or (running and deployment.desired == RUNNING and deployment.support_sync_due)
     )
 
 

@@ -542,7 +542,11 @@ def remove_ssh_key(key_id: uuid.UUID) -> ResponseReturnValue:
     found = session.get(SshKey, key_id)
     if found is None or found.user_id != identity.user.id:
         abort(404)
-    session.delete(found)
+    keys.remove_key(session, found)
     session.commit()
-    flash(f"The key {found.name} is removed; machines that have it keep it.", "info")
+    flash(
+        f"The key {found.name} is removed. Machines it was given to when you ordered keep it; "
+        "as vendor support access it is taken off your products' instances.",
+        "info",
+    )
     return redirect(url_for("pages.ssh_keys"))

@@ -258,8 +258,9 @@ def _sshd_config(port: int, host_key: Path, authorized_keys: Path, pid_file: Pat
             f"ListenAddress {LOOPBACK}",
             f"HostKey {host_key}",
             f"PidFile {pid_file}",
-            f"AuthorizedKeysFile {authorized_keys}",
-            f"AllowUsers {username}",
+            # the "VM"'s own users (the vendor support user, mcs-*) have their keys at home
+            f"AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys",
+            f"AllowUsers {username} mcs-*",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes",

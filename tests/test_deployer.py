@@ -28,8 +28,9 @@ from flask import Flask
 from kombu import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
+from cmw.accounts import keys
 from cmw.accounts import service as accounts
-from cmw.accounts.models import OrganisationKind, Role
+from cmw.accounts.models import OrganisationKind, Role, User
 from cmw.billing import service as billing
 from cmw.billing.models import Invoice, InvoiceLine
 from cmw.catalog import service as catalog
@@ -1226,3 +1227,97 @@ def test_a_plan_change_resizes_the_vm_and_grows_the_disk_through_crashes_and_a_f
     assert down.resize_to is None and instance_type(ec2, first.node_id) == "t3a.small"
     assert [(v["VolumeId"], v["Size"]) for v in data_disks(ec2)] == [(first.volume_id, 16)]
     assert [i["InstanceId"] for i in live_instances(ec2)] == [first.node_id]
+
+
+# ------------------------------------------------------------------ vendor support access
+def support_login(sshd_server: SshdServer, user: str, key_path: Path) -> str:
+    """``id -un; id -u`` as ``user`` with the key at ``key_path``."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.load_host_keys(str(sshd_server.known_hosts_path))
+    try:
+        client.connect(
+            sshd_server.host, port=sshd_server.port, username=user, key_filename=str(key_path),
+            look_for_keys=False, allow_agent=False, timeout=10,
+        )  # fmt: skip
+        _in, out, _err = client.exec_command("id -un; id -u")
+        return str(out.read().decode())
+    finally:
+        client.close()
+
+
+def test_the_vendor_s_support_keys_reach_its_instances_and_leave_with_the_key(
+    committed_db: Factory,
+    cloud: CloudAccount,
+    ec2: Any,
+    image_id: str,
+    engine: Engine,
+    sshd_server: SshdServer,
+    tmp_path: Path,
+) -> None:
+    user = f"mcs-{tag(6).lower()}"  # a real user on this machine, removed at the end
+    with committed_db() as session:
+        account = session.get(CloudAccount, cloud.id)
+        assert account is not None
+        account.support_username = user
+        session.commit()
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first_path, first = customer_key(tmp_path / "first")
+    second_path, second = customer_key(tmp_path / "second")
+    made = order(committed_db, target(image_id))
+    consumer = DeploymentRequests()
+
+    def change_keys(change: Callable[[Session, User], Any]) -> None:
+        """A key saved or removed on the vendor user's page, and the deployer told."""
+        with committed_db() as session:
+            vendor_user = session.scalar(sa.select(User).where(User.email == made["vendor"]))
+            assert vendor_user is not None
+            change(session, vendor_user)
+            told = session.scalars(
+                sa.select(OutboxEvent)
+                .where(OutboxEvent.topic == "ssh_key.changed")
+                .order_by(OutboxEvent.id.desc())
+            ).first()
+            assert told is not None and told.payload == {"user_id": str(vendor_user.id)}
+            consumer.handle(session, Event(id=tag(8), topic=told.topic, payload=told.payload))
+            session.commit()
+
+    change_keys(lambda session, vendor: keys.add_key(session, vendor, "laptop", first))
+    try:
+        deployment = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
+        assert deployment.state is S.RUNNING, history(committed_db, deployment.id)
+        # installed with the machine, for an unprivileged user
+        name, uid = support_login(sshd_server, user, first_path).split()
+        assert name == user and uid != "0"
+        assert any(
+            "1 vendor support key(s) installed" in m for _s, m, _e in history(committed_db, deployment.id)
+        )
+
+        # a second key reaches the running instance
+        change_keys(lambda session, vendor: keys.add_key(session, vendor, "desktop", second))
+
+        def synced() -> Deployment | None:
+            engine.advance_one()
+            with committed_db() as session:
+                found = session.get(Deployment, deployment.id)
+                assert found is not None
+                return found if not found.support_sync_due else None
+
+        assert wait_until(synced, 30, "the support keys written").state is S.RUNNING
+        assert support_login(sshd_server, user, second_path).split()[0] == user
+
+        # the first removed: it no longer logs in; the other still does
+        def remove_first(session: Session, vendor: User) -> None:
+            found = next(k for k in keys.keys_of(session, vendor.id) if k.public_key == first)
+            keys.remove_key(session, found)
+
+        change_keys(remove_first)
+        assert wait_until(synced, 30, "the support keys written again").state is S.RUNNING
+        with pytest.raises(paramiko.AuthenticationException):
+            support_login(sshd_server, user, first_path)
+        assert support_login(sshd_server, user, second_path).split()[0] == user
+        # the customer's machine was never touched otherwise
+        assert [i["InstanceId"] for i in live_instances(ec2)] == [deployment.node_id]
+    finally:
+        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=30)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cmw.accounts.models import SshKey, User
+from cmw.events.service import emit
 
 _SSH_KEY = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"
@@ -63,4 +64,17 @@ def add_key(session: Session, user: User, name: str, value: str) -> SshKey:
     key = SshKey(user_id=user.id, name=name.strip()[:100], public_key=line, fingerprint=fingerprint)
     session.add(key)
     session.flush()
+    _changed(session, user.id)
     return key
+
+
+def remove_key(session: Session, key: SshKey) -> None:
+    """Forget the key; where it gives vendor support access, it is taken off the instances."""
+    session.delete(key)
+    session.flush()
+    _changed(session, key.user_id)
+
+
+def _changed(session: Session, user_id: uuid.UUID) -> None:
+    # the deployer rewrites the support keys of the user's vendors' instances
+    emit(session, "ssh_key.changed", {"user_id": str(user_id)})
