@@ -8,13 +8,13 @@ import uuid
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from wtforms import SelectChoice
 
-from cmw.accounts import keys
+from cmw.accounts import gdpr, keys
 from cmw.accounts import service as accounts
-from cmw.accounts.auth import Identity, current_identity, current_marketplace
+from cmw.accounts.auth import Identity, current_identity, current_marketplace, end_session
 from cmw.accounts.models import ApiToken, Role, SshKey, User
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import payments as billing_payments
@@ -39,6 +39,7 @@ from marketplace.forms import (
     BudgetForm,
     ChangePlanForm,
     CouponForm,
+    EraseForm,
     PasswordForm,
     QuantityForm,
     SshKeyForm,
@@ -289,7 +290,59 @@ def profile() -> ResponseReturnValue:
                     return redirect(url_for("pages.profile"))
         elif form.csrf_token.errors:
             abort(400)
-    return render_template("profile.html", form=form), status
+    return render_template("profile.html", form=form, erase_form=EraseForm(formdata=None)), status
+
+
+@bp.get("/account/data")
+def my_data() -> ResponseReturnValue:
+    """Everything held about you, as a ZIP of JSON files (GDPR)."""
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    session = current_session()
+    user = session.get(User, identity.user.id)
+    assert user is not None
+    return Response(
+        gdpr.export(session, user),
+        mimetype="application/zip",
+        headers={
+            "Content-Disposition": 'attachment; filename="mercato-data.zip"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@bp.post("/account/erase")
+def erase_me() -> ResponseReturnValue:
+    """Erase your personal data (GDPR), then you are signed out."""
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    session = current_session()
+    form = EraseForm()
+    user = session.get(User, identity.user.id)
+    assert user is not None
+    if form.validate_on_submit():
+        if (form.confirm_email.data or "").strip().lower() != user.email.lower():
+            form.confirm_email.errors = ["this is not the e-mail address you sign in with"]
+        else:
+            try:
+                gdpr.erase(session, user)
+            except gdpr.ErasureRefused as exc:
+                session.rollback()
+                form.confirm_email.errors = [str(exc)]
+            else:
+                end_session()
+                session.commit()
+                flash(
+                    "Your personal data is erased and you are signed out. "
+                    "Invoices are kept, as the law requires.",
+                    "info",
+                )
+                return redirect(url_for("pages.home"))
+    elif form.csrf_token.errors:
+        abort(400)
+    return render_template("profile.html", form=PasswordForm(formdata=None), erase_form=form), 422
 
 
 # ------------------------------------------------------------------ cost estimator

@@ -270,6 +270,13 @@ class PasswordForm(FlaskForm):  # type: ignore[misc]
     new = PasswordField("New password (at least 12 characters)", validators=[DataRequired(), Length(max=256)])
 
 
+class EraseForm(FlaskForm):  # type: ignore[misc]
+    confirm_email = EmailField(
+        "Type your e-mail address to confirm",
+        validators=[DataRequired("Type the e-mail address you sign in with."), Length(max=254)],
+    )
+
+
 # ------------------------------------------------------------------ administrators
 class CloudAccountForm(FlaskForm):  # type: ignore[misc]
     """A cloud account: its Libcloud provider, credentials (sealed when stored) and the SSH

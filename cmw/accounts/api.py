@@ -7,11 +7,12 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app, g
+from flask import Response, current_app, g
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
 
-from cmw.accounts import oidc, service
+from cmw.accounts import gdpr, oidc, service
 from cmw.accounts.auth import (
     ProviderUnavailable,
     SignUpRefused,
@@ -27,7 +28,7 @@ from cmw.accounts.auth import (
     roles_required,
     start_session,
 )
-from cmw.accounts.models import ApiToken, Membership, Organisation, Role, User
+from cmw.accounts.models import ApiToken, Erasure, Membership, Organisation, Role, User
 from cmw.accounts.schemas import (
     GrantSchema,
     MembershipSchema,
@@ -51,6 +52,7 @@ from cmw.accounts.schemas import (
 from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.api.views import attributes
+from cmw.db import utcnow
 from cmw.extensions import current_session
 
 blp = Blueprint("accounts", __name__, url_prefix="/api/v1", description="Accounts, sign-in and API tokens")
@@ -137,6 +139,67 @@ class MeResource(MethodView):
             user.language = data["language"]
         current_session().commit()
         return _me()
+
+
+class ErasureRequestSchema(Schema):
+    confirm_email = fields.String(
+        required=True,
+        validate=validate.Length(min=3, max=254),
+        metadata={"description": "your sign-in e-mail address, to confirm"},
+    )
+
+
+class ErasureSchema(Schema):
+    id = fields.UUID()
+    user_id = fields.UUID()
+    requested_at = fields.AwareDateTime()
+    summary = fields.Dict(metadata={"description": "what was removed or anonymised, and what was kept"})
+
+
+@blp.route("/me/export")
+class MyDataExport(MethodView):
+    @blp.response(200, content_type="application/zip", description="a ZIP of JSON files")
+    @login_required
+    def get(self) -> Response:
+        """Everything the platform holds about you (and the customer organisations you buy
+        for), as a ZIP of JSON files; secrets are never in it."""
+        identity = require_identity()
+        user = current_session().get(User, identity.user.id)
+        assert user is not None
+        body = gdpr.export(current_session(), user)
+        return Response(
+            body,
+            mimetype="application/zip",
+            headers={
+                "Content-Disposition": f'attachment; filename="mercato-data-{utcnow():%Y-%m-%d}.zip"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+
+@blp.route("/me/erasure")
+class MyErasure(MethodView):
+    @blp.arguments(ErasureRequestSchema)
+    @blp.response(200, ErasureSchema)
+    @login_required
+    def post(self, data: dict[str, Any]) -> Erasure:
+        """Erase your personal data: your profile, keys, tokens, sign-in identities and
+        notifications are removed or anonymised, and you are signed out everywhere; invoices
+        are kept as the law requires. 422 while a customer organisation only you act for
+        still has active subscriptions, or when ``confirm_email`` is not your address."""
+        identity = require_identity()
+        session = current_session()
+        user = session.get(User, identity.user.id)
+        assert user is not None
+        if data["confirm_email"].strip().lower() != user.email.lower():
+            raise invalid("confirm_email", "type the e-mail address you sign in with")
+        try:
+            record = gdpr.erase(session, user)
+        except gdpr.ErasureRefused as exc:
+            session.rollback()
+            raise ApiError(422, str(exc), slug="erasure-refused") from None
+        session.commit()
+        return record
 
 
 @blp.route("/me/tokens")

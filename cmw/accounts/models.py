@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from cmw.db import Timestamps, UUIDPrimaryKey, str_enum
+from cmw.db import Timestamps, UUIDPrimaryKey, str_enum, utcnow
 from cmw.extensions import db
 from cmw.marketplaces.models import Marketplace
 
@@ -59,6 +60,9 @@ class User(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,m
     last_sign_in_at: Mapped[dt.datetime | None]
     #: bumped to invalidate every browser session of the user (sign-out everywhere)
     session_generation: Mapped[int] = mapped_column(default=0)
+    #: when the user's personal data was erased at their request (GDPR); the row stays,
+    #: anonymised, for the orders and invoices that name it
+    erased_at: Mapped[dt.datetime | None]
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
@@ -246,3 +250,15 @@ class SsoSession(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     #: the ID token (sealed), sent back as ``id_token_hint`` when signing out
     id_token: Mapped[str] = mapped_column(sa.Text)
     ended_at: Mapped[dt.datetime | None]
+
+
+class Erasure(UUIDPrimaryKey, db.Model):  # type: ignore[name-defined,misc]
+    """The record that a person's data was erased (GDPR article 17): who (the user row's id,
+    which stays anonymised), when, and what was removed or anonymised. Never updated."""
+
+    __tablename__ = "erasures"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: counts of what was removed or anonymised, and what was kept and why
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
