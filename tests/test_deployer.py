@@ -15,7 +15,7 @@ import re
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -699,6 +699,21 @@ class Crash(BaseException):
     """The worker dies: raised past every ``except Exception``, so nothing is committed."""
 
 
+def crash_once_after(calls: Iterable[str]) -> list[str]:
+    """Install a fault injector that kills the worker right after each of ``calls`` the
+    first time it succeeds; the list of those it killed, filled as it goes."""
+    armed, crashed = set(calls), []
+
+    def kill_after(call: str, phase: str) -> None:
+        if phase == "after" and call in armed:
+            armed.discard(call)
+            crashed.append(call)
+            raise Crash(call)
+
+    clouds.set_fault_injector(kill_after)
+    return crashed
+
+
 #: every call that makes or changes something, in the order a vm_app deployment makes them
 MAKING_CALLS = (
     "import_key_pair",
@@ -722,16 +737,7 @@ def test_a_worker_killed_after_any_provider_call_resumes_without_duplicates(
     sshd_server: SshdServer,
     tmp_path: Path,
 ) -> None:
-    armed = set(MAKING_CALLS)
-    crashed: list[str] = []
-
-    def kill_after(call: str, phase: str) -> None:
-        if phase == "after" and call in armed:
-            armed.discard(call)
-            crashed.append(call)
-            raise Crash(call)
-
-    clouds.set_fault_injector(kill_after)
+    crashed = crash_once_after(MAKING_CALLS)
     _key_path, public_key = customer_key(tmp_path)
     made = order(committed_db, target(image_id), ssh_key=public_key)
     deployment_id = request(committed_db, made)
@@ -1171,16 +1177,9 @@ def test_a_plan_change_resizes_the_vm_and_grows_the_disk_through_crashes_and_a_f
     assert any(to == "resizing_vm" and "going back to the old size" in msg for to, msg in steps)
 
     # again, with the worker killed after every call that changes something
-    armed = {"stop_node", "change_node_size", "start_node", "modify_volume", "ssh_grow_disk"}
-    crashed: list[str] = []
-
-    def kill_after(call: str, phase: str) -> None:
-        if phase == "after" and call in armed:
-            armed.discard(call)
-            crashed.append(call)
-            raise Crash(call)
-
-    clouds.set_fault_injector(kill_after)
+    crashed = crash_once_after(
+        ("stop_node", "change_node_size", "start_node", "modify_volume", "ssh_grow_disk")
+    )
     assert change_plan(app, committed_db, subscription_id, "large") == "on_resize"
     while True:
         engine = Engine(committed_db, sealer, base_delay=0.05, poll_seconds=0.05, max_attempts=3)
