@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Response, abort, flash, redirect, render_template, request, url_for
@@ -39,6 +40,7 @@ from marketplace.forms import (
     BudgetForm,
     ChangePlanForm,
     CouponForm,
+    DetailsForm,
     EraseForm,
     PasswordForm,
     QuantityForm,
@@ -290,7 +292,40 @@ def profile() -> ResponseReturnValue:
                     return redirect(url_for("pages.profile"))
         elif form.csrf_token.errors:
             abort(400)
-    return render_template("profile.html", form=form, erase_form=EraseForm(formdata=None)), status
+    return _profile(form=form), status
+
+
+def _profile(**forms: Any) -> str:
+    identity = current_identity()
+    assert identity is not None
+    details = DetailsForm(formdata=None, name=identity.user.name, language=identity.user.language)
+    defaults = {
+        "form": PasswordForm(formdata=None),
+        "details_form": details,
+        "erase_form": EraseForm(formdata=None),
+    }
+    return render_template("profile.html", **{**defaults, **forms})
+
+
+@bp.post("/account/profile/details")
+def profile_details() -> ResponseReturnValue:
+    """Your name and language (the language reaches the instances you order)."""
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    form = DetailsForm()
+    if form.validate_on_submit():
+        session = current_session()
+        user = session.get(User, identity.user.id)
+        assert user is not None
+        user.name = (form.name.data or "").strip() or user.name
+        user.language = form.language.data or "en"
+        session.commit()
+        flash("Your name and language are saved.", "info")
+        return redirect(url_for("pages.profile"))
+    if form.csrf_token.errors:
+        abort(400)
+    return _profile(details_form=form), 422
 
 
 @bp.get("/account/data")
@@ -342,7 +377,7 @@ def erase_me() -> ResponseReturnValue:
                 return redirect(url_for("pages.home"))
     elif form.csrf_token.errors:
         abort(400)
-    return render_template("profile.html", form=PasswordForm(formdata=None), erase_form=form), 422
+    return _profile(erase_form=form), 422
 
 
 # ------------------------------------------------------------------ cost estimator

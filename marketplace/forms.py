@@ -24,7 +24,7 @@ from wtforms import (
     TextAreaField,
     URLField,
 )
-from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp, ValidationError
 from wtforms.widgets import CheckboxInput, ListWidget
 
 
@@ -268,6 +268,19 @@ class TokenForm(FlaskForm):  # type: ignore[misc]
 class PasswordForm(FlaskForm):  # type: ignore[misc]
     current = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
     new = PasswordField("New password (at least 12 characters)", validators=[DataRequired(), Length(max=256)])
+
+
+class DetailsForm(FlaskForm):  # type: ignore[misc]
+    name = StringField("Name", validators=[DataRequired(), Length(max=120)])
+    language = StringField(
+        "Language",
+        validators=[
+            DataRequired(),
+            Length(max=35),
+            Regexp(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", message="a language tag such as en, de or it-IT"),
+        ],
+        description="A language tag such as en, de or it-IT; the instances you order are set up in it.",
+    )
 
 
 class EraseForm(FlaskForm):  # type: ignore[misc]

@@ -216,3 +216,24 @@ def test_saved_ssh_keys_are_offered_when_ordering(
     assert remove
     client.post(remove.group(1), data={"csrf_token": token})
     assert "No key yet" in client.get("/account/ssh-keys").get_data(as_text=True)
+
+
+def test_the_profile_page_sets_the_name_and_the_language_the_instances_get(
+    app: Flask, make_user: Callable[..., User]
+) -> None:
+    customer = make_user(Role.CUSTOMER, password="a-long-password-1")
+    browser = app.test_client()
+    _signed_in(browser, customer)
+    page = browser.get("/account/profile").get_data(as_text=True)
+    assert 'name="language"' in page and 'value="en"' in page
+    bad = browser.post(
+        "/account/profile/details", data={"csrf_token": _csrf(page), "name": "Ada", "language": "not a tag"}
+    )
+    assert bad.status_code == 422 and "a language tag such as en, de or it-IT" in bad.get_data(as_text=True)
+    saved = browser.post(
+        "/account/profile/details",
+        data={"csrf_token": _csrf(page), "name": "Ada Lovelace", "language": "it-IT"},
+    )
+    assert saved.status_code == 302
+    me = browser.get("/api/v1/me").get_json()["user"]
+    assert (me["name"], me["language"]) == ("Ada Lovelace", "it-IT")
