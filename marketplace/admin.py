@@ -15,7 +15,7 @@ from wtforms import SelectChoice
 from cmw.accounts import oidc
 from cmw.accounts import service as accounts
 from cmw.accounts.auth import current_marketplace, identity_provider
-from cmw.accounts.models import IdentityProvider, Membership, Organisation, Role, User
+from cmw.accounts.models import IdentityProvider, Membership, Organisation, OrganisationKind, Role, User
 from cmw.audit import service as audit
 from cmw.billing import coupons as billing_coupons
 from cmw.billing import service as billing
@@ -28,6 +28,7 @@ from cmw.marketplaces.models import Marketplace
 from cmw.money import parse_amount
 from cmw.monitoring import api as monitoring_api
 from cmw.monitoring import health
+from cmw.orders import service as orders_service
 from cmw.orders.models import Order, OrderStatus
 from deployer import clouds
 from deployer import service as deployments
@@ -36,6 +37,7 @@ from marketplace.forms import (
     ActionForm,
     CloudAccountForm,
     CouponCreateForm,
+    OnBehalfOrderForm,
     SellerForm,
     SignInSettingsForm,
     TaxRateForm,
@@ -570,6 +572,61 @@ def admin_orders() -> ResponseReturnValue:
     return render_template(
         "admin_orders.html", page=page, names=names, status=status_arg, statuses=list(OrderStatus), q=q
     )
+
+
+@bp.route("/admin/orders/new", methods=["GET", "POST"])
+def admin_order_for_customer() -> ResponseReturnValue:
+    """Order for one of the marketplace's customers (a reseller ordering on its customer's
+    behalf: it is the auditor, so the order needs no approval)."""
+    identity = admin_identity()
+    if identity is None:
+        return sign_in_first()
+    session = current_session()
+    form = OnBehalfOrderForm()
+    customers = session.execute(
+        sa.select(Organisation.id, Organisation.name)
+        .where(
+            Organisation.marketplace_id == identity.marketplace.id,
+            Organisation.kind == OrganisationKind.CUSTOMER,
+        )
+        .order_by(Organisation.name)
+        .limit(1000)
+    ).all()
+    form.organisation_id.choices = [SelectChoice("", "(choose)")] + [
+        SelectChoice(str(org_id), name) for org_id, name in customers
+    ]
+    status = 200
+    if request.method == "POST":
+        status = 422
+        if form.validate_on_submit():
+            customer = session.get(Organisation, uuid.UUID(form.organisation_id.data))
+            assert customer is not None
+            try:
+                placed = orders_service.place_order(
+                    session,
+                    identity.marketplace,
+                    identity.user,
+                    customer,
+                    orders_service.OrderRequest(
+                        product=(form.product.data or "").strip(),
+                        plan=(form.plan.data or "").strip(),
+                        quantity=form.quantity.data or 1,
+                    ),
+                    placer_memberships=identity.memberships,
+                )
+            except orders_service.OrderError as exc:
+                session.rollback()
+                getattr(form, exc.field, form.product).errors = [exc.message]
+            else:
+                session.commit()
+                flash(
+                    f"Ordered for {customer.name}: the order is {placed.status.value.replace('_', ' ')}.",
+                    "info",
+                )
+                return redirect(url_for("pages.admin_orders"))
+        elif form.csrf_token.errors:
+            abort(400)
+    return render_template("admin_order_new.html", form=form), status
 
 
 # ------------------------------------------------------------------ monitoring

@@ -283,6 +283,19 @@ class DetailsForm(FlaskForm):  # type: ignore[misc]
     )
 
 
+class OnBehalfOrderForm(FlaskForm):  # type: ignore[misc]
+    """An administrator orders for one of the marketplace's customers (no approval needed)."""
+
+    organisation_id = SelectField("Customer", validators=[DataRequired("Choose the customer.")])
+    product = StringField(
+        "Product",
+        validators=[DataRequired(), Length(max=80)],
+        description="Its address name, as in /products/<name>, e.g. wiki-server.",
+    )
+    plan = StringField("Plan code", validators=[DataRequired(), Length(max=50)], description="e.g. team")
+    quantity = IntegerField("Quantity", default=1, validators=[Optional(), NumberRange(min=1, max=100_000)])
+
+
 class EraseForm(FlaskForm):  # type: ignore[misc]
     confirm_email = EmailField(
         "Type your e-mail address to confirm",

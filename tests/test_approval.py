@@ -7,6 +7,7 @@ reseller's order for its customer needs no approval."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -295,3 +296,41 @@ def test_an_order_is_decided_once_even_when_read_before_another_auditor_decided(
             )
             is None
         )
+
+
+def test_the_reseller_s_order_page_orders_for_its_customer_without_approval(
+    app: Flask,
+    db_session: Session,
+    make_marketplace: Callable[..., Marketplace],
+    make_user: Callable[..., User],
+) -> None:
+    _requiring_approval(db_session, "page-gated")
+    reseller = make_marketplace(
+        kind=MarketplaceKind.RESELLER, slug="resellp", domain="resellp.test", sells_all_of_parent=True
+    )
+    _buyer, org = catalog_data.add_customer(db_session, "p-buyer@example.test", marketplace=reseller)
+    reseller_admin = make_user(Role.ADMIN, marketplace=reseller, password="a-long-password-1")
+    db_session.commit()
+    browser = app.test_client()
+    on_host(browser, "resellp.test")
+    signed = browser.post(
+        "/api/v1/session", json={"email": reseller_admin.email, "password": "a-long-password-1"}
+    )
+    assert signed.status_code == 200
+    page = browser.get("/admin/orders/new").get_data(as_text=True)
+    assert f'value="{org.id}"' in page
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert token is not None
+    form = {
+        "csrf_token": token.group(1),
+        "organisation_id": str(org.id),
+        "product": "page-gated",
+        "quantity": 1,
+    }
+    wrong = browser.post("/admin/orders/new", data={**form, "plan": "nope"})
+    assert wrong.status_code == 422 and "is not a plan of this product" in wrong.get_data(as_text=True)
+    placed = browser.post("/admin/orders/new", data={**form, "plan": "basic"})
+    assert placed.status_code == 302
+    order = db_session.scalar(sa.select(Order).where(Order.customer_id == org.id))
+    assert order is not None and order.status.value == "confirmed" and order.placed_by_id == reseller_admin.id
+    assert "the order is confirmed" in browser.get("/admin/orders").get_data(as_text=True)
