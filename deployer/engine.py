@@ -314,7 +314,7 @@ class Engine:
         node = _find_node(ctx)
         if node is None:
             raise PermanentError("the VM disappeared while starting")
-        address = next(iter(node.public_ips or []), None) or next(iter(node.private_ips or []), None)
+        address = _address(node)
         if node.state == NodeState.RUNNING and address:
             ctx.deployment.address = address
             return Step(S.CONFIGURING_ACCESS, f"VM running at {address}", {"address": address})
@@ -383,7 +383,7 @@ class Engine:
             if node.state == NodeState.STOPPED:
                 ctx.calls("start_node", ctx.driver.start_node, node)
                 return Step(None, f"VM starting as {size.id}", delay=self.poll_seconds)
-            address = next(iter(node.public_ips or []), None) or next(iter(node.private_ips or []), None)
+            address = _address(node)
             if node.state == NodeState.RUNNING and address:
                 deployment.size_id = str(size.id)
                 deployment.address = address
@@ -499,7 +499,7 @@ class Engine:
                 return Step(S.RUNNING, "resumed (the dummy cloud has nothing to start)")
             ctx.calls("start_node", ctx.driver.start_node, node)
             return Step(None, "VM starting", delay=self.poll_seconds)
-        address = next(iter(node.public_ips or []), None) or next(iter(node.private_ips or []), None)
+        address = _address(node)
         if node.state == NodeState.RUNNING and address:
             deployment = ctx.deployment
             deployment.address = address
@@ -886,6 +886,11 @@ def _prepare_disk(ctx: Context) -> Step:
             f"formatting and mounting the disk failed: {(result.stderr or result.stdout).strip()[-300:]}"
         )
     return Step(S.RUNNING_SETUP, f"disk mounted at {ctx.account.data_mount_point}")
+
+
+def _address(node: Node) -> str | None:
+    """The VM's address: its first public one, else its first private one."""
+    return next(iter(node.public_ips or []), None) or next(iter(node.private_ips or []), None)
 
 
 def _node_size(node: Node) -> str | None:

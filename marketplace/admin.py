@@ -42,25 +42,7 @@ from marketplace.forms import (
     SignInSettingsForm,
     TaxRateForm,
 )
-from marketplace.views import admin_identity, bp, paged, sign_in_first
-
-
-def _pairs(text: str, field: Any) -> dict[str, Any] | None:
-    """``name = value`` lines as a dict; None (with the error on ``field``) if a line is not one.
-    ``true``/``false`` and whole numbers become booleans and integers (driver options)."""
-    found: dict[str, Any] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip():
-            field.errors = [*field.errors, f"line {number}: write name = value"]
-            return None
-        raw = value.strip()
-        found[name.strip()] = {"true": True, "false": False}.get(
-            raw.lower(), int(raw) if raw.isdigit() else raw
-        )
-    return found
+from marketplace.views import admin_identity, bp, paged, pairs, sign_in_first
 
 
 def _provider_choices() -> list[SelectChoice]:
@@ -81,8 +63,8 @@ def _account_form(account: CloudAccount | None = None) -> CloudAccountForm:
 
 
 def _values(form: CloudAccountForm, creating: bool) -> dict[str, Any] | None:
-    credentials = _pairs(form.credentials.data or "", form.credentials)
-    options = _pairs(form.driver_options.data or "", form.driver_options)
+    credentials = pairs(form.credentials.data or "", form.credentials)
+    options = pairs(form.driver_options.data or "", form.driver_options)
     if credentials is None or options is None:
         return None
     values: dict[str, Any] = {

@@ -17,7 +17,7 @@ from cmw.extensions import current_config, current_session
 from deployer import own
 from deployer.service import CloudAccountError
 from marketplace.forms import ActionForm, OwnCloudForm
-from marketplace.views import bp, sign_in_first
+from marketplace.views import bp, pairs, sign_in_first
 
 #: settings of the driver itself rather than credentials (from the form's extra lines)
 DRIVER_SETTINGS = frozenset({"host", "port", "secure", "path", "signature_version", "api_version"})
@@ -31,22 +31,11 @@ def _settings(form: OwnCloudForm) -> dict[str, Any] | None:
     if not provider:
         form.other_provider.errors = ["name the Libcloud provider of your cloud"]
         return None
-    credentials: dict[str, Any] = {}
-    options: dict[str, Any] = {}
-    for number, line in enumerate((form.extra.data or "").splitlines(), start=1):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip():
-            form.extra.errors = [f"line {number}: write name=value"]
-            return None
-        name, value = name.strip(), value.strip()
-        typed: Any = value
-        if value.lower() in ("true", "false"):
-            typed = value.lower() == "true"
-        elif name == "port" and value.isdigit():
-            typed = int(value)
-        (options if name in DRIVER_SETTINGS else credentials)[name] = typed
+    extra = pairs(form.extra.data or "", form.extra)
+    if extra is None:
+        return None
+    options = {name: value for name, value in extra.items() if name in DRIVER_SETTINGS}
+    credentials = {name: value for name, value in extra.items() if name not in DRIVER_SETTINGS}
     for name in ("key", "secret", "tenant_id", "subscription_id"):
         value = (getattr(form, name).data or "").strip()
         if value:

@@ -433,6 +433,25 @@ def paged(stmt: sa.Select[Any]) -> dict[str, Any]:
     return paginate(current_session(), stmt, paging["page"], paging["per_page"])
 
 
+def pairs(text: str, field: Any) -> dict[str, Any] | None:
+    """``name = value`` lines as a dict; None (with the error on ``field``) if a line is not one.
+    ``true``/``false`` and whole numbers become booleans and integers (driver options and
+    credentials typed into a form)."""
+    found: dict[str, Any] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            field.errors = [*field.errors, f"line {number}: write name = value"]
+            return None
+        raw = value.strip()
+        found[name.strip()] = {"true": True, "false": False}.get(
+            raw.lower(), int(raw) if raw.isdigit() else raw
+        )
+    return found
+
+
 def belongs(identity: Identity, marketplace_id: uuid.UUID, organisation_id: uuid.UUID, role: Role) -> bool:
     """The row is in this marketplace and its organisation is one the caller holds ``role`` for;
     anything else is answered 404, as if it did not exist."""

@@ -90,11 +90,6 @@ def change_plan(
         check_quantity(plan, quantity)
     except QuantityError as exc:
         raise ChangeError("quantity", str(exc)) from None
-    before = {
-        "plan_id": str(current.id),
-        "quantity": subscription.quantity,
-        "pending_plan_id": str(subscription.pending_plan_id) if subscription.pending_plan_id else None,
-    }
     upgrade = monthly_price(plan, quantity) >= monthly_price(current, subscription.quantity)
     machine = _machine_change(session, subscription, plan)
     if machine is not None and upgrade:
@@ -104,21 +99,49 @@ def change_plan(
         _event(session, subscription, "subscription.changed", change="plan", effective="on_resize")
         return "on_resize"
     if upgrade:
-        subscription.plan_id, subscription.pending_plan_id = plan.id, None
-        subscription.quantity = quantity
-        when = "now"
-    else:
-        subscription.pending_plan_id = plan.id
-        when = "period_end"
+        _move_to(session, subscription, plan, actor_id, now)
+        return "now"
+    before = _plan_state(subscription)
+    subscription.pending_plan_id = plan.id
     session.flush()
-    after = {
+    after = {**_plan_state(subscription), "effective": "period_end"}
+    record(session, subscription, "plan_changed", actor_id, before, after, now)
+    _event(session, subscription, "subscription.changed", change="plan", effective="period_end")
+    return "period_end"
+
+
+def _plan_state(subscription: Subscription) -> dict[str, object]:
+    """The subscription's plan, quantity and scheduled plan, as its history records them."""
+    return {
         "plan_id": str(subscription.plan_id),
         "quantity": subscription.quantity,
-        "pending_plan_id": str(plan.id) if when == "period_end" else None,
+        "pending_plan_id": str(subscription.pending_plan_id) if subscription.pending_plan_id else None,
     }
-    record(session, subscription, "plan_changed", actor_id, before, {**after, "effective": when}, now)
-    _event(session, subscription, "subscription.changed", change="plan", effective=when)
-    return when
+
+
+def _move_to(
+    session: Session,
+    subscription: Subscription,
+    plan: Plan,
+    actor_id: uuid.UUID | None,
+    now: dt.datetime,
+    **extra: object,
+) -> None:
+    """The subscription is on ``plan`` from ``now`` (billing prorates from then)."""
+    before = _plan_state(subscription)
+    subscription.plan_id, subscription.pending_plan_id = plan.id, None
+    subscription.quantity = quantity_on(plan, subscription.quantity)
+    session.flush()
+    record(
+        session,
+        subscription,
+        "plan_changed",
+        actor_id,
+        before,
+        {**_plan_state(subscription), "effective": "now"},
+        now,
+    )
+    _event(session, subscription, "subscription.changed", change="plan", effective="now", **extra)
 
 
 def _machine_change(session: Session, subscription: Subscription, plan: Plan) -> Deployment | None:
@@ -154,17 +177,7 @@ def apply_resized_plan(
         or subscription.plan_id == plan.id
     ):
         return
-    before = {
-        "plan_id": str(subscription.plan_id),
-        "quantity": subscription.quantity,
-        "pending_plan_id": str(subscription.pending_plan_id) if subscription.pending_plan_id else None,
-    }
-    subscription.plan_id, subscription.pending_plan_id = plan.id, None
-    subscription.quantity = quantity_on(plan, subscription.quantity)
-    session.flush()
-    after = {"plan_id": str(plan.id), "quantity": subscription.quantity, "pending_plan_id": None}
-    record(session, subscription, "plan_changed", actor_id, before, {**after, "effective": "now"}, now)
-    _event(session, subscription, "subscription.changed", change="plan", effective="now", resized=True)
+    _move_to(session, subscription, plan, actor_id, now, resized=True)
 
 
 def change_quantity(
