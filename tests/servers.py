@@ -121,18 +121,31 @@ class MotoServer:
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def reset(self) -> None:
-        """Forget every bucket, instance and other resource created so far."""
+    def _control(self, path: str, body: bytes = b"") -> None:
+        """POST to moto's control API (``/moto-api/...``)."""
         # http.client directly: no proxy settings from the environment can reroute it.
         connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
         try:
-            connection.request("POST", "/moto-api/reset", body=b"")
+            connection.request("POST", path, body=body)
             response = connection.getresponse()
             response.read()
         finally:
             connection.close()
         if response.status != 200:
-            raise RuntimeError(f"moto reset answered {response.status}")
+            raise RuntimeError(f"moto {path} answered {response.status}")
+
+    def reset(self) -> None:
+        """Forget every bucket, instance and other resource created so far."""
+        self._control("/moto-api/reset")
+
+    @contextmanager
+    def checking_credentials(self) -> Iterator[None]:
+        """Inside: moto refuses credentials IAM does not know (it accepts anything outside)."""
+        self._control("/moto-api/reset-auth", b"0")
+        try:
+            yield
+        finally:
+            self._control("/moto-api/reset-auth", b"inf")
 
     def libcloud_ec2_kwargs(self) -> dict[str, Any]:
         """Keyword arguments pointing Libcloud's EC2 driver here (after key and secret).

@@ -7,7 +7,6 @@ reseller's order for its customer needs no approval."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -32,6 +31,7 @@ from tests import catalog_data
 from tests.helpers import on_host, wait_until
 from tests.servers import SmtpServer
 from tests.test_notifications import notifying
+from tests.test_pages_storefront import _csrf, _signed_in
 from tests.test_pricing import FLAT, _plan
 from tests.test_webhooks import _token, _vendor_user
 
@@ -313,16 +313,11 @@ def test_the_reseller_s_order_page_orders_for_its_customer_without_approval(
     db_session.commit()
     browser = app.test_client()
     on_host(browser, "resellp.test")
-    signed = browser.post(
-        "/api/v1/session", json={"email": reseller_admin.email, "password": "a-long-password-1"}
-    )
-    assert signed.status_code == 200
+    _signed_in(browser, reseller_admin)
     page = browser.get("/admin/orders/new").get_data(as_text=True)
     assert f'value="{org.id}"' in page
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert token is not None
     form = {
-        "csrf_token": token.group(1),
+        "csrf_token": _csrf(page),
         "organisation_id": str(org.id),
         "product": "page-gated",
         "quantity": 1,

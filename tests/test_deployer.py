@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import http.client
-import re
 import subprocess
 import threading
 import uuid
@@ -57,6 +55,7 @@ from tests.conftest import broker_url
 from tests.deployer_support import use_moto_driver
 from tests.helpers import tag, wait_until
 from tests.servers import MotoServer, SmtpServer, SshdServer
+from tests.test_pages_storefront import _csrf, _signed_in
 from tests.test_pricing import FLAT, _plan
 
 Factory = sessionmaker[Session]
@@ -217,20 +216,28 @@ def order(
             orders.OrderRequest(product=slug, plan="basic", ssh_public_key=ssh_key, variables=variables),
         )
         session.commit()
-        requested = session.scalar(
-            sa.select(OutboxEvent).where(
-                OutboxEvent.topic == "deployment.requested",
-                OutboxEvent.payload["subscription_id"].as_string() == str(placed.subscription_id),
-            )
-        )
-        assert requested is not None
         return {
             "order_id": placed.id,
             "subscription_id": placed.subscription_id,
             "buyer": buyer.email,
             "vendor": vendor_user.email,
-            "event": (requested.payload, requested.marketplace_id),
+            "event": requested_event(session, placed.subscription_id),
         }
+
+
+def requested_event(
+    session: Session, subscription_id: uuid.UUID | None
+) -> tuple[dict[str, Any], uuid.UUID | None]:
+    """The ``deployment.requested`` event the order of ``subscription_id`` emitted: payload
+    and marketplace."""
+    requested = session.scalar(
+        sa.select(OutboxEvent).where(
+            OutboxEvent.topic == "deployment.requested",
+            OutboxEvent.payload["subscription_id"].as_string() == str(subscription_id),
+        )
+    )
+    assert requested is not None
+    return requested.payload, requested.marketplace_id
 
 
 def request(factory: Factory, made: dict[str, Any]) -> uuid.UUID:
@@ -864,16 +871,6 @@ def own_account_body(
     }
 
 
-def _moto_auth(moto_server: MotoServer, count: str) -> None:
-    """Make moto check credentials (``0``) or accept anything again (``inf``)."""
-    connection = http.client.HTTPConnection(moto_server.host, moto_server.port, timeout=10)
-    try:
-        connection.request("POST", "/moto-api/reset-auth", body=count.encode())
-        assert connection.getresponse().status == 200
-    finally:
-        connection.close()
-
-
 def test_a_customer_s_own_cloud_account_is_tried_kept_sealed_and_theirs_alone(
     app: Flask,
     client: Any,
@@ -892,15 +889,12 @@ def test_a_customer_s_own_cloud_account_is_tried_kept_sealed_and_theirs_alone(
     body = own_account_body(moto_server, sshd_server, tmp_path, key, secret)
 
     # credentials the cloud refuses: 422 with its answer, nothing kept
-    _moto_auth(moto_server, "0")
-    try:
+    with moto_server.checking_credentials():
         refused = client.post(
             "/api/v1/customer/cloud-accounts",
             json={**body, "credentials": {"key": "AKIANOTAREALKEY00000", "secret": "wrong"}},
             headers=headers,
         )
-    finally:
-        _moto_auth(moto_server, "inf")
     assert refused.status_code == 422, refused.get_data(as_text=True)
     error = refused.get_json()["errors"][0]
     assert error["field"] == "credentials" and "refused the credentials" in error["message"]
@@ -983,14 +977,7 @@ def test_an_order_into_the_customer_s_own_account_runs_there_and_bills_the_licen
         # the price shown: the licence only
         assert [line["label"] for line in placed.breakdown["lines"]] == ["Licence"]
         assert placed.breakdown["period_total"] == "30"
-        requested = session.scalar(
-            sa.select(OutboxEvent).where(
-                OutboxEvent.topic == "deployment.requested",
-                OutboxEvent.payload["subscription_id"].as_string() == str(placed.subscription_id),
-            )
-        )
-        assert requested is not None
-        made = {"event": (requested.payload, requested.marketplace_id)}
+        made = {"event": requested_event(session, placed.subscription_id)}
 
     deployment = drive(engine, committed_db, request(committed_db, made), S.RUNNING, S.FAILED)
     assert deployment.state is S.RUNNING, history(committed_db, deployment.id)
@@ -1030,16 +1017,13 @@ def test_the_clouds_page_tries_the_credentials_and_the_order_form_offers_the_acc
 ) -> None:
     customer = make_user(Role.CUSTOMER, password="a-long-password-1")
     browser = app.test_client()
-    signed = browser.post("/api/v1/session", json={"email": customer.email, "password": "a-long-password-1"})
-    assert signed.status_code == 200
+    _signed_in(browser, customer)
     page = browser.get("/account/clouds")
     assert page.status_code == 200 and "No cloud of your own yet" in page.get_data(as_text=True)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.get_data(as_text=True))
-    assert token is not None
     key, secret = customer_aws_keys(moto_server)
     options = moto_server.libcloud_ec2_kwargs()
     form = {
-        "csrf_token": token.group(1),
+        "csrf_token": _csrf(page.get_data(as_text=True)),
         "name": "Our AWS",
         "provider": "ec2",
         "region": options["region"],
@@ -1048,11 +1032,8 @@ def test_the_clouds_page_tries_the_credentials_and_the_order_form_offers_the_acc
         "extra": "\n".join(f"{k}={options[k]}" for k in ("host", "port", "secure", "signature_version")),
         "ssh_username": "ubuntu",
     }
-    _moto_auth(moto_server, "0")
-    try:
+    with moto_server.checking_credentials():
         refused = browser.post("/account/clouds", data=form)
-    finally:
-        _moto_auth(moto_server, "inf")
     text = refused.get_data(as_text=True)
     assert refused.status_code == 422 and "the cloud refused the credentials" in text
     assert 'aria-invalid="true"' in text and "No cloud of your own yet" in text
@@ -1138,14 +1119,8 @@ def test_a_plan_change_resizes_the_vm_and_grows_the_disk_through_crashes_and_a_f
         session.commit()
         subscription_id = placed.subscription_id
         assert subscription_id is not None
-        requested = session.scalar(
-            sa.select(OutboxEvent).where(
-                OutboxEvent.topic == "deployment.requested",
-                OutboxEvent.payload["subscription_id"].as_string() == str(subscription_id),
-            )
-        )
-        assert requested is not None
-    deployment_id = request(committed_db, {"event": (requested.payload, requested.marketplace_id)})
+        made = {"event": requested_event(session, subscription_id)}
+    deployment_id = request(committed_db, made)
     engine = Engine(committed_db, sealer, base_delay=0.05, poll_seconds=0.05, max_attempts=3)
     first = drive(engine, committed_db, deployment_id, S.RUNNING, S.FAILED)
     assert first.state is S.RUNNING, history(committed_db, deployment_id)

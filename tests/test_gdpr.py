@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from cmw.events.models import OutboxEvent
 from cmw.orders import subscriptions
 from cmw.orders.models import Order, Subscription
 from tests.test_orders import order
+from tests.test_pages_storefront import _csrf, _signed_in
 
 Headers = Callable[..., dict[str, str]]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh3m0a0p9sMZ8pWlq1pQ3sYbH0bWw3zq1K3VqQ2Yb1d laptop"
@@ -133,25 +133,17 @@ def test_the_profile_page_downloads_the_data_and_erases_on_confirmation(
 ) -> None:
     customer = make_user(Role.CUSTOMER, password="a-long-password-1")
     browser = app.test_client()
-    assert (
-        browser.post(
-            "/api/v1/session", json={"email": customer.email, "password": "a-long-password-1"}
-        ).status_code
-        == 200
-    )
+    _signed_in(browser, customer)
     page = browser.get("/account/profile").get_data(as_text=True)
     assert "Download everything we hold about you" in page
     download = browser.get("/account/data")
     assert download.status_code == 200 and _archive(download.get_data())["profile"]["id"] == str(customer.id)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert token is not None
-    wrong = browser.post("/account/erase", data={"csrf_token": token.group(1), "confirm_email": "x@y.test"})
+    csrf = _csrf(page)
+    wrong = browser.post("/account/erase", data={"csrf_token": csrf, "confirm_email": "x@y.test"})
     assert wrong.status_code == 422 and "not the e-mail address you sign in with" in wrong.get_data(
         as_text=True
     )
-    erased = browser.post(
-        "/account/erase", data={"csrf_token": token.group(1), "confirm_email": customer.email}
-    )
+    erased = browser.post("/account/erase", data={"csrf_token": csrf, "confirm_email": customer.email})
     assert erased.status_code == 302
     assert "Your personal data is erased" in browser.get("/").get_data(as_text=True)
     assert browser.get("/account/profile").status_code in (302, 303)  # signed out
