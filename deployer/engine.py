@@ -349,7 +349,7 @@ class Engine:
         later and never touches the machine."""
         deployment = ctx.deployment
         try:
-            installed = _install_support(ctx)
+            installed = _install_support(ctx, support.vendor_keys(ctx.session, deployment.vendor_id))
         except Exception as exc:  # noqa: BLE001 - recorded, retried; the VM stays as it is
             delay = min(self.max_delay, self.base_delay * 2**deployment.attempt)
             deployment.last_error = f"vendor support access: {exc}"
@@ -795,15 +795,15 @@ def _configure_access(ctx: Context) -> Step:
     if result.exit_status != 0:
         raise TransientError(f"installing the customer's key failed: {result.stderr.strip()[-300:]}")
     message = "customer's SSH key installed" if key else "no customer key given; SSH reachable"
-    if support.vendor_keys(ctx.session, deployment.vendor_id):
-        message += "; " + _install_support(ctx)
+    vendor_keys = support.vendor_keys(ctx.session, deployment.vendor_id)
+    if vendor_keys:
+        message += "; " + _install_support(ctx, vendor_keys)
     return Step(after, message + f"; host key {deployment.host_key}", {"host_key": deployment.host_key})
 
 
-def _install_support(ctx: Context) -> str:
+def _install_support(ctx: Context, keys: list[str]) -> str:
     """The support user with the vendor's keys, exactly (idempotent); what was done."""
     deployment = ctx.deployment
-    keys = support.vendor_keys(ctx.session, deployment.vendor_id)
     if ctx.is_dummy:
         deployment.support_keys_digest = support.digest(keys)
         return "vendor support keys " + SKIPPED_NO_SSH
