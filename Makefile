@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck check bench install install-dev clean
+.PHONY: run test lint typecheck audit check bench fuzz install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,15 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy (strict) against mypy-baseline.txt, a list that only shrinks
 typecheck: $(VENV)/.dev-installed
-	$(BIN)/mypy
+	MYPY=$(BIN)/mypy $(BIN)/python scripts/mypy-baseline
 
-check: lint typecheck
+# pip-audit on the locked dependencies (constraints.txt)
+audit: $(VENV)/.dev-installed
+	PIP_AUDIT=$(BIN)/pip-audit $(BIN)/python scripts/audit-dependencies
+
+check: lint typecheck audit
 
 # The OpenID Connect server the single sign-on tests run (oidc-provider, from the lock file).
 OIDC_TEST_SERVER := tests/oidc/node_modules/.installed
@@ -48,7 +53,11 @@ test: $(VENV)/.dev-installed check $(OIDC_TEST_SERVER)
 	PYTHON=$(BIN)/python scripts/fetch-ubl-schema $(VENV)/share/ubl-2.1
 	$(BIN)/pytest
 
-bench: $(VENV)/.dev-installed
+$(VENV)/.bench-installed: pyproject.toml constraints.txt $(VENV)/.dev-installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	scripts/ensure-system-packages bench
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.logo
@@ -56,6 +65,12 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.deployer
 	$(BIN)/python -m bench.billing
 	$(BIN)/python -m bench.usage
+	$(BIN)/python -m bench.soak
+
+# the API fuzzing test at full length: 200 examples per operation and role, plus
+# schemathesis's coverage phase (make test runs 5, without it)
+fuzz: $(VENV)/.dev-installed
+	MERCATO_FUZZ_EXAMPLES=200 MERCATO_FUZZ_PHASES=examples,coverage,fuzzing $(BIN)/pytest -s tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tests/oidc/node_modules

@@ -19,10 +19,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 from cassetto import storage_from_url
-from cmw import cli
-from cmw.accounts.auth import load_identity, record_token_use
+from cmw import cli, ratelimit
+from cmw.accounts.auth import authorize_early, load_identity, record_token_use
 from cmw.accounts.consumers import KeycloakUsers
 from cmw.api import spec
+from cmw.api.guards import refuse_nul
 from cmw.assets.api import bp as assets_bp
 from cmw.audit import service as audit
 from cmw.billing.documents import FailedDeployments, InvoiceDocuments
@@ -32,7 +33,7 @@ from cmw.crm.consumer import CrmSync
 from cmw.crm.service import HubSpot
 from cmw.crypto import Sealer
 from cmw.db import check_liveness_on_checkout, configure_sqlite
-from cmw.extensions import csrf, db, migrate
+from cmw.extensions import close_session, csrf, db, migrate
 from cmw.health import bp as health_bp
 from cmw.mail import mailer_for
 from cmw.marketplaces.prefix import MarketplacePrefix
@@ -121,6 +122,13 @@ def register_extensions(app: Flask) -> None:
     config: Config = app.config["MERCATO"]
     # Built once per process: the file or S3 asset store named by MERCATO_STORAGE_URL.
     app.extensions["mercato.storage"] = storage_from_url(config.storage_url)
+    ratelimit.init_app(
+        app,
+        config.rate_limit_storage,
+        sign_in=config.rate_limit_sign_in,
+        tokens=config.rate_limit_tokens,
+        usage=config.rate_limit_usage,
+    )
     # Seals cloud credentials, platform keys and one-time passwords at rest.
     sealer = app.extensions["mercato.sealer"] = Sealer(config.effective_encryption_keys())
     mailer = mailer_for(config)
@@ -151,6 +159,7 @@ def register_extensions(app: Flask) -> None:
         ),
     ]
     db.init_app(app)
+    app.teardown_appcontext(close_session)  # runs before Flask-SQLAlchemy's (reverse order)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), compare_type=True)
     csrf.init_app(app)
     with app.app_context():
@@ -186,7 +195,10 @@ def import_models() -> sa.MetaData:
 def register_blueprints(app: Flask) -> None:
     # timed from first to last: the identity and token bookkeeping are part of the answer
     app.before_request(start_timing)
+    app.before_request(refuse_nul)
     app.before_request(load_identity)
+    app.before_request(authorize_early)
+    app.before_request(ratelimit.check)
     app.after_request(record_token_use)
     app.after_request(record_request)
     app.after_request(audit.record_request)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import limits
+
 PREFIX = "MERCATO_"
 ENVIRONMENTS = ("development", "production", "test")
 
@@ -109,6 +111,14 @@ class Config:
     #: let webhooks, the ticket forwarder and the CRM call loopback, private and
     #: link-local addresses (on-premises receivers; the test suite's loopback servers)
     allow_private_targets: bool = False
+    #: rate limits (``limits`` notation: ``10/minute``, ``100 per hour``; empty = none):
+    #: sign-in attempts per client address and per e-mail, new API tokens per user, usage
+    #: batches per caller; and where they are counted (``memory://`` for one process,
+    #: ``redis://host:6379`` shared by several)
+    rate_limit_sign_in: str = "10/minute"
+    rate_limit_tokens: str = "20/hour"
+    rate_limit_usage: str = "6000/minute"
+    rate_limit_storage: str = "memory://"
     #: a PEM file of the CA certificates trusted for those outbound HTTPS calls instead of
     #: the default set (a private CA); empty = the default set
     outbound_ca_bundle: str = ""
@@ -165,6 +175,15 @@ class Config:
             raise ConfigError(f"{PREFIX}OIDC_ISSUER: {self.oidc_issuer!r} is not an http(s) URL")
         if self.outbox_batch_size < 1 or self.outbox_poll_seconds <= 0:
             raise ConfigError(f"{PREFIX}OUTBOX_BATCH_SIZE and _POLL_SECONDS must be positive")
+        for name in ("sign_in", "tokens", "usage"):
+            value = getattr(self, f"rate_limit_{name}")
+            try:
+                if value.strip():
+                    limits.parse(value)
+            except ValueError:
+                raise ConfigError(
+                    f"{PREFIX}RATE_LIMIT_{name.upper()}: {value!r} is not a rate such as 10/minute"
+                ) from None
         if self.outbound_ca_bundle and not Path(self.outbound_ca_bundle).is_file():
             raise ConfigError(f"{PREFIX}OUTBOUND_CA_BUNDLE: {self.outbound_ca_bundle!r} is not a file")
         return dataclasses.replace(

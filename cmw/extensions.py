@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import sqlalchemy as sa
 from flask import current_app
 from flask_migrate import Migrate
@@ -12,9 +14,24 @@ from sqlalchemy.orm import Session
 from cmw.config import Config
 from cmw.db import Base
 
+log = logging.getLogger(__name__)
+
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 csrf = CSRFProtect()
+
+
+def close_session(_exc: BaseException | None = None) -> None:
+    """``teardown_appcontext``, before Flask-SQLAlchemy's own: end the request's session.
+    A connection the server has cut (a restart, ``pg_terminate_backend``) makes the final
+    rollback fail: that connection is already invalidated by SQLAlchemy and the request
+    already has its answer, so the failure is logged and the session dropped, instead of
+    turning the end of the request into an error."""
+    try:
+        db.session.remove()
+    except sa.exc.DBAPIError as exc:
+        log.warning("the database connection was lost as the request ended: %s", exc.orig)
+        db.session.registry.clear()
 
 
 def current_session() -> Session:

@@ -216,6 +216,8 @@ class Engine:
                     deployment.removed_at = now
                 if step.next_state is S.RUNNING and state in RESIZING:
                     self._resized(ctx, now)
+                elif step.next_state is S.RUNNING and state is S.RECONFIGURING:
+                    self._reconfigured(ctx, state, None)
                 elif step.next_state is S.RUNNING and state not in (S.RESUMING, S.SUSPENDING):
                     self._ready(ctx, now)
                 elif step.next_state is S.FAILED:
@@ -246,6 +248,7 @@ class Engine:
             S.RUNNING_SETUP: self._run_setup,
             S.RESIZING_VM: self._resize_vm,
             S.GROWING_DISK: _grow_disk,
+            S.RECONFIGURING: self._reconfigure,
             S.ROLLING_BACK: _roll_back,
             S.STOPPING: _stop,
             S.DESTROYING: _destroy,
@@ -261,6 +264,10 @@ class Engine:
         undoing = state in (S.ROLLING_BACK, S.STOPPING, S.DESTROYING)
         if state in RESIZING and not (transient and deployment.attempt < self.max_attempts):
             self._resize_failed(ctx, state, reason, now)
+            return
+        if state is S.RECONFIGURING and not (transient and deployment.attempt < self.max_attempts):
+            deployment.next_attempt_at = now
+            self._reconfigured(ctx, state, reason)
             return
         # stopping or starting a customer's machine, or touching a running one, never
         # destroys it: retried like undoing
@@ -326,7 +333,8 @@ class Engine:
 
     def _at_rest(self, ctx: Context) -> Step:
         """A running or suspended deployment woken because it should be the other one, or
-        be resized, or have its vendor support keys written again."""
+        be resized, or have its setup run again with changed variables, or have its vendor
+        support keys written again."""
         deployment = ctx.deployment
         if deployment.state is S.RUNNING and deployment.desired == service.SUSPENDED:
             return Step(S.SUSPENDING, "an invoice is unpaid: suspending the VM")
@@ -338,6 +346,12 @@ class Engine:
                 S.RESIZING_VM,
                 f"resizing the VM to {size.get('cores')} cores and {size.get('ram_mib')} MiB",
                 {"resize_to": deployment.resize_to},
+            )
+        if deployment.state is S.RUNNING and deployment.setup_due:
+            return Step(
+                S.RECONFIGURING,
+                "running the setup script again with the changed variables",
+                {"generation": deployment.setup_generation},
             )
         if deployment.state is S.RUNNING and deployment.support_sync_due:
             return self._support_sync(ctx)
@@ -523,35 +537,103 @@ class Engine:
         if ctx.is_dummy:
             _finish(deployment, url, login)
             return Step(S.RUNNING, "setup " + SKIPPED_NO_SSH, {"skipped": True})
-        script = spec.get("setup_script") or ""
-        if deployment.product_type == "vm_app" and script.strip():
-            # a marker on the data disk: a retry after a crash does not run a finished setup again
-            marker = f'"$MERCATO_DATA_DIR/.mercato-setup-{deployment.id}.done"'
-            command = (
-                f'test -f {marker} && exit 0; f=$(mktemp) && cat > "$f" && chmod 700 "$f" && '
-                f'if head -c2 "$f" | grep -q "#!"; then "$f"; else sh "$f"; fi; rc=$?; rm -f "$f"; '
-                f'[ "$rc" = 0 ] && touch {marker}; exit "$rc"'
-            )
-            env = {
-                # the vendor's variables first: the documented ones cannot be overridden
-                **{str(k): str(v) for k, v in (spec.get("variables") or {}).items()},
-                **service.customer_environment(ctx.session, deployment),
-                "MERCATO_DEPLOYMENT_ID": str(deployment.id),
-                "MERCATO_DATA_DIR": ctx.account.data_mount_point,
+        ran = _setup_script(
+            ctx,
+            {
                 "MERCATO_DEFAULT_LOGIN": login,
                 "MERCATO_DEFAULT_PASSWORD": password,
                 "MERCATO_APP_URL": url or "",
-                "MERCATO_HOSTNAME": deployment.address or "",
-            }
-            result = _ssh(ctx, "setup", command, env=env, stdin=script)
-            if result.exit_status != 0:
-                tail = (result.stderr or result.stdout).strip()[-500:]
-                raise TransientError(f"the setup script exited with {result.exit_status}: {tail}")
-            message = "setup script ran"
-        else:
-            message = "no setup script"
+            },
+        )
         _finish(deployment, url, login)
-        return Step(S.RUNNING, message)
+        return Step(S.RUNNING, "setup script ran" if ran else "no setup script")
+
+    def _reconfigure(self, ctx: Context) -> Step:
+        """The setup script again, with the customer's changed variables; once per change
+        (its own marker on the data disk). Not given the one-time password: the customer
+        may have changed it, and it is wiped a week after the machine was ready."""
+        deployment = ctx.deployment
+        if ctx.is_dummy:
+            ran = False
+        else:
+            ran = _setup_script(
+                ctx,
+                {
+                    "MERCATO_DEFAULT_LOGIN": deployment.login or "",
+                    "MERCATO_APP_URL": deployment.url or "",
+                    "MERCATO_SETUP_RERUN": "1",
+                },
+            )
+        deployment.setup_due = False
+        deployment.setup_error = None
+        return Step(
+            S.RUNNING,
+            "setup script ran again with the changed variables" if ran else "no setup script to run again",
+            {"generation": deployment.setup_generation, "skipped": not ran},
+        )
+
+    def _reconfigured(self, ctx: Context, state: DeploymentState, reason: str | None) -> None:
+        """Tell the customer how the run with the changed variables went."""
+        deployment = ctx.deployment
+        payload = {
+            "deployment_id": str(deployment.id),
+            "subscription_id": str(deployment.subscription_id),
+            "customer_id": str(deployment.customer_id),
+            "product_id": str(deployment.product_id),
+            "generation": deployment.setup_generation,
+        }
+        if reason is None:
+            emit(ctx.session, "deployment.reconfigured", payload, marketplace_id=deployment.marketplace_id)
+            return
+        deployment.setup_due = False
+        deployment.setup_error = reason
+        deployment.attempt = 0
+        service.record(
+            ctx.session,
+            deployment,
+            S.RUNNING,
+            f"{state.value.replace('_', ' ')} failed: {reason}; the instance keeps running as it was",
+            error=reason,
+        )
+        emit(
+            ctx.session,
+            "deployment.reconfigure_failed",
+            {**payload, "reason": reason},
+            marketplace_id=deployment.marketplace_id,
+        )
+
+
+def _setup_script(ctx: Context, env: dict[str, str]) -> bool:
+    """Run the vendor's setup script (``vm_app`` with a script) with its environment; False
+    when there is none. A marker on the data disk, one per change of the customer's
+    variables, keeps a retry after a crash from running a finished setup again."""
+    deployment = ctx.deployment
+    spec = deployment.spec
+    script = spec.get("setup_script") or ""
+    if deployment.product_type != "vm_app" or not script.strip():
+        return False
+    generation = f"-{deployment.setup_generation}" if deployment.setup_generation else ""
+    marker = f'"$MERCATO_DATA_DIR/.mercato-setup-{deployment.id}{generation}.done"'
+    command = (
+        f'test -f {marker} && exit 0; f=$(mktemp) && cat > "$f" && chmod 700 "$f" && '
+        f'if head -c2 "$f" | grep -q "#!"; then "$f"; else sh "$f"; fi; rc=$?; rm -f "$f"; '
+        f'[ "$rc" = 0 ] && touch {marker}; exit "$rc"'
+    )
+    env = {
+        # the vendor's variables first: the documented ones cannot be overridden
+        **{str(k): str(v) for k, v in (spec.get("variables") or {}).items()},
+        **service.customer_environment(ctx.session, deployment),
+        "MERCATO_DEPLOYMENT_ID": str(deployment.id),
+        "MERCATO_DATA_DIR": ctx.account.data_mount_point,
+        "MERCATO_HOSTNAME": deployment.address or "",
+        "MERCATO_SETUP_GENERATION": str(deployment.setup_generation),
+        **env,
+    }
+    result = _ssh(ctx, "setup", command, env=env, stdin=script)
+    if result.exit_status != 0:
+        tail = (result.stderr or result.stdout).strip()[-500:]
+        raise TransientError(f"the setup script exited with {result.exit_status}: {tail}")
+    return True
 
 
 # ------------------------------------------------------------------ provisioning

@@ -58,6 +58,9 @@ class DeploymentState(enum.StrEnum):
     RESIZING_VM = "resizing_vm"
     #: another plan's machine: the data disk grown, and its file system with it
     GROWING_DISK = "growing_disk"
+    #: the customer changed setup variables: the vendor's setup script runs again with
+    #: them (a failure leaves the machine running as it was)
+    RECONFIGURING = "reconfiguring"
 
 
 #: states the worker still has something to do in
@@ -200,6 +203,13 @@ class Deployment(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     support_sync_due: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     #: SHA-256 of the support keys last installed on the VM
     support_keys_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    #: how many times the customer changed the setup variables; names the setup's marker
+    #: on the data disk, so each change's run happens once
+    setup_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: the setup script is to run again with changed variables
+    setup_due: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    #: why the last run with changed variables failed (the machine kept running)
+    setup_error: Mapped[str | None] = mapped_column(sa.Text)
 
     @property
     def endpoints(self) -> list[dict[str, str]]:

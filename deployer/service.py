@@ -180,7 +180,14 @@ def test_cloud_account(
     )
     sizes = calls("list_sizes", driver.list_sizes)
     if image_ids:
-        images = [calls("get_image", driver.get_image, image_id) for image_id in image_ids]
+        try:
+            images = [calls("get_image", driver.get_image, image_id) for image_id in image_ids]
+        except NotImplementedError:  # a driver without a look-up by id: found in its list
+            listed = {str(i.id): i for i in calls("list_images", driver.list_images)}
+            missing = [i for i in image_ids if i not in listed]
+            if missing:
+                raise clouds.PermanentError(f"no such image: {', '.join(missing)}") from None
+            images = [listed[i] for i in image_ids]
     else:
         images = calls("list_images", driver.list_images)
     return {
@@ -326,14 +333,15 @@ def request_deployment(
 
 def wants_change(deployment: Deployment) -> bool:
     """Whether a deployment at rest must still move: suspended while running, running while
-    suspended (a change asked for while it was on its way there), or running with a resize
-    asked for."""
+    suspended (a change asked for while it was on its way there), or running with a resize,
+    the vendor's support keys or the setup with changed variables due."""
     running = deployment.state is DeploymentState.RUNNING
     return (
         (running and deployment.desired == SUSPENDED)
         or (deployment.state is DeploymentState.SUSPENDED and deployment.desired == RUNNING)
         or (running and deployment.desired == RUNNING and deployment.resize_to is not None)
         or (running and deployment.desired == RUNNING and deployment.support_sync_due)
+        or (running and deployment.desired == RUNNING and deployment.setup_due)
     )
 
 

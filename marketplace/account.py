@@ -34,6 +34,7 @@ from cmw.usage import live as live_costs
 from cmw.usage.api import costs_of
 from cmw.usage.models import Budget
 from deployer import service as deployments
+from deployer import variables as setup_variables
 from deployer.models import Deployment
 from marketplace.forms import (
     ActionForm,
@@ -77,9 +78,18 @@ def subscription(subscription_id: uuid.UUID) -> ResponseReturnValue:
 
 
 def _subscription_page(
-    found: Subscription, plan_form: ChangePlanForm, quantity_form: QuantityForm, status: int
+    found: Subscription,
+    plan_form: ChangePlanForm,
+    quantity_form: QuantityForm,
+    status: int,
+    setup_values: dict[str, str] | None = None,
+    setup_errors: dict[str, str] | None = None,
 ) -> ResponseReturnValue:
     session = current_session()
+    setup = setup_variables.view(session, found)
+    for variable in setup["variables"]:
+        variable["value"] = (setup_values or {}).get(variable["name"], variable["value"])
+        variable["error"] = (setup_errors or {}).get(variable["name"])
     plan = session.get(Plan, found.plan_id)
     assert plan is not None
     pending = session.get(Plan, found.pending_plan_id) if found.pending_plan_id else None
@@ -122,9 +132,53 @@ def _subscription_page(
             ).first(),
             live=found.status in subscriptions.LIVE,
             cost=next(iter(live_costs.costs(session, [found])), None),
+            setup=setup,
+            setup_error=(setup_errors or {}).get(""),
+            changeable=deployment is not None
+            and deployment.state not in setup_variables.GONE
+            and deployment.desired != deployments.REMOVED,
         ),
         status,
     )
+
+
+@bp.post("/account/subscriptions/<uuid:subscription_id>/variables")
+def change_setup_variables(subscription_id: uuid.UUID) -> ResponseReturnValue:
+    """The settings of the instance the customer may change: saved, and the vendor's setup
+    runs again with them; errors next to their fields, nothing saved."""
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    session = current_session()
+    found = _own_subscription(identity, subscription_id, lock=True)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    names = [v["name"] for v in setup_variables.view(session, found)["variables"]]
+    given = {name: request.form[f"var-{name}"] for name in names if f"var-{name}" in request.form}
+    errors = {
+        name: "At most 1,000 characters."
+        for name, value in given.items()
+        if len(value) > 1000 or "\0" in value
+    }
+    changed: list[str] = []
+    if not errors:
+        try:
+            changed = setup_variables.change(session, found, given, identity.user.id)
+        except setup_variables.VariablesError as exc:
+            session.rollback()
+            errors = {"": exc.message}
+            found = _own_subscription(identity, subscription_id)
+    if errors:
+        plan_form, quantity_form = ChangePlanForm(formdata=None), QuantityForm(formdata=None)
+        return _subscription_page(found, plan_form, quantity_form, 422, given, errors)
+    session.commit()
+    flash(
+        "Saved: the setup runs again on your instance with the new settings; we tell you when it is done."
+        if changed
+        else "Nothing changed: those are the settings your instance has.",
+        "info",
+    )
+    return redirect(url_for("pages.subscription", subscription_id=found.id) + "#settings")
 
 
 @bp.post("/account/subscriptions/<uuid:subscription_id>/coupon")
@@ -203,6 +257,21 @@ def change_subscription(subscription_id: uuid.UUID, what: str) -> ResponseReturn
     session.commit()
     flash(message, "info")
     return redirect(url_for("pages.subscription", subscription_id=found.id))
+
+
+@bp.post("/account/sign-out-everywhere")
+def sign_out_everywhere() -> ResponseReturnValue:
+    """End every browser session of the user, on every device, this one included."""
+    identity = current_identity()
+    if identity is None:
+        return sign_in_first()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    accounts.end_all_sessions(current_session(), identity.user)
+    end_session()
+    current_session().commit()
+    flash("You are signed out everywhere. Sign in again here.", "info")
+    return redirect(url_for("pages.sign_in"))
 
 
 # ------------------------------------------------------------------ API tokens
@@ -303,6 +372,7 @@ def _profile(**forms: Any) -> str:
         "form": PasswordForm(formdata=None),
         "details_form": details,
         "erase_form": EraseForm(formdata=None),
+        "action_form": ActionForm(),
     }
     return render_template("profile.html", **{**defaults, **forms})
 

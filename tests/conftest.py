@@ -107,6 +107,11 @@ def config(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Confi
         outbox_poll_seconds=0.05,
         # the suite's webhook, ticket and CRM receivers listen on 127.0.0.1
         allow_private_targets=True,
+        # the suite signs in far more often than a person could; tests/test_security.py
+        # sets its own limits
+        rate_limit_sign_in="",
+        rate_limit_tokens="",
+        rate_limit_usage="",
     ).resolved()
 
 

@@ -17,6 +17,7 @@ traffic to any address other than 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import http.client
@@ -602,3 +603,73 @@ def receiver(https_receiver: HttpsReceiver) -> HttpsReceiver:
     """The HTTPS receiver, emptied for this test."""
     https_receiver.reset()
     return https_receiver
+
+
+# ---------------------------------------------------------------------- TCP proxy
+class TcpProxy:
+    """A loopback TCP proxy in front of a server (RabbitMQ, say), for fault tests:
+    ``cut()`` drops every connection through it and refuses new ones until ``restore()``,
+    as a network partition or a broker restart would."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self.cuts = 0
+        self.refused = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            if not self._up.is_set():
+                self.refused += 1
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones."""
+        self._up.clear()
+        self.cuts += 1
+        with self._lock:
+            dropped, self._open = self._open, []
+        for sock in dropped:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self._up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()

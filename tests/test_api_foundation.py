@@ -102,6 +102,27 @@ def test_query_validation_names_the_parameter(
     assert {"location": "query", "field": "per_page"}.items() <= body["errors"][0].items()
 
 
+def test_nul_characters_are_refused_before_they_reach_the_database(
+    client: FlaskClient, make_user: Callable[..., User], token_for: Callable[..., dict[str, str]]
+) -> None:
+    """Found by the fuzzer: PostgreSQL cannot compare a text column with a NUL, so the
+    audit log's search answered 500."""
+    headers = token_for(make_user(Role.ADMIN))
+    search = client.get("/api/v1/admin/audit?actor=%C2%89%005&action=x", headers=headers)
+    body = assert_problem(search, 422, "validation-error")
+    assert body["errors"] == [
+        {"location": "query", "field": "actor", "message": "must not contain NUL characters"}
+    ]
+    posted = client.post("/api/v1/me/tokens", json={"name": "a\u0000b"}, headers=headers)
+    assert assert_problem(posted, 422, "validation-error")["errors"][0]["field"] == "body"
+    assert client.get("/api/v1/products/wiki%00", headers=headers).status_code == 422
+    page = client.get("/products?q=wiki%00")
+    assert page.status_code == 400 and "must not contain NUL characters" in page.get_data(as_text=True)
+    # the same without the NUL goes through
+    assert client.get("/api/v1/admin/audit?actor=x&action=x", headers=headers).status_code == 200
+    assert client.post("/api/v1/me/tokens", json={"name": "ab"}, headers=headers).status_code == 201
+
+
 def test_lists_are_paginated(
     client: FlaskClient, make_user: Callable[..., User], token_for: Callable[..., dict[str, str]]
 ) -> None:
@@ -116,3 +137,20 @@ def test_lists_are_paginated(
     assert len(first["items"]) == 2 and len(second["items"]) == 2 and len(third["items"]) == 1
     ids = [u["id"] for page in (first, second, third) for u in page["items"]]
     assert len(set(ids)) == 5
+
+
+def test_a_language_tag_longer_than_its_column_is_refused(
+    client: FlaskClient, make_user: Callable[..., User], token_for: Callable[..., dict[str, str]]
+) -> None:
+    """Found by the fuzzer: a well-formed tag of 39 characters reached the 35-character
+    column and the answer was 500."""
+    headers = token_for(make_user(Role.CUSTOMER))
+    long_tag = "en-aaaaaaaa-bbbbbbbb-cccccccc-dddddddd"
+    body = assert_problem(
+        client.patch("/api/v1/me", json={"language": long_tag}, headers=headers), 422, "validation-error"
+    )
+    assert body["errors"][0]["field"] == "language" and "at most 35" in body["errors"][0]["message"]
+    assert (
+        client.patch("/api/v1/me", json={"language": "it-IT"}, headers=headers).get_json()["user"]["language"]
+        == "it-IT"
+    )

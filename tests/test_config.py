@@ -58,6 +58,7 @@ def test_environment_overrides_and_postgres_uses_psycopg(tmp_path: Path) -> None
         ("MERCATO_ENV", "staging", "is not one of"),
         ("MERCATO_BASE_URL", "example.com", "is not an http(s) URL"),
         ("MERCATO_SECRET_KEY", "short", "at least 16 characters"),
+        ("MERCATO_RATE_LIMIT_SIGN_IN", "often", "is not a rate such as 10/minute"),
     ],
 )
 def test_malformed_setting_names_the_variable(tmp_path: Path, name: str, value: str, message: str) -> None:

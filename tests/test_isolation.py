@@ -84,6 +84,8 @@ def sides(
         side: {role: token(user, a if side == "a" else b)[1] for role, user in roles.items()}
         for side, roles in people.items()
     }
+    # A's other vendor and customer: the same marketplace, another tenant
+    others = {role: make_user(role, marketplace=a) for role in (Role.VENDOR, Role.CUSTOMER)}
     customer = people["a"][Role.CUSTOMER]
     token_id, _ = token(customer, a)
     membership = db_session.query(Membership).filter_by(user_id=customer.id, marketplace_id=a.id).one()
@@ -96,8 +98,7 @@ def sides(
         headers=headers["a"][Role.VENDOR],
     )
     assert shot.status_code in (200, 201), shot.get_json()
-    screenshots = shot.get_json().get("screenshots") or []
-    image_id = screenshots[-1]["id"] if screenshots else shot.get_json()["id"]
+    image_id = shot.get_json()["working_version"]["screenshots"][-1]["id"]
     order = client.post(
         "/api/v1/orders",
         json={"product": "a-app", "plan": "team", "quantity": 5},
@@ -197,7 +198,12 @@ def sides(
         "ticket_attachment": ticket["messages"][0]["attachments"][0]["id"],
         **{name: row.id for name, row in rows.items()},
     }
-    return {"objects": {k: str(v) for k, v in objects.items()}, "b": headers["b"]}
+    return {
+        "objects": {k: str(v) for k, v in objects.items()},
+        "a": headers["a"],
+        "b": headers["b"],
+        "a_others": {role: token(user, a)[1] for role, user in others.items()},
+    }
 
 
 def operations(client: FlaskClient) -> list[tuple[str, str]]:

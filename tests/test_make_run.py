@@ -91,7 +91,7 @@ def test_make_run_starts_the_platform_with_demo_logins(tmp_path: Path) -> None:
                 ).fetchone()
             return total > 0 and waiting == 0
 
-        wait_until(outbox_drained, 30, "the worker to relay the outbox")
+        wait_until(outbox_drained, 120, "the worker to relay the outbox")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

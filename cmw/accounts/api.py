@@ -3,11 +3,12 @@ memberships and organisations, all within the request's marketplace."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Response, current_app, g
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
@@ -54,6 +55,8 @@ from cmw.api.pagination import PageArgs, page_of, paginate
 from cmw.api.views import attributes
 from cmw.db import utcnow
 from cmw.extensions import current_session
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("accounts", __name__, url_prefix="/api/v1", description="Accounts, sign-in and API tokens")
 
@@ -104,6 +107,8 @@ class SessionResource(MethodView):
             user = service.authenticate(current_session(), data["email"], data["password"])
         except service.InvalidCredentials as exc:
             current_session().rollback()
+            # who tried, from where: never what they typed as the password
+            log.warning("sign-in refused for %r from %s: %s", data["email"][:254], request.remote_addr, exc)
             raise ApiError(401, str(exc), slug="invalid-credentials") from None
         start_session(user, current_marketplace())
         _commit()
@@ -112,6 +117,18 @@ class SessionResource(MethodView):
     @blp.response(204)
     def delete(self) -> None:
         """Sign out of this browser session (and of its single sign-on session here)."""
+        end_session()
+        current_session().commit()
+
+
+@blp.route("/me/sign-out-everywhere")
+class SignOutEverywhere(MethodView):
+    @blp.response(204)
+    @login_required
+    def post(self) -> None:
+        """Sign out of every browser session, on every device (this one too); API tokens
+        are kept (revoke them one by one)."""
+        service.end_all_sessions(current_session(), require_identity().user)
         end_session()
         current_session().commit()
 

@@ -85,9 +85,12 @@ class UserSchema(Schema):
 class MeUpdateSchema(Schema):
     name = fields.String(validate=validate.Length(min=1, max=120))
     language = fields.String(
-        validate=validate.Regexp(
-            r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="a language tag such as en, de or it-IT"
-        ),
+        validate=[
+            validate.Length(max=35, error="at most 35 characters"),
+            validate.Regexp(
+                r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="a language tag such as en, de or it-IT"
+            ),
+        ],
         metadata={"description": "your language, passed to the instances you order (BCP 47)"},
     )
 

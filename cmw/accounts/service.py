@@ -148,6 +148,12 @@ def set_password(session: Session, user: User, password: str) -> None:
     session.flush()
 
 
+def end_all_sessions(session: Session, user: User) -> None:
+    """Sign ``user`` out of every browser session (this one too); API tokens are kept."""
+    user.session_generation += 1
+    session.flush()
+
+
 def set_active(session: Session, user: User, active: bool) -> None:
     """Disable or re-enable a user; disabling ends their sessions and refuses their tokens."""
     if user.is_active != active:

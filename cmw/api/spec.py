@@ -7,7 +7,9 @@ import http
 import logging
 from typing import Any
 
-from flask import Flask, Response, render_template
+import psycopg
+import sqlalchemy as sa
+from flask import Flask, Response, render_template, request
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from flask_wtf.csrf import CSRFError
@@ -113,6 +115,26 @@ def handle_http_exception(error: HTTPException) -> Response | tuple[str, int]:
 def handle_unexpected(error: Exception) -> Response | tuple[str, int]:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
+    if (
+        isinstance(error, sa.exc.OperationalError | psycopg.OperationalError)  # raw: COPY
+        or (isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated)
+    ):
+        # the database ended the connection (a restart, a failover, an administrator) or
+        # could not serve the query now: nothing was committed, and the same request made
+        # again goes through on a new connection
+        log.warning(
+            "the database connection was lost during %s %s: %s",
+            request.method,
+            request.path,
+            getattr(error, "orig", error),
+        )
+        if not is_api_request():
+            return _html_error(503, "The database was briefly unavailable; nothing was saved. Try again.")
+        return problem_response(
+            503,
+            "the database connection was lost; nothing was saved: send the request again",
+            headers={"Retry-After": "1"},
+        )
     log.exception("unhandled error", exc_info=error)
     if not is_api_request():
         return _html_error(500, "Something went wrong on our side; it has been logged.")

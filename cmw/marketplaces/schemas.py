@@ -101,7 +101,12 @@ class SelectionViewSchema(SelectionSchema):
 
 
 class Percent(fields.Decimal):
-    """A decimal in, its canonical text out ("20", "12.5")."""
+    """A decimal in, its canonical text out ("20", "12.5"); documented as such (a number or
+    a decimal string in, a decimal string out)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"type": "string", "format": "decimal", **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return None if value is None else format_amount(Decimal(value))

@@ -152,6 +152,9 @@ class EmailConsumer(EventConsumer):
         message["From"] = formataddr((marketplace.email_sender_name or marketplace.name, sender))
         message["To"] = formataddr((user.name, user.email))
         message["Subject"] = notification.title
+        # one per notification: a resend (a worker killed between sending and recording
+        # it) carries the same id, which mail systems collapse
+        message["Message-ID"] = f"<notification-{notification.id}@{sender.partition('@')[2] or 'mercato'}>"
         message.set_content(_templates.get_template("email.txt").render(context))
         message.add_alternative(_templates.get_template("email.html").render(context), subtype="html")
         return message

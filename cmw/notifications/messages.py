@@ -147,6 +147,18 @@ MESSAGES: dict[str, Callable[[dict[str, Any], str], Message]] = {
         "Nothing was left running and you will not be charged for it.",
         _subscription_link(p),
     ),
+    "deployment.reconfigured": lambda p, product: Message(
+        f"{product} runs with your new settings",
+        f"The setup of your instance of {product} ran again with the settings you changed.",
+        _subscription_link(p),
+    ),
+    "deployment.reconfigure_failed": lambda p, product: Message(
+        f"Your new settings for {product} could not be applied",
+        f"The setup of your instance of {product} failed with the settings you changed: "
+        f"{p.get('reason') or 'an error'}. The instance keeps running as it was; correct the "
+        "settings and save them again, or open a support ticket.",
+        _subscription_link(p),
+    ),
     "subscription.cancelled": lambda p, product: Message(
         f"Your {product} subscription has ended",
         f"Your subscription to {product} has been cancelled.",

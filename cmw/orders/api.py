@@ -32,6 +32,7 @@ from cmw.orders.models import (
     Subscription,
     SubscriptionStatus,
 )
+from deployer import variables
 from deployer.models import Deployment
 
 blp = Blueprint("orders", __name__, url_prefix="/api/v1", description="Orders and subscriptions")
@@ -544,6 +545,76 @@ class SubscriptionReactivate(MethodView):
         """Keep a subscription that was scheduled to end, before its period ends."""
         subscription = _changeable(subscription_id)
         return _apply(subscription, subscriptions.reactivate, require_identity().user.id)
+
+
+class SubscriptionVariableSchema(Schema):
+    name = fields.String()
+    label = fields.String()
+    description = fields.String()
+    default = fields.String(metadata={"description": "the vendor's default"})
+    value = fields.String(metadata={"description": "the value the setup script gets"})
+
+
+class SetupVariablesSchema(Schema):
+    variables = fields.List(
+        fields.Nested(SubscriptionVariableSchema), metadata={"description": "the variables you may set"}
+    )
+    deployment_id = fields.UUID(allow_none=True)
+    applying = fields.Boolean(
+        metadata={"description": "the setup script is about to run, or running, with changed values"}
+    )
+    error = fields.String(
+        allow_none=True,
+        metadata={"description": "why the last run with changed values failed (the instance kept running)"},
+    )
+
+
+class SetupVariablesInput(Schema):
+    variables = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=64)),
+        values=fields.String(validate=validate.Length(max=1000)),
+        required=True,
+        metadata={"description": "new values of some of the product's customer-editable setup variables"},
+    )
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/variables")
+class SubscriptionVariables(MethodView):
+    @blp.response(200, SetupVariablesSchema)
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def get(self, subscription_id: uuid.UUID) -> dict[str, Any]:
+        """The product's setup variables the customer may set, with their values now."""
+        identity = require_identity()
+        subscription = current_session().scalar(
+            sa.select(Subscription).where(
+                Subscription.id == subscription_id, _visible(identity, Subscription)
+            )
+        )
+        if subscription is None or not (
+            identity.is_admin or subscription.customer_id in identity.organisations_with(Role.CUSTOMER)
+        ):
+            raise ApiError(404, "no such subscription")
+        return variables.view(current_session(), subscription)
+
+    @blp.arguments(SetupVariablesInput)
+    @blp.response(200, SetupVariablesSchema)
+    @roles_required(Role.CUSTOMER, Role.ADMIN)
+    def put(self, data: dict[str, Any], subscription_id: uuid.UUID) -> dict[str, Any]:
+        """Change setup variables after ordering: the vendor's setup script runs again on the
+        instance with the new values (``applying`` until it has; ``error`` if it failed: the
+        instance keeps running as it was). The same values again change nothing. 422 for a
+        variable the product does not let customers set, or an instance being removed."""
+        subscription = _changeable(subscription_id)
+        session = current_session()
+        try:
+            variables.change(session, subscription, data["variables"], require_identity().user.id)
+        except variables.VariablesError as exc:
+            session.rollback()
+            raise ApiError(
+                422, exc.message, errors=[{"location": "json", "field": exc.field, "message": exc.message}]
+            ) from None
+        session.commit()
+        return variables.view(session, subscription)
 
 
 class CustomerSchema(Schema):

@@ -154,7 +154,7 @@ def place_order(
         else _target(live, request.cloud_account, request.region)
     )
     ssh_key = _ssh_public_key(request.ssh_public_key)
-    variables = _variables(live, request.variables or {})
+    variables = check_variables(live, request.variables or {})
     trial_days = 0
     if request.trial:
         if live.trial_days == 0:
@@ -288,7 +288,7 @@ def plan_machine(plan: Plan, vendor_size: dict[str, Any] | None, vendor_disk: in
     return {"size": size, "data_disk_gib": plan.data_disk_gib or vendor_disk}
 
 
-def _variables(version: ProductVersion, given: dict[str, str]) -> dict[str, str]:
+def check_variables(version: ProductVersion, given: dict[str, str]) -> dict[str, str]:
     """The customer's values, checked: only the product's customer-editable variables."""
     editable = {v["name"] for v in version.setup_variables or [] if v.get("customer_editable")}
     wrong = sorted(set(given) - editable)

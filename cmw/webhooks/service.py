@@ -65,6 +65,8 @@ TOPICS = (
     "deployment.state_changed",
     "deployment.ready",
     "deployment.failed",
+    "deployment.reconfigured",
+    "deployment.reconfigure_failed",
     "invoice.issued",
 )
 #: sent by "Send a test event"

@@ -1,0 +1,403 @@
+"""``python -m bench.soak``: load and soak, a mixed workload at a steady rate.
+
+gunicorn (2 workers) and one ``flask mercato worker`` on a fresh PostgreSQL database and
+RabbitMQ, loaded with the demo (products on Libcloud's dummy cloud, whose deployments the
+worker runs). For ``BENCH_SOAK_SECONDS`` (600), from loopback, at a steady rate:
+
+- browsing: the catalog API, a product, the home and catalog pages (``BENCH_SOAK_BROWSE``
+  requests a second, default 20);
+- orders: ``POST /api/v1/orders`` by the demo customers, each with its own
+  ``Idempotency-Key`` (``BENCH_SOAK_ORDERS``, 1 a second); each makes a subscription and
+  a deployment the worker runs;
+- usage: batches of 100 records for the metered subscriptions those orders made
+  (``BENCH_SOAK_USAGE``, 5 batches a second).
+
+Reported: per endpoint the requests, errors (5xx or no answer) and p50/p99 latency; the
+error rate; the resident memory of the web processes (master and workers) and of the
+worker every 5 s, and its growth from the first minute after the warm-up (the first fifth
+of the run) to the last minute (target: under 10%). ``var/bench/soak.json`` holds the
+figures and ``var/bench/soak.png`` plots latency and memory over time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.__main__ import (
+    HOST,
+    ROOT,
+    BenchError,
+    child_environment,
+    free_port,
+    fresh_database,
+    gunicorn,
+    run_step,
+    wait_healthy,
+)
+
+SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))
+RATES = {
+    "browse": float(os.environ.get("BENCH_SOAK_BROWSE", "20")),
+    "orders": float(os.environ.get("BENCH_SOAK_ORDERS", "1")),
+    "usage": float(os.environ.get("BENCH_SOAK_USAGE", "5")),
+}
+SAMPLE_SECONDS = 5.0
+MARKER = "BENCH_SOAK="
+OUTPUT = ROOT / "var" / "bench" / "soak.json"
+PLOT = ROOT / "var" / "bench" / "soak.png"
+
+
+def prepare_in_child() -> int:
+    """``python -m bench.soak --prepare``: the demo, and API tokens for its people."""
+    from app import create_app
+    from cmw import demo
+    from cmw.accounts import service as accounts
+    from cmw.assets.api import storage
+    from cmw.catalog.models import Plan, Product, ProductVersion
+    from cmw.extensions import current_session
+    from cmw.marketplaces.service import platform
+
+    app = create_app()
+    with app.app_context():
+        session = current_session()
+        demo.load(session, storage(), app.extensions["mercato.sealer"])
+        session.commit()
+        tokens: dict[str, list[str]] = defaultdict(list)
+        for login in demo.LOGINS:
+            user = accounts.find_user(session, login.email)
+            assert user is not None
+            _token, plaintext = accounts.create_token(
+                session, user, platform(session), name="soak", expires_at=None
+            )
+            tokens[login.role].append(plaintext)
+        plans = []
+        for product, plan in session.execute(sa_select_live_plans(Product, ProductVersion, Plan)).all():
+            metrics = [c.metric for c in plan.components if c.metric]
+            plans.append(
+                {"product": product.slug, "plan": plan.code, "metric": metrics[0] if metrics else None}
+            )
+        session.commit()
+    print(MARKER + json.dumps({"tokens": tokens, "plans": plans}))
+    return 0
+
+
+def sa_select_live_plans(product: Any, version: Any, plan: Any) -> Any:
+    import sqlalchemy as sa
+
+    return (
+        sa.select(product, plan)
+        .join(version, version.id == product.live_version_id)
+        .join(plan, plan.version_id == version.id)
+        .order_by(product.slug, plan.code)
+    )
+
+
+class Recorder:
+    """Every request's (second since start, endpoint, status, milliseconds)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: list[tuple[float, str, int, float]] = []
+        self.started = time.monotonic()
+
+    def add(self, endpoint: str, status: int, ms: float) -> None:
+        with self.lock:
+            self.rows.append((time.monotonic() - self.started, endpoint, status, ms))
+
+
+def _call(
+    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        payload = json.dumps(body) if body is not None else None
+        all_headers = (
+            {"Content-Type": "application/json", **(headers or {})} if payload else dict(headers or {})
+        )
+        connection.request(method, path, body=payload, headers=all_headers)
+        response = connection.getresponse()
+        data = response.read()
+        parsed = (
+            json.loads(data) if response.getheader("Content-Type", "").endswith("json") and data else None
+        )
+        return response.status, parsed
+    finally:
+        connection.close()
+
+
+def _paced(rate: float, stop: threading.Event, act: Any) -> None:
+    """Call ``act()`` ``rate`` times a second until ``stop`` (a steady, open-loop rate)."""
+    if rate <= 0:
+        return
+    interval, due = 1.0 / rate, time.monotonic()
+    while not stop.is_set():
+        due += interval
+        act()
+        pause = due - time.monotonic()
+        if pause > 0:
+            stop.wait(pause)
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children, in KiB (0 once it is gone)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        return 0
+    for one in pids:
+        try:
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run() -> int:
+    with fresh_database() as database_url, tempfile.TemporaryDirectory(prefix="mercato-soak-") as tmp:
+        env = child_environment(database_url, Path(tmp) / "var")
+        env["MERCATO_OUTBOX_POLL_SECONDS"] = "0.1"
+        run_step([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], env, "flask db upgrade")
+        out = run_step([sys.executable, "-m", "bench.soak", "--prepare"], env, "loading the demo")
+        prepared = json.loads(
+            next(line for line in out.splitlines() if line.startswith(MARKER))[len(MARKER) :]
+        )
+        customers, admin = prepared["tokens"]["customer"], prepared["tokens"]["admin"][0]
+        plans = prepared["plans"]
+        port = free_port()
+        base = f"http://{HOST}:{port}"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", "mercato", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(tmp) / "worker.log", "w"),  # noqa: SIM115
+        )
+        recorder = Recorder()
+        memory: list[tuple[float, int, int]] = []
+        metered: list[tuple[str, str]] = []  # (subscription id, metric)
+        counter = {"n": 0}
+        lock = threading.Lock()
+        try:
+            with gunicorn(env, port, Path(tmp) / "gunicorn.log") as web:
+                wait_healthy(web, base, Path(tmp) / "gunicorn.log")
+                stop = threading.Event()
+                recorder.started = time.monotonic()
+                browse_paths = [
+                    ("GET /api/v1/products?q=", "/api/v1/products?q=backup&per_page=20"),
+                    ("GET /api/v1/products/{slug}", f"/api/v1/products/{plans[0]['product']}"),
+                    ("GET / (page)", "/"),
+                    ("GET /products (page)", "/products?q=data"),
+                ]
+
+                def timed(endpoint: str, method: str, path: str, body: Any = None,
+                          headers: dict[str, str] | None = None) -> Any:  # fmt: skip
+                    started = time.perf_counter()
+                    try:
+                        status, parsed = _call(port, method, path, body, headers)
+                    except OSError:
+                        status, parsed = 0, None
+                    recorder.add(endpoint, status, (time.perf_counter() - started) * 1000)
+                    return status, parsed
+
+                def browse() -> None:
+                    with lock:
+                        counter["n"] += 1
+                        endpoint, path = browse_paths[counter["n"] % len(browse_paths)]
+                    timed(endpoint, "GET", path)
+
+                def order() -> None:
+                    with lock:
+                        counter["n"] += 1
+                        n = counter["n"]
+                    plan = plans[n % len(plans)]
+                    token = customers[n % len(customers)]
+                    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"soak-{uuid.uuid4()}"}
+                    status, body = timed(
+                        "POST /api/v1/orders", "POST", "/api/v1/orders",
+                        {"product": plan["product"], "plan": plan["plan"]}, headers,
+                    )  # fmt: skip
+                    if status == 201 and plan["metric"] and body:
+                        with lock:
+                            metered.append((body["subscription_id"], plan["metric"]))
+
+                def usage() -> None:
+                    with lock:
+                        if not metered:
+                            return
+                        counter["n"] += 1
+                        subscription, metric = metered[counter["n"] % len(metered)]
+                    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+                    records = [
+                        {"id": f"soak-{uuid.uuid4()}", "subscription": subscription, "metric": metric,
+                         "quantity": "0.5", "timestamp": now}
+                        for _ in range(100)
+                    ]  # fmt: skip
+                    timed("POST /api/v1/usage", "POST", "/api/v1/usage", {"records": records},
+                          {"Authorization": f"Bearer {admin}"})  # fmt: skip
+
+                def sample() -> None:
+                    while not stop.is_set():
+                        memory.append(
+                            (time.monotonic() - recorder.started, _rss_kib(web.pid), _rss_kib(worker.pid))
+                        )
+                        stop.wait(SAMPLE_SECONDS)
+
+                threads = [threading.Thread(target=sample, daemon=True)]
+                for name, act, lanes in (("browse", browse, 4), ("orders", order, 1), ("usage", usage, 2)):
+                    rate = RATES[name] / lanes
+                    threads += [
+                        threading.Thread(target=_paced, args=(rate, stop, act), daemon=True)
+                        for _ in range(lanes)
+                    ]
+                print(f"soak: {SECONDS:.0f} s at {RATES} per second ...", file=sys.stderr, flush=True)
+                for thread in threads:
+                    thread.start()
+                stop.wait(SECONDS)
+                stop.set()
+                for thread in threads:
+                    thread.join(60)
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
+    return report(recorder, memory)
+
+
+def report(recorder: Recorder, memory: list[tuple[float, int, int]]) -> int:
+    by_endpoint: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
+    for at, endpoint, status, ms in recorder.rows:
+        by_endpoint[endpoint].append((at, status, ms))
+    endpoints = {}
+    total = errors = 0
+    for endpoint, rows in sorted(by_endpoint.items()):
+        latencies = [ms for _at, _status, ms in rows]
+        failed = sum(1 for _at, status, _ms in rows if status == 0 or status >= 500)
+        refused = sum(1 for _at, status, _ms in rows if 400 <= status < 500)
+        total += len(rows)
+        errors += failed
+        endpoints[endpoint] = {
+            "requests": len(rows),
+            "errors": failed,
+            "4xx": refused,
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p99_ms": round(_percentile(latencies, 0.99), 1),
+        }
+    warmup = SECONDS / 5
+    settled = [m for m in memory if warmup <= m[0] < warmup + 60] or memory[:1]
+    last = [m for m in memory if m[0] >= SECONDS - 60] or memory[-1:]
+
+    def growth(index: int) -> float:
+        first = statistics.mean(m[index] for m in settled)
+        final = statistics.mean(m[index] for m in last)
+        return round(100 * (final - first) / first, 1) if first else 0.0
+
+    figures = {
+        "seconds": SECONDS,
+        "rates_per_second": RATES,
+        "requests": total,
+        "errors": errors,
+        "error_rate_percent": round(100 * errors / total, 3) if total else 0.0,
+        "endpoints": endpoints,
+        "memory_mib": {
+            "web_after_warmup": round(statistics.mean(m[1] for m in settled) / 1024, 1),
+            "web_at_end": round(statistics.mean(m[1] for m in last) / 1024, 1),
+            "web_growth_percent": growth(1),
+            "worker_after_warmup": round(statistics.mean(m[2] for m in settled) / 1024, 1),
+            "worker_at_end": round(statistics.mean(m[2] for m in last) / 1024, 1),
+            "worker_growth_percent": growth(2),
+        },
+        "samples": [{"second": round(at, 1), "web_kib": web, "worker_kib": wk} for at, web, wk in memory],
+    }
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(json.dumps(figures, indent=2))
+    _plot(by_endpoint, memory)
+    for endpoint, row in endpoints.items():
+        print(
+            f"soak {endpoint}: {row['requests']} requests, {row['errors']} errors, {row['4xx']} 4xx, "
+            f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
+        )
+    mem = figures["memory_mib"]
+    ok = errors == 0 and mem["web_growth_percent"] <= 10 and mem["worker_growth_percent"] <= 10
+    print(
+        f"soak: {total} requests in {SECONDS:.0f} s, error rate {figures['error_rate_percent']}%; memory "
+        f"web {mem['web_after_warmup']} -> {mem['web_at_end']} MiB ({mem['web_growth_percent']:+}%), worker "
+        f"{mem['worker_after_warmup']} -> {mem['worker_at_end']} MiB ({mem['worker_growth_percent']:+}%); "
+        f"target (no errors, memory growth under 10% after warm-up): {'met' if ok else 'NOT met'}; "
+        f"plot: {PLOT.relative_to(ROOT)}"
+    )
+    return 0 if ok else 1
+
+
+def _plot(
+    by_endpoint: dict[str, list[tuple[float, int, float]]], memory: list[tuple[float, int, int]]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency, rss) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    window = 10.0
+    for endpoint, rows in sorted(by_endpoint.items()):
+        buckets: dict[int, list[float]] = defaultdict(list)
+        for at, _status, ms in rows:
+            buckets[int(at // window)].append(ms)
+        xs = sorted(buckets)
+        latency.plot([x * window for x in xs], [_percentile(buckets[x], 0.99) for x in xs], label=endpoint)
+    latency.set_ylabel("p99 latency (ms), 10 s windows")
+    latency.set_yscale("log")
+    latency.legend(fontsize="small")
+    latency.grid(True, alpha=0.3)
+    rss.plot([m[0] for m in memory], [m[1] / 1024 for m in memory], label="web (gunicorn master + workers)")
+    rss.plot([m[0] for m in memory], [m[2] / 1024 for m in memory], label="worker")
+    rss.axvline(SECONDS / 5, color="grey", linestyle="--", label="end of warm-up")
+    rss.set_ylabel("resident memory (MiB)")
+    rss.set_xlabel("seconds")
+    rss.legend(fontsize="small")
+    rss.grid(True, alpha=0.3)
+    figure.suptitle(f"Mercato soak: {SECONDS:.0f} s at {RATES} per second")
+    figure.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOT, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str]) -> int:
+    if "--prepare" in argv:
+        return prepare_in_child()
+    try:
+        return run()
+    except BenchError as exc:
+        print(f"bench.soak: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
