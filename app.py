@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 from cassetto import storage_from_url
-from cmw import cli, ratelimit
+from cmw import cli, outbound, ratelimit
 from cmw.accounts.auth import authorize_early, load_identity, record_token_use
 from cmw.accounts.consumers import KeycloakUsers
 from cmw.api import spec
-from cmw.api.guards import refuse_nul
+from cmw.api.guards import refuse_nul, security_headers
 from cmw.assets.api import bp as assets_bp
 from cmw.audit import service as audit
 from cmw.billing.documents import FailedDeployments, InvoiceDocuments
@@ -100,6 +100,9 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
 def configure(app: Flask, config: Config) -> None:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config.ensure_data_dirs()
+    outbound.configure(
+        allow_private=config.allow_private_targets, allow_link_local=config.allow_link_local_targets
+    )
     app.config.update(
         MERCATO=config,
         SECRET_KEY=config.effective_secret_key(),
@@ -202,6 +205,7 @@ def register_blueprints(app: Flask) -> None:
     app.after_request(record_token_use)
     app.after_request(record_request)
     app.after_request(audit.record_request)
+    app.after_request(security_headers)
     app.register_blueprint(health_bp)
     app.register_blueprint(monitoring_bp)
     app.register_blueprint(assets_bp)

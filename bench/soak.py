@@ -1,14 +1,15 @@
 """``python -m bench.soak``: load and soak, a mixed workload at a steady rate.
 
 gunicorn (2 workers) and one ``flask mercato worker`` on a fresh PostgreSQL database and
-RabbitMQ, loaded with the demo (products on Libcloud's dummy cloud, whose deployments the
-worker runs). For ``BENCH_SOAK_SECONDS`` (600), from loopback, at a steady rate:
+RabbitMQ, with moto's EC2 and a loopback sshd standing in for the VMs (as ``bench.deployer``),
+loaded with the demo (its products on Libcloud's dummy cloud) and two products on moto.
+For ``BENCH_SOAK_SECONDS`` (600), from loopback, at a steady rate:
 
 - browsing: the catalog API, a product, the home and catalog pages (``BENCH_SOAK_BROWSE``
   requests a second, default 20);
 - orders: ``POST /api/v1/orders`` by the demo customers, each with its own
-  ``Idempotency-Key`` (``BENCH_SOAK_ORDERS``, 1 a second); each makes a subscription and
-  a deployment the worker runs;
+  ``Idempotency-Key`` (``BENCH_SOAK_ORDERS``, one every 2 s); each makes a subscription and
+  a deployment the worker runs, every other one on moto (VM, SSH, data disk, setup script);
 - usage: batches of 100 records for the metered subscriptions those orders made
   (``BENCH_SOAK_USAGE``, 5 batches a second).
 
@@ -32,13 +33,18 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from cryptography.fernet import Fernet
 
 from bench.__main__ import (
     HOST,
     ROOT,
     BenchError,
+    broker_url,
+    check_broker,
     child_environment,
     free_port,
     fresh_database,
@@ -50,18 +56,18 @@ from bench.__main__ import (
 SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))
 RATES = {
     "browse": float(os.environ.get("BENCH_SOAK_BROWSE", "20")),
-    "orders": float(os.environ.get("BENCH_SOAK_ORDERS", "1")),
+    "orders": float(os.environ.get("BENCH_SOAK_ORDERS", "0.5")),
     "usage": float(os.environ.get("BENCH_SOAK_USAGE", "5")),
 }
 SAMPLE_SECONDS = 5.0
-MARKER = "BENCH_SOAK="
 OUTPUT = ROOT / "var" / "bench" / "soak.json"
 PLOT = ROOT / "var" / "bench" / "soak.png"
 
 
-def prepare_in_child() -> int:
-    """``python -m bench.soak --prepare``: the demo, and API tokens for its people."""
-    from app import create_app
+def prepare(shop: Any) -> dict[str, Any]:
+    """The demo (on the dummy cloud) next to the moto products, and API tokens for its people."""
+    import sqlalchemy as sa
+
     from cmw import demo
     from cmw.accounts import service as accounts
     from cmw.assets.api import storage
@@ -69,10 +75,9 @@ def prepare_in_child() -> int:
     from cmw.extensions import current_session
     from cmw.marketplaces.service import platform
 
-    app = create_app()
-    with app.app_context():
+    with shop.app.app_context():
         session = current_session()
-        demo.load(session, storage(), app.extensions["mercato.sealer"])
+        demo.load(session, storage(), shop.app.extensions["mercato.sealer"])
         session.commit()
         tokens: dict[str, list[str]] = defaultdict(list)
         for login in demo.LOGINS:
@@ -83,25 +88,24 @@ def prepare_in_child() -> int:
             )
             tokens[login.role].append(plaintext)
         plans = []
-        for product, plan in session.execute(sa_select_live_plans(Product, ProductVersion, Plan)).all():
+        rows = session.execute(
+            sa.select(Product, Plan)
+            .join(ProductVersion, ProductVersion.id == Product.live_version_id)
+            .join(Plan, Plan.version_id == ProductVersion.id)
+            .order_by(Product.slug, Plan.code)
+        ).all()
+        for product, plan in rows:
             metrics = [c.metric for c in plan.components if c.metric]
             plans.append(
-                {"product": product.slug, "plan": plan.code, "metric": metrics[0] if metrics else None}
+                {
+                    "product": product.slug,
+                    "plan": plan.code,
+                    "metric": metrics[0] if metrics else None,
+                    "moto": product.slug.startswith("bench-"),
+                }
             )
         session.commit()
-    print(MARKER + json.dumps({"tokens": tokens, "plans": plans}))
-    return 0
-
-
-def sa_select_live_plans(product: Any, version: Any, plan: Any) -> Any:
-    import sqlalchemy as sa
-
-    return (
-        sa.select(product, plan)
-        .join(version, version.id == product.live_version_id)
-        .join(plan, plan.version_id == version.id)
-        .order_by(product.slug, plan.code)
-    )
+    return {"tokens": tokens, "plans": plans}
 
 
 class Recorder:
@@ -177,29 +181,42 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run() -> int:
-    with fresh_database() as database_url, tempfile.TemporaryDirectory(prefix="mercato-soak-") as tmp:
-        env = child_environment(database_url, Path(tmp) / "var")
+    sys.path.insert(0, str(ROOT))
+    from bench.deployer import Shop
+    from tests.servers import running_moto, running_sshd
+
+    check_broker(broker_url())
+    with ExitStack() as stack:
+        database_url = stack.enter_context(fresh_database())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mercato-soak-")))
+        env = child_environment(database_url, tmp / "var")
+        env["MERCATO_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
         env["MERCATO_OUTBOX_POLL_SECONDS"] = "0.1"
+        print("soak: preparing the database, moto, sshd and the demo ...", file=sys.stderr, flush=True)
         run_step([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], env, "flask db upgrade")
-        out = run_step([sys.executable, "-m", "bench.soak", "--prepare"], env, "loading the demo")
-        prepared = json.loads(
-            next(line for line in out.splitlines() if line.startswith(MARKER))[len(MARKER) :]
-        )
+        moto = stack.enter_context(running_moto())
+        (tmp / "sshd").mkdir()
+        sshd = stack.enter_context(running_sshd(tmp / "sshd"))
+        shop = Shop(env)
+        shop.setup(moto, sshd, tmp / "data")
+        prepared = prepare(shop)
         customers, admin = prepared["tokens"]["customer"], prepared["tokens"]["admin"][0]
-        plans = prepared["plans"]
+        moto_plans = [p for p in prepared["plans"] if p["moto"]]
+        demo_plans = [p for p in prepared["plans"] if not p["moto"]]
         port = free_port()
         base = f"http://{HOST}:{port}"
+        worker_log = stack.enter_context((tmp / "worker.log").open("wb"))
         worker = subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "app", "mercato", "worker"],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(tmp) / "worker.log", "w"),  # noqa: SIM115
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
         )
         recorder = Recorder()
         memory: list[tuple[float, int, int]] = []
         metered: list[tuple[str, str]] = []  # (subscription id, metric)
-        counter = {"n": 0}
+        counter = {"n": 0, "orders": 0}
         lock = threading.Lock()
         try:
             with gunicorn(env, port, Path(tmp) / "gunicorn.log") as web:
@@ -208,7 +225,7 @@ def run() -> int:
                 recorder.started = time.monotonic()
                 browse_paths = [
                     ("GET /api/v1/products?q=", "/api/v1/products?q=backup&per_page=20"),
-                    ("GET /api/v1/products/{slug}", f"/api/v1/products/{plans[0]['product']}"),
+                    ("GET /api/v1/products/{slug}", f"/api/v1/products/{demo_plans[0]['product']}"),
                     ("GET / (page)", "/"),
                     ("GET /products (page)", "/products?q=data"),
                 ]
@@ -231,9 +248,11 @@ def run() -> int:
 
                 def order() -> None:
                     with lock:
-                        counter["n"] += 1
-                        n = counter["n"]
-                    plan = plans[n % len(plans)]
+                        counter["orders"] += 1
+                        n = counter["orders"]
+                    # every other order deploys on moto (a VM, the loopback sshd, a data disk)
+                    choices = moto_plans if n % 2 else demo_plans
+                    plan = choices[n // 2 % len(choices)]
                     token = customers[n % len(customers)]
                     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"soak-{uuid.uuid4()}"}
                     status, body = timed(
@@ -280,6 +299,7 @@ def run() -> int:
                 stop.set()
                 for thread in threads:
                     thread.join(60)
+                settled_after, states = _settle(shop)
         finally:
             worker.terminate()
             try:
@@ -287,10 +307,32 @@ def run() -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait(timeout=10)
-    return report(recorder, memory)
+    return report(recorder, memory, states, settled_after)
 
 
-def report(recorder: Recorder, memory: list[tuple[float, int, int]]) -> int:
+def _settle(shop: Any) -> tuple[float, dict[str, int]]:
+    """Wait (up to 5 minutes) until no deployment is between states; how long, and the states."""
+    import sqlalchemy as sa
+
+    from cmw.extensions import current_session
+    from deployer.models import Deployment, DeploymentState
+
+    done = {DeploymentState.RUNNING, DeploymentState.FAILED, DeploymentState.REMOVED}
+    started = time.monotonic()
+    while True:
+        with shop.app.app_context():
+            rows = current_session().execute(
+                sa.select(Deployment.state, sa.func.count()).group_by(Deployment.state)
+            )
+            states = {str(state): int(count) for state, count in rows}
+        if all(state in done for state in states) or time.monotonic() - started > 300:
+            return round(time.monotonic() - started, 1), states
+        time.sleep(1.0)
+
+
+def report(
+    recorder: Recorder, memory: list[tuple[float, int, int]], states: dict[str, int], settled_after: float
+) -> int:
     by_endpoint: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
     for at, endpoint, status, ms in recorder.rows:
         by_endpoint[endpoint].append((at, status, ms))
@@ -325,6 +367,8 @@ def report(recorder: Recorder, memory: list[tuple[float, int, int]]) -> int:
         "errors": errors,
         "error_rate_percent": round(100 * errors / total, 3) if total else 0.0,
         "endpoints": endpoints,
+        "deployments": states,
+        "deployments_settled_after_s": settled_after,
         "memory_mib": {
             "web_after_warmup": round(statistics.mean(m[1] for m in settled) / 1024, 1),
             "web_at_end": round(statistics.mean(m[1] for m in last) / 1024, 1),
@@ -344,7 +388,19 @@ def report(recorder: Recorder, memory: list[tuple[float, int, int]]) -> int:
             f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
         )
     mem = figures["memory_mib"]
-    ok = errors == 0 and mem["web_growth_percent"] <= 10 and mem["worker_growth_percent"] <= 10
+    unsettled = sum(n for state, n in states.items() if state not in ("running", "failed", "removed"))
+    ok = (
+        errors == 0
+        and mem["web_growth_percent"] <= 10
+        and mem["worker_growth_percent"] <= 10
+        and not states.get("failed")
+        and not unsettled
+    )
+    print(
+        f"soak deployments: {sum(states.values())} "
+        f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}), "
+        f"all settled {settled_after} s after the load stopped"
+    )
     print(
         f"soak: {total} requests in {SECONDS:.0f} s, error rate {figures['error_rate_percent']}%; memory "
         f"web {mem['web_after_warmup']} -> {mem['web_at_end']} MiB ({mem['web_growth_percent']:+}%), worker "
@@ -390,8 +446,6 @@ def _plot(
 
 
 def main(argv: list[str]) -> int:
-    if "--prepare" in argv:
-        return prepare_in_child()
     try:
         return run()
     except BenchError as exc:

@@ -2,6 +2,7 @@
 
 from cassetto.colour import LogoColours, analyse_logo, contrast_ratio, logo_background, main_colour
 from cassetto.images import (
+    ACCEPTED_CONTENT_TYPES,
     DEFAULT_RENDITIONS,
     IMMUTABLE_CACHE_CONTROL,
     InvalidImage,
@@ -22,6 +23,7 @@ from cassetto.storage import (
 )
 
 __all__ = [
+    "ACCEPTED_CONTENT_TYPES",
     "DEFAULT_RENDITIONS",
     "IMMUTABLE_CACHE_CONTROL",
     "FileStorage",

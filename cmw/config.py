@@ -108,9 +108,12 @@ class Config:
     #: days instance statistics and collected log lines are kept
     stats_retention_days: int = 14
     log_retention_days: int = 14
-    #: let webhooks, the ticket forwarder and the CRM call loopback, private and
-    #: link-local addresses (on-premises receivers; the test suite's loopback servers)
+    #: let webhooks, the ticket forwarder and customers' own cloud accounts call loopback
+    #: and private addresses (on-premises receivers; the test suite's loopback servers)
     allow_private_targets: bool = False
+    #: let anything the platform calls (cloud endpoints included) reach link-local
+    #: addresses and the clouds' metadata services (169.254.169.254, ...)
+    allow_link_local_targets: bool = False
     #: rate limits (``limits`` notation: ``10/minute``, ``100 per hour``; empty = none):
     #: sign-in attempts per client address and per e-mail, new API tokens per user, usage
     #: batches per caller; and where they are counted (``memory://`` for one process,

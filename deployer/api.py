@@ -73,8 +73,7 @@ class CloudAccountSchema(Schema):
 
 
 class CloudAccountPatchSchema(CloudAccountSchema):
-    class Meta:
-        partial = True
+    """Any of an account's settings; those left out stay (loaded with ``partial=True``)."""
 
 
 class CloudTestSchema(Schema):
@@ -197,7 +196,7 @@ class CloudAccountResource(MethodView):
         platform_only()
         return _account(account_id)
 
-    @blp.arguments(CloudAccountPatchSchema)
+    @blp.arguments(CloudAccountPatchSchema(partial=True))
     @blp.response(200, CloudAccountSchema)
     @roles_required(Role.ADMIN)
     def patch(self, data: dict[str, Any], account_id: uuid.UUID) -> CloudAccount:

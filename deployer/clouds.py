@@ -26,6 +26,7 @@ from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
 from libcloud.compute.providers import DRIVERS, get_driver
 
 from cmw.monitoring import metrics
+from cmw.outbound import OutboundError, UnresolvedHost, check_host, check_url
 from deployer.models import CloudAccount
 
 #: the in-memory driver of the embedded default
@@ -46,6 +47,56 @@ class TransientError(DeployError):
 
 class PermanentError(DeployError):
     """Trying again will not help: bad credentials, no size fits, an image that is gone."""
+
+
+class EndpointRefused(PermanentError):
+    """A host or URL among an account's settings leads where the platform does not call;
+    ``field`` names the setting."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_endpoints(
+    credentials: dict[str, Any],
+    options: dict[str, Any],
+    ssh_host: str | None = None,
+    ssh_port: int | None = None,
+    *,
+    allow_private: bool | None,
+    saving: bool = True,
+) -> None:
+    """Every host and URL among an account's settings that the driver (or the SSH step)
+    would call, through :mod:`cmw.outbound`: never link-local or a metadata service, and
+    not private or loopback unless ``allow_private`` (None: the operator's setting). A
+    name that does not resolve is refused when ``saving``; later it is left to the driver
+    (a passing DNS failure is worth a retry, not a failed deployment)."""
+    port = options.get("port")
+    for field_name, values in (("driver_options", options), ("credentials", credentials)):
+        for name, value in values.items():
+            if not isinstance(value, str):
+                continue
+            try:
+                if value.strip().lower().startswith(("http://", "https://")):
+                    check_url(value, allow_private=allow_private, schemes=("http", "https"))
+                elif name == "host" or name.endswith("_host"):
+                    check_host(value, int(port or 443), allow_private=allow_private)
+            except UnresolvedHost as exc:
+                if saving:
+                    raise EndpointRefused(field_name, f"{name}: the address {exc}") from None
+            except OutboundError as exc:
+                raise EndpointRefused(field_name, f"{name}: the address {exc}") from None
+            except ValueError:
+                raise EndpointRefused("driver_options", "port: a number") from None
+    if ssh_host:
+        try:
+            check_host(ssh_host, int(ssh_port or 22), allow_private=allow_private)
+        except UnresolvedHost as exc:
+            if saving:
+                raise EndpointRefused("ssh_host", f"the address {exc}") from None
+        except OutboundError as exc:
+            raise EndpointRefused("ssh_host", f"the address {exc}") from None
 
 
 def register_driver(provider: str, driver_class: type[NodeDriver]) -> None:
@@ -95,11 +146,21 @@ def make_driver(
 
 
 def driver_for(account: CloudAccount, credentials: dict[str, Any]) -> NodeDriver:
-    """The account's driver, built once per process and account version."""
+    """The account's driver, built once per process and account version, after its
+    endpoints are checked again (a name may lead elsewhere than when it was saved): the
+    platform's own accounts may be private, customers' only if the operator allows."""
     key = (str(account.id), account.updated_at.isoformat())
     with _drivers_lock:
         found = _drivers.get(key)
         if found is None:
+            check_endpoints(
+                credentials,
+                dict(account.driver_options or {}),
+                account.ssh_host,
+                account.ssh_port,
+                allow_private=True if account.owner_id is None else None,
+                saving=False,
+            )
             found = make_driver(
                 account.provider, credentials, account.region, dict(account.driver_options or {})
             )

@@ -6,8 +6,9 @@ licence (the plan's components not marked ``infrastructure``).
 
 Anything the platform would call on the customer's say-so (a driver's ``host``, an
 endpoint URL among the options or credentials, the SSH endpoint override) goes through
-the outbound check: no private, loopback or link-local targets unless the operator allows
-them (``MERCATO_ALLOW_PRIVATE_TARGETS``).
+the outbound check: no private or loopback targets unless the operator allows them
+(``MERCATO_ALLOW_PRIVATE_TARGETS``), no link-local or metadata ones at all (unless
+``MERCATO_ALLOW_LINK_LOCAL_TARGETS``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cmw.crypto import Sealer
-from cmw.outbound import OutboundError, check_host, check_url
 from deployer import clouds, service
 from deployer.models import CloudAccount, Deployment, DeploymentState
 from deployer.service import CloudAccountError, CloudAccountInput
@@ -39,22 +39,6 @@ PROVIDER_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 
 #: deployments in these states hold nothing in the cloud any more
 _GONE = (DeploymentState.REMOVED, DeploymentState.FAILED)
-
-
-def _outbound(values: dict[str, Any], port: Any, allow_private: bool, field: str) -> None:
-    """Check every host and URL among ``values`` the driver would call."""
-    for name, value in values.items():
-        if not isinstance(value, str):
-            continue
-        try:
-            if value.startswith(("http://", "https://")):
-                check_url(value, allow_private=allow_private, schemes=("http", "https"))
-            elif name == "host":
-                check_host(value, int(port or 443), allow_private=allow_private)
-        except OutboundError as exc:
-            raise CloudAccountError(field, f"{name}: the address {exc}") from None
-        except ValueError:
-            raise CloudAccountError(field, "port: a number") from None
 
 
 def try_account(sealer: Sealer, account: CloudAccount) -> None:
@@ -88,15 +72,12 @@ def add(
 ) -> CloudAccount:
     """The customer's new account, after the test call went through (nothing is kept
     otherwise)."""
-    options = dict(data.get("driver_options") or {})
     credentials = dict(data.get("credentials") or {})
-    _outbound(options, options.get("port"), allow_private, "driver_options")
-    _outbound({k: v for k, v in credentials.items() if k != "host"}, None, allow_private, "credentials")
-    if data.get("ssh_host"):
-        _outbound({"host": data["ssh_host"]}, data.get("ssh_port") or 22, allow_private, "ssh_host")
     fields = {k: v for k, v in data.items() if k in CloudAccountInput.__dataclass_fields__}
     fields.update(slug=f"own-{secrets.token_hex(6)}", is_active=True, credentials=credentials)
-    account = service.create_cloud_account(session, sealer, CloudAccountInput(**fields))
+    account = service.create_cloud_account(
+        session, sealer, CloudAccountInput(**fields), allow_private=allow_private
+    )
     account.owner_id = owner_id
     try_account(sealer, account)
     session.flush()

@@ -78,9 +78,14 @@ def _check(data: dict[str, Any]) -> None:
         raise CloudAccountError("data_mount_point", "an absolute path")
 
 
-def create_cloud_account(session: Session, sealer: Sealer, data: CloudAccountInput) -> CloudAccount:
+def create_cloud_account(
+    session: Session, sealer: Sealer, data: CloudAccountInput, *, allow_private: bool = True
+) -> CloudAccount:
+    """A new account. Its hosts and URLs may not be link-local or a metadata service;
+    private ones are fine for the platform's own (``allow_private``: a private cloud)."""
     values = dict(data.__dict__)
     _check(values)
+    _check_endpoints(values, allow_private=allow_private)
     if session.scalar(sa.select(CloudAccount.id).where(CloudAccount.slug == data.slug)) is not None:
         raise CloudAccountError("slug", f"{data.slug!r} is taken")
     credentials = values.pop("credentials")
@@ -90,6 +95,19 @@ def create_cloud_account(session: Session, sealer: Sealer, data: CloudAccountInp
     session.add(account)
     session.flush()
     return account
+
+
+def _check_endpoints(values: dict[str, Any], *, allow_private: bool | None) -> None:
+    try:
+        clouds.check_endpoints(
+            dict(values.get("credentials") or {}),
+            dict(values.get("driver_options") or {}),
+            values.get("ssh_host"),
+            values.get("ssh_port"),
+            allow_private=allow_private,
+        )
+    except clouds.EndpointRefused as exc:
+        raise CloudAccountError(exc.field, str(exc)) from None
 
 
 def ensure_platform_key(sealer: Sealer, account: CloudAccount) -> None:
@@ -109,6 +127,16 @@ def update_cloud_account(
     session: Session, sealer: Sealer, account: CloudAccount, changes: dict[str, Any]
 ) -> None:
     _check(changes)
+    if {"credentials", "driver_options", "ssh_host", "ssh_port"} & set(changes):
+        _check_endpoints(
+            {
+                "credentials": changes.get("credentials", {}),
+                "driver_options": changes.get("driver_options", account.driver_options),
+                "ssh_host": changes.get("ssh_host", account.ssh_host),
+                "ssh_port": changes.get("ssh_port", account.ssh_port),
+            },
+            allow_private=account.owner_id is None or None,
+        )
     if "slug" in changes and changes["slug"] != account.slug:
         taken = session.scalar(sa.select(CloudAccount.id).where(CloudAccount.slug == changes["slug"]))
         if taken is not None:
@@ -175,9 +203,12 @@ def test_cloud_account(
 ) -> dict[str, Any]:
     """List sizes (and images, or the named ones) with the account's driver."""
     calls = clouds.ProviderCalls(account.slug)
-    driver = clouds.make_driver(
-        account.provider, credentials(sealer, account), account.region, dict(account.driver_options or {})
+    opened = credentials(sealer, account)
+    options = dict(account.driver_options or {})
+    clouds.check_endpoints(
+        opened, options, account.ssh_host, account.ssh_port, allow_private=account.owner_id is None or None
     )
+    driver = clouds.make_driver(account.provider, opened, account.region, options)
     sizes = calls("list_sizes", driver.list_sizes)
     if image_ids:
         try:

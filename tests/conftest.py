@@ -26,6 +26,7 @@ from kombu import Connection
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from app import create_app
+from cmw import outbound
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Organisation, OrganisationKind, Role, User
 from cmw.catalog import cache as catalog_cache
@@ -113,6 +114,15 @@ def config(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Confi
         rate_limit_tokens="",
         rate_limit_usage="",
     ).resolved()
+
+
+@pytest.fixture(autouse=True)
+def outbound_policy(config: Config) -> None:
+    """The outbound rules of the suite's config for every test: a test that builds another
+    app (with other settings) does not leave them to the next."""
+    outbound.configure(
+        allow_private=config.allow_private_targets, allow_link_local=config.allow_link_local_targets
+    )
 
 
 class BufferedClient(FlaskClient):

@@ -381,3 +381,34 @@ def test_a_worker_whose_handler_keeps_failing_still_stops_at_once(committed_db: 
         worker.stop()
         with connect() as conn:
             queue(conn.default_channel).delete()
+
+
+def test_deliveries_of_a_lost_connection_do_not_keep_the_worker_reconnecting(committed_db: Factory) -> None:
+    """A delivery noted just before the connection was lost (the broker gives it again on
+    the next one) is dropped at the reconnection. Acknowledged on its dead channel, it made
+    the worker reconnect; the next delivery was then the stale one, and so on for ever: a
+    broker cut left e-mails unsent."""
+    consumer = RecordingConsumer(tag())
+    queue = consumer.queue()
+    with connect() as conn:
+        queue(conn.default_channel).declare()
+    _publish_raw(queue, str(uuid.uuid4()), {"n": 0}, f"test.{consumer.name}.happened")
+    with connect() as conn:  # a delivery of a connection that is then gone
+        stale = queue(conn.default_channel).get(no_ack=False)
+        assert stale is not None
+    worker = Worker(connect, committed_db, [consumer], relay_poll_seconds=0.05)
+    worker._inbox.append((consumer, stale.payload, stale))
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        for n in range(1, 4):
+            _publish_raw(queue, str(uuid.uuid4()), {"n": n}, f"test.{consumer.name}.happened")
+        # the stale one comes again on the new connection: all four applied, once each
+        wait_until(lambda: _applied(committed_db, consumer) == 4, 20, "4 applied events")
+    finally:
+        worker.stop()
+        thread.join(15)
+        with connect() as conn:
+            queue(conn.default_channel).delete()
+    assert not thread.is_alive()
+    assert _applied(committed_db, consumer) == 4

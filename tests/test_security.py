@@ -5,6 +5,7 @@ sign-in, tokens and ingestion, and Markdown that lets no script through."""
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,11 +14,16 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from limits import parse
+from sqlalchemy.orm import Session
 
+from cassetto import FileStorage, InvalidKey
 from cmw.accounts.models import Role, User
+from cmw.assets.models import StoredFile
 from cmw.catalog import markdown
 from cmw.config import ConfigError
 from cmw.ratelimit import RateLimits
+from tests.catalog_data import create
+from tests.test_catalog_assets import png_logo, upload
 from tests.test_pages_storefront import _csrf
 
 PASSWORD = "a-long-password-1"
@@ -304,3 +310,116 @@ def test_sql_injection_payloads_in_every_filter_change_nothing(
     assert tried > 500  # every filter of every list was tried
     # and the tables are all there
     assert client.get("/api/v1/orders", headers=buyer).get_json()["total"] == 1
+
+
+# ------------------------------------------------------------------ uploaded files
+def test_uploaded_files_are_pictures_served_with_safe_types_and_a_sandbox(
+    client: FlaskClient,
+    db_session: Session,
+    make_user: Callable[..., User],
+    token_for: Callable[..., dict[str, str]],
+) -> None:
+    vendor = token_for(make_user(Role.VENDOR))
+    product = create(client, vendor)
+    url = f"/api/v1/vendor/products/{product['id']}/logo"
+    # what a browser would run is refused, whatever its name says
+    for name, data in (
+        ("logo.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'),
+        ("logo.png", b"<!doctype html><html><script>alert(document.cookie)</script></html>"),
+    ):
+        refused = upload(client, url, data, vendor, name)
+        assert refused.status_code == 422 and refused.get_json()["errors"][0]["field"] == "file"
+    # a picture with HTML after its end (a polyglot) is kept as a picture and nothing else
+    polyglot = png_logo() + b"<html><script>alert(document.cookie)</script></html>"
+    accepted = upload(client, url, polyglot, vendor)
+    assert accepted.status_code == 200, accepted.get_data(as_text=True)
+    urls = accepted.get_json()["working_version"]["logo"]["urls"]
+    assert urls
+    for file_url in urls.values():
+        served = client.get(file_url)
+        assert served.status_code == 200 and b"<script" not in served.data
+        assert served.mimetype in ("image/png", "image/webp")  # the original, and renditions
+        assert served.headers["X-Content-Type-Options"] == "nosniff"
+        policy = served.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy and "sandbox" in policy
+    # a stored file of any other type is never shown inline
+    db_session.add(
+        StoredFile(key="misc/notes.html", backend="file", size=4, sha256="0" * 64, content_type="text/html")
+    )
+    db_session.flush()
+    storage = client.application.extensions["mercato.storage"]
+    storage.put("misc/notes.html", b"<b>x", "text/html")
+    other = client.get("/assets/misc/notes.html")
+    assert other.status_code == 200 and other.mimetype == "application/octet-stream"
+    assert other.headers["Content-Disposition"] == "attachment"
+    assert "sandbox" in other.headers["Content-Security-Policy"]
+
+
+# ------------------------------------------------------------------ pages
+def _page_routes(app: Flask) -> list[str]:
+    """Every page (the pages blueprint) reached by GET without a path parameter."""
+    return sorted(
+        str(rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("pages.") and "GET" in (rule.methods or ()) and not rule.arguments
+    )
+
+
+@pytest.mark.parametrize("role", [None, Role.CUSTOMER, Role.VENDOR, Role.ADMIN])
+def test_every_page_runs_only_the_platform_s_script_and_cannot_be_framed(
+    app: Flask, make_user: Callable[..., User], role: Role | None
+) -> None:
+    client = app.test_client()
+    if role is not None:
+        sign_in(client, make_user(role, password=PASSWORD))
+    shown = 0
+    for route in _page_routes(app):
+        page = client.get(route)
+        if page.mimetype != "text/html" or page.status_code != 200:
+            continue
+        shown += 1
+        policy = page.headers["Content-Security-Policy"]
+        scripts = next(p for p in policy.split(";") if p.strip().startswith("script-src"))
+        assert scripts.split() == ["script-src", "'self'"], (route, policy)
+        assert "frame-ancestors 'none'" in policy and page.headers["X-Frame-Options"] == "DENY"
+        tree = lxml.html.fromstring(page.get_data(as_text=True))
+        inline = [s for s in tree.iter("script") if not s.get("src")]
+        assert not inline, (route, [lxml.html.tostring(s)[:120] for s in inline])
+        assert not [e for e in tree.iter() if any(a.startswith("on") for a in e.attrib)], route
+    print(f"{role}: {shown} pages")
+    assert shown >= (4 if role is None else 8), f"only {shown} pages answered for {role}"
+
+
+# ------------------------------------------------------------------ path traversal
+TRAVERSALS = [
+    "../../etc/passwd",
+    "..%2f..%2fetc%2fpasswd",
+    "%2e%2e/%2e%2e/etc/passwd",
+    "%252e%252e%252fetc%252fpasswd",
+    "sha256/../../../etc/passwd",
+    "sha256/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "....//....//etc/passwd",
+    "..\\..\\etc\\passwd",
+    "/etc/passwd",
+    "//etc/passwd",
+    "sha256/./../../app.py",
+    "%c0%ae%c0%ae/etc/passwd",
+]
+
+
+@pytest.mark.parametrize("key", TRAVERSALS)
+def test_path_traversal_in_asset_keys_reaches_nothing(client: FlaskClient, key: str, tmp_path: Any) -> None:
+    answer = client.get(f"/assets/{key}")
+    assert answer.status_code == 404, (key, answer.status_code)
+    assert b"root:" not in answer.data and b"create_app" not in answer.data
+    # and the store itself refuses the key before touching the disk
+    (tmp_path / "store").mkdir()
+    (tmp_path / "secret.txt").write_text("root:x:0:0")
+    store = FileStorage(tmp_path / "store")
+    decoded = urllib.parse.unquote(urllib.parse.unquote(key))
+    if ".." in decoded.replace("\\", "/").split("/") or decoded.startswith("/") or "\\" in decoded:
+        with pytest.raises(InvalidKey):
+            store.get(decoded)
+        with pytest.raises(InvalidKey):
+            store.put(decoded, b"x", "text/plain")
+    assert (tmp_path / "secret.txt").read_text() == "root:x:0:0"

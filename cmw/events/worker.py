@@ -96,6 +96,13 @@ class Worker(ConsumerMixin):
         # get back to its loop to stop.
         while self._inbox and not self.should_stop:
             consumer, body, message = self._inbox.popleft()
+            if getattr(message.channel, "connection", None) is None:
+                # A delivery of a connection that was lost is not ours any more: the broker
+                # gives it again (it was not acknowledged). Acknowledged on its dead
+                # channel it would fail and make the mixin reconnect, again and again,
+                # each time with the newer deliveries behind it, and nothing got through.
+                log.info("worker: a delivery of the lost connection dropped; it comes again")
+                continue
             consumer.apply(self.session_factory, body, message)
             self._heartbeat()
 
