@@ -281,23 +281,31 @@ def wait_running(shop: Shop, subscriptions: list[uuid.UUID], workers: list[subpr
     raise BenchError(f"not all running after {TIMEOUT:.0f}s: {shop.states(subscriptions)}")
 
 
-def run() -> int:
+def moto_shop(stack: ExitStack, prefix: str) -> tuple[Shop, dict[str, str], Path]:
+    """A fresh database (migrated), moto's EC2 and an sshd standing in for the VMs, and a
+    :class:`Shop` with its products on them, all gone when ``stack`` closes; the
+    environment for the platform's processes and a temporary folder."""
     sys.path.insert(0, str(ROOT))
     from tests.servers import running_moto, running_sshd
 
     check_broker(broker_url())
+    database_url = stack.enter_context(fresh_database())
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    env = child_environment(database_url, tmp / "var")
+    env["MERCATO_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+    print("preparing the database, moto and sshd ...", file=sys.stderr, flush=True)
+    run_step([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], env, "flask db upgrade")
+    moto = stack.enter_context(running_moto())
+    (tmp / "sshd").mkdir()
+    sshd = stack.enter_context(running_sshd(tmp / "sshd"))
+    shop = Shop(env)
+    shop.setup(moto, sshd, tmp / "data")
+    return shop, env, tmp
+
+
+def run() -> int:
     with ExitStack() as stack:
-        database_url = stack.enter_context(fresh_database())
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mercato-bench-deployer-")))
-        env = child_environment(database_url, tmp / "var")
-        env["MERCATO_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
-        print("preparing the database, moto and sshd ...", file=sys.stderr)
-        run_step([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], env, "flask db upgrade")
-        moto = stack.enter_context(running_moto())
-        (tmp / "sshd").mkdir()
-        sshd = stack.enter_context(running_sshd(tmp / "sshd"))
-        shop = Shop(env)
-        shop.setup(moto, sshd, tmp / "data")
+        shop, env, tmp = moto_shop(stack, "mercato-bench-deployer-")
         logs = [(tmp / f"worker-{n}.log").open("wb") for n in range(WORKERS)]
         workers = [
             subprocess.Popen(

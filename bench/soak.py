@@ -28,7 +28,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,19 +36,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
-
 from bench.__main__ import (
     HOST,
     ROOT,
     BenchError,
-    broker_url,
-    check_broker,
-    child_environment,
     free_port,
-    fresh_database,
     gunicorn,
-    run_step,
     wait_healthy,
 )
 
@@ -181,24 +173,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run() -> int:
-    sys.path.insert(0, str(ROOT))
-    from bench.deployer import Shop
-    from tests.servers import running_moto, running_sshd
+    from bench.deployer import moto_shop
 
-    check_broker(broker_url())
     with ExitStack() as stack:
-        database_url = stack.enter_context(fresh_database())
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mercato-soak-")))
-        env = child_environment(database_url, tmp / "var")
-        env["MERCATO_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+        shop, env, tmp = moto_shop(stack, "mercato-soak-")
         env["MERCATO_OUTBOX_POLL_SECONDS"] = "0.1"
-        print("soak: preparing the database, moto, sshd and the demo ...", file=sys.stderr, flush=True)
-        run_step([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], env, "flask db upgrade")
-        moto = stack.enter_context(running_moto())
-        (tmp / "sshd").mkdir()
-        sshd = stack.enter_context(running_sshd(tmp / "sshd"))
-        shop = Shop(env)
-        shop.setup(moto, sshd, tmp / "data")
         prepared = prepare(shop)
         customers, admin = prepared["tokens"]["customer"], prepared["tokens"]["admin"][0]
         moto_plans = [p for p in prepared["plans"] if p["moto"]]

@@ -130,7 +130,7 @@ EXPECTED: dict[str, str] = {
     "GET /api/v1/admin/cloud-accounts": "A R R H",
     "POST /api/v1/admin/cloud-accounts": "A R R .",
     "GET /api/v1/admin/cloud-accounts/{account_id}": "A RR RR HH",
-    "PATCH /api/v1/admin/cloud-accounts/{account_id}": "A RR RR .H",
+    "PATCH /api/v1/admin/cloud-accounts/{account_id}": "A RR RR HH",
     "POST /api/v1/admin/cloud-accounts/{account_id}/test": "A RR RR HH",
     "GET /api/v1/customer/cloud-accounts": "A . R R",
     "POST /api/v1/customer/cloud-accounts": "A . R R",
