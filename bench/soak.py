@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,7 @@ def run() -> int:
         memory: list[tuple[float, int, int]] = []
         metered: list[tuple[str, str]] = []  # (subscription id, metric)
         counter = {"n": 0, "orders": 0}
+        refusals: Counter[str] = Counter()
         lock = threading.Lock()
         try:
             with gunicorn(env, port, Path(tmp) / "gunicorn.log") as web:
@@ -238,6 +239,9 @@ def run() -> int:
                         "POST /api/v1/orders", "POST", "/api/v1/orders",
                         {"product": plan["product"], "plan": plan["plan"]}, headers,
                     )  # fmt: skip
+                    if status >= 400 and body:
+                        with lock:
+                            refusals[f"{plan['product']}: {body.get('detail')}"[:200]] += 1
                     if status == 201 and plan["metric"] and body:
                         with lock:
                             metered.append((body["subscription_id"], plan["metric"]))
@@ -278,7 +282,7 @@ def run() -> int:
                 stop.set()
                 for thread in threads:
                     thread.join(60)
-                settled_after, states = _settle(shop)
+                settled_after, states, failures = _settle(shop)
         finally:
             worker.terminate()
             try:
@@ -286,13 +290,14 @@ def run() -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait(timeout=10)
-    return report(recorder, memory, states, settled_after)
+    return report(recorder, memory, states, settled_after, failures, refusals)
 
 
-def _settle(shop: Any) -> tuple[float, dict[str, int]]:
+def _settle(shop: Any) -> tuple[float, dict[str, int], Counter[str]]:
     """Wait (up to 5 minutes) until no deployment is between states; how long, and the states."""
     import sqlalchemy as sa
 
+    from cmw.catalog.models import Product
     from cmw.extensions import current_session
     from deployer.models import Deployment, DeploymentState
 
@@ -304,13 +309,26 @@ def _settle(shop: Any) -> tuple[float, dict[str, int]]:
                 sa.select(Deployment.state, sa.func.count()).group_by(Deployment.state)
             )
             states = {str(state): int(count) for state, count in rows}
+            failures = Counter(
+                f"{slug}: {error}"[:200]
+                for slug, error in current_session().execute(
+                    sa.select(Product.slug, Deployment.last_error)
+                    .join(Product, Product.id == Deployment.product_id)
+                    .where(Deployment.state == DeploymentState.FAILED)
+                )
+            )
         if all(state in done for state in states) or time.monotonic() - started > 300:
-            return round(time.monotonic() - started, 1), states
+            return round(time.monotonic() - started, 1), states, failures
         time.sleep(1.0)
 
 
 def report(
-    recorder: Recorder, memory: list[tuple[float, int, int]], states: dict[str, int], settled_after: float
+    recorder: Recorder,
+    memory: list[tuple[float, int, int]],
+    states: dict[str, int],
+    settled_after: float,
+    failures: Counter[str],
+    refusals: Counter[str],
 ) -> int:
     by_endpoint: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
     for at, endpoint, status, ms in recorder.rows:
@@ -348,6 +366,8 @@ def report(
         "endpoints": endpoints,
         "deployments": states,
         "deployments_settled_after_s": settled_after,
+        "deployment_failures": dict(failures.most_common(10)),
+        "order_refusals": dict(refusals.most_common(10)),
         "memory_mib": {
             "web_after_warmup": round(statistics.mean(m[1] for m in settled) / 1024, 1),
             "web_at_end": round(statistics.mean(m[1] for m in last) / 1024, 1),
@@ -380,6 +400,8 @@ def report(
         f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}), "
         f"all settled {settled_after} s after the load stopped"
     )
+    for reason, n in [*failures.most_common(3), *refusals.most_common(3)]:
+        print(f"soak   {n} x {reason}")
     print(
         f"soak: {total} requests in {SECONDS:.0f} s, error rate {figures['error_rate_percent']}%; memory "
         f"web {mem['web_after_warmup']} -> {mem['web_at_end']} MiB ({mem['web_growth_percent']:+}%), worker "
