@@ -63,7 +63,7 @@ def prepare(shop: Any) -> dict[str, Any]:
     from cmw import demo
     from cmw.accounts import service as accounts
     from cmw.assets.api import storage
-    from cmw.catalog.models import Plan, Product, ProductVersion
+    from cmw.catalog.models import ComponentKind, Plan, Product, ProductVersion
     from cmw.extensions import current_session
     from cmw.marketplaces.service import platform
 
@@ -88,11 +88,13 @@ def prepare(shop: Any) -> dict[str, Any]:
         ).all()
         for product, plan in rows:
             metrics = [c.metric for c in plan.components if c.metric]
+            units = [c.min_quantity or 1 for c in plan.components if c.kind is ComponentKind.PER_UNIT]
             plans.append(
                 {
                     "product": product.slug,
                     "plan": plan.code,
                     "metric": metrics[0] if metrics else None,
+                    "quantity": max(units, default=1),
                     "moto": product.slug.startswith("bench-"),
                 }
             )
@@ -237,7 +239,7 @@ def run() -> int:
                     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"soak-{uuid.uuid4()}"}
                     status, body = timed(
                         "POST /api/v1/orders", "POST", "/api/v1/orders",
-                        {"product": plan["product"], "plan": plan["plan"]}, headers,
+                        {k: plan[k] for k in ("product", "plan", "quantity")}, headers,
                     )  # fmt: skip
                     if status >= 400 and body:
                         with lock:

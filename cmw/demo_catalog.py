@@ -78,11 +78,13 @@ def _plan(
 def _target(
     product_type: ProductType, cores: int, ram_gib: int, ports: list[int], data_gib: int = 50
 ) -> dict[str, Any]:
+    """A deployment on the demo's cloud, Libcloud's dummy driver: its images are "1" to
+    "3" and its largest size has 8 GiB of RAM, so the products ask for no more."""
     app = product_type is ProductType.VM_APP
     return {
         "cloud_account": "demo-cloud",
         "region": "eu-central",
-        "image": "debian-12",
+        "image": "1",
         "size": {"cores": cores, "ram_mib": ram_gib * 1024, "root_disk_gib": 20},
         "data_disk_gib": data_gib if app else None,
         "inbound_ports": [{"port": p, "protocol": "tcp", "cidr": "0.0.0.0/0"} for p in ports],
@@ -137,7 +139,7 @@ PRODUCTS: list[tuple[Any, ...]] = [
         "Self-hosted CI/CD runners for your Git repositories.",
         "Run pipelines on your own cloud: **Forge CI** gives you autoscaling runners, caches and artefacts.",
         ["ci", "pipeline", "git"],
-        (4, 16, [443]),
+        (4, 8, [443]),
         [
             _plan(
                 "team",
@@ -223,7 +225,7 @@ PRODUCTS: list[tuple[Any, ...]] = [
         "A GPU notebook server for machine learning teams.",
         "Jupyter notebooks on a GPU VM, with shared environments and scheduled jobs.",
         ["gpu", "jupyter", "ml"],
-        (8, 32, [443]),
+        (8, 8, [443]),
         [
             _plan(
                 "gpu",

@@ -14,7 +14,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from cmw import demo
+from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
+from cmw.catalog.models import ComponentKind, Plan, Product, ProductType, ProductVersion
 from cmw.crypto import Sealer
 from cmw.events.consumer import Event
 from cmw.events.models import OutboxEvent
@@ -455,3 +458,47 @@ def test_trying_a_cloud_account_looks_up_images_on_a_driver_without_get_image(
     assert [i["id"] for i in found.get_json()["images"]] == ["1"] and found.get_json()["sizes"]
     missing = client.post(url, json={"images": ["1", "no-such"]}, headers=admin_h)
     assert missing.status_code == 422 and "no such image: no-such" in missing.get_json()["detail"]
+
+
+def test_the_demo_s_products_deploy_on_its_dummy_cloud(
+    app: Flask, client: FlaskClient, db_session: Session, engine: Engine, sealer: Sealer, token_for: Headers
+) -> None:
+    """`make run`'s demo products deploy on its cloud, Libcloud's dummy driver (they named
+    an image, "debian-12", that the dummy cloud does not have, and every order failed)."""
+    demo.load(db_session, app.extensions["mercato.storage"], sealer)
+    db_session.commit()
+    customer = accounts.find_user(db_session, demo.LOGINS[3].email)
+    assert customer is not None
+    headers = token_for(customer)
+    ordered = []
+    for product, plan in db_session.execute(
+        sa.select(Product.slug, Plan)
+        .join(ProductVersion, ProductVersion.id == Product.live_version_id)
+        .join(Plan, Plan.version_id == ProductVersion.id)
+        .where(ProductVersion.product_type == ProductType.VM_APP)
+        .order_by(Product.slug, Plan.code)
+    ):
+        if product in {p for p, _ in ordered}:
+            continue
+        units = [c.min_quantity or 1 for c in plan.components if c.kind is ComponentKind.PER_UNIT]
+        answer = client.post(
+            "/api/v1/orders",
+            json={"product": product, "plan": plan.code, "quantity": max(units, default=1)},
+            headers=headers,
+        )
+        assert answer.status_code == 201, answer.get_data(as_text=True)
+        ordered.append((product, answer.get_json()["subscription_id"]))
+    assert len(ordered) >= 2
+    for _product, subscription_id in ordered:
+        consume(db_session, "deployment.requested", subscription_id=subscription_id)
+    run(engine)
+    states = {
+        product: db_session.scalar(
+            sa.select(Deployment.state).where(Deployment.subscription_id == uuid.UUID(subscription_id))
+        )
+        for product, subscription_id in ordered
+    }
+    errors = db_session.scalars(
+        sa.select(Deployment.last_error).where(Deployment.last_error.is_not(None))
+    ).all()
+    assert set(states.values()) == {DeploymentState.RUNNING}, (states, errors)
