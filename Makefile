@@ -70,7 +70,7 @@ bench: $(VENV)/.bench-installed
 # the API fuzzing test at full length: 200 examples per operation and role, plus
 # schemathesis's coverage phase (make test runs 5, without it)
 fuzz: $(VENV)/.dev-installed
-	MERCATO_FUZZ_EXAMPLES=200 MERCATO_FUZZ_PHASES=examples,coverage,fuzzing $(BIN)/pytest -s tests/test_fuzz.py
+	MERCATO_FUZZ_EXAMPLES=200 MERCATO_FUZZ_PHASES=examples,coverage,fuzzing $(BIN)/pytest -s --timeout=0 -p no:logging tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tests/oidc/node_modules
