@@ -72,31 +72,49 @@ def check_endpoints(
     not private or loopback unless ``allow_private`` (None: the operator's setting). A
     name that does not resolve is refused when ``saving``; later it is left to the driver
     (a passing DNS failure is worth a retry, not a failed deployment)."""
-    port = options.get("port")
+    targets: list[tuple[str, str, str, int | None]] = []  # field, label, URL or host, port
     for field_name, values in (("driver_options", options), ("credentials", credentials)):
         for name, value in values.items():
             if not isinstance(value, str):
                 continue
-            try:
-                if value.strip().lower().startswith(("http://", "https://")):
-                    check_url(value, allow_private=allow_private, schemes=("http", "https"))
-                elif name == "host" or name.endswith("_host"):
-                    check_host(value, int(port or 443), allow_private=allow_private)
-            except UnresolvedHost as exc:
-                if saving:
-                    raise EndpointRefused(field_name, f"{name}: the address {exc}") from None
-            except OutboundError as exc:
-                raise EndpointRefused(field_name, f"{name}: the address {exc}") from None
-            except ValueError:
-                raise EndpointRefused("driver_options", "port: a number") from None
+            if value.strip().lower().startswith(("http://", "https://")):
+                targets.append((field_name, f"{name}: ", value, None))
+            elif name == "host" or name.endswith("_host"):
+                try:
+                    targets.append((field_name, f"{name}: ", value, int(options.get("port") or 443)))
+                except ValueError:
+                    raise EndpointRefused("driver_options", "port: a number") from None
     if ssh_host:
+        targets.append(("ssh_host", "", ssh_host, int(ssh_port or 22)))
+    for field_name, label, target, port in targets:
         try:
-            check_host(ssh_host, int(ssh_port or 22), allow_private=allow_private)
+            if port is None:
+                check_url(target, allow_private=allow_private, schemes=("http", "https"))
+            else:
+                check_host(target, port, allow_private=allow_private)
         except UnresolvedHost as exc:
             if saving:
-                raise EndpointRefused("ssh_host", f"the address {exc}") from None
+                raise EndpointRefused(field_name, f"{label}the address {exc}") from None
         except OutboundError as exc:
-            raise EndpointRefused("ssh_host", f"the address {exc}") from None
+            raise EndpointRefused(field_name, f"{label}the address {exc}") from None
+
+
+def private_allowed(account: CloudAccount) -> bool | None:
+    """The platform's own accounts may lead to a private cloud; a customer's follow the
+    operator's setting (None)."""
+    return True if account.owner_id is None else None
+
+
+def check_account(account: CloudAccount, credentials: dict[str, Any], *, saving: bool) -> None:
+    """:func:`check_endpoints` on a saved account's settings."""
+    check_endpoints(
+        credentials,
+        dict(account.driver_options or {}),
+        account.ssh_host,
+        account.ssh_port,
+        allow_private=private_allowed(account),
+        saving=saving,
+    )
 
 
 def register_driver(provider: str, driver_class: type[NodeDriver]) -> None:
@@ -153,14 +171,7 @@ def driver_for(account: CloudAccount, credentials: dict[str, Any]) -> NodeDriver
     with _drivers_lock:
         found = _drivers.get(key)
         if found is None:
-            check_endpoints(
-                credentials,
-                dict(account.driver_options or {}),
-                account.ssh_host,
-                account.ssh_port,
-                allow_private=True if account.owner_id is None else None,
-                saving=False,
-            )
+            check_account(account, credentials, saving=False)
             found = make_driver(
                 account.provider, credentials, account.region, dict(account.driver_options or {})
             )

@@ -135,7 +135,7 @@ def update_cloud_account(
                 "ssh_host": changes.get("ssh_host", account.ssh_host),
                 "ssh_port": changes.get("ssh_port", account.ssh_port),
             },
-            allow_private=account.owner_id is None or None,
+            allow_private=clouds.private_allowed(account),
         )
     if "slug" in changes and changes["slug"] != account.slug:
         taken = session.scalar(sa.select(CloudAccount.id).where(CloudAccount.slug == changes["slug"]))
@@ -204,11 +204,8 @@ def test_cloud_account(
     """List sizes (and images, or the named ones) with the account's driver."""
     calls = clouds.ProviderCalls(account.slug)
     opened = credentials(sealer, account)
-    options = dict(account.driver_options or {})
-    clouds.check_endpoints(
-        opened, options, account.ssh_host, account.ssh_port, allow_private=account.owner_id is None or None
-    )
-    driver = clouds.make_driver(account.provider, opened, account.region, options)
+    clouds.check_account(account, opened, saving=True)
+    driver = clouds.make_driver(account.provider, opened, account.region, dict(account.driver_options or {}))
     sizes = calls("list_sizes", driver.list_sizes)
     if image_ids:
         try:

@@ -82,7 +82,7 @@ def cloudwatch_for(account: Any, sealer: Sealer) -> Any:
     credentials = deployments.credentials(sealer, account)
     options = dict(account.driver_options or {})
     # the endpoint is the account's: checked as the deployer checks it before each use
-    clouds.check_endpoints(credentials, options, allow_private=account.owner_id is None or None, saving=False)
+    clouds.check_endpoints(credentials, options, allow_private=clouds.private_allowed(account), saving=False)
     kwargs: dict[str, Any] = {
         "region_name": account.region or options.get("region") or "us-east-1",
         "aws_access_key_id": credentials.get("key"),
