@@ -148,25 +148,6 @@ def _paced(rate: float, stop: threading.Event, act: Any) -> None:
             stop.wait(pause)
 
 
-def _rss_kib(pid: int) -> int:
-    """Resident memory of a process and its children, in KiB (0 once it is gone)."""
-    total = 0
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        return 0
-    for one in pids:
-        try:
-            for line in Path(f"/proc/{one}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -175,7 +156,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run() -> int:
-    from bench.deployer import moto_shop
+    from bench.deployer import moto_shop, rss_mib
 
     with ExitStack() as stack:
         shop, env, tmp = moto_shop(stack, "mercato-soak-")
@@ -195,7 +176,7 @@ def run() -> int:
             stderr=subprocess.STDOUT,
         )
         recorder = Recorder()
-        memory: list[tuple[float, int, int]] = []
+        memory: list[tuple[float, float, float]] = []
         metered: list[tuple[str, str]] = []  # (subscription id, metric)
         counter = {"n": 0, "orders": 0}
         refusals: Counter[str] = Counter()
@@ -266,7 +247,7 @@ def run() -> int:
                 def sample() -> None:
                     while not stop.is_set():
                         memory.append(
-                            (time.monotonic() - recorder.started, _rss_kib(web.pid), _rss_kib(worker.pid))
+                            (time.monotonic() - recorder.started, rss_mib(web.pid), rss_mib(worker.pid))
                         )
                         stop.wait(SAMPLE_SECONDS)
 
@@ -326,7 +307,7 @@ def _settle(shop: Any) -> tuple[float, dict[str, int], Counter[str]]:
 
 def report(
     recorder: Recorder,
-    memory: list[tuple[float, int, int]],
+    memory: list[tuple[float, float, float]],
     states: dict[str, int],
     settled_after: float,
     failures: Counter[str],
@@ -371,14 +352,14 @@ def report(
         "deployment_failures": dict(failures.most_common(10)),
         "order_refusals": dict(refusals.most_common(10)),
         "memory_mib": {
-            "web_after_warmup": round(statistics.mean(m[1] for m in settled) / 1024, 1),
-            "web_at_end": round(statistics.mean(m[1] for m in last) / 1024, 1),
+            "web_after_warmup": round(statistics.mean(m[1] for m in settled), 1),
+            "web_at_end": round(statistics.mean(m[1] for m in last), 1),
             "web_growth_percent": growth(1),
-            "worker_after_warmup": round(statistics.mean(m[2] for m in settled) / 1024, 1),
-            "worker_at_end": round(statistics.mean(m[2] for m in last) / 1024, 1),
+            "worker_after_warmup": round(statistics.mean(m[2] for m in settled), 1),
+            "worker_at_end": round(statistics.mean(m[2] for m in last), 1),
             "worker_growth_percent": growth(2),
         },
-        "samples": [{"second": round(at, 1), "web_kib": web, "worker_kib": wk} for at, web, wk in memory],
+        "samples": [{"second": round(at, 1), "web_mib": web, "worker_mib": wk} for at, web, wk in memory],
     }
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(json.dumps(figures, indent=2))
@@ -415,7 +396,7 @@ def report(
 
 
 def _plot(
-    by_endpoint: dict[str, list[tuple[float, int, float]]], memory: list[tuple[float, int, int]]
+    by_endpoint: dict[str, list[tuple[float, int, float]]], memory: list[tuple[float, float, float]]
 ) -> None:
     import matplotlib
 
@@ -434,8 +415,8 @@ def _plot(
     latency.set_yscale("log")
     latency.legend(fontsize="small")
     latency.grid(True, alpha=0.3)
-    rss.plot([m[0] for m in memory], [m[1] / 1024 for m in memory], label="web (gunicorn master + workers)")
-    rss.plot([m[0] for m in memory], [m[2] / 1024 for m in memory], label="worker")
+    rss.plot([m[0] for m in memory], [m[1] for m in memory], label="web (gunicorn master + workers)")
+    rss.plot([m[0] for m in memory], [m[2] for m in memory], label="worker")
     rss.axvline(SECONDS / 5, color="grey", linestyle="--", label="end of warm-up")
     rss.set_ylabel("resident memory (MiB)")
     rss.set_xlabel("seconds")
