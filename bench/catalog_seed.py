@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cmw.accounts.models import Organisation
+from cmw.assets import models as _assets  # noqa: F401  (Marketplace.logo names Image)
 from cmw.catalog.models import Category, Plan, PriceComponent, Product, ProductVersion, Review
 from cmw.marketplaces.models import Marketplace
 

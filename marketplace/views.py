@@ -47,7 +47,7 @@ from cmw.assets.service import image_view, save_image
 from cmw.catalog import cache, presenters, reviews, search
 from cmw.catalog import service as catalog_service
 from cmw.catalog.api import MAX_UPLOAD
-from cmw.catalog.models import Category, Plan, Product, ProductVersion, Review
+from cmw.catalog.models import Plan, Product, ProductVersion, Review
 from cmw.catalog.schemas import ProductListArgs
 from cmw.catalog.search import Sort
 from cmw.catalog.workflow import ConcurrentChange, InvalidTransition
@@ -128,8 +128,8 @@ def home() -> ResponseReturnValue:
     return render_template("home.html", featured=featured, newest=newest, categories=_categories())
 
 
-def _categories() -> list[Category]:
-    return list(current_session().scalars(sa.select(Category).order_by(Category.position, Category.slug)))
+def _categories() -> tuple[cache.CategoryChoice, ...]:
+    return cache.categories(current_session(), current_marketplace())
 
 
 #: the catalog page's list arguments: the API's, so both search the same way
@@ -226,17 +226,19 @@ def _order_form(view: dict[str, Any]) -> OrderForm:
 def product(slug: str) -> ResponseReturnValue:
     """The product page; its form places an order (signed-in customers)."""
     session = current_session()
-    found = catalog_service.find_published(session, current_marketplace(), slug)
+    found = catalog_service.find_published(session, current_marketplace(), slug, with_plans=True)
     if found is None:
         abort(404)
     view = presenters.public_view(session, storage(), found, current_marketplace())
-    form = _order_form(view)
+    identity = current_identity()
+    # a visitor who is not signed in is shown no form (a link to sign in instead)
+    form = _order_form(view) if identity is not None or request.method == "POST" else None
     error = None
     status = 200
     if request.method == "POST":
-        identity = current_identity()
         if identity is None:
             return sign_in_first()
+        assert form is not None
         customers = sorted(identity.organisations_with(Role.CUSTOMER))
         if not customers:
             error, status = "Only a customer organisation's users can order; sign in as one.", 403
@@ -277,7 +279,6 @@ def product(slug: str) -> ResponseReturnValue:
         else:
             status = 422
     shown = reviews.visible_page(session, found.id, 1, 20)
-    identity = current_identity()
     is_vendor = identity is not None and found.vendor_id in identity.organisations_with(Role.VENDOR)
     return (
         render_template(
@@ -286,8 +287,8 @@ def product(slug: str) -> ResponseReturnValue:
             reviews=shown,
             form=form,
             error=error,
-            review_form=ReviewForm(),
-            reply_form=ReplyForm(),
+            review_form=ReviewForm() if identity is not None else None,
+            reply_form=ReplyForm() if is_vendor else None,
             is_vendor=is_vendor,
         ),
         status,

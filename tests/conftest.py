@@ -216,9 +216,9 @@ def truncate(engine: sa.Engine) -> None:
 @pytest.fixture(autouse=True)
 def _empty_catalog_cache() -> Iterator[None]:
     """Tests roll back, so catalog generations repeat between tests: start each one cold."""
-    catalog_cache.catalog_pages.clear()
+    catalog_cache.clear()
     yield
-    catalog_cache.catalog_pages.clear()
+    catalog_cache.clear()
 
 
 @pytest.fixture

@@ -257,3 +257,16 @@ def test_counts_come_from_the_database(db_session: Session, catalog: dict[str, M
         sa.select(sa.func.count()).select_from(Product).where(Product.published_at.is_not(None))
     )
     assert published == 300
+
+
+def test_the_search_index_has_no_pending_list(db_session: Session, catalog: dict[str, Made]) -> None:
+    """GIN's pending list (fastupdate) would make every search scan the products saved since
+    the last vacuum one by one; the catalog is searched far more often than it is written."""
+    options = db_session.scalar(
+        sa.text("SELECT reloptions FROM pg_class WHERE relname = 'ix_product_versions_search'")
+    )
+    assert options is not None and "fastupdate=off" in options
+    pending = db_session.scalar(
+        sa.text("SELECT gin_clean_pending_list('ix_product_versions_search'::regclass)")
+    )
+    assert pending == 0  # the 300 products just saved went straight into the index

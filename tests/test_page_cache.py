@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts.models import Organisation, Role, User
 from cmw.catalog import cache, reviews
+from cmw.catalog.models import Category
 from cmw.extensions import db
 from cmw.marketplaces.models import Marketplace
 from tests.catalog_data import publish
@@ -128,3 +129,32 @@ def test_nothing_of_one_user_is_stored_or_shown_to_another(
     assert app.test_client().get("/products/nothing").status_code == 404
     assert app.test_client().get("/products?max_price=lots").status_code == 422
     assert len(cache.catalog_pages) == 0
+
+
+def test_a_page_not_in_memory_reads_only_what_it_shows(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers, db_session: Session
+) -> None:
+    """Every product page of a large catalog is asked for now and then, so one not in memory
+    must be cheap too: the product with its live version, plans and prices in one query
+    (not a lazy load each), and the categories once per catalog generation, not per page."""
+    vendor_h, admin_h = token_for(make_user(Role.VENDOR)), token_for(make_user(Role.ADMIN))
+    publish(client, vendor_h, admin_h)
+    cache.clear()
+    with _statements(app) as seen:
+        page = app.test_client().get("/products/wiki-server")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "Wiki Server" in html and "Sign in to order" in html
+    # the marketplace (with the catalog generation), the product with what it sells, its reviews
+    assert len(seen) == 3, seen
+    assert "plans" in seen[1] and "price_components" in seen[1] and "product_versions" in seen[1]
+    app.test_client().get("/products?q=wiki")
+    cache.catalog_pages.clear()
+    with _statements(app) as seen:
+        listed = app.test_client().get("/products?q=wiki")
+    assert "Wiki Server" in listed.get_data(as_text=True)
+    assert not any("FROM categories" in s for s in seen), seen
+    # a new category is a catalog change: it shows on the next page
+    db_session.add(Category(slug="brand-new", name="Brand New Category", position=99))
+    db_session.commit()
+    assert "Brand New Category" in app.test_client().get("/products?q=wiki").get_data(as_text=True)
+    assert "Brand New Category" in app.test_client().get("/").get_data(as_text=True)

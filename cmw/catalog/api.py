@@ -195,7 +195,7 @@ class PublicProduct(MethodView):
     @blp.response(200, PublicProductSchema)
     def get(self, ref: str) -> dict[str, Any]:
         """A published product by slug or id, as customers see it (its live version)."""
-        product = service.find_published(current_session(), current_marketplace(), ref)
+        product = service.find_published(current_session(), current_marketplace(), ref, with_plans=True)
         if product is None:
             raise ApiError(404, "no such product in this marketplace")
         return _public_view(product)

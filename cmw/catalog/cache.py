@@ -26,7 +26,7 @@ import functools
 import hashlib
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, ParamSpec
+from typing import Any, NamedTuple, ParamSpec
 
 import sqlalchemy as sa
 from cachetools import TTLCache
@@ -152,6 +152,36 @@ class ResponseCache:
 
 #: the public catalog's cached answers in this process
 catalog_pages = ResponseCache()
+
+
+class CategoryChoice(NamedTuple):
+    slug: str
+    name: str
+
+
+#: the categories of the newest catalog generation this process has read them for
+_categories: tuple[int, tuple[CategoryChoice, ...]] | None = None
+
+
+def categories(session: Session, marketplace: Marketplace) -> tuple[CategoryChoice, ...]:
+    """Every category in menu order (the catalog page's filter and the home page), read once
+    per catalog generation in this process rather than on every page."""
+    global _categories
+    generation = marketplace.catalog_generation
+    known = _categories
+    if known is not None and known[0] == generation:
+        return known[1]
+    rows = session.execute(sa.select(Category.slug, Category.name).order_by(Category.position, Category.slug))
+    found = tuple(CategoryChoice(row.slug, row.name) for row in rows)
+    _categories = (generation, found)
+    return found
+
+
+def clear() -> None:
+    """Forget everything cached in this process (tests roll back, so generations repeat)."""
+    global _categories
+    catalog_pages.clear()
+    _categories = None
 
 
 def cached_by_catalog(view: Callable[P, ResponseReturnValue]) -> Callable[P, ResponseReturnValue]:

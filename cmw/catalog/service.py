@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from cmw.accounts.models import Organisation, OrganisationKind, User
 from cmw.assets.models import Image
@@ -431,14 +431,24 @@ def published(session: Session, marketplace: Marketplace) -> sa.Select[Any]:
     )
 
 
-def find_published(session: Session, marketplace: Marketplace, ref: str) -> Product | None:
-    """The published product sold in ``marketplace`` whose id or slug is ``ref``."""
+#: a product with its live version, that version's plans and their price components
+#: loaded in the same query (what its page and an order read), not one lazy load each
+WITH_PLANS = joinedload(Product.live_version).joinedload(ProductVersion.plans).joinedload(Plan.components)
+
+
+def find_published(
+    session: Session, marketplace: Marketplace, ref: str, *, with_plans: bool = False
+) -> Product | None:
+    """The published product sold in ``marketplace`` whose id or slug is ``ref``; with
+    ``with_plans``, its live version's plans and prices come in the same query."""
     stmt = published(session, marketplace)
     try:
         stmt = stmt.where(Product.id == uuid.UUID(ref))
     except ValueError:
         stmt = stmt.where(Product.slug == ref)
-    found: Product | None = session.scalars(stmt.limit(1)).first()
+    if with_plans:
+        stmt = stmt.options(WITH_PLANS)
+    found: Product | None = session.scalars(stmt.limit(1)).unique().first()
     return found
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from cmw.accounts import keys
 from cmw.accounts.models import Membership, Organisation, OrganisationKind, Role, User
@@ -108,7 +108,7 @@ def replay(session: Session, user: User, key: str, request_hash: str) -> Order |
 
 
 def _product(session: Session, marketplace: Marketplace, ref: str) -> Product:
-    product = catalog.find_published(session, marketplace, ref)
+    product = catalog.find_published(session, marketplace, ref, with_plans=True)
     if product is None:
         raise OrderError("product", f"{ref!r} is not a published product of this marketplace")
     return product
@@ -132,12 +132,7 @@ def place_order(
     if customer.kind is not OrganisationKind.CUSTOMER or customer.marketplace_id != marketplace.id:
         raise OrderError("organisation_id", "not a customer organisation of this marketplace")
     product = _product(session, marketplace, request.product)
-    # the version with its plans and their prices in one query (an approved version never changes)
-    live = session.get(
-        ProductVersion,
-        product.live_version_id,
-        options=[joinedload(ProductVersion.plans).joinedload(Plan.components)],
-    )
+    live = product.live_version  # with its plans and their prices, in the product's query
     assert live is not None
     plan = next((p for p in live.plans if p.code == request.plan or str(p.id) == request.plan), None)
     if plan is None:
