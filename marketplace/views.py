@@ -80,10 +80,13 @@ bp = Blueprint("pages", __name__)
 
 @bp.app_context_processor
 def branding() -> dict[str, Any]:
+    identity = current_identity()
     return {
         "marketplace": marketplace_or_none(),
-        "identity": current_identity(),
-        "sign_out_form": SignOutForm(),
+        "identity": identity,
+        # only the signed-in see the sign-out form: a visitor's page makes no CSRF token, so
+        # it neither writes their session nor sends a cookie
+        "sign_out_form": SignOutForm() if identity is not None else None,
         "marketplace_logo": _marketplace_logo,
     }
 

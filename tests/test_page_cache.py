@@ -55,11 +55,12 @@ def test_public_pages_come_from_memory_until_the_catalog_changes(
     for url in ("/", "/products", "/products?q=wiki", "/products/wiki-server"):
         first = app.test_client().get(url)
         assert first.status_code == 200
-        assert "Set-Cookie" in first.headers and first.headers["Vary"] == "Cookie"
+        # a visitor's page writes nothing to their session: no cookie, so shared caches may keep it
+        assert "Set-Cookie" not in first.headers and first.headers["Vary"] == "Cookie"
         with _statements(app) as seen:
             second = app.test_client().get(url)
         assert second.get_data() == first.get_data(), url
-        assert "Set-Cookie" in second.headers and second.headers["Vary"] == "Cookie", second.headers
+        assert "Set-Cookie" not in second.headers and second.headers["Vary"] == "Cookie", second.headers
         assert second.headers["Content-Type"] == first.headers["Content-Type"]
         assert not any("product" in s for s in seen), (url, seen)
     # a new product shows on the next request
