@@ -235,7 +235,7 @@ def product(slug: str) -> ResponseReturnValue:
     view = presenters.public_view(session, storage(), found, current_marketplace())
     identity = current_identity()
     # a visitor who is not signed in is shown no form (a link to sign in instead)
-    form = _order_form(view) if identity is not None or request.method == "POST" else None
+    form = _order_form(view) if identity is not None else None
     error = None
     status = 200
     if request.method == "POST":
