@@ -8,7 +8,7 @@ What it does, all on loopback and all stopping by itself:
    ``MERCATO_TEST_BROKER_URL`` (default ``amqp://guest:guest@127.0.0.1:5672//``);
 2. migrates it (``flask --app app db upgrade``) and creates a user with an API token;
 3. seeds 10,000 published products and 100,000 reviews, then starts gunicorn as
-   ``flask mercato serve`` does (2 gthread workers, 4 threads each, no access log);
+   ``flask mercato serve`` does (2 workers of cmw.webserver, 4 threads each, no access log);
 4. runs ``wrk -t2 -c50 -d15s --latency`` against ``/healthz`` (database and broker check),
    ``/api/v1/me`` (token authentication, one user with their grants) and the catalog
    query (a search term and a filter, 20 a page): at 50 connections, at 10, and with a
@@ -258,7 +258,7 @@ def gunicorn(env: Mapping[str, str], port: int, log_path: Path) -> Iterator[subp
         sys.executable, "-m", "gunicorn",
         "--bind", f"{HOST}:{port}",
         "--workers", str(GUNICORN_WORKERS),
-        "--worker-class", "gthread",
+        "--config", "python:cmw.webserver",  # as `flask mercato serve`
         "--threads", str(GUNICORN_THREADS),
         "--graceful-timeout", "10",
         # no --access-logfile: gunicorn writes no access log unless asked
@@ -425,7 +425,7 @@ def write_json(results: list[Result], wrk_duration: str, page_part: dict[str, An
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
         "server": {
             "gunicorn_workers": GUNICORN_WORKERS,
-            "worker_class": "gthread",
+            "worker_class": "cmw.webserver.Worker",
             "threads": GUNICORN_THREADS,
         },
         "load": {
@@ -631,7 +631,7 @@ def run() -> int:
     write_json(everything, wrk_duration, page_part)
     print()
     print(
-        f"gunicorn {GUNICORN_WORKERS} gthread workers x {GUNICORN_THREADS} threads; "
+        f"gunicorn {GUNICORN_WORKERS} cmw.webserver workers x {GUNICORN_THREADS} threads; "
         f"wrk {WRK_THREADS} threads, {WRK_CONNECTIONS} connections (pages {pages.CONNECTIONS}), "
         f"{wrk_duration} per endpoint"
     )

@@ -265,7 +265,7 @@ def test_metrics_add_up_every_gunicorn_worker(app: Flask, database_url: str, tmp
             sys.executable, "-m", "gunicorn",
             "--bind", f"127.0.0.1:{port}",
             "--workers", "2",
-            "--worker-class", "gthread",
+            "--config", "python:cmw.webserver",
             "--threads", "2",
             "app:create_app()",
         ],

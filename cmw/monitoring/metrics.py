@@ -2,7 +2,7 @@
 
 Under gunicorn's several workers (and with the worker process on the same machine) every
 process writes its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
-multiprocess mode; ``flask mercato serve`` sets it up, ``gunicorn.conf.py`` marks exited
+multiprocess mode; ``flask mercato serve`` sets it up, ``cmw.webserver`` marks exited
 workers dead) and ``/metrics`` adds them all up, whichever worker answers. Without that
 variable a process serves its own figures.
 
