@@ -13,6 +13,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    get_template_attribute,
     make_response,
     redirect,
     render_template,
@@ -161,13 +162,15 @@ def catalog() -> ResponseReturnValue:
         filters, paging = _LIST_ARGS.load({}), _PAGE_ARGS.load({})
     if filters["currency"]:
         filters["currency"] = filters["currency"].upper()
-    result = search.page(
-        current_session(),
-        current_marketplace(),
-        search.Query(**filters),
-        paging["page"],
-        paging["per_page"],
-        storage(),
+    session, marketplace = current_session(), current_marketplace()
+    query = search.Query(**filters)
+    result = search.page_ids(session, marketplace, query, paging["page"], paging["per_page"])
+    card = get_template_attribute("_cards.html", "card")
+    result["cards"] = cache.cards_html(
+        marketplace,
+        result.pop("ids"),
+        lambda ids: search.cards(session, ids, storage(), marketplace),
+        lambda item: card(item, compare=True),
     )
 
     def page_url(number: int) -> str:

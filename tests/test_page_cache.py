@@ -159,3 +159,39 @@ def test_a_page_not_in_memory_reads_only_what_it_shows(
     db_session.commit()
     assert "Brand New Category" in app.test_client().get("/products?q=wiki").get_data(as_text=True)
     assert "Brand New Category" in app.test_client().get("/").get_data(as_text=True)
+
+
+def test_a_new_search_renders_only_the_cards_not_seen_lately(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers, db_session: Session
+) -> None:
+    """A catalog page whose search is new (not in memory) finds its product ids, and takes
+    the cards it has shown lately from memory: no card query, no rendering. A change to the
+    catalog shows on the next page, signed in or not."""
+    vendor_h, admin_h = token_for(make_user(Role.VENDOR)), token_for(make_user(Role.ADMIN))
+    publish(client, vendor_h, admin_h)
+    publish(client, vendor_h, admin_h, slug="backup-vault", name="Backup Vault", short_description="B.")
+    cache.clear()
+    with _statements(app) as seen:
+        first = app.test_client().get("/products").get_data(as_text=True)
+    assert "Wiki Server" in first and "Backup Vault" in first
+    assert sum("logo_card_key" in s for s in seen) == 1, seen  # the card query
+    with _statements(app) as seen:
+        second = app.test_client().get("/products?sort=newest").get_data(as_text=True)
+    assert "Wiki Server" in second and "Backup Vault" in second
+    assert not any("logo_card_key" in s for s in seen), seen
+    # a search finding one card seen and none new: the same card, byte for byte
+    wiki_card = first[first.index('<li class="card">') :]
+    wiki_card = wiki_card[: wiki_card.index("</li>") + 5]
+    assert wiki_card in second
+    # signed-in users see the same cards; the vendor's new name shows on the next page for both
+    user = make_user(Role.CUSTOMER)
+    signed = app.test_client()
+    _signed_in(signed, user)
+    assert "Backup Vault" in signed.get("/products?q=backup").get_data(as_text=True)
+    vendor_org = db_session.scalar(sa.select(Organisation).where(Organisation.kind == "vendor"))
+    assert vendor_org is not None and vendor_org.name not in ("Renamed Vendor",)
+    vendor_org.name = "Renamed Vendor"
+    db_session.commit()
+    for browser in (signed, app.test_client()):
+        html = browser.get("/products?q=backup").get_data(as_text=True)
+        assert "by Renamed Vendor" in html and "Backup Vault" in html

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+import uuid
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple, ParamSpec
 
@@ -45,6 +46,8 @@ from cmw.marketplaces.models import CatalogState, Marketplace, PriceMarkup, Sele
 TTL_SECONDS = 60
 #: entries kept per process (an API answer is a few kB, a storefront page 5 to 15 kB)
 MAX_ENTRIES = 2048
+#: catalog cards kept per process as HTML (under 1 kB each)
+MAX_CARDS = 10_000
 
 CATALOG_CLASSES: tuple[type[Any], ...] = (
     Product,
@@ -177,10 +180,44 @@ def categories(session: Session, marketplace: Marketplace) -> tuple[CategoryChoi
     return found
 
 
+#: catalog cards as HTML, by marketplace, catalog generation, URL prefix and product
+_cards: TTLCache[Hashable, str] = TTLCache(maxsize=MAX_CARDS, ttl=TTL_SECONDS)
+_cards_lock = threading.Lock()
+
+
+def cards_html(
+    marketplace: Marketplace,
+    ids: list[uuid.UUID],
+    load: Callable[[list[uuid.UUID]], list[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], str],
+) -> list[str]:
+    """The catalog cards of these products as HTML, in their order.
+
+    A card is the same for everyone who sees it in a marketplace (its prices are the
+    marketplace's), so it is rendered once per catalog generation and kept: a catalog page
+    whose search is new then only renders the cards not seen lately, and ``load`` (the card
+    query) runs for those alone, or not at all. Products ``load`` no longer finds are left
+    out.
+    """
+    base = (marketplace.id, marketplace.catalog_generation, request.script_root)
+    with _cards_lock:
+        found = {product_id: _cards.get((*base, product_id)) for product_id in ids}
+    missing = [product_id for product_id, html in found.items() if html is None]
+    if missing:
+        fresh = {item["id"]: render(item) for item in load(missing)}
+        with _cards_lock:
+            for product_id, html in fresh.items():
+                _cards[(*base, product_id)] = html
+        found.update(fresh)
+    return [html for html in (found[product_id] for product_id in ids) if html is not None]
+
+
 def clear() -> None:
     """Forget everything cached in this process (tests roll back, so generations repeat)."""
     global _categories
     catalog_pages.clear()
+    with _cards_lock:
+        _cards.clear()
     _categories = None
 
 

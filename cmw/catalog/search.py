@@ -140,11 +140,22 @@ def page(
 ) -> dict[str, Any]:
     """One page of :func:`catalog_query` in two cheap queries (a "deferred join"):
 
-    1. the page's product ids and the total (``count(*) OVER ()``), on narrow rows, so the
-       search and the filters run once and no wide row is built for products not shown;
-    2. those products' card columns, by primary key: plain rows, no ORM objects and no
-       wide columns (this is the busiest public endpoint).
+    1. the page's product ids and the total (:func:`page_ids`);
+    2. those products' card columns, by primary key (:func:`cards`): plain rows, no ORM
+       objects and no wide columns (this is the busiest public endpoint).
     """
+    found = page_ids(session, marketplace, query, number, per_page)
+    ids = found.pop("ids")
+    loaded = {card["id"]: card for card in cards(session, ids, storage, marketplace)} if ids else {}
+    return {"items": [loaded[i] for i in ids if i in loaded], **found}
+
+
+def page_ids(
+    session: Session, marketplace: Marketplace, query: Query, number: int, per_page: int
+) -> dict[str, Any]:
+    """The ids of one page of :func:`catalog_query`, in order (``ids``), with the paging
+    figures. One query on narrow rows, the total with it (``count(*) OVER ()``): the
+    search and the filters run once, and no wide row is built for products not shown."""
     full = catalog_query(session, marketplace, query)
     ids_only = full.with_only_columns(Product.id, sa.func.count().over().label("total_rows"))
     rows = session.execute(ids_only.limit(per_page).offset((number - 1) * per_page)).all()
@@ -154,10 +165,8 @@ def page(
         total = 0
     else:  # past the last page
         total = session.scalar(full.with_only_columns(sa.func.count()).order_by(None)) or 0
-    ids = [row.id for row in rows]
-    loaded = {card["id"]: card for card in cards(session, ids, storage, marketplace)} if ids else {}
     return {
-        "items": [loaded[i] for i in ids if i in loaded],
+        "ids": [row.id for row in rows],
         "page": number,
         "per_page": per_page,
         "total": total,
