@@ -195,3 +195,32 @@ def test_a_new_search_renders_only_the_cards_not_seen_lately(
     for browser in (signed, app.test_client()):
         html = browser.get("/products?q=backup").get_data(as_text=True)
         assert "by Renamed Vendor" in html and "Backup Vault" in html
+
+
+def test_the_marketplace_is_read_once_per_catalog_generation(
+    app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers, db_session: Session
+) -> None:
+    """Every request needs its marketplace: it comes from memory while the catalog
+    generation is the same (one small query checks it), and a change to the marketplace
+    shows on the next request."""
+    vendor_h, admin_h = token_for(make_user(Role.VENDOR)), token_for(make_user(Role.ADMIN))
+    publish(client, vendor_h, admin_h)
+    visitor = app.test_client()
+    assert visitor.get("/products").status_code == 200
+    with _statements(app) as seen:
+        page = visitor.get("/products?q=wiki")
+    assert "Wiki Server" in page.get_data(as_text=True)
+    assert not any("FROM marketplaces" in s for s in seen), seen
+    assert any("catalog_state" in s for s in seen), seen
+    mp = db_session.scalar(sa.select(Marketplace).where(Marketplace.kind == "platform"))
+    assert mp is not None
+    mp.name = "Market Renamed Again"
+    db_session.commit()
+    with _statements(app) as seen:
+        html = visitor.get("/products?q=wiki").get_data(as_text=True)
+    assert "Market Renamed Again" in html
+    assert any("FROM marketplaces" in s for s in seen), seen
+    # host names come from clients: what is kept for them is bounded
+    for n in range(300):
+        assert app.test_client().get("/products", headers={"Host": f"h{n}.example"}).status_code == 200
+    assert len(cache._served) <= 256

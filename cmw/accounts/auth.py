@@ -25,6 +25,7 @@ from flask_wtf.csrf import generate_csrf
 from cmw.accounts import oidc, service
 from cmw.accounts.models import Membership, Role, SsoSession, User
 from cmw.api.errors import ApiError, invalid
+from cmw.catalog import cache as catalog_cache
 from cmw.db import utcnow
 from cmw.extensions import csrf, current_session, db, read_in_autocommit
 from cmw.marketplaces.models import Marketplace
@@ -150,13 +151,17 @@ def load_identity() -> None:
 
 def _marketplace() -> Marketplace:
     """The marketplace of the ``/m/<slug>`` path prefix (development), else of the host."""
+    session = current_session()
     slug = request.environ.get(PREFIX_KEY)
     if slug is not None:
-        found = by_slug(current_session(), slug)
+        found = catalog_cache.served_marketplace(session, ("slug", slug), lambda: by_slug(session, slug))
         if found is None:
             raise ApiError(404, f"no marketplace is called {slug!r}")
         return found
-    return by_host(current_session(), request.host)
+    host = request.host
+    served = catalog_cache.served_marketplace(session, ("host", host), lambda: by_host(session, host))
+    assert served is not None  # by_host falls back on the platform marketplace
+    return served
 
 
 def record_token_use(response: Response) -> Response:

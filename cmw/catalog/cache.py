@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple, ParamSpec
 
 import sqlalchemy as sa
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from flask import Response, current_app, g, get_flashed_messages, request
 from flask import session as browser_session
 from flask.typing import ResponseReturnValue
@@ -212,12 +212,48 @@ def cards_html(
     return [html for html in (found[product_id] for product_id in ids) if html is not None]
 
 
+#: the current catalog generation, alone (one row, one column)
+_GENERATION = sa.select(sa.func.coalesce(sa.func.max(CatalogState.generation), 0))
+#: detached copies of the marketplaces requests were served by, by how a request named
+#: them (a host name comes from the client, so this is bounded)
+_served: LRUCache[Hashable, Marketplace] = LRUCache(maxsize=256)
+_served_lock = threading.Lock()
+
+
+def served_marketplace(
+    session: Session, key: Hashable, find: Callable[[], Marketplace | None]
+) -> Marketplace | None:
+    """The marketplace a request is for, found by ``find`` (by host or by slug) once per
+    catalog generation in this process, and otherwise put into ``session`` from memory.
+
+    Every request needs its marketplace, and the ORM query for it is as costly as a whole
+    page from the cache. A marketplace row is part of the catalog (:data:`CATALOG_CLASSES`):
+    any change to it (branding, deactivation, a new domain) moves the generation, so a
+    copy read at the current generation is the row as it is. Checking the generation is
+    one small query, the same single round trip as before.
+    """
+    with _served_lock:
+        known = _served.get(key)
+    if known is not None and session.scalar(_GENERATION) == known.catalog_generation:
+        return session.merge(known, load=False)
+    found = find()
+    if found is not None:
+        columns = sa.inspect(Marketplace).column_attrs
+        copy = Marketplace(**{column.key: getattr(found, column.key) for column in columns})
+        sa.orm.make_transient_to_detached(copy)
+        with _served_lock:
+            _served[key] = copy
+    return found
+
+
 def clear() -> None:
     """Forget everything cached in this process (tests roll back, so generations repeat)."""
     global _categories
     catalog_pages.clear()
     with _cards_lock:
         _cards.clear()
+    with _served_lock:
+        _served.clear()
     _categories = None
 
 
