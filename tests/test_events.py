@@ -312,6 +312,45 @@ def test_a_crash_after_commit_before_ack_redelivers_and_applies_once(
     assert _applied(committed_db, consumer_queue) == 1
 
 
+class SlowConsumer(RecordingConsumer):
+    """Holds its transaction open until told to finish."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.started = threading.Event()
+        self.finish = threading.Event()
+
+    def handle(self, session: Session, event: Event) -> None:
+        super().handle(session, event)
+        self.started.set()
+        assert self.finish.wait(10)
+
+
+def test_two_workers_applying_one_message_at_once_apply_it_once(committed_db: Factory) -> None:
+    """The second worker waits on the first one's marker, then finds the message applied."""
+    consumer = SlowConsumer(tag())
+    event = Event(
+        id=str(uuid.uuid4()), topic=f"test.{consumer.name}.happened", payload={}, marketplace_id=None
+    )
+    results: dict[str, bool] = {}
+    first = threading.Thread(
+        target=lambda: results.__setitem__("first", consumer._apply_once(committed_db, event))
+    )
+    first.start()
+    assert consumer.started.wait(10)
+    second = threading.Thread(
+        target=lambda: results.__setitem__("second", consumer._apply_once(committed_db, event))
+    )
+    second.start()
+    second.join(0.5)
+    assert second.is_alive(), "the second worker did not wait for the first one's transaction"
+    consumer.finish.set()
+    first.join(10)
+    second.join(10)
+    assert results == {"first": True, "second": False}
+    assert _applied(committed_db, consumer) == 1
+
+
 def test_a_failing_handler_is_retried_then_parked_with_its_error(committed_db: Factory) -> None:
     consumer = RecordingConsumer(tag(), fail=True)
     queue = consumer.queue()

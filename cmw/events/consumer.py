@@ -18,9 +18,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import sqlalchemy as sa
 from kombu import Exchange, Queue
 from kombu.message import Message
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -69,6 +69,18 @@ class Outcome:
     REJECTED = "rejected"
 
 
+def _mark_processed(session: Session, consumer: str, message_id: str) -> bool:
+    """Record that ``consumer`` applies ``message_id``; False if it was recorded before."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    marker = (
+        dialect.insert(ProcessedMessage)
+        .values(consumer=consumer, message_id=message_id)
+        .on_conflict_do_nothing()
+        .returning(ProcessedMessage.message_id)
+    )
+    return session.execute(marker).first() is not None
+
+
 class EventConsumer:
     """Subclass, name it, list its topics and implement :meth:`handle`.
 
@@ -111,20 +123,13 @@ class EventConsumer:
 
     def _apply_once(self, session_factory: Callable[[], Session], event: Event) -> bool:
         with session_factory() as session:
-            seen = session.scalar(
-                sa.select(sa.literal(True)).where(
-                    ProcessedMessage.consumer == self.name,
-                    ProcessedMessage.message_id == event.id,
-                )
-            )
-            if seen:
+            # The marker first, in one statement: a message applied before inserts nothing;
+            # a worker applying the same message concurrently blocks here until the other
+            # commits (then inserts nothing) or rolls back (then goes on).
+            if not _mark_processed(session, self.name, event.id):
                 session.rollback()
                 return False
             try:
-                session.add(ProcessedMessage(consumer=self.name, message_id=event.id))
-                # Flush the marker first: a concurrent worker applying the same message
-                # blocks here until we commit, then fails on the primary key.
-                session.flush()
                 self.handle(session, event)
                 session.commit()
             except IntegrityError:
