@@ -188,7 +188,8 @@ class Deployment(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     #: the application's URL and login, once ready
     url: Mapped[str | None] = mapped_column(sa.String(500))
     login: Mapped[str | None] = mapped_column(sa.String(120))
-    #: argon2 hash of the generated default password (the password is never stored)
+    #: digest of the generated default password (engine.password_digest; argon2 before
+    #: 2026-11): the password itself is kept only sealed, until shown
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     #: the password, sealed, until the customer has been told it once
     password_sealed: Mapped[str | None] = mapped_column(sa.Text)
