@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,8 +56,8 @@ def server() -> Iterator[int]:
             proc.wait()
 
 
-def _pid(connection: http.client.HTTPConnection, wait_ms: int = 0) -> tuple[str, str | None]:
-    connection.request("GET", f"/?{wait_ms}")
+def _pid(connection: http.client.HTTPConnection, query: str = "") -> tuple[str, str | None]:
+    connection.request("GET", f"/?{query}")
     response = connection.getresponse()
     return response.read().decode(), response.getheader("Connection")
 
@@ -79,7 +80,7 @@ def test_connections_opened_at_once_are_shared_between_the_workers(server: int) 
 
     def client(index: int) -> None:
         start.wait()
-        seen = {_pid(connections[index], wait_ms=50)[0] for _ in range(5)}
+        seen = {_pid(connections[index], "cpu=50")[0] for _ in range(5)}
         assert len(seen) == 1, "a kept-alive connection moved between processes"
         pids[index] = seen.pop()
 
@@ -93,6 +94,29 @@ def test_connections_opened_at_once_are_shared_between_the_workers(server: int) 
     per_worker = Counter(pids)
     assert len(per_worker) == 2, f"one worker served every connection: {per_worker}"
     assert min(per_worker.values()) >= 2, f"connections per worker: {per_worker}"
+
+
+def test_a_new_client_is_let_in_while_every_worker_is_busy(server: int, tmp_path: Path) -> None:
+    """Each worker holds two slow requests, so both hold off accepting: a new client is
+    still answered at once, not when a slow request ends (gunicorn's loop sleeps up to a
+    second between looks at the listening socket)."""
+    slow = [http.client.HTTPConnection("127.0.0.1", server, timeout=30) for _ in range(4)]
+    threads = [
+        threading.Thread(target=_pid, args=(c, f"sleep=3000&mark={tmp_path}/{n}")) for n, c in enumerate(slow)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(list(tmp_path.iterdir())) == 4, 10, "the slow requests to be in hand")
+    quick = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    began = time.monotonic()
+    pid, _header = _pid(quick)
+    waited = time.monotonic() - began
+    assert pid.isdigit()
+    assert waited < 0.5, f"a new client waited {waited:.2f} s"
+    for thread in threads:
+        thread.join(10)
+    for connection in [*slow, quick]:
+        connection.close()
 
 
 def test_a_kept_alive_connection_is_closed_after_its_last_request(server: int) -> None:
