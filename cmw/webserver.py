@@ -17,11 +17,12 @@ with both busy.
 
 :class:`Worker` leaves new connections to a less busy worker: while it has
 :data:`BUSY` requests in hand it stops accepting, for :data:`HOLD_SECONDS` at most (its
-loop wakes when the hold ends), and the other worker takes what arrives meanwhile. Measured on the same pages over nine runs each:
-gunicorn's own worker left one worker idle in four, this one in none. It also closes a
-kept-alive connection after :data:`KEEPALIVE_REQUESTS` requests, as nginx's
-``keepalive_requests`` does, with ``Connection: close`` on the last response so the client
-reconnects cleanly; the new connection then goes to a worker with a free thread.
+loop wakes when the hold ends), and the other worker takes what arrives meanwhile.
+Measured on the same pages over nine runs each: gunicorn's own worker left one worker idle
+in four, this one in none. It also closes a kept-alive connection after
+:data:`KEEPALIVE_REQUESTS` requests, as nginx's ``keepalive_requests`` does, with
+``Connection: close`` on the last response so the client reconnects cleanly; the new
+connection then goes to a worker with a free thread.
 """
 
 from __future__ import annotations
@@ -76,9 +77,15 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        # while holding off, wake when the hold ends (gunicorn's loop waits up to a second)
-        if self.held_since is not None and not self._accepting:
-            timeout = min(timeout, max(0.0, self.held_since + HOLD_SECONDS - time.monotonic()))
+        # while holding off, wake when the hold ends (gunicorn's loop waits up to a second);
+        # a hold that has ended without accepting again (stopping, or at the connection
+        # limit) is forgotten, so the loop never turns without waiting
+        if self.held_since is not None:
+            remaining = self.held_since + HOLD_SECONDS - time.monotonic()
+            if self.alive and not self._accepting and remaining > 0:
+                timeout = min(timeout, remaining)
+            else:
+                self.held_since = None
         super().wait_for_and_dispatch_events(timeout)
 
     def handle_request(self, req: Any, conn: Any) -> Any:

@@ -75,14 +75,12 @@ def test_connections_opened_at_once_are_shared_between_the_workers(server: int) 
     connections = [http.client.HTTPConnection("127.0.0.1", server, timeout=30) for _ in range(clients)]
     for connection in connections:
         connection.connect()
-    pids: list[str] = [""] * clients
+    seen: list[set[str]] = [set() for _ in range(clients)]
     start = threading.Barrier(clients)
 
     def client(index: int) -> None:
         start.wait()
-        seen = {_pid(connections[index], "cpu=50")[0] for _ in range(5)}
-        assert len(seen) == 1, "a kept-alive connection moved between processes"
-        pids[index] = seen.pop()
+        seen[index] = {_pid(connections[index], "cpu=50")[0] for _ in range(5)}
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -91,6 +89,8 @@ def test_connections_opened_at_once_are_shared_between_the_workers(server: int) 
         thread.join()
     for connection in connections:
         connection.close()
+    assert all(len(pids) == 1 for pids in seen), f"a kept-alive connection moved between processes: {seen}"
+    pids = [next(iter(p)) for p in seen]
     per_worker = Counter(pids)
     assert len(per_worker) == 2, f"one worker served every connection: {per_worker}"
     assert min(per_worker.values()) >= 2, f"connections per worker: {per_worker}"
@@ -100,13 +100,15 @@ def test_a_new_client_is_let_in_while_every_worker_is_busy(server: int, tmp_path
     """Each worker holds two slow requests, so both hold off accepting: a new client is
     still answered at once, not when a slow request ends (gunicorn's loop sleeps up to a
     second between looks at the listening socket)."""
-    slow = [http.client.HTTPConnection("127.0.0.1", server, timeout=30) for _ in range(4)]
+    slow = [http.client.HTTPConnection("127.0.0.1", server, timeout=30) for _ in range(6)]
     threads = [
         threading.Thread(target=_pid, args=(c, f"sleep=3000&mark={tmp_path}/{n}")) for n, c in enumerate(slow)
     ]
     for thread in threads:
         thread.start()
-    wait_until(lambda: len(list(tmp_path.iterdir())) == 4, 10, "the slow requests to be in hand")
+    wait_until(lambda: len(list(tmp_path.iterdir())) == len(slow), 10, "the slow requests to be in hand")
+    in_hand = Counter(path.read_text() for path in tmp_path.iterdir())
+    assert len(in_hand) == 2 and min(in_hand.values()) >= 2, f"slow requests per worker: {in_hand}"
     quick = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
     began = time.monotonic()
     pid, _header = _pid(quick)

@@ -71,14 +71,14 @@ class Outcome:
 
 def _mark_processed(session: Session, consumer: str, message_id: str) -> bool:
     """Record that ``consumer`` applies ``message_id``; False if it was recorded before."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    marker = (
-        dialect.insert(ProcessedMessage)
-        .values(consumer=consumer, message_id=message_id)
-        .on_conflict_do_nothing()
-        .returning(ProcessedMessage.message_id)
-    )
-    return session.execute(marker).first() is not None
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        marker = postgresql.insert(ProcessedMessage).values(consumer=consumer, message_id=message_id)
+        found = connection.execute(marker.on_conflict_do_nothing().returning(ProcessedMessage.message_id))
+        return found.first() is not None
+    # SQLite: the row count (RETURNING only from SQLite 3.35; psycopg reports no row count)
+    fallback = sqlite.insert(ProcessedMessage).values(consumer=consumer, message_id=message_id)
+    return connection.execute(fallback.on_conflict_do_nothing()).rowcount == 1
 
 
 class EventConsumer:
