@@ -438,3 +438,16 @@ def _content() -> dict[str, Any]:
     body.pop("slug")
     body["category_slug"] = body.pop("category")
     return body
+
+
+def test_the_product_name_customers_know(
+    client: FlaskClient, vendor: User, admin: User, token_for: Headers, db_session: Session
+) -> None:
+    """Notifications, invoices and pages name a product by its live version, else by the
+    version being written, and say "your product" for one that is gone."""
+    vendor_h = token_for(vendor)
+    draft = create(client, vendor_h, slug="draft-only", name="Only A Draft")
+    published = publish(client, vendor_h, token_for(admin))
+    assert service.product_name(db_session, uuid.UUID(draft["id"])) == "Only A Draft"
+    assert service.product_name(db_session, uuid.UUID(published["id"])) == "Wiki Server"
+    assert service.product_name(db_session, uuid.uuid4()) == "your product"

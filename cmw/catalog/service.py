@@ -526,12 +526,17 @@ def content_of(version: ProductVersion) -> dict[str, Any]:
 
 def product_name(session: Session, product_id: uuid.UUID) -> str:
     """The name customers know the product by (its live version, else its working one)."""
-    product = session.get(Product, product_id)
-    if product is None:
+    found = session.execute(
+        sa.select(Product.slug, ProductVersion.name)
+        .outerjoin(
+            ProductVersion,
+            ProductVersion.id == sa.func.coalesce(Product.live_version_id, Product.working_version_id),
+        )
+        .where(Product.id == product_id)
+    ).first()
+    if found is None:
         return "your product"
-    version_id = product.live_version_id or product.working_version_id
-    version = session.get(ProductVersion, version_id) if version_id else None
-    return version.name if version else product.slug
+    return found.name or found.slug
 
 
 def vendor_of(session: Session, product_id: uuid.UUID) -> uuid.UUID | None:
