@@ -232,10 +232,9 @@ def _order_form(view: dict[str, Any]) -> OrderForm:
 def product(slug: str) -> ResponseReturnValue:
     """The product page; its form places an order (signed-in customers)."""
     session = current_session()
-    found = catalog_service.find_published(session, current_marketplace(), slug, with_plans=True)
-    if found is None:
+    view = presenters.public_view(session, storage(), current_marketplace(), slug)
+    if view is None:
         abort(404)
-    view = presenters.public_view(session, storage(), found, current_marketplace())
     identity = current_identity()
     # a visitor who is not signed in is shown no form (a link to sign in instead)
     form = _order_form(view) if identity is not None else None
@@ -259,7 +258,7 @@ def product(slug: str) -> ResponseReturnValue:
                     identity.user,
                     organisation,
                     orders.OrderRequest(
-                        product=found.slug,
+                        product=view["slug"],
                         plan=form.plan.data or "",
                         quantity=form.quantity.data or 1,
                         trial=bool(form.trial.data),
@@ -284,8 +283,8 @@ def product(slug: str) -> ResponseReturnValue:
                 return redirect(url_for("pages.order", order_id=placed.id))
         else:
             status = 422
-    shown = reviews.visible_page(session, found.id, 1, 20)
-    is_vendor = identity is not None and found.vendor_id in identity.organisations_with(Role.VENDOR)
+    shown = reviews.visible_page(session, view["id"], 1, 20)
+    is_vendor = identity is not None and view["vendor_id"] in identity.organisations_with(Role.VENDOR)
     return (
         render_template(
             "product.html",
@@ -361,11 +360,11 @@ def compare() -> ResponseReturnValue:
     """2 to 4 products side by side: ``?products=a,b,c``, or the catalog's ticked ``pick``s."""
     asked = [*request.args.get("products", "").split(","), *request.args.getlist("pick")]
     refs = list(dict.fromkeys(r.strip() for r in asked if r.strip()))[:4]
-    session, store = current_session(), storage()
-    found = search.compare_set(session, current_marketplace(), refs) if refs else []
-    views = [presenters.public_view(session, store, p, current_marketplace()) for p in found]
+    session, store, marketplace = current_session(), storage(), current_marketplace()
+    found = search.compare_set(session, marketplace, refs) if refs else []
+    views = [presenters.public_view(session, store, marketplace, str(p.id)) for p in found]
     status = 200 if len(views) >= 2 else 422
-    return render_template("compare.html", products=views, asked=refs), status
+    return render_template("compare.html", products=[v for v in views if v], asked=refs), status
 
 
 def _plan_names(order: Order) -> dict[str, str]:

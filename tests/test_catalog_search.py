@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts import service as accounts
 from cmw.accounts.models import OrganisationKind
-from cmw.catalog import service
+from cmw.catalog import cache, presenters, search, service
 from cmw.catalog.models import BillingPeriod, ComponentKind, Product, ProductType
 from cmw.catalog.pricing import ComponentSpec, PlanSpec
 from cmw.extensions import db
@@ -270,3 +270,38 @@ def test_the_search_index_has_no_pending_list(db_session: Session, catalog: dict
         sa.text("SELECT gin_clean_pending_list('ix_product_versions_search'::regclass)")
     )
     assert pending == 0  # the 300 products just saved went straight into the index
+
+
+def test_searches_of_one_shape_share_a_statement_with_their_own_values(
+    client: FlaskClient, catalog: dict[str, Made]
+) -> None:
+    """Searches come with ever new words and prices: the statement is built once per shape
+    (which filters, which sort) and marketplace, and each search runs with its own values."""
+    search._ids_statement.cache_clear()
+    for word in ("firewall", "queue", "ledger"):
+        for low in (0, 150):
+            found = {p["slug"] for p in all_pages(client, f"q={word}&min_price={low}&currency=eur")}
+            expected = {
+                m.slug
+                for m in catalog.values()
+                if word in m.words and m.currency == "EUR" and m.monthly >= low
+            }
+            assert found == expected and found, (word, low)
+    assert search._ids_statement.cache_info().misses == 1
+
+
+def test_product_pages_share_a_statement_with_their_own_product(
+    client: FlaskClient, catalog: dict[str, Made]
+) -> None:
+    cache.clear()
+    presenters._product_statement.cache_clear()
+    for n in (1, 2, 3):
+        made = catalog[f"product-{n:03d}"]
+        name = f"{made.words[0].title()} {made.words[1]} {n}"
+        shown = client.get(f"/api/v1/products/{made.slug}").get_json()
+        assert (shown["slug"], shown["name"]) == (made.slug, name)
+        assert shown["rating"]["count"] == made.rating[0]
+        page = client.get(f"/products/{made.slug}").get_data(as_text=True)
+        assert f"<h1>{name}</h1>" in page and f"by {made.vendor}" in page
+    assert presenters._product_statement.cache_info().misses == 1
+    assert client.get("/api/v1/products/never-published").status_code == 404

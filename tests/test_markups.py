@@ -107,6 +107,17 @@ def test_each_marketplace_sells_at_its_own_prices(
     assert team_prices(client, "resel.test") == [
         D("64.68"), D("130.68"), D("6"), [D("0.1056"), D("0.066")], [D("0.0264"), D("0.0198")]
     ]  # fmt: skip
+
+    # what is not a price is the vendor's plan, wherever it is sold (machine size, disk, ...)
+    def besides_prices(host: str) -> list[Any]:
+        plans = client.get("/api/v1/products/first-app", base_url=f"http://{host}").json["plans"]
+        for plan in plans:
+            for c in plan["components"]:
+                del c["unit_price"], c["tiers"]
+        return plans
+
+    assert besides_prices("resel.test") == besides_prices("localhost")
+    assert "infrastructure" in besides_prices("resel.test")[0]["components"][0]
     card = client.get("/api/v1/products/first-app", base_url="http://resel.test").json["price_from"]
     assert card == {"amount": "94.68", "currency": "EUR", "period": "month"}  # 64.68 + 5 seats x 6
     # the catalog's cards, price filters and sort use them too

@@ -136,8 +136,9 @@ def test_a_page_not_in_memory_reads_only_what_it_shows(
     app: Flask, client: FlaskClient, make_user: Callable[..., User], token_for: Headers, db_session: Session
 ) -> None:
     """Every product page of a large catalog is asked for now and then, so one not in memory
-    must be cheap too: the product with its live version, plans and prices in one query
-    (not a lazy load each), and the categories once per catalog generation, not per page."""
+    must be cheap too: the product with its live version in one query, its plans and prices
+    in one more (not a lazy load each), and the categories once per catalog generation, not
+    per page."""
     vendor_h, admin_h = token_for(make_user(Role.VENDOR)), token_for(make_user(Role.ADMIN))
     publish(client, vendor_h, admin_h)
     cache.clear()
@@ -145,9 +146,11 @@ def test_a_page_not_in_memory_reads_only_what_it_shows(
         page = app.test_client().get("/products/wiki-server")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "Wiki Server" in html and "Sign in to order" in html
-    # the marketplace (with the catalog generation), the product with what it sells, its reviews
-    assert len(seen) == 3, seen
-    assert "plans" in seen[1] and "price_components" in seen[1] and "product_versions" in seen[1]
+    # the marketplace (with the catalog generation), the product, its plans, its reviews
+    assert len(seen) == 4, seen
+    assert "product_versions" in seen[1] and "organisations" in seen[1] and "plans" not in seen[1]
+    assert "FROM plans LEFT OUTER JOIN price_components" in seen[2]
+    assert "FROM reviews" in seen[3]
     app.test_client().get("/products?q=wiki")
     cache.catalog_pages.clear()
     with _statements(app) as seen:

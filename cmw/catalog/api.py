@@ -98,10 +98,6 @@ def _product_view(product: Product) -> dict[str, Any]:
     }
 
 
-def _public_view(product: Product) -> dict[str, Any]:
-    return presenters.public_view(current_session(), storage(), product, current_marketplace())
-
-
 def _card(product: Product) -> dict[str, Any]:
     live = product.live_version
     assert live is not None
@@ -177,7 +173,10 @@ class CompareProducts(MethodView):
         for product in products:
             live = product.live_version
             assert live is not None
-            view = presenters.public_view(current_session(), storage(), product, current_marketplace())
+            view = presenters.public_view(
+                current_session(), storage(), current_marketplace(), str(product.id)
+            )
+            assert view is not None  # compare_set found it sold here
             items.append(
                 {
                     **_card(product),
@@ -195,10 +194,10 @@ class PublicProduct(MethodView):
     @blp.response(200, PublicProductSchema)
     def get(self, ref: str) -> dict[str, Any]:
         """A published product by slug or id, as customers see it (its live version)."""
-        product = service.find_published(current_session(), current_marketplace(), ref, with_plans=True)
-        if product is None:
+        view = presenters.public_view(current_session(), storage(), current_marketplace(), ref)
+        if view is None:
             raise ApiError(404, "no such product in this marketplace")
-        return _public_view(product)
+        return view
 
 
 # ---------------------------------------------------------------- vendor

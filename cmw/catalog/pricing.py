@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -231,7 +232,55 @@ def rate_component(component: ComponentSpec, quantity: Decimal) -> Decimal:
     return rate_tiers(component.pricing_model, component.tiers, billable)
 
 
-def spec_of(component: PriceComponent) -> ComponentSpec:
+@dataclasses.dataclass(frozen=True)
+class ComponentView:
+    """A price component as shown and sold (the attributes of ``PriceComponent``): read
+    from plain rows, or with a marketplace's prices."""
+
+    id: uuid.UUID
+    position: int
+    kind: ComponentKind
+    label: str
+    unit_price: Decimal | None
+    metric: str | None
+    unit: str | None
+    pricing_model: PricingModel | None
+    included_quantity: Decimal
+    tiers: list[dict[str, Any]] | None
+    min_quantity: int | None
+    max_quantity: int | None
+    infrastructure: bool
+
+    @classmethod
+    def of(cls, component: Any, **changes: Any) -> ComponentView:
+        """The view of a stored component or of a row with its columns, ``changes`` applied."""
+        values = {f.name: getattr(component, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{**values, **changes})
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanView:
+    """A plan as shown and sold (the attributes of ``Plan``)."""
+
+    id: uuid.UUID
+    version_id: uuid.UUID
+    code: str
+    name: str
+    description: str
+    currency: str
+    billing_period: BillingPeriod
+    position: int
+    vm_size: dict[str, int] | None
+    data_disk_gib: int | None
+    components: list[ComponentView]
+
+    @classmethod
+    def of(cls, plan: Any, components: list[ComponentView]) -> PlanView:
+        values = {f.name: getattr(plan, f.name) for f in dataclasses.fields(cls) if f.name != "components"}
+        return cls(**values, components=components)
+
+
+def spec_of(component: PriceComponent | ComponentView) -> ComponentSpec:
     """The rating view of a stored price component (what orders and billing rate with)."""
     return ComponentSpec(
         kind=component.kind,

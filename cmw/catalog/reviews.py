@@ -8,6 +8,7 @@ with :func:`set_eligibility`. Until then nobody is eligible.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -117,28 +118,49 @@ def set_hidden(session: Session, review: Review, hidden: bool) -> Review:
 
 
 def visible_page(session: Session, product_id: uuid.UUID, page: int, per_page: int) -> dict[str, Any]:
-    """A page of the product's visible reviews, newest first: items are (review, reviewer name)."""
-    from cmw.accounts.models import Organisation
-
-    stmt = (
-        sa.select(Review, Organisation.name)
-        .join(Organisation, Organisation.id == Review.organisation_id)
-        .where(Review.product_id == product_id, Review.hidden.is_(False))
-        .order_by(Review.created_at.desc(), Review.id)
-    )
+    """A page of the product's visible reviews, newest first: items are (review, reviewer
+    name), each review a row with the columns of :class:`Review`."""
     # the page and the total in one round trip; a page past the last counts on its own
-    counted = stmt.add_columns(sa.func.count().over().label("total_rows"))
-    rows = session.execute(counted.limit(per_page).offset((page - 1) * per_page)).all()
+    asked = {"product_id": product_id, "limit": per_page, "offset": (page - 1) * per_page}
+    rows = session.connection().execute(_visible_statement(), asked).all()
     if rows:
         total = int(rows[0].total_rows)
     elif page == 1:
         total = 0
     else:
-        total = session.scalar(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery())) or 0
+        total = session.scalar(_visible_count_statement(), {"product_id": product_id}) or 0
     return {
-        "items": [(review, name) for review, name, _total in rows],
+        "items": [(row, row.reviewer) for row in rows],
         "page": page,
         "per_page": per_page,
         "total": total,
         "pages": -(-total // per_page),
     }
+
+
+def _visible(*columns: Any) -> sa.Select[*tuple[Any, ...]]:
+    visible = sa.and_(Review.product_id == sa.bindparam("product_id"), Review.hidden.is_(False))
+    return sa.select(*columns).where(visible)
+
+
+@functools.cache
+def _visible_statement() -> sa.Select[*tuple[Any, ...]]:
+    """Built once: building it costs more than running it (a product page runs it)."""
+    from cmw.accounts.models import Organisation
+
+    return (
+        _visible(
+            *Review.__table__.columns,
+            Organisation.name.label("reviewer"),
+            sa.func.count().over().label("total_rows"),
+        )
+        .join(Organisation, Organisation.id == Review.organisation_id)
+        .order_by(Review.created_at.desc(), Review.id)
+        .limit(sa.bindparam("limit"))
+        .offset(sa.bindparam("offset"))
+    )
+
+
+@functools.cache
+def _visible_count_statement() -> sa.Select[tuple[int]]:
+    return _visible(sa.func.count())

@@ -58,63 +58,159 @@ class Query:
     sort: Sort = Sort.RELEVANCE
 
 
-def catalog_query(session: Session, marketplace: Marketplace, query: Query) -> sa.Select[Any]:
+def catalog_query(
+    session: Session, marketplace: Marketplace, query: Query
+) -> tuple[sa.Select[Any], dict[str, Any]]:
     """Published products of ``marketplace`` matching ``query``, in the requested order,
-    with their live version loaded (joined, so a page is one query)."""
+    with their live version loaded (joined, so a page is one query): the statement, and the
+    values of its parameters.
+
+    The statement is built once per marketplace and shape of query (which filters, which
+    sort), with the query's values as bound parameters: a search is asked with ever new
+    words, and building the statement cost as much as running it."""
+    shape, params = _shape(session, marketplace, query)
+    return _catalog_statement(shape), params
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """What :func:`_catalog_statement` builds differently; the values are parameters."""
+
+    chain: service.Chain
+    #: a child marketplace (whose mark-ups may change the price)
+    child: bool
+    postgresql: bool
+    #: words of the search on SQLite (each must appear); on PostgreSQL 1 for a search
+    words: int
+    category: bool
+    tag: bool
+    vendor: bool
+    product_type: bool
+    has_trial: bool | None
+    currency: bool
+    min_price: bool
+    max_price: bool
+    sort: Sort
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern for ``text`` anywhere (escaped with ``/``)."""
+    return "%" + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+def _shape(session: Session, marketplace: Marketplace, query: Query) -> tuple[_Shape, dict[str, Any]]:
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    params: dict[str, Any] = {}
+    terms = (query.q or "").strip()
+    words = 0
+    if terms and postgresql:
+        params["terms"], words = terms, 1
+    elif terms:
+        found = re.findall(r"\w+", terms.lower())[:10]
+        params.update({f"word{n}": _like(word) for n, word in enumerate(found)})
+        words = len(found)
+    if query.category:
+        params["category"] = query.category
+    if query.tag:
+        params["tag"] = query.tag.strip().lower()
+        params["tag_like"] = _like(params["tag"])
+    if query.vendor_id:
+        params["vendor_id"] = query.vendor_id
+    if query.product_type:
+        params["product_type"] = query.product_type
+    priced = query.min_price is not None or query.max_price is not None
+    if priced and query.currency:
+        params["currency"] = query.currency
+    if query.min_price is not None:
+        params["min_price"] = query.min_price
+    if query.max_price is not None:
+        params["max_price"] = query.max_price
+    shape = _Shape(
+        chain=service.chain_of(session, marketplace),
+        child=marketplace.parent_id is not None,
+        postgresql=postgresql,
+        words=words,
+        category="category" in params,
+        tag="tag" in params,
+        vendor="vendor_id" in params,
+        product_type="product_type" in params,
+        has_trial=query.has_trial,
+        currency="currency" in params,
+        min_price="min_price" in params,
+        max_price="max_price" in params,
+        sort=query.sort,
+    )
+    return shape, params
+
+
+@functools.lru_cache(maxsize=1024)
+def _catalog_statement(shape: _Shape) -> sa.Select[Any]:
     live = ProductVersion
     stmt = (
         sa.select(Product)
         # product_id as well: the planner can then fetch each match's product by key
         .join(live, sa.and_(Product.live_version_id == live.id, Product.id == live.product_id))
         .options(contains_eager(Product.live_version))
-        .where(service.sold_in(session, marketplace), Product.status == ProductStatus.PUBLISHED)
+        .where(service.sold_in_chain(shape.chain), Product.status == ProductStatus.PUBLISHED)
     )
     price: sa.ColumnElement[Any] = live.price_from_amount.expression
     currency: sa.ColumnElement[Any] = live.price_from_currency.expression
-    if marketplace.parent_id is not None:  # a child's mark-ups may change the price
+    if shape.child:  # a child's mark-ups may change the price
         own = sa.orm.aliased(MarketplacePrice)
         stmt = stmt.outerjoin(
-            own, sa.and_(own.product_id == Product.id, own.marketplace_id == marketplace.id)
+            own, sa.and_(own.product_id == Product.id, own.marketplace_id == shape.chain[0][0])
         )
         price = sa.func.coalesce(own.price_from_amount, live.price_from_amount)
         currency = sa.func.coalesce(own.price_from_currency, live.price_from_currency)
     rank: sa.ColumnElement[Any] | None = None
-    terms = (query.q or "").strip()
-    if terms:
-        if session.get_bind().dialect.name == "postgresql":
-            vector = SEARCH_VECTOR
-            tsquery = sa.func.websearch_to_tsquery(TS_CONFIG, terms)
-            stmt = stmt.where(vector.op("@@")(tsquery))
-            rank = sa.func.ts_rank(vector, tsquery)
-        else:
-            for word in re.findall(r"\w+", terms.lower())[:10]:
-                stmt = stmt.where(live.search_text.contains(word, autoescape=True))
-    if query.category:
-        stmt = stmt.where(live.category_slug == query.category)
-    if query.tag:
+    if shape.words and shape.postgresql:
+        vector = SEARCH_VECTOR
+        tsquery = sa.func.websearch_to_tsquery(TS_CONFIG, sa.bindparam("terms", type_=sa.String))
+        stmt = stmt.where(vector.op("@@")(tsquery))
+        rank = sa.func.ts_rank(vector, tsquery)
+    else:
+        for n in range(shape.words):
+            stmt = stmt.where(live.search_text.like(sa.bindparam(f"word{n}", type_=sa.String), escape="/"))
+    if shape.category:
+        stmt = stmt.where(live.category_slug == sa.bindparam("category", type_=sa.String))
+    if shape.tag:
         # Tags are also in search_text; the JSON list is checked exactly on the few matches.
-        tag = query.tag.strip().lower()
-        stmt = stmt.where(live.search_text.contains(tag, autoescape=True))
-        stmt = stmt.where(_has_tag(session, tag))
-    if query.vendor_id:
-        stmt = stmt.where(Product.vendor_id == query.vendor_id)
-    if query.product_type:
-        stmt = stmt.where(live.product_type == query.product_type)
-    if query.has_trial is not None:
-        stmt = stmt.where(live.trial_days > 0 if query.has_trial else live.trial_days == 0)
-    if query.min_price is not None or query.max_price is not None:
-        if query.currency:
-            stmt = stmt.where(currency == query.currency)
-        if query.min_price is not None:
-            stmt = stmt.where(price >= query.min_price)
-        if query.max_price is not None:
-            stmt = stmt.where(price <= query.max_price)
-    return stmt.order_by(*_order(query.sort, rank, price))
+        stmt = stmt.where(live.search_text.like(sa.bindparam("tag_like", type_=sa.String), escape="/"))
+        stmt = stmt.where(_has_tag(shape.postgresql, sa.bindparam("tag", type_=sa.String)))
+    if shape.vendor:
+        stmt = stmt.where(Product.vendor_id == sa.bindparam("vendor_id"))
+    if shape.product_type:
+        stmt = stmt.where(live.product_type == sa.bindparam("product_type"))
+    if shape.has_trial is not None:
+        stmt = stmt.where(live.trial_days > 0 if shape.has_trial else live.trial_days == 0)
+    if shape.currency:
+        stmt = stmt.where(currency == sa.bindparam("currency", type_=sa.String))
+    if shape.min_price:
+        stmt = stmt.where(price >= sa.bindparam("min_price", type_=sa.Numeric(18, 6)))
+    if shape.max_price:
+        stmt = stmt.where(price <= sa.bindparam("max_price", type_=sa.Numeric(18, 6)))
+    return stmt.order_by(*_order(shape.sort, rank, price))
 
 
-def _has_tag(session: Session, tag: str) -> sa.ColumnElement[bool]:
+@functools.lru_cache(maxsize=1024)
+def _ids_statement(shape: _Shape) -> sa.Select[*tuple[Any, ...]]:
+    """A page of the matches' ids (``limit`` and ``offset`` bound), with the total."""
+    return (
+        _catalog_statement(shape)
+        .with_only_columns(Product.id, sa.func.count().over().label("total_rows"))
+        .limit(sa.bindparam("limit"))
+        .offset(sa.bindparam("offset"))
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _count_statement(shape: _Shape) -> sa.Select[Any]:
+    return _catalog_statement(shape).with_only_columns(sa.func.count()).order_by(None)
+
+
+def _has_tag(postgresql: bool, tag: sa.BindParameter[str]) -> sa.ColumnElement[bool]:
     tags = ProductVersion.tags
-    if session.get_bind().dialect.name == "postgresql":
+    if postgresql:
         return sa.cast(tags, sa.dialects.postgresql.JSONB).op("@>")(sa.func.jsonb_build_array(tag))
     each = sa.func.json_each(tags).table_valued("value")
     return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
@@ -156,17 +252,21 @@ def page_ids(
     """The ids of one page of :func:`catalog_query`, in order (``ids``), with the paging
     figures. One query on narrow rows, the total with it (``count(*) OVER ()``): the
     search and the filters run once, and no wide row is built for products not shown."""
-    full = catalog_query(session, marketplace, query)
-    ids_only = full.with_only_columns(Product.id, sa.func.count().over().label("total_rows"))
-    rows = session.execute(ids_only.limit(per_page).offset((number - 1) * per_page)).all()
-    if rows:
-        total = int(rows[0].total_rows)
+    shape, params = _shape(session, marketplace, query)
+    # Core rows on the session's connection: no ORM objects, nothing pending to flush here
+    conn = session.connection()
+    rows = conn.execute(
+        _ids_statement(shape), {**params, "limit": per_page, "offset": (number - 1) * per_page}
+    )
+    found = rows.all()
+    if found:
+        total = int(found[0].total_rows)
     elif number == 1:
         total = 0
     else:  # past the last page
-        total = session.scalar(full.with_only_columns(sa.func.count()).order_by(None)) or 0
+        total = conn.execute(_count_statement(shape), params).scalar() or 0
     return {
-        "ids": [row.id for row in rows],
+        "ids": [row.id for row in found],
         "page": number,
         "per_page": per_page,
         "total": total,
@@ -272,10 +372,9 @@ def compare_set(session: Session, marketplace: Marketplace, refs: list[str]) -> 
             ids.append(uuid.UUID(ref))
         except ValueError:
             slugs.append(ref)
-    stmt = catalog_query(session, marketplace, Query(sort=Sort.NEWEST)).where(
-        sa.or_(Product.id.in_(ids), Product.slug.in_(slugs))
-    )
-    found = {p.id: p for p in session.scalars(stmt).unique()}
+    listed, params = catalog_query(session, marketplace, Query(sort=Sort.NEWEST))
+    stmt = listed.where(sa.or_(Product.id.in_(ids), Product.slug.in_(slugs)))
+    found = {p.id: p for p in session.scalars(stmt, params).unique()}
     by_ref = {**{str(p.id): p for p in found.values()}, **{p.slug: p for p in found.values()}}
     ordered: list[Product] = []
     for ref in refs:

@@ -412,14 +412,27 @@ def _payload(product: Product, version: ProductVersion) -> dict[str, Any]:
 def sold_in(session: Session, marketplace: Marketplace) -> sa.ColumnElement[bool]:
     """Products ``marketplace`` sells: its own, and of what its parent sells, those its
     admins selected (or all, where it sells all of its parent's), down the tree."""
-    chain = ancestors(session, marketplace)  # nearest first, the platform last
-    sold: sa.ColumnElement[bool] = Product.marketplace_id == chain[-1].id
-    for child in reversed(chain[:-1]):
+    return sold_in_chain(chain_of(session, marketplace))
+
+
+#: a marketplace and those above it, nearest first, as (id, sells all of its parent's):
+#: what decides which products it sells
+Chain = tuple[tuple[uuid.UUID, bool], ...]
+
+
+def chain_of(session: Session, marketplace: Marketplace) -> Chain:
+    return tuple((m.id, m.sells_all_of_parent) for m in ancestors(session, marketplace))
+
+
+def sold_in_chain(chain: Chain) -> sa.ColumnElement[bool]:
+    """:func:`sold_in` for a marketplace's :data:`Chain` (the platform last)."""
+    sold: sa.ColumnElement[bool] = Product.marketplace_id == chain[-1][0]
+    for child_id, sells_all in reversed(chain[:-1]):
         inherited = sold
-        if not child.sells_all_of_parent:
-            chosen = sa.select(SelectedProduct.product_id).where(SelectedProduct.marketplace_id == child.id)
+        if not sells_all:
+            chosen = sa.select(SelectedProduct.product_id).where(SelectedProduct.marketplace_id == child_id)
             inherited = sa.and_(sold, Product.id.in_(chosen))
-        sold = sa.or_(Product.marketplace_id == child.id, inherited)
+        sold = sa.or_(Product.marketplace_id == child_id, inherited)
     return sold
 
 

@@ -32,13 +32,13 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
-from cmw.catalog.models import Plan, PricingModel, Product
-from cmw.catalog.pricing import ComponentSpec, Tier, price_from, spec_of
+from cmw.catalog.models import Plan, PriceComponent, Product
+from cmw.catalog.pricing import ComponentSpec, ComponentView, PlanView, Tier, price_from, spec_of
 from cmw.marketplaces.models import Marketplace, MarketplacePrice, PriceMarkup
 from cmw.marketplaces.service import ancestors, subtree_ids
 from cmw.money import PRICE_SCALE, format_amount, round_to_minor
@@ -192,7 +192,7 @@ class PriceList:
         """Whether any level's prices may differ from the vendor's."""
         return any(r.row is not None or r.default_percent is not None for r in self.rules)
 
-    def at_levels(self, plan: Plan, index: int) -> tuple[ComponentSpec, ...]:
+    def at_levels(self, plan: Plan | PlanView, index: int) -> tuple[ComponentSpec, ...]:
         """Component ``index`` of ``plan`` as priced at each level, the selling marketplace first."""
         key = (plan.id, index)
         found = self._specs.get(key)
@@ -205,11 +205,11 @@ class PriceList:
             found = self._specs[key] = tuple(reversed(priced))
         return found
 
-    def spec(self, plan: Plan, index: int) -> ComponentSpec:
+    def spec(self, plan: Plan | PlanView, index: int) -> ComponentSpec:
         """Component ``index`` of ``plan`` as priced where it is sold."""
         return self.at_levels(plan, index)[0]
 
-    def specs(self, plan: Plan) -> list[ComponentSpec]:
+    def specs(self, plan: Plan | PlanView) -> list[ComponentSpec]:
         return [self.spec(plan, i) for i in range(len(plan.components))]
 
     def vendor_share(self, amount: Decimal, currency: str) -> Decimal:
@@ -232,7 +232,18 @@ class PriceList:
         return [{**party, "amount": format_amount(a)} for party, a in zip(parties, owed, strict=True)]
 
 
-def price_list(session: Session, marketplace: Marketplace, product: Product) -> PriceList:
+class Sold(Protocol):
+    """What :func:`price_list` reads of a product (a stored one, or a row of its columns)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def marketplace_id(self) -> uuid.UUID: ...
+    @property
+    def vendor_id(self) -> uuid.UUID: ...
+
+
+def price_list(session: Session, marketplace: Marketplace, product: Sold) -> PriceList:
     """The product's prices in ``marketplace``: one query for the rules of the marketplaces
     between it and the one hosting the product, none where it hosts the product."""
     if marketplace.id == product.marketplace_id:
@@ -425,78 +436,25 @@ def component_view(spec: ComponentSpec) -> dict[str, Any]:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class ComponentView:
-    """A price component as a marketplace sells it (the attributes of ``PriceComponent``)."""
-
-    id: uuid.UUID
-    position: int
-    kind: Any
-    label: str
-    unit_price: Decimal | None
-    metric: str | None
-    unit: str | None
-    pricing_model: PricingModel | None
-    included_quantity: Decimal
-    tiers: list[dict[str, Any]] | None
-    min_quantity: int | None
-    max_quantity: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class PlanView:
-    """A plan as a marketplace sells it (the attributes of ``Plan``)."""
-
-    id: uuid.UUID
-    version_id: uuid.UUID
-    code: str
-    name: str
-    description: str
-    currency: str
-    billing_period: Any
-    position: int
-    components: list[ComponentView]
-
-
-def priced_plans(prices: PriceList, plans: Sequence[Plan]) -> Sequence[Plan | PlanView]:
-    """``plans`` with this marketplace's prices; the stored plans themselves where its
-    prices are the vendor's."""
+def priced_plans(prices: PriceList, plans: Sequence[Plan | PlanView]) -> Sequence[Plan | PlanView]:
+    """``plans`` with this marketplace's prices; the plans themselves where its prices are
+    the vendor's."""
     if not prices.marked_up:
         return plans
     views = []
     for plan in plans:
         components = []
-        for index, c in enumerate(plan.components):
+        stored: Sequence[PriceComponent | ComponentView] = plan.components
+        for index, c in enumerate(stored):
             spec = prices.spec(plan, index)
             components.append(
-                ComponentView(
-                    id=c.id,
-                    position=c.position,
-                    kind=c.kind,
-                    label=c.label,
+                ComponentView.of(
+                    c,
                     unit_price=spec.unit_price,
-                    metric=c.metric,
-                    unit=c.unit,
-                    pricing_model=c.pricing_model,
-                    included_quantity=c.included_quantity,
                     tiers=[t.as_json() for t in spec.tiers] if c.tiers else c.tiers,
-                    min_quantity=c.min_quantity,
-                    max_quantity=c.max_quantity,
                 )
             )
-        views.append(
-            PlanView(
-                id=plan.id,
-                version_id=plan.version_id,
-                code=plan.code,
-                name=plan.name,
-                description=plan.description,
-                currency=plan.currency,
-                billing_period=plan.billing_period,
-                position=plan.position,
-                components=components,
-            )
-        )
+        views.append(PlanView.of(plan, components))
     return views
 
 
