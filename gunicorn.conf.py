@@ -2,6 +2,6 @@
 cmw/webserver.py (which ``gunicorn -c python:cmw.webserver`` reads from anywhere).
 Command-line options still win over anything set here."""
 
-from cmw.webserver import child_exit, on_starting, threads, worker_class
+from cmw.webserver import child_exit, on_starting, pre_fork, threads, worker_class
 
-__all__ = ["child_exit", "on_starting", "threads", "worker_class"]
+__all__ = ["child_exit", "on_starting", "pre_fork", "threads", "worker_class"]

@@ -23,14 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def server() -> Iterator[int]:
+def server(request: pytest.FixtureRequest) -> Iterator[int]:
+    """gunicorn with two workers (or as many as the test's ``workers`` mark says)."""
+    mark = request.node.get_closest_marker("workers")
+    workers = mark.args[0] if mark else 2
     port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn",
             "--config", "python:cmw.webserver",
             "--bind", f"127.0.0.1:{port}",
-            "--workers", "2",
+            "--workers", str(workers),
             "tests.pid_app:app",
         ],
         cwd=ROOT,
@@ -39,13 +42,13 @@ def server() -> Iterator[int]:
         start_new_session=True,
     )  # fmt: skip
 
-    def both_workers_up() -> bool:
+    def workers_up() -> bool:
         assert proc.poll() is None, "gunicorn exited: " + (proc.stderr.read().decode() if proc.stderr else "")
-        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
-        return len(found.split()) == 2
+        return len(_workers(proc.pid)) == workers
 
     try:
-        wait_until(both_workers_up, 60, "gunicorn's two workers")
+        wait_until(workers_up, 60, f"gunicorn's {workers} workers")
+        _masters[port] = proc.pid
         yield port
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -54,6 +57,13 @@ def server() -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+_masters: dict[int, int] = {}
+
+
+def _workers(master: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
 
 
 def _pid(connection: http.client.HTTPConnection, query: str = "") -> tuple[str, str | None]:
@@ -133,3 +143,39 @@ def test_a_kept_alive_connection_is_closed_after_its_last_request(server: int) -
     pid, header = _pid(connection)
     assert pid.isdigit() and header == "keep-alive"
     connection.close()
+
+
+@pytest.mark.workers(1)
+def test_a_worker_started_later_gets_its_share_of_kept_alive_connections(server: int) -> None:
+    """Eight clients keep their connections to the only worker; a second one starts (as after
+    a restart, or more workers asked with TTIN). The first worker closes connections, one at
+    a time, until both hold their share: the clients reconnect to the new worker."""
+    clients = 8
+    connections = [http.client.HTTPConnection("127.0.0.1", server, timeout=30) for _ in range(clients)]
+    first = {_pid(c, "cpu=2")[0] for c in connections}
+    assert len(first) == 1, first
+    master = _masters[server]
+    subprocess.run(["kill", "-TTIN", str(master)], check=True)
+    wait_until(lambda: len(_workers(master)) == 2, 60, "the second worker")
+    last: list[str] = [""] * clients
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        while not stop.is_set():
+            last[index] = _pid(connections[index], "cpu=2")[0]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(
+            lambda: len(Counter(last)) == 2 and min(Counter(last).values()) >= 3,
+            20,
+            "the clients' connections to be shared between the workers",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        for connection in connections:
+            connection.close()
