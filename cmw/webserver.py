@@ -85,21 +85,21 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         self.rebalanced_at = 0.0
 
     def init_process(self) -> None:
-        if self.slot is not None:
-            _SLOT.pack_into(_table, self.slot * _SLOT.size, os.getpid(), 0)
+        self._publish()
         super().init_process()
 
     def _publish(self) -> None:
+        # self.pid is this worker's own pid once forked (the arbiter sets it in the child)
         if self.slot is not None:
-            _SLOT.pack_into(_table, self.slot * _SLOT.size, os.getpid(), self.nr_conns)
+            _SLOT.pack_into(_table, self.slot * _SLOT.size, self.pid, self.nr_conns)
 
     def _fewest_elsewhere(self) -> int | None:
         """The fewest connections another running worker holds (None: no other)."""
         if self.slot is None:
             return None
-        me, fewest = os.getpid(), None
+        fewest = None
         for pid, conns in _SLOT.iter_unpack(_table):
-            if pid and pid != me and (fewest is None or conns < fewest):
+            if pid and pid != self.pid and (fewest is None or conns < fewest):
                 fewest = conns
         return fewest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -42,12 +42,6 @@ def images(
     }
 
 
-class Sold(NamedTuple):
-    id: uuid.UUID
-    marketplace_id: uuid.UUID
-    vendor_id: uuid.UUID
-
-
 def public_view(
     session: Session, storage: Storage, marketplace: Marketplace, ref: str
 ) -> dict[str, Any] | None:
@@ -68,7 +62,7 @@ def public_view(
     if head is None:
         return None
     plans = _plans(session, head.version_id)
-    prices = pricing.price_list(session, marketplace, Sold(head.id, head.marketplace_id, head.vendor_id))
+    prices = pricing.price_list(session, marketplace, head)
     shown = pricing.priced_plans(prices, plans)
     cheapest = price_from(shown) if prices.marked_up else (head.price_from_amount, head.price_from_currency)
     content = {f: getattr(head, f) for f in service.CONTENT_FIELDS}
