@@ -91,7 +91,10 @@ def test_make_run_starts_the_platform_with_demo_logins(tmp_path: Path) -> None:
                 ).fetchone()
             return total > 0 and waiting == 0
 
-        wait_until(outbox_drained, 120, "the worker to relay the outbox")
+        try:
+            wait_until(outbox_drained, 120, "the worker to relay the outbox")
+        except AssertionError as exc:  # what web and worker printed says why
+            raise AssertionError(f"{exc}; make run printed:\n" + "".join(output)[-6000:]) from None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
