@@ -74,8 +74,10 @@ def _pid(connection: http.client.HTTPConnection, query: str = "") -> tuple[str, 
 
 def test_connections_opened_at_once_are_shared_between_the_workers(server: int) -> None:
     """Eight clients connect together and keep their connections, as a load generator or a
-    client's connection pool does. Each connection stays with one process, and both
-    workers get a fair share.
+    client's connection pool does. Both workers get a fair share, and the connections are
+    kept: a connection is closed only to even out the workers (when one holds two more
+    than the other, see ``Worker._crowded``), which at most half of them ever need, and
+    then its client reconnects.
 
     (gunicorn's own threaded worker fails this when the machine is busy: the worker that
     wakes first takes every waiting connection before the other one gets a core. That was
@@ -85,12 +87,12 @@ def test_connections_opened_at_once_are_shared_between_the_workers(server: int) 
     connections = [http.client.HTTPConnection("127.0.0.1", server, timeout=30) for _ in range(clients)]
     for connection in connections:
         connection.connect()
-    seen: list[set[str]] = [set() for _ in range(clients)]
+    answers: list[list[tuple[str, str | None]]] = [[] for _ in range(clients)]
     start = threading.Barrier(clients)
 
     def client(index: int) -> None:
         start.wait()
-        seen[index] = {_pid(connections[index], "cpu=50")[0] for _ in range(5)}
+        answers[index] = [_pid(connections[index], "cpu=50") for _ in range(5)]
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -99,9 +101,12 @@ def test_connections_opened_at_once_are_shared_between_the_workers(server: int) 
         thread.join()
     for connection in connections:
         connection.close()
-    assert all(len(pids) == 1 for pids in seen), f"a kept-alive connection moved between processes: {seen}"
-    pids = [next(iter(p)) for p in seen]
-    per_worker = Counter(pids)
+    closed = [sum(header == "close" for _pid_, header in mine) for mine in answers]
+    assert sum(closed) <= clients // 2, f"connections closed: {answers}"
+    for mine, closes in zip(answers, closed, strict=True):
+        # a connection answers from one process; a client changes process only by reconnecting
+        assert len({pid for pid, _header in mine}) <= 1 + closes, f"a kept-alive connection moved: {mine}"
+    per_worker = Counter(mine[-1][0] for mine in answers)
     assert len(per_worker) == 2, f"one worker served every connection: {per_worker}"
     assert min(per_worker.values()) >= 2, f"connections per worker: {per_worker}"
 
