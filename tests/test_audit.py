@@ -11,14 +11,18 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
 from cmw.audit.models import AuditEntry
 from cmw.marketplaces.models import Marketplace
+from cmw.marketplaces.service import platform
+from tests import catalog_data
 from tests.helpers import on_host
 from tests.test_orders import order
 from tests.test_pages_storefront import _signed_in
+from tests.test_pricing import FLAT, _plan
 
 Headers = Callable[..., dict[str, str]]
 
@@ -118,3 +122,41 @@ def test_nothing_changes_an_entry(
     assert all(e["marketplace_id"] == str(sibling.id) for e in theirs) and entry["id"] not in {
         e["id"] for e in theirs
     }
+
+
+def test_the_request_entry_commits_with_the_change_it_asked_for(
+    app: Flask, committed_db: sessionmaker[Session]
+) -> None:
+    """One transaction writes an order and the entry for the request that placed it (no
+    entry can be lost after the change, nor written for a change rolled back); a replay
+    commits nothing and has its own entry; a reused key with another body writes none."""
+    with committed_db() as session:
+        catalog_data.publish_product(session, "audited", [_plan(FLAT)])
+        buyer, _ = catalog_data.add_customer(session, "audited-buyer@example.test")
+        _, token = accounts.create_token(session, buyer, platform(session), name="t", expires_at=None)
+        session.commit()
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "audited-once"}
+    body = {"product": "audited", "plan": "basic"}
+    placed = client.post("/api/v1/orders", json=body, headers=headers)
+    assert placed.status_code == 201, placed.json
+    again = client.post("/api/v1/orders", json=body, headers=headers)
+    assert again.json["id"] == placed.json["id"] and again.headers["Idempotent-Replayed"] == "true"
+    reused = client.post("/api/v1/orders", json={**body, "quantity": 2}, headers=headers)
+    assert reused.status_code == 409, reused.json
+
+    with committed_db() as session:
+        order_xmin = session.scalar(
+            sa.text("SELECT xmin::text FROM orders WHERE id = :id"), {"id": placed.json["id"]}
+        )
+        requested = session.execute(
+            sa.text(
+                "SELECT xmin::text, actor, detail FROM audit_log"
+                " WHERE action = 'POST /api/v1/orders' ORDER BY id"
+            )
+        ).all()
+    assert len(requested) == 2, requested
+    (first_xmin, actor, first), (replay_xmin, _, replayed) = requested
+    assert first_xmin == order_xmin and actor == "audited-buyer@example.test"
+    assert first == {"endpoint": "orders.Orders"}
+    assert replay_xmin != order_xmin and replayed == {"endpoint": "orders.Orders", "status": 201}

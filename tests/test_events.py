@@ -20,7 +20,7 @@ from cmw.accounts import service as accounts
 from cmw.accounts.models import Organisation, OrganisationKind
 from cmw.events.consumer import Event, EventConsumer, Outcome
 from cmw.events.models import OutboxEvent, ProcessedMessage
-from cmw.events.relay import OutboxRelay
+from cmw.events.relay import OutboxRelay, Unconfirmed
 from cmw.events.service import emit
 from cmw.events.topology import DEAD_LETTER_QUEUE, EVENTS
 from cmw.events.worker import Worker
@@ -194,6 +194,47 @@ def test_nothing_is_lost_when_rabbitmq_goes_away_mid_way(
     assert lost == set()
     # At-least-once: a batch cut mid-way may be sent again; consumers drop those by id.
     assert duplicated <= 20
+
+
+def test_messages_the_broker_refuses_stay_in_the_outbox_in_order(
+    committed_db: Factory, topic_tag: str
+) -> None:
+    """The relay publishes a batch, then awaits the broker's confirms once: a queue that
+    takes only 4 messages makes RabbitMQ refuse (nack) the rest, and exactly the first 4
+    rows are marked published; the first refused one counts an attempt, and the relay
+    sends it and those after it again next time."""
+    full = Queue(
+        f"test.{topic_tag}.full",
+        exchange=EVENTS,
+        routing_key=f"test.{topic_tag}.#",
+        durable=False,
+        queue_arguments={"x-max-length": 4, "x-overflow": "reject-publish"},
+    )
+    with connect() as conn:
+        EVENTS(conn.default_channel).declare()
+        full(conn.default_channel).declare()
+    try:
+        with committed_db() as session:
+            ids = [emit(session, f"test.{topic_tag}.happened", {"n": n}).id for n in range(10)]
+            session.commit()
+        relay = OutboxRelay(committed_db, connect, queues=[full], batch_size=10)
+        with pytest.raises(Unconfirmed, match="refused 6 messages"):
+            relay.relay_once()
+        assert relay.published == 4
+        with committed_db() as session:
+            rows = {r.id: r for r in session.scalars(sa.select(OutboxEvent).where(OutboxEvent.id.in_(ids)))}
+        assert [rows[i].published_at is not None for i in ids] == [True] * 4 + [False] * 6
+        assert [rows[i].attempts for i in ids] == [0] * 4 + [1] + [0] * 5
+        relay.reset()
+        assert [m.payload["n"] for m in drain(full, 4)] == [0, 1, 2, 3]
+        # room again: the rest goes, in order
+        relay = OutboxRelay(committed_db, connect, queues=[full], batch_size=4)
+        assert relay.relay_once() == 4
+        relay.reset()
+        assert [m.payload["n"] for m in drain(full, 4)] == [4, 5, 6, 7]
+    finally:
+        with connect() as conn:
+            full(conn.default_channel).delete()
 
 
 def _unpublished(factory: Factory) -> int:
@@ -451,3 +492,72 @@ def test_deliveries_of_a_lost_connection_do_not_keep_the_worker_reconnecting(com
             queue(conn.default_channel).delete()
     assert not thread.is_alive()
     assert _applied(committed_db, consumer) == 4
+
+
+class BatchingConsumer(RecordingConsumer):
+    """Applies up to 20 waiting messages in one transaction; the message ``{"n": 7}`` fails."""
+
+    batch_size = 20
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.failures = 0
+
+    def handle(self, session: Session, event: Event) -> None:
+        super().handle(session, event)
+        if event.payload.get("n") == 7:
+            self.failures += 1
+            raise RuntimeError("this one fails (test)")
+
+
+def test_a_batching_consumer_applies_waiting_messages_together_and_each_once(committed_db: Factory) -> None:
+    """40 messages waiting, one of them twice and one failing: the worker applies them in a
+    few transactions, each message once; the failing one is taken out of its batch, and
+    alone is retried, then parked, without the others applied twice."""
+    consumer = BatchingConsumer(tag())
+    queue = consumer.queue()
+    with connect() as conn:
+        EVENTS(conn.default_channel).declare()
+        queue(conn.default_channel).declare()
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    for n, message_id in enumerate(ids):
+        _publish_raw(queue, message_id, {"n": n}, f"test.{consumer.name}.happened")
+    _publish_raw(queue, ids[3], {"n": 3}, f"test.{consumer.name}.happened")  # delivered twice
+    expected = ids[:7] + ids[8:]
+    worker = Worker(connect, committed_db, [consumer], relay_poll_seconds=0.05)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: consumer.failures >= consumer.max_attempts, 30, "the failing message parked")
+        wait_until(lambda: set(_sources(committed_db, consumer)) >= set(expected), 20, "the other 39 applied")
+    finally:
+        worker.stop()
+        thread.join(15)
+        with connect() as conn:
+            queue(conn.default_channel).delete()
+    assert not thread.is_alive()
+    # (the relay sends the consumer's own "applied" events to it too: only the 40 count)
+    with committed_db() as session:
+        marked = session.execute(
+            sa.text("SELECT message_id, xmin::text FROM processed_messages WHERE message_id = ANY(:ids)"),
+            {"ids": ids},
+        ).all()
+    assert sorted(m for m, _ in marked) == sorted(expected)
+    sources = [s for s in _sources(committed_db, consumer) if s in ids]
+    assert sorted(sources) == sorted(expected), "a message applied twice, or one lost"
+    transactions = len({xmin for _, xmin in marked})
+    assert transactions <= 8, f"{transactions} transactions for 39 messages: not batched"
+    # its attempts, and once more in its batch when it came in one (not counted an attempt)
+    assert consumer.max_attempts <= consumer.failures <= consumer.max_attempts + 1
+
+
+def _sources(factory: Factory, consumer: RecordingConsumer) -> list[str]:
+    """The ids of the messages the consumer applied, once per application."""
+    with factory() as session:
+        return list(
+            session.scalars(
+                sa.select(OutboxEvent.payload["source"].as_string()).where(
+                    OutboxEvent.topic == f"test.{consumer.name}.applied"
+                )
+            )
+        )

@@ -8,7 +8,9 @@ import logging
 import uuid
 
 import sqlalchemy as sa
-from flask import Response, request
+from flask import Response, g, has_request_context, request
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from cmw.accounts.auth import current_identity
 from cmw.audit.models import AuditEntry
@@ -17,6 +19,8 @@ from cmw.marketplaces.service import subtree
 
 log = logging.getLogger(__name__)
 
+#: set on ``g`` once the request's entry is in a transaction
+_WRITTEN = "audit_entry_written"
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: requests not worth an entry: signing in and out, and usage records (kept themselves)
 NOT_AUDITED = frozenset(
@@ -35,34 +39,61 @@ NOT_AUDITED = frozenset(
 )
 
 
-def record_request(response: Response) -> Response:
-    """``after_request``: an entry for every change a signed-in person asked for and got."""
-    if request.method not in CHANGES or response.status_code >= 400 or request.endpoint in NOT_AUDITED:
-        return response
+def _request_entry(status: int | None) -> AuditEntry | None:
+    """The entry for this request, if it is a change a signed-in person asked for."""
+    if request.method not in CHANGES or request.endpoint in NOT_AUDITED:
+        return None
     identity = current_identity()
     if identity is None:
-        return response
+        return None
     rule = request.url_rule.rule if request.url_rule is not None else request.path
     args = {k: str(v) for k, v in (request.view_args or {}).items()}
     object_key = next(iter(args), None)
+    detail: dict[str, object] = {"endpoint": request.endpoint, **args}
+    if status is not None:
+        detail["status"] = status
+    return AuditEntry(
+        marketplace_id=identity.marketplace.id,
+        actor_id=identity.user.id,
+        actor=identity.user.email,
+        action=f"{request.method} {rule}",
+        object_type=object_key.removesuffix("_id") if object_key else None,
+        object_id=args[object_key][:120] if object_key else None,
+        detail=detail,
+        ip=request.remote_addr,
+    )
+
+
+@event.listens_for(Session, "before_commit")
+def _with_the_change(session: Session) -> None:
+    """The request's entry goes into the transaction that commits the change it asked for:
+    written with it or not at all, and with no transaction of its own after the answer.
+    Only the first commit of a request writes it, and only the request's own session."""
+    if not has_request_context() or g.get(_WRITTEN) or session is not current_session():
+        return
+    entry = _request_entry(None)
+    if entry is not None:
+        g.setdefault(_WRITTEN, True)
+        session.add(entry)
+
+
+def record_request(response: Response) -> Response:
+    """``after_request``: an entry for every change a signed-in person asked for and got,
+    when the request did not commit one with its change (a view that changes nothing in
+    the database, or writes through a connection of its own)."""
+    if response.status_code >= 400 or g.get(_WRITTEN):
+        return response
+    entry = _request_entry(response.status_code)
+    if entry is None:
+        return response
+    g.setdefault(_WRITTEN, True)
     session = current_session()
     try:
-        session.add(
-            AuditEntry(
-                marketplace_id=identity.marketplace.id,
-                actor_id=identity.user.id,
-                actor=identity.user.email,
-                action=f"{request.method} {rule}",
-                object_type=object_key.removesuffix("_id") if object_key else None,
-                object_id=args[object_key][:120] if object_key else None,
-                detail={"status": response.status_code, "endpoint": request.endpoint, **args},
-                ip=request.remote_addr,
-            )
-        )
+        session.add(entry)
         session.commit()
     except Exception:
         session.rollback()
-        log.exception("could not write the audit entry for %s %s", request.method, rule)
+        log.exception("could not write the audit entry for %s", entry.action)
     return response
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from kombu import Exchange, Queue
@@ -69,6 +69,18 @@ class Outcome:
     REJECTED = "rejected"
 
 
+def _mark_all_processed(session: Session, consumer: str, message_ids: list[str]) -> set[str]:
+    """Record that ``consumer`` applies these messages; returns the ids not recorded before."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        marker = postgresql.insert(ProcessedMessage).values(
+            [{"consumer": consumer, "message_id": m} for m in message_ids]
+        )
+        found = connection.execute(marker.on_conflict_do_nothing().returning(ProcessedMessage.message_id))
+        return set(found.scalars())
+    return {m for m in dict.fromkeys(message_ids) if _mark_processed(session, consumer, m)}
+
+
 def _mark_processed(session: Session, consumer: str, message_id: str) -> bool:
     """Record that ``consumer`` applies ``message_id``; False if it was recorded before."""
     connection = session.connection()
@@ -79,6 +91,14 @@ def _mark_processed(session: Session, consumer: str, message_id: str) -> bool:
     # SQLite: the row count (RETURNING only from SQLite 3.35; psycopg reports no row count)
     fallback = sqlite.insert(ProcessedMessage).values(consumer=consumer, message_id=message_id)
     return connection.execute(fallback.on_conflict_do_nothing()).rowcount == 1
+
+
+class _HandlerFailed(Exception):
+    """The handler of the batch's message at ``index`` raised (the cause)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 class EventConsumer:
@@ -98,6 +118,11 @@ class EventConsumer:
     max_attempts: ClassVar[int] = 5
     #: first retry delay in seconds, doubled at each attempt
     retry_delay: ClassVar[float] = 0.2
+    #: messages of this consumer applied in one transaction when several are waiting. Only
+    #: for a handler that changes nothing but the database: a batch with a failing message
+    #: is rolled back and applied again one message at a time, and an e-mail sent or a
+    #: call made by the first try would be made twice.
+    batch_size: ClassVar[int] = 1
 
     def handle(self, session: Session, event: Event) -> None:
         raise NotImplementedError
@@ -120,6 +145,50 @@ class EventConsumer:
             return self._failed(message, body, event, exc)
         message.ack()
         return Outcome.APPLIED if applied else Outcome.DUPLICATE
+
+    def apply_many(
+        self, session_factory: Callable[[], Session], deliveries: Sequence[tuple[Any, Message]]
+    ) -> list[str]:
+        """Apply delivered messages in one transaction, each once, then acknowledge them;
+        their outcomes, in order. Nothing of a batch that fails is kept: a message whose
+        handler raised is applied on its own (and so alone retried or parked) and the rest
+        again as a batch; a batch that fails to commit, each message on its own."""
+        if len(deliveries) == 1:
+            return [self.apply(session_factory, *deliveries[0])]
+        events = [self._parse(body, message) for body, message in deliveries]
+        if any(event is None for event in events):
+            return [self.apply(session_factory, body, message) for body, message in deliveries]
+        try:
+            applied = self._apply_batch(session_factory, [e for e in events if e is not None])
+        except _HandlerFailed as failed:
+            log.info("%s: a message of a batch failed; applying it alone", self.name, exc_info=True)
+            outcomes = self.apply_many(
+                session_factory, [*deliveries[: failed.index], *deliveries[failed.index + 1 :]]
+            )
+            outcomes.insert(failed.index, self.apply(session_factory, *deliveries[failed.index]))
+            return outcomes
+        except Exception:  # each is applied again alone, and fails alone
+            log.info("%s: a batch of %d failed; each alone now", self.name, len(deliveries), exc_info=True)
+            return [self.apply(session_factory, body, message) for body, message in deliveries]
+        for _, message in deliveries:
+            message.ack()
+        return [Outcome.APPLIED if done else Outcome.DUPLICATE for done in applied]
+
+    def _apply_batch(self, session_factory: Callable[[], Session], events: list[Event]) -> list[bool]:
+        """Whether each event was applied now (False: applied before, or earlier in the batch)."""
+        with session_factory() as session:
+            fresh = _mark_all_processed(session, self.name, [e.id for e in events])
+            applied = []
+            for index, event in enumerate(events):
+                applied.append(event.id in fresh)
+                if event.id in fresh:
+                    fresh.discard(event.id)  # a message delivered twice in the batch: once
+                    try:
+                        self.handle(session, event)
+                    except Exception as exc:
+                        raise _HandlerFailed(index) from exc
+            session.commit()
+        return applied
 
     def _apply_once(self, session_factory: Callable[[], Session], event: Event) -> bool:
         with session_factory() as session:

@@ -7,10 +7,13 @@ delivery is at least once, and consumers drop the duplicates by message id.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
+import amqp
 import sqlalchemy as sa
 from kombu import Connection, Producer, Queue
 from sqlalchemy.orm import Session
@@ -24,6 +27,66 @@ log = logging.getLogger(__name__)
 ConnectionFactory = Callable[[], Connection]
 #: PostgreSQL advisory lock key held by the relay that is publishing (any stable number)
 RELAY_LOCK = 0x6D65726361746F
+#: how long a batch waits for the broker's confirms before its unconfirmed rows are retried
+CONFIRM_TIMEOUT = 10.0
+
+
+class Unconfirmed(Exception):
+    """The broker did not confirm every message of the batch (a nack, or no answer in time)."""
+
+
+class _Confirms:
+    """Publisher confirms of one AMQP channel, awaited once per batch instead of once per
+    message: a batch of 100 events costs one wait for the broker, not 100."""
+
+    def __init__(self, channel: amqp.Channel) -> None:
+        self.channel = channel
+        self.sent = 0
+        self.pending: set[int] = set()
+        self.nacked: set[int] = set()
+        if not channel._confirm_selected:
+            channel._confirm_selected = True
+            channel.confirm_select()
+        # The connection's confirm_publish option makes each publish wait for its own
+        # confirm; this channel's publishes return at once, and wait() awaits them together.
+        channel.basic_publish = functools.partial(amqp.Channel.basic_publish, channel)
+        channel.events["basic_ack"].add(self._ack)
+        channel.events["basic_nack"].add(self._nack)
+
+    def published(self) -> int:
+        """Note one publish; returns its delivery tag."""
+        self.sent += 1
+        self.pending.add(self.sent)
+        return self.sent
+
+    def _settle(self, tag: int, multiple: bool) -> set[int]:
+        settled = {t for t in self.pending if t <= tag} if multiple else {tag} & self.pending
+        self.pending -= settled
+        return settled
+
+    def _ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def _nack(self, tag: int, multiple: bool) -> None:
+        self.nacked |= self._settle(tag, multiple)
+
+    def wait(self, timeout: float = CONFIRM_TIMEOUT) -> None:
+        """Until the broker confirmed every message published so far; raises
+        :class:`Unconfirmed` if it refused one or did not answer within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unconfirmed(f"{len(self.pending)} messages not confirmed within {timeout:.0f} s")
+            try:
+                self.channel.connection.drain_events(timeout=left)
+            except TimeoutError:
+                continue
+        if self.nacked:
+            raise Unconfirmed(f"the broker refused {len(self.nacked)} messages")
+
+    def confirmed(self, tag: int) -> bool:
+        return tag not in self.pending and tag not in self.nacked
 
 
 class OutboxRelay:
@@ -43,6 +106,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.connection: Connection | None = None
         self._producer: Producer | None = None
+        self._confirms: _Confirms | None = None
         self.published = 0
 
     # ------------------------------------------------------------ connection
@@ -55,11 +119,14 @@ class OutboxRelay:
             # Bind copies: the module-level entities must not stay tied to a dead channel.
             for entity in [EVENTS, *self.queues]:
                 entity(channel).declare()
+            if isinstance(channel, amqp.Channel) and self.connection.transport_options.get("confirm_publish"):
+                self._confirms = _Confirms(channel)
         return self._producer
 
     def reset(self) -> None:
         """Drop the broker connection; the next publish opens a new one."""
         self._producer = None
+        self._confirms = None
         if self.connection is not None:
             try:
                 self.connection.release()
@@ -95,13 +162,30 @@ class OutboxRelay:
             error: Exception | None = None
             try:
                 producer = self._ensure_producer()
+                confirms = self._confirms
+                tags: list[int] = []
                 for row in rows:
                     self._publish(producer, row)
-                    row.published_at = utcnow()
-                    done += 1
+                    if confirms is None:  # confirmed (or not needed) by the publish itself
+                        row.published_at = utcnow()
+                        done += 1
+                    else:
+                        tags.append(confirms.published())
+                if confirms is not None:
+                    try:
+                        confirms.wait()
+                    finally:
+                        # in order: a row after one not confirmed is sent again with it
+                        now = utcnow()
+                        for row, tag in zip(rows, tags, strict=False):
+                            if not confirms.confirmed(tag):
+                                break
+                            row.published_at = now
+                            done += 1
             except Exception as exc:  # noqa: BLE001 - re-raised below after the commit
                 error = exc
-                rows[done].attempts += 1
+                if done < len(rows):
+                    rows[done].attempts += 1
             session.commit()
             self.published += done
             if error is not None:

@@ -24,6 +24,9 @@ from cmw.events.consumer import EventConsumer
 from cmw.events.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
+#: deliveries read ahead at most before applying what is in hand, and how long to wait for one
+GATHER_LIMIT = 200
+GATHER_WAIT = 0.001
 
 
 class Worker(ConsumerMixin):
@@ -60,6 +63,7 @@ class Worker(ConsumerMixin):
         self.loops = list(loops)
         self._loop_threads: list[threading.Thread] = []
         self._live: Connection | None = None
+        self._batching = False
         self._inbox: collections.deque[tuple[EventConsumer, Any, Any]] = collections.deque()
         self._relay_thread: threading.Thread | None = None
         self._periodic_thread: threading.Thread | None = None
@@ -70,7 +74,7 @@ class Worker(ConsumerMixin):
                 queues=[c.queue()],
                 callbacks=[functools.partial(self._on_message, c)],
                 accept=list(c.accept),
-                prefetch_count=self.prefetch_count,
+                prefetch_count=max(self.prefetch_count, c.batch_size),
             )
             for c in self.consumers
         ]
@@ -80,6 +84,10 @@ class Worker(ConsumerMixin):
     ) -> None:
         # ConsumerMixin consumes on a clone of self.connection: that one carries the heartbeats
         self._live = connection
+        # RabbitMQ only: the embedded transport polls files, and reading ahead would poll more
+        self._batching = connection.transport.driver_type == "amqp" and any(
+            c.batch_size > 1 for c in self.consumers
+        )
 
     def _heartbeat(self) -> None:
         if self._live is not None:
@@ -94,17 +102,46 @@ class Worker(ConsumerMixin):
         # for its confirm), and a wait inside a delivery callback would hand the next
         # deliveries to callbacks nested in it, without end, and the worker would never
         # get back to its loop to stop.
+        self._gather()
         while self._inbox and not self.should_stop:
             consumer, body, message = self._inbox.popleft()
-            if getattr(message.channel, "connection", None) is None:
-                # A delivery of a connection that was lost is not ours any more: the broker
-                # gives it again (it was not acknowledged). Acknowledged on its dead
-                # channel it would fail and make the mixin reconnect, again and again,
-                # each time with the newer deliveries behind it, and nothing got through.
-                log.info("worker: a delivery of the lost connection dropped; it comes again")
+            if not self._ours(message):
                 continue
-            consumer.apply(self.session_factory, body, message)
+            batch = [(body, message)]
+            if consumer.batch_size > 1:
+                # the same consumer's deliveries waiting behind it, in their order
+                others: collections.deque[tuple[EventConsumer, Any, Any]] = collections.deque()
+                while self._inbox and len(batch) < consumer.batch_size:
+                    item = self._inbox.popleft()
+                    if item[0] is not consumer:
+                        others.append(item)
+                    elif self._ours(item[2]):
+                        batch.append((item[1], item[2]))
+                self._inbox.extendleft(reversed(others))
+            consumer.apply_many(self.session_factory, batch)
             self._heartbeat()
+
+    @staticmethod
+    def _ours(message: Any) -> bool:
+        if getattr(message.channel, "connection", None) is None:
+            # A delivery of a connection that was lost is not ours any more: the broker
+            # gives it again (it was not acknowledged). Acknowledged on its dead
+            # channel it would fail and make the mixin reconnect, again and again,
+            # each time with the newer deliveries behind it, and nothing got through.
+            log.info("worker: a delivery of the lost connection dropped; it comes again")
+            return False
+        return True
+
+    def _gather(self) -> None:
+        """Read the deliveries already waiting on the connection, without waiting for more
+        (a millisecond at most), so a consumer that batches finds its messages together."""
+        if self._live is None or not self._batching:
+            return
+        for _ in range(GATHER_LIMIT):
+            try:
+                self._live.drain_events(timeout=GATHER_WAIT)
+            except TimeoutError:
+                return
 
     def _on_message(self, consumer: EventConsumer, body: Any, message: Any) -> None:
         # only noted: applied by on_iteration (unacknowledged ones are redelivered after a stop)
