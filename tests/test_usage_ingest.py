@@ -444,6 +444,42 @@ def test_each_vendor_has_its_own_record_ids_and_odd_values_are_handled(
         assert kept.attributes == {"rate": 1.5, "count": 3, "nested": {"x": 0.25}}
 
 
+def test_ids_and_attributes_with_any_characters_are_stored_as_sent(
+    app: Flask, committed_db: Factory, metered: dict[str, Any]
+) -> None:
+    """Records go to PostgreSQL as COPY text rows: tabs, newlines, backslashes and COPY's
+    own markers in an id, a metric or the attributes are data, not row or field breaks;
+    NUL, which PostgreSQL cannot store, is refused by the record (from the queue)."""
+    sub, at = metered["subscription"], metered["since"] + dt.timedelta(days=1)
+    admin, headers = _sign_in(app, "meter-admin@example.test")
+    odd_ids = ["tab\there", "line\nbreak\rend", "back\\slash\\N", "\\N", "\\.", "ünï \"quoted\" 'x'"]
+    attributes = {"path": "C:\\temp\\new", "text": "a\tb\nc", "none": None, "emoji": "☁"}
+    records: list[Any] = [
+        {**_record(0, sub, at), "id": record_id, "attributes": attributes} for record_id in odd_ids
+    ]
+    records.append({**_record(0, sub, at, "1E+2"), "id": "exponent"})
+    response = admin.post("/api/v1/usage", json={"records": records}, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body == {"accepted": len(odd_ids) + 1, "duplicates": [], "rejected": []}
+    with committed_db() as session:
+        kept = {
+            r.record_id: r
+            for r in session.scalars(sa.select(UsageRecord).where(UsageRecord.subscription_id == sub))
+        }
+    assert set(kept) == {*odd_ids, "exponent"}
+    assert all(kept[i].attributes == attributes and kept[i].quantity == Decimal("1.5") for i in odd_ids)
+    assert kept["exponent"].quantity == 100 and kept["exponent"].metric == "bandwidth.gb"
+    assert sum(_hourly(committed_db, sub).values()) == Decimal("1.5") * len(odd_ids) + 100
+    # the API refuses a body with NUL whole; a queued batch's record alone
+    for record, reason in (
+        ({**_record(0, sub, at), "id": "nul\0id"}, "id must not contain NUL characters"),
+        ({**_record(0, sub, at), "attributes": {"x": "a\0b"}}, "attributes must not contain NUL characters"),
+    ):
+        rejected = ingest._candidate(3, record)
+        assert isinstance(rejected, ingest.Rejection) and (rejected.index, rejected.reason) == (3, reason)
+
+
 def test_a_batch_waits_for_a_billing_chunk_in_progress(
     committed_db: Factory, metered: dict[str, Any]
 ) -> None:
