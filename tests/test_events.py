@@ -476,22 +476,30 @@ def test_deliveries_of_a_lost_connection_do_not_keep_the_worker_reconnecting(com
     with connect() as conn:  # a delivery of a connection that is then gone
         stale = queue(conn.default_channel).get(no_ack=False)
         assert stale is not None
-    worker = Worker(connect, committed_db, [consumer], relay_poll_seconds=0.05)
-    worker._inbox.append((consumer, stale.payload, stale))
-    thread = threading.Thread(target=worker.run_forever, daemon=True)
-    thread.start()
-    try:
+    with _running(committed_db, consumer, before=[(consumer, stale.payload, stale)]):
         for n in range(1, 4):
             _publish_raw(queue, str(uuid.uuid4()), {"n": n}, f"test.{consumer.name}.happened")
         # the stale one comes again on the new connection: all four applied, once each
         wait_until(lambda: _applied(committed_db, consumer) == 4, 20, "4 applied events")
+    assert _applied(committed_db, consumer) == 4
+
+
+@contextlib.contextmanager
+def _running(factory: Factory, consumer: EventConsumer, before: list[Any] | None = None) -> Iterator[None]:
+    """A worker for ``consumer`` on its own queue (``before``: deliveries already in hand),
+    stopped at the end, and the queue deleted."""
+    worker = Worker(connect, factory, [consumer], relay_poll_seconds=0.05)
+    worker._inbox.extend(before or [])
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield
     finally:
         worker.stop()
         thread.join(15)
         with connect() as conn:
-            queue(conn.default_channel).delete()
-    assert not thread.is_alive()
-    assert _applied(committed_db, consumer) == 4
+            consumer.queue()(conn.default_channel).delete()
+    assert not thread.is_alive(), "the worker did not stop"
 
 
 class BatchingConsumer(RecordingConsumer):
@@ -524,18 +532,9 @@ def test_a_batching_consumer_applies_waiting_messages_together_and_each_once(com
         _publish_raw(queue, message_id, {"n": n}, f"test.{consumer.name}.happened")
     _publish_raw(queue, ids[3], {"n": 3}, f"test.{consumer.name}.happened")  # delivered twice
     expected = ids[:7] + ids[8:]
-    worker = Worker(connect, committed_db, [consumer], relay_poll_seconds=0.05)
-    thread = threading.Thread(target=worker.run_forever, daemon=True)
-    thread.start()
-    try:
+    with _running(committed_db, consumer):
         wait_until(lambda: consumer.failures >= consumer.max_attempts, 30, "the failing message parked")
         wait_until(lambda: set(_sources(committed_db, consumer)) >= set(expected), 20, "the other 39 applied")
-    finally:
-        worker.stop()
-        thread.join(15)
-        with connect() as conn:
-            queue(conn.default_channel).delete()
-    assert not thread.is_alive()
     # (the relay sends the consumer's own "applied" events to it too: only the 40 count)
     with committed_db() as session:
         marked = session.execute(
