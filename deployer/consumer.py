@@ -19,7 +19,7 @@ from deployer import engine, service, support
 
 class DeploymentRequests(EventConsumer):
     name = "deployer"
-    batch_size = 50  # database changes only
+    batch_size = 10  # database changes only
     topics = (
         "deployment.requested",
         "deployment.cancelled",

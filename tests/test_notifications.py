@@ -50,7 +50,11 @@ def mailer(smtp_server: SmtpServer) -> CountingMailer:
     smtp_server.clear()
     return CountingMailer(
         SmtpMailer(
-            f"smtp://{smtp_server.host}:{smtp_server.port}", "Mercato <no-reply@mercato.example>", timeout=3
+            # long enough for a loaded machine: a reply that comes late counts as a failure
+            # though the server has the message, and it would be sent again
+            f"smtp://{smtp_server.host}:{smtp_server.port}",
+            "Mercato <no-reply@mercato.example>",
+            timeout=15,
         )
     )
 

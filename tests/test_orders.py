@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Role, User
+from cmw.audit.models import AuditEntry
 from cmw.events.models import OutboxEvent
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import platform
@@ -184,6 +185,10 @@ def test_twenty_concurrent_requests_with_one_key_create_one_order(
     with committed_db() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Order)) == 1
         assert session.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 1
+        # every request has its audit entry, those whose first commit lost the race too
+        placing = AuditEntry.action == "POST /api/v1/orders"
+        requests = session.scalar(sa.select(sa.func.count()).select_from(AuditEntry).where(placing))
+        assert requests == 20
 
 
 # ---------------------------------------------------------------- visibility

@@ -453,7 +453,7 @@ def test_ids_and_attributes_with_any_characters_are_stored_as_sent(
     sub, at = metered["subscription"], metered["since"] + dt.timedelta(days=1)
     admin, headers = _sign_in(app, "meter-admin@example.test")
     odd_ids = ["tab\there", "line\nbreak\rend", "back\\slash\\N", "\\N", "\\.", "ünï \"quoted\" 'x'"]
-    attributes = {"path": "C:\\temp\\new", "text": "a\tb\nc", "none": None, "emoji": "☁"}
+    attributes = {"path": "C:\\temp\\new", "text": "a\tb\nc", "none": None, "emoji": "☁", "x": "\\u0000"}
     records: list[Any] = [
         {**_record(0, sub, at), "id": record_id, "attributes": attributes} for record_id in odd_ids
     ]
@@ -474,7 +474,10 @@ def test_ids_and_attributes_with_any_characters_are_stored_as_sent(
     # the API refuses a body with NUL whole; a queued batch's record alone
     for record, reason in (
         ({**_record(0, sub, at), "id": "nul\0id"}, "id must not contain NUL characters"),
-        ({**_record(0, sub, at), "attributes": {"x": "a\0b"}}, "attributes must not contain NUL characters"),
+        (
+            {**_record(0, sub, at), "attributes": {"x": ["a\0b"]}},
+            "attributes must not contain NUL characters",
+        ),
     ):
         rejected = ingest._candidate(3, record)
         assert isinstance(rejected, ingest.Rejection) and (rejected.index, rejected.reason) == (3, reason)

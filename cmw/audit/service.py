@@ -68,13 +68,32 @@ def _request_entry(status: int | None) -> AuditEntry | None:
 def _with_the_change(session: Session) -> None:
     """The request's entry goes into the transaction that commits the change it asked for:
     written with it or not at all, and with no transaction of its own after the answer.
-    Only the first commit of a request writes it, and only the request's own session."""
-    if not has_request_context() or g.get(_WRITTEN) or session is not current_session():
+    Only the request's own session, only its outermost transaction; a commit that fails
+    (a view that retries after a conflict) takes the entry with it, and the next one adds
+    it again."""
+    if (
+        not has_request_context()
+        or g.get(_WRITTEN)
+        or session.in_nested_transaction()
+        or session.info.get(_WRITTEN)
+        or session is not current_session()
+    ):
         return
     entry = _request_entry(None)
     if entry is not None:
-        g.setdefault(_WRITTEN, True)
+        session.info[_WRITTEN] = True
         session.add(entry)
+
+
+@event.listens_for(Session, "after_commit")
+def _written(session: Session) -> None:
+    if session.info.pop(_WRITTEN, False) and has_request_context():
+        g.setdefault(_WRITTEN, True)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _not_written(session: Session, _previous: object) -> None:
+    session.info.pop(_WRITTEN, None)
 
 
 def record_request(response: Response) -> Response:

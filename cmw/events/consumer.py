@@ -118,7 +118,8 @@ class EventConsumer:
     max_attempts: ClassVar[int] = 5
     #: first retry delay in seconds, doubled at each attempt
     retry_delay: ClassVar[float] = 0.2
-    #: messages of this consumer applied in one transaction when several are waiting. Only
+    #: messages of this consumer applied in one transaction when several are waiting (at
+    #: most the worker's prefetch count, 10, which RabbitMQ sets for every consumer). Only
     #: for a handler that changes nothing but the database: a batch with a failing message
     #: is rolled back and applied again one message at a time, and an e-mail sent or a
     #: call made by the first try would be made twice.
@@ -161,12 +162,13 @@ class EventConsumer:
         try:
             applied = self._apply_batch(session_factory, [e for e in events if e is not None])
         except _HandlerFailed as failed:
+            # in their order: those before it again as a batch, it alone, then the rest
             log.info("%s: a message of a batch failed; applying it alone", self.name, exc_info=True)
-            outcomes = self.apply_many(
-                session_factory, [*deliveries[: failed.index], *deliveries[failed.index + 1 :]]
-            )
-            outcomes.insert(failed.index, self.apply(session_factory, *deliveries[failed.index]))
-            return outcomes
+            at = failed.index
+            before = self.apply_many(session_factory, deliveries[:at]) if at else []
+            alone = self.apply(session_factory, *deliveries[at])
+            after = self.apply_many(session_factory, deliveries[at + 1 :]) if at + 1 < len(deliveries) else []
+            return [*before, alone, *after]
         except Exception:  # each is applied again alone, and fails alone
             log.info("%s: a batch of %d failed; each alone now", self.name, len(deliveries), exc_info=True)
             return [self.apply(session_factory, body, message) for body, message in deliveries]

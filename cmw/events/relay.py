@@ -2,7 +2,10 @@
 
 A row is marked published only after the broker confirmed it (publisher confirms on
 RabbitMQ), so a crash or a lost connection at any point means the row is sent again:
-delivery is at least once, and consumers drop the duplicates by message id.
+delivery is at least once, and consumers drop the duplicates by message id. A batch is
+published whole, then its confirms awaited: if the broker refuses a message (a nack) or
+does not confirm it in time, the rows after it went out already, and it arrives again
+after them. Only then are events out of order.
 """
 
 from __future__ import annotations

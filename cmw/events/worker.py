@@ -74,7 +74,7 @@ class Worker(ConsumerMixin):
                 queues=[c.queue()],
                 callbacks=[functools.partial(self._on_message, c)],
                 accept=list(c.accept),
-                prefetch_count=max(self.prefetch_count, c.batch_size),
+                prefetch_count=self.prefetch_count,
             )
             for c in self.consumers
         ]

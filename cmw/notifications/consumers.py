@@ -40,7 +40,7 @@ VENDOR_TOPICS = frozenset({"deployment.failed"})
 
 class NotificationConsumer(EventConsumer):
     name = "notifications"
-    batch_size = 50  # database changes only
+    batch_size = 10  # database changes only
     topics = tuple(MESSAGES)
 
     def handle(self, session: Session, event: Event) -> None:

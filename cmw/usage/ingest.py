@@ -145,6 +145,17 @@ def _text(record: dict[str, Any], key: str, limit: int) -> str | None:
     return text
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL is in any key or string of the JSON value (PostgreSQL cannot keep it)."""
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _candidate(
     index: int, record: Any, subscriptions: dict[str, uuid.UUID | None] | None = None
 ) -> _Candidate | Rejection:
@@ -218,7 +229,7 @@ def _candidate(
         dumped = json.dumps(attributes, default=str)
         if len(dumped) > MAX_ATTRIBUTES:
             return reject(f"attributes: at most {MAX_ATTRIBUTES} characters of JSON")
-        if "\\u0000" in dumped:
+        if "\\u0000" in dumped and _has_nul(attributes):
             return reject("attributes must not contain NUL characters")
     return _Candidate(
         index, record_id, subscription, resource, metric, quantity, at.astimezone(dt.UTC), attributes

@@ -11,7 +11,7 @@ from cmw.webhooks.service import TOPICS, fan_out
 
 class VendorWebhooks(EventConsumer):
     name = "vendor-webhooks"
-    batch_size = 50  # database changes only
+    batch_size = 10  # database changes only
     topics = TOPICS
 
     def handle(self, session: Session, event: Event) -> None:
