@@ -170,7 +170,6 @@ class OutboxRelay:
                 for row in rows:
                     self._publish(producer, row)
                     if confirms is None:  # confirmed (or not needed) by the publish itself
-                        row.published_at = utcnow()
                         done += 1
                     else:
                         tags.append(confirms.published())
@@ -179,16 +178,22 @@ class OutboxRelay:
                         confirms.wait()
                     finally:
                         # in order: a row after one not confirmed is sent again with it
-                        now = utcnow()
-                        for row, tag in zip(rows, tags, strict=False):
+                        for tag in tags:
                             if not confirms.confirmed(tag):
                                 break
-                            row.published_at = now
                             done += 1
             except Exception as exc:  # noqa: BLE001 - re-raised below after the commit
                 error = exc
                 if done < len(rows):
                     rows[done].attempts += 1
+            if done:
+                # one statement for the batch, not one UPDATE per row
+                table = OutboxEvent.__table__
+                session.execute(
+                    table.update()
+                    .where(table.c.id.in_([row.id for row in rows[:done]]))
+                    .values(published_at=utcnow())
+                )
             session.commit()
             self.published += done
             if error is not None:
