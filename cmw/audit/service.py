@@ -75,7 +75,6 @@ def _with_the_change(session: Session) -> None:
         not has_request_context()
         or g.get(_WRITTEN)
         or session.in_nested_transaction()
-        or session.info.get(_WRITTEN)
         or session is not current_session()
     ):
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
 from typing import Any
 
@@ -123,16 +124,8 @@ def _product_statement(chain: service.Chain, by_id: bool) -> sa.Select[*tuple[An
 
 def _plans(session: Session, version_id: uuid.UUID) -> list[PlanView]:
     """The version's plans with their components, in order."""
-    plans: list[PlanView] = []
-    rows: list[Any] = []
-    for row in session.connection().execute(_plans_statement(), {"version_id": version_id}):
-        if rows and rows[0].id != row.id:
-            plans.append(_plan(rows))
-            rows = []
-        rows.append(row)
-    if rows:
-        plans.append(_plan(rows))
-    return plans
+    rows = session.connection().execute(_plans_statement(), {"version_id": version_id})
+    return [_plan(list(group)) for _, group in itertools.groupby(rows, key=lambda row: row.id)]
 
 
 def _plan(rows: list[Any]) -> PlanView:

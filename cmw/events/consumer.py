@@ -78,19 +78,18 @@ def _mark_all_processed(session: Session, consumer: str, message_ids: list[str])
         )
         found = connection.execute(marker.on_conflict_do_nothing().returning(ProcessedMessage.message_id))
         return set(found.scalars())
-    return {m for m in dict.fromkeys(message_ids) if _mark_processed(session, consumer, m)}
+    # SQLite: the row count of each (RETURNING only from SQLite 3.35; psycopg reports no row count)
+    fresh = set()
+    for message_id in dict.fromkeys(message_ids):
+        fallback = sqlite.insert(ProcessedMessage).values(consumer=consumer, message_id=message_id)
+        if connection.execute(fallback.on_conflict_do_nothing()).rowcount == 1:
+            fresh.add(message_id)
+    return fresh
 
 
 def _mark_processed(session: Session, consumer: str, message_id: str) -> bool:
     """Record that ``consumer`` applies ``message_id``; False if it was recorded before."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        marker = postgresql.insert(ProcessedMessage).values(consumer=consumer, message_id=message_id)
-        found = connection.execute(marker.on_conflict_do_nothing().returning(ProcessedMessage.message_id))
-        return found.first() is not None
-    # SQLite: the row count (RETURNING only from SQLite 3.35; psycopg reports no row count)
-    fallback = sqlite.insert(ProcessedMessage).values(consumer=consumer, message_id=message_id)
-    return connection.execute(fallback.on_conflict_do_nothing()).rowcount == 1
+    return message_id in _mark_all_processed(session, consumer, [message_id])
 
 
 class _HandlerFailed(Exception):

@@ -132,14 +132,13 @@ def _text(record: dict[str, Any], key: str, limit: int) -> str | None:
     if value is None:
         return None
     if type(value) is str and 0 < len(value) <= limit and not value[0].isspace() and not value[-1].isspace():
-        if "\0" in value:
-            raise ValueError(f"{key} must not contain NUL characters")
-        return value  # the usual case: a plain string, nothing to strip
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise ValueError(f"{key} must be a string")
-    text = str(value).strip()
-    if not text or len(text) > limit:
-        raise ValueError(f"{key} must be 1 to {limit} characters")
+        text = value  # the usual case: a plain string, nothing to strip
+    else:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ValueError(f"{key} must be a string")
+        text = str(value).strip()
+        if not text or len(text) > limit:
+            raise ValueError(f"{key} must be 1 to {limit} characters")
     if "\0" in text:
         raise ValueError(f"{key} must not contain NUL characters")
     return text
@@ -246,8 +245,9 @@ class _Target:
     ends_at: dt.datetime | None
     #: usage before this is billed already
     billed_until: dt.datetime | None
-    key: str = ""
-    vendor_key: str = ""
+    #: its id and its vendor's as text (the batch's keys)
+    key: str
+    vendor_key: str
 
 
 def _targets(session: Session, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, _Target]:
