@@ -160,6 +160,60 @@ def test_the_same_key_and_body_answer_the_first_order(
     assert order(client, other).get_json()["id"] != first.get_json()["id"]
 
 
+def test_a_key_answers_its_order_even_once_the_product_can_no_longer_be_ordered(
+    client: FlaskClient,
+    make_user: Callable[..., User],
+    token_for: Headers,
+    shop: dict[str, Any],
+    db_session: Session,
+) -> None:
+    """A new key's order is placed without looking for an earlier one (the key's unique
+    index guards it); a refused order still looks, so a retry is answered as before."""
+    headers = {**token_for(make_user(Role.CUSTOMER)), "Idempotency-Key": "retry-after-retire"}
+    first = order(client, headers)
+    assert first.status_code == 201, first.get_data(as_text=True)
+    retired = client.post(
+        f"/api/v1/vendor/products/{shop['product']['id']}/retire", headers=token_for(shop["vendor"])
+    )
+    assert retired.status_code == 200, retired.get_data(as_text=True)
+
+    again = order(client, headers)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    # the same key with another body that would be refused anyway is a reuse of the key
+    reused = order(client, headers, quantity=2)
+    assert "different request" in assert_problem(reused, 409, "idempotency-key-reused")["detail"]
+    # a new key is refused with the reason, and nothing is written
+    refused = order(client, {**headers, "Idempotency-Key": "after-retire"})
+    assert "not a published product" in assert_problem(refused, 422, "validation-error")["detail"]
+    assert db_session.scalar(sa.select(sa.func.count()).select_from(Order)) == 1
+
+
+def test_orders_see_the_plans_and_prices_as_they_are_now(
+    client: FlaskClient,
+    make_user: Callable[..., User],
+    token_for: Headers,
+    shop: dict[str, Any],
+) -> None:
+    """Products are kept in memory for orders until the catalog changes: a new price is
+    charged from the next order on, and a retired product is no longer sold."""
+    customer, vendor = token_for(make_user(Role.CUSTOMER)), token_for(shop["vendor"])
+    assert order(client, customer).get_json()["breakdown"]["period_total"] == "71.5"  # 49 + 5 x 4.50
+    product_id = shop["product"]["id"]
+    cheaper = catalog_data.plans()
+    cheaper[0]["components"][0]["unit_price"] = "39.00"
+    response = client.put(
+        f"/api/v1/vendor/products/{product_id}/plans", json={"plans": cheaper}, headers=vendor
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert client.post(f"/api/v1/vendor/products/{product_id}/submit", headers=vendor).status_code == 200
+    approved = client.post(f"/api/v1/admin/products/{product_id}/approve", headers=token_for(shop["admin"]))
+    assert approved.status_code == 200, approved.get_data(as_text=True)
+    assert order(client, customer).get_json()["breakdown"]["period_total"] == "61.5"
+    assert client.post(f"/api/v1/vendor/products/{product_id}/retire", headers=vendor).status_code == 200
+    assert_problem(order(client, customer), 422, "validation-error")
+
+
 def test_twenty_concurrent_requests_with_one_key_create_one_order(
     app: Flask, committed_db: sessionmaker[Session]
 ) -> None:

@@ -64,16 +64,18 @@ def _request_entry(status: int | None) -> AuditEntry | None:
     )
 
 
-@event.listens_for(Session, "before_commit")
-def _with_the_change(session: Session) -> None:
+@event.listens_for(Session, "before_commit", insert=True)  # before the flush of cmw.catalog.cache
+def with_the_change(session: Session) -> None:
     """The request's entry goes into the transaction that commits the change it asked for:
     written with it or not at all, and with no transaction of its own after the answer.
     Only the request's own session, only its outermost transaction; a commit that fails
     (a view that retries after a conflict) takes the entry with it, and the next one adds
-    it again."""
+    it again. Added as the transaction commits, or earlier by a view that calls this before
+    the flush writing its change, so that one flush writes both."""
     if (
         not has_request_context()
         or g.get(_WRITTEN)
+        or session.info.get(_WRITTEN)
         or session.in_nested_transaction()
         or session is not current_session()
     ):

@@ -246,6 +246,37 @@ def served_marketplace(
     return found
 
 
+#: published products as an order reads them (live version, plans, prices), by marketplace,
+#: catalog generation and how the order named them; None where none is sold by that name
+_orderable: TTLCache[Hashable, Product | None] = TTLCache(maxsize=1024, ttl=TTL_SECONDS)
+_orderable_lock = threading.Lock()
+
+
+def orderable_product(
+    session: Session, marketplace: Marketplace, ref: str, find: Callable[[Session], Product | None]
+) -> Product | None:
+    """The product ``find`` finds (a published one, with its live version's plans and
+    prices), once per catalog generation in this process.
+
+    Each order needs its product's prices, and loading them through the ORM costs more than
+    the order's own inserts. Any change to a product, its plans, prices or selection moves
+    the generation (:data:`CATALOG_CLASSES`), which the request read with its marketplace.
+    The copy is loaded by a session of its own on the request's connection and closed at
+    once, so it is detached, complete, and never part of a request's session: callers only
+    read it (ids, plans, prices, targets) and must not change or attach it.
+    """
+    key = (marketplace.id, marketplace.catalog_generation, ref)
+    with _orderable_lock:
+        if key in _orderable:
+            return _orderable[key]
+    with Session(bind=session.connection()) as private:
+        found = find(private)
+        private.expunge_all()
+    with _orderable_lock:
+        _orderable[key] = found
+    return found
+
+
 def clear() -> None:
     """Forget everything cached in this process (tests roll back, so generations repeat)."""
     global _categories
@@ -254,6 +285,8 @@ def clear() -> None:
         _cards.clear()
     with _served_lock:
         _served.clear()
+    with _orderable_lock:
+        _orderable.clear()
     _categories = None
 
 

@@ -22,6 +22,7 @@ from cmw.accounts.models import Organisation, OrganisationKind, Role
 from cmw.api.errors import ApiError, invalid
 from cmw.api.pagination import PageArgs, page_of, paginate, paginate_rows
 from cmw.api.views import attributes
+from cmw.audit import service as audit
 from cmw.catalog.models import Plan, Product
 from cmw.extensions import current_session
 from cmw.orders import approval, service, subscriptions
@@ -236,14 +237,18 @@ class Orders(MethodView):
         customer_id = _buyer(identity, data.pop("organisation_id"))
         digest = _request_hash({**data, "organisation_id": str(customer_id)})
         session = current_session()
+        # A key is new far more often than not: the first attempt does not look for an earlier
+        # order, and the unique index on the key refuses a second one at the commit. Only then
+        # (or when the order is refused) is the earlier one looked for and answered again.
         for attempt in range(2):
             try:
-                if key is not None:
+                if key is not None and attempt:
                     earlier = service.replay(session, identity.user, key, digest)
                     if earlier is not None:
                         return earlier, 201, {"Idempotent-Replayed": "true"}
                 customer = session.get(Organisation, customer_id)
                 assert customer is not None
+                audit.with_the_change(session)  # written by the order's flush
                 order = service.place_order(
                     session,
                     identity.marketplace,
@@ -264,6 +269,8 @@ class Orders(MethodView):
                 raise ApiError(409, str(exc), slug="idempotency-key-reused") from None
             except service.OrderError as exc:
                 session.rollback()
+                if key is not None and not attempt:
+                    continue  # an earlier order with this key is answered again, as it was then
                 raise ApiError(
                     422,
                     f"invalid order: {exc.message}",

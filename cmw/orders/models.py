@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cmw.db import Timestamps, UUIDPrimaryKey, str_enum, utcnow
 from cmw.extensions import db
@@ -116,6 +116,9 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("subscriptions.id", ondelete="SET NULL")
     )
+    #: set on a new order with its new subscription, so that one flush inserts the
+    #: subscription first (the unit of work orders inserts by relationships only); never loaded
+    subscription: Mapped[Subscription | None] = relationship(lazy="raise_on_sql")
     confirmed_at: Mapped[dt.datetime | None]
     failure_reason: Mapped[str | None] = mapped_column(sa.Text)
     #: for a change order: the plan and quantity before (the order's plan and quantity are after)
@@ -178,6 +181,8 @@ class SubscriptionChange(db.Model):  # type: ignore[name-defined,misc]
     subscription_id: Mapped[uuid.UUID] = mapped_column(
         sa.ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True
     )
+    #: for the unit of work's insert order, as on Order; never loaded
+    subscription: Mapped[Subscription] = relationship(lazy="raise_on_sql")
     #: created, trial_started, activated, plan_changed, quantity_changed, cancelled, ...
     kind: Mapped[str] = mapped_column(sa.String(40))
     #: the user who made the change; NULL for the platform's own jobs

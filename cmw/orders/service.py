@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts import keys
 from cmw.accounts.models import Membership, Organisation, OrganisationKind, Role, User
+from cmw.catalog import cache as catalog_cache
 from cmw.catalog import service as catalog
 from cmw.catalog.models import BillingPeriod, Plan, Product, ProductVersion
 from cmw.db import utcnow
@@ -108,7 +109,14 @@ def replay(session: Session, user: User, key: str, request_hash: str) -> Order |
 
 
 def _product(session: Session, marketplace: Marketplace, ref: str) -> Product:
-    product = catalog.find_published(session, marketplace, ref, with_plans=True)
+    """The published product with its plans and prices: a detached copy shared by the
+    process's requests until the catalog changes, read and never changed or attached."""
+    product = catalog_cache.orderable_product(
+        session,
+        marketplace,
+        ref,
+        lambda private: catalog.find_published(private, marketplace, ref, with_plans=True),
+    )
     if product is None:
         raise OrderError("product", f"{ref!r} is not a published product of this marketplace")
     return product
@@ -185,6 +193,8 @@ def place_order(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
+    # set now, not at the flush, so that the order can be shown before its transaction commits
+    order.created_at = order.updated_at = utcnow()
     if request.trial:
         session.add(TrialGrant(customer_id=customer.id, product_id=product.id, granted_at=now))
     if live.requires_approval and not may_decide(marketplace, product, placer_memberships):
@@ -234,14 +244,11 @@ def confirm(
     """Accept a new purchase or trial: its subscription starts now, and the machine is asked for."""
     trial_days = live.trial_days if order.kind is OrderKind.TRIAL else 0
     subscription = _start(session, order, plan, trial_days, now, order.placed_by_id)
-    order.subscription_id = subscription.id
+    # the relationship makes the flush insert the subscription before the order
+    order.subscription, order.subscription_id = subscription, subscription.id
     order.status = OrderStatus.CONFIRMED
     order.confirmed_at = now
-    session.add(order)  # after its subscription: a new order is inserted once, complete
-    # One flush for the order, its subscription, history and events: a concurrent request
-    # with the same key (or the same trial) waits on the unique index here, then fails and
-    # its transaction rolls back whole.
-    session.flush()
+    session.add(order)
     emit(session, "order.placed", _order_payload(order), marketplace_id=order.marketplace_id)
     emit(
         session,
@@ -271,6 +278,10 @@ def confirm(
         },
         marketplace_id=order.marketplace_id,
     )
+    # One flush for the order, its subscription, history, events and their audit entries: a
+    # concurrent request with the same key (or the same trial) waits on the unique index
+    # here, then fails and its transaction rolls back whole.
+    session.flush()
     return subscription
 
 
@@ -396,9 +407,6 @@ def _start(
         own_cloud_account_id=order.own_cloud_account_id,
     )
     session.add(subscription)
-    # first: the order, its history and the trial grant refer to it, and the unit of work
-    # orders inserts by relationships, which these tables do not declare
-    session.flush()
     record(
         session,
         subscription,
@@ -422,6 +430,7 @@ def record(
 ) -> SubscriptionChange:
     change = SubscriptionChange(
         subscription_id=subscription.id,
+        subscription=subscription,  # inserted after a new subscription by the same flush
         kind=kind,
         actor_id=actor_id,
         before=before,
@@ -508,8 +517,7 @@ def placed_by(session: Session, subscription_id: uuid.UUID) -> uuid.UUID | None:
 
 
 def product_of_subscription(session: Session, subscription_id: uuid.UUID) -> uuid.UUID | None:
-    subscription = session.get(Subscription, subscription_id)
-    return subscription.product_id if subscription else None
+    return session.scalar(sa.select(Subscription.product_id).where(Subscription.id == subscription_id))
 
 
 def of_vendors(
