@@ -69,6 +69,7 @@ class NotificationConsumer(EventConsumer):
             notices += [(user, auditor_wording(event.payload, product)) for user in auditors]
         for user, said in notices:
             notification = Notification(
+                id=uuid.uuid4(),  # known now: the e-mail's event names it, one flush writes both
                 user_id=user.id,
                 marketplace_id=event.marketplace_id,
                 event_id=event.id,
@@ -78,7 +79,6 @@ class NotificationConsumer(EventConsumer):
                 link=said.link,
             )
             session.add(notification)
-            session.flush()
             payload = {"notification_id": str(notification.id), "user_id": str(user.id)}
             if password_to == user.id:
                 payload["password_of_deployment"] = str(event.payload["deployment_id"])

@@ -241,7 +241,18 @@ def fan_out(
     """One delivery per endpoint the event is for; returns how many were made."""
     now = now or utcnow()
     made = 0
+    # Most vendors have no endpoint: one small query says which do, before the event's
+    # vendors are looked up at all.
+    listening = set(
+        session.scalars(
+            sa.select(WebhookEndpoint.vendor_id).where(WebhookEndpoint.active.is_(True)).distinct()
+        )
+    )
+    if not listening:
+        return 0
     for vendor, data in recipients(session, topic, payload).items():
+        if vendor not in listening:
+            continue
         if marketplace_id is not None:
             data = {**data, "marketplace_id": str(marketplace_id)}
         for endpoint in session.scalars(
