@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
 from cmw.accounts.models import Organisation, OrganisationKind
+from cmw.audit.models import AuditEntry
 from cmw.events.consumer import Event, EventConsumer, Outcome
 from cmw.events.models import OutboxEvent, ProcessedMessage
 from cmw.events.relay import OutboxRelay, Unconfirmed
-from cmw.events.service import emit
+from cmw.events.service import emit, together
 from cmw.events.topology import DEAD_LETTER_QUEUE, EVENTS
 from cmw.events.worker import Worker
 from cmw.marketplaces.service import platform
@@ -111,6 +112,47 @@ def test_a_failed_change_leaves_no_event(committed_db: Factory) -> None:
     with committed_db() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Organisation)) == 0
         assert session.scalar(sa.select(sa.func.count()).select_from(OutboxEvent)) == 0
+
+
+def test_events_emitted_together_are_written_when_the_block_ends_and_go_with_its_transaction(
+    committed_db: Factory,
+) -> None:
+    """``together`` writes a block's events and their audit entries with one INSERT each, in
+    the session's transaction: seen at once inside it, kept through a savepoint that rolls
+    back after them, gone with a savepoint that rolls back around them, and nothing from a
+    block an exception leaves."""
+
+    def topics(session: Session) -> list[str]:
+        return list(session.scalars(sa.select(OutboxEvent.topic).order_by(OutboxEvent.seq)))
+
+    def audited(session: Session) -> list[str]:
+        return list(session.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.id)))
+
+    with committed_db() as session:
+        with together(session):
+            emit(session, "order.placed", {"order_id": "o-1"})
+            with together(session):  # nested: the outer block writes
+                emit(session, "test.together.happened", {"n": 1})
+            assert topics(session) == []  # not yet
+        assert topics(session) == ["order.placed", "test.together.happened"]
+        assert audited(session) == ["order.placed"]  # only events about money or machines
+
+        savepoint = session.begin_nested()
+        with together(session):
+            emit(session, "test.together.undone", {})
+        savepoint.rollback()
+        with pytest.raises(RuntimeError), together(session):
+            emit(session, "test.together.failed", {})
+            raise RuntimeError("the block fails")
+        session.commit()
+
+    with committed_db() as session:
+        assert topics(session) == ["order.placed", "test.together.happened"]
+        assert audited(session) == ["order.placed"]
+        placed = session.scalars(sa.select(OutboxEvent).where(OutboxEvent.topic == "order.placed")).one()
+        assert placed.payload == {"order_id": "o-1"} and placed.published_at is None and placed.attempts == 0
+        entry = session.scalars(sa.select(AuditEntry)).one()
+        assert (entry.object_type, entry.object_id, entry.actor) == ("order", "o-1", "system")
 
 
 def test_emit_refuses_a_malformed_topic(db_session: Session) -> None:

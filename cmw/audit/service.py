@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Response, g, has_request_context, request
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from cmw.accounts.auth import current_identity
 from cmw.audit.models import AuditEntry
+from cmw.db import utcnow
+from cmw.events import service as events
 from cmw.extensions import current_session
 from cmw.marketplaces.service import subtree
 
@@ -39,8 +42,8 @@ NOT_AUDITED = frozenset(
 )
 
 
-def _request_entry(status: int | None) -> AuditEntry | None:
-    """The entry for this request, if it is a change a signed-in person asked for."""
+def _request_entry(status: int | None) -> dict[str, Any] | None:
+    """The entry (column values) for this request, if it is a change a signed-in person asked for."""
     if request.method not in CHANGES or request.endpoint in NOT_AUDITED:
         return None
     identity = current_identity()
@@ -52,16 +55,17 @@ def _request_entry(status: int | None) -> AuditEntry | None:
     detail: dict[str, object] = {"endpoint": request.endpoint, **args}
     if status is not None:
         detail["status"] = status
-    return AuditEntry(
-        marketplace_id=identity.marketplace.id,
-        actor_id=identity.user.id,
-        actor=identity.user.email,
-        action=f"{request.method} {rule}",
-        object_type=object_key.removesuffix("_id") if object_key else None,
-        object_id=args[object_key][:120] if object_key else None,
-        detail=detail,
-        ip=request.remote_addr,
-    )
+    return {
+        "at": utcnow(),
+        "marketplace_id": identity.marketplace.id,
+        "actor_id": identity.user.id,
+        "actor": identity.user.email,
+        "action": f"{request.method} {rule}",
+        "object_type": object_key.removesuffix("_id") if object_key else None,
+        "object_id": args[object_key][:120] if object_key else None,
+        "detail": detail,
+        "ip": request.remote_addr,
+    }
 
 
 @event.listens_for(Session, "before_commit", insert=True)  # before the flush of cmw.catalog.cache
@@ -83,7 +87,8 @@ def with_the_change(session: Session) -> None:
     entry = _request_entry(None)
     if entry is not None:
         session.info[_WRITTEN] = True
-        session.add(entry)
+        if not events.add_audit_row(session, entry):  # written with the events of a together() block
+            session.add(AuditEntry(**entry))
 
 
 @event.listens_for(Session, "after_commit")
@@ -109,11 +114,11 @@ def record_request(response: Response) -> Response:
     g.setdefault(_WRITTEN, True)
     session = current_session()
     try:
-        session.add(entry)
+        session.add(AuditEntry(**entry))
         session.commit()
     except Exception:
         session.rollback()
-        log.exception("could not write the audit entry for %s", entry.action)
+        log.exception("could not write the audit entry for %s", entry["action"])
     return response
 
 

@@ -24,6 +24,7 @@ from cmw.api.pagination import PageArgs, page_of, paginate, paginate_rows
 from cmw.api.views import attributes
 from cmw.audit import service as audit
 from cmw.catalog.models import Plan, Product
+from cmw.events.service import together
 from cmw.extensions import current_session
 from cmw.orders import approval, service, subscriptions
 from cmw.orders.models import (
@@ -248,17 +249,19 @@ class Orders(MethodView):
                         return earlier, 201, {"Idempotent-Replayed": "true"}
                 customer = session.get(Organisation, customer_id)
                 assert customer is not None
-                audit.with_the_change(session)  # written by the order's flush
-                order = service.place_order(
-                    session,
-                    identity.marketplace,
-                    identity.user,
-                    customer,
-                    service.OrderRequest(**data),
-                    idempotency_key=key,
-                    request_hash=digest if key else None,
-                    placer_memberships=identity.memberships,
-                )
+                # the request's audit entry is written with the order's events, one INSERT
+                with together(session):
+                    audit.with_the_change(session)
+                    order = service.place_order(
+                        session,
+                        identity.marketplace,
+                        identity.user,
+                        customer,
+                        service.OrderRequest(**data),
+                        idempotency_key=key,
+                        request_hash=digest if key else None,
+                        placer_memberships=identity.memberships,
+                    )
                 # serialised before the commit expires it: no reload on the busiest write
                 response = current_app.json.response(ORDER_SCHEMA.dump(order))
                 session.commit()

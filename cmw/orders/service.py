@@ -25,7 +25,7 @@ from cmw.catalog import cache as catalog_cache
 from cmw.catalog import service as catalog
 from cmw.catalog.models import BillingPeriod, Plan, Product, ProductVersion
 from cmw.db import utcnow
-from cmw.events.service import emit
+from cmw.events.service import emit, together
 from cmw.marketplaces import pricing
 from cmw.marketplaces.models import Marketplace
 from cmw.monitoring import metrics
@@ -249,38 +249,39 @@ def confirm(
     order.status = OrderStatus.CONFIRMED
     order.confirmed_at = now
     session.add(order)
-    emit(session, "order.placed", _order_payload(order), marketplace_id=order.marketplace_id)
-    emit(
-        session,
-        "subscription.trial_started" if trial_days else "subscription.activated",
-        {**_order_payload(order), "subscription_id": str(subscription.id)},
-        marketplace_id=order.marketplace_id,
-    )
-    # what the deployer needs to make the machine, as it stands at order time
-    emit(
-        session,
-        "deployment.requested",
-        {
-            **_order_payload(order),
-            "subscription_id": str(subscription.id),
-            "vendor_id": str(vendor_id),
-            "product_type": str(live.product_type),
-            "target": {
-                **target,
-                **plan_machine(plan, target.get("size"), target.get("data_disk_gib")),
-                # the vendor's own, for the machine of another plan later
-                "vendor_size": target.get("size"),
-                "vendor_data_disk_gib": target.get("data_disk_gib"),
-                "variables": setup_environment(live, order.variables),
-                "endpoints": list(live.endpoints or []),
+    with together(session):  # the three events and their audit entries: one INSERT each
+        emit(session, "order.placed", _order_payload(order), marketplace_id=order.marketplace_id)
+        emit(
+            session,
+            "subscription.trial_started" if trial_days else "subscription.activated",
+            {**_order_payload(order), "subscription_id": str(subscription.id)},
+            marketplace_id=order.marketplace_id,
+        )
+        # what the deployer needs to make the machine, as it stands at order time
+        emit(
+            session,
+            "deployment.requested",
+            {
+                **_order_payload(order),
+                "subscription_id": str(subscription.id),
+                "vendor_id": str(vendor_id),
+                "product_type": str(live.product_type),
+                "target": {
+                    **target,
+                    **plan_machine(plan, target.get("size"), target.get("data_disk_gib")),
+                    # the vendor's own, for the machine of another plan later
+                    "vendor_size": target.get("size"),
+                    "vendor_data_disk_gib": target.get("data_disk_gib"),
+                    "variables": setup_environment(live, order.variables),
+                    "endpoints": list(live.endpoints or []),
+                },
+                "ssh_public_key": order.ssh_public_key,
             },
-            "ssh_public_key": order.ssh_public_key,
-        },
-        marketplace_id=order.marketplace_id,
-    )
-    # One flush for the order, its subscription, history, events and their audit entries: a
-    # concurrent request with the same key (or the same trial) waits on the unique index
-    # here, then fails and its transaction rolls back whole.
+            marketplace_id=order.marketplace_id,
+        )
+    # One flush for the order, its subscription and history: a concurrent request with the
+    # same key (or the same trial) waits on the unique index here, then fails and its
+    # transaction rolls back whole.
     session.flush()
     return subscription
 
