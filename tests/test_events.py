@@ -155,6 +155,31 @@ def test_events_emitted_together_are_written_when_the_block_ends_and_go_with_its
         assert (entry.object_type, entry.object_id, entry.actor) == ("order", "o-1", "system")
 
 
+def test_a_together_block_keeps_only_what_its_transaction_keeps(committed_db: Factory) -> None:
+    """A nested block that fails takes its own events away; what a savepoint begun inside
+    the block emits goes with that savepoint; a block that outlives its transaction raises."""
+    with committed_db() as session:
+        with together(session):
+            emit(session, "test.kept.first", {})
+            with pytest.raises(RuntimeError), together(session):
+                emit(session, "test.dropped.nested", {})
+                raise RuntimeError("the nested block fails")
+            savepoint = session.begin_nested()
+            emit(session, "test.dropped.savepoint", {})
+            savepoint.rollback()
+            savepoint = session.begin_nested()
+            emit(session, "test.kept.savepoint", {})
+            savepoint.commit()
+            emit(session, "test.kept.last", {})
+        with pytest.raises(RuntimeError, match="transaction it began in"), together(session):
+            emit(session, "test.dropped.committed", {})
+            session.commit()
+        session.commit()
+    with committed_db() as session:
+        topics = session.scalars(sa.select(OutboxEvent.topic).order_by(OutboxEvent.seq)).all()
+        assert sorted(topics) == ["test.kept.first", "test.kept.last", "test.kept.savepoint"]
+
+
 def test_emit_refuses_a_malformed_topic(db_session: Session) -> None:
     with pytest.raises(ValueError, match=r"entity\.happened"):
         emit(db_session, "NoDots", {})

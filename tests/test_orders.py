@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,13 +17,14 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from cmw.accounts import service as accounts
-from cmw.accounts.models import Role, User
+from cmw.accounts.models import Organisation, Role, User
 from cmw.audit.models import AuditEntry
+from cmw.catalog.models import Product
 from cmw.events.models import OutboxEvent
 from cmw.marketplaces.models import Marketplace
 from cmw.marketplaces.service import platform
 from cmw.orders.models import Order, Subscription, SubscriptionChange
-from cmw.orders.service import add_months
+from cmw.orders.service import OrderRequest, add_months, place_order
 from tests import catalog_data
 from tests.catalog_data import create, publish
 from tests.test_api_foundation import assert_problem
@@ -212,6 +214,41 @@ def test_orders_see_the_plans_and_prices_as_they_are_now(
     assert order(client, customer).get_json()["breakdown"]["period_total"] == "61.5"
     assert client.post(f"/api/v1/vendor/products/{product_id}/retire", headers=vendor).status_code == 200
     assert_problem(order(client, customer), 422, "validation-error")
+
+
+def test_an_order_in_a_transaction_that_changes_the_catalog_sees_that_change_alone(
+    committed_db: sessionmaker[Session],
+) -> None:
+    """Products kept in memory for orders are never read from or into a transaction that
+    changes the catalog itself: it sees its own prices, and no one else does."""
+    with committed_db() as session:
+        product = catalog_data.publish_product(session, "repriced", [_plan(FLAT)])
+        buyer, org = catalog_data.add_customer(session, "repriced-buyer@example.test")
+        session.commit()
+        ids = product.id, buyer.id, org.id
+
+    def place(session: Session) -> str:
+        placed = place_order(
+            session,
+            platform(session),
+            session.get_one(User, ids[1]),
+            session.get_one(Organisation, ids[2]),
+            OrderRequest(product="repriced", plan="basic"),
+        )
+        return str(placed.breakdown["period_total"])
+
+    with committed_db() as session:
+        assert place(session) == "10"  # kept in memory now
+        session.rollback()
+    with committed_db() as session:
+        version = session.get_one(Product, ids[0]).live_version
+        assert version is not None
+        version.plans[0].components[0].unit_price = Decimal("12")  # not committed
+        assert place(session) == "12"
+        session.rollback()
+    with committed_db() as session:
+        assert place(session) == "10"
+        session.rollback()
 
 
 def test_twenty_concurrent_requests_with_one_key_create_one_order(

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Response, g, has_request_context, request
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from cmw.accounts.auth import current_identity
 from cmw.audit.models import AuditEntry
@@ -98,8 +98,10 @@ def _written(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _not_written(session: Session, _previous: object) -> None:
-    session.info.pop(_WRITTEN, None)
+def _not_written(session: Session, previous: SessionTransaction) -> None:
+    # the entry is added to the outermost transaction only: a savepoint's rollback keeps it
+    if not previous.nested:
+        session.info.pop(_WRITTEN, None)
 
 
 def record_request(response: Response) -> Response:

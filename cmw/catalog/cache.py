@@ -247,8 +247,8 @@ def served_marketplace(
 
 
 #: published products as an order reads them (live version, plans, prices), by marketplace,
-#: catalog generation and how the order named them; None where none is sold by that name
-_orderable: TTLCache[Hashable, Product | None] = TTLCache(maxsize=1024, ttl=TTL_SECONDS)
+#: catalog generation and how the order named them
+_orderable: TTLCache[Hashable, Product] = TTLCache(maxsize=1024, ttl=TTL_SECONDS)
 _orderable_lock = threading.Lock()
 
 
@@ -265,15 +265,21 @@ def orderable_product(
     once, so it is detached, complete, and never part of a request's session: callers only
     read it (ids, plans, prices, targets) and must not change or attach it.
     """
+    if session.new or session.dirty or session.deleted:
+        session.flush()  # so that _after_flush says whether this transaction changes the catalog
+    if session.info.get(_FLAG):
+        return find(session)  # its own, uncommitted catalog: neither from the cache nor into it
     key = (marketplace.id, marketplace.catalog_generation, ref)
     with _orderable_lock:
-        if key in _orderable:
-            return _orderable[key]
+        cached = _orderable.get(key)
+    if cached is not None:
+        return cached
     with Session(bind=session.connection()) as private:
         found = find(private)
         private.expunge_all()
-    with _orderable_lock:
-        _orderable[key] = found
+    if found is not None:  # only what is sold: any reference a client sends would evict those
+        with _orderable_lock:
+            _orderable[key] = found
     return found
 
 

@@ -83,6 +83,7 @@ class NotificationConsumer(EventConsumer):
             if password_to == user.id:
                 payload["password_of_deployment"] = str(event.payload["deployment_id"])
             emit(session, "notification.email", payload, marketplace_id=event.marketplace_id)
+        session.flush()  # one flush for the event's notifications and e-mails: a failure is its own
 
     @staticmethod
     def _auditors(session: Session, event: Event) -> list[User]:
