@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from bench.__main__ import (
     HOST,
     ROOT,
+    WRK_THREADS,
     BenchError,
     child_environment,
     duration,
@@ -58,7 +59,6 @@ end
 """
 #: the paced run's rate: orders offered per second (the target's), whatever the latency
 PACED_RATE = 200
-WRK_THREADS = 2
 #: Each wrk thread sends its next request at its next free slot, PACED_RATE / WRK_THREADS a
 #: second, on whichever of its 25 connections has its answer: the offered rate does not fall
 #: as the latency rises (a fixed wait after each answer, as before, offered 200 a second only

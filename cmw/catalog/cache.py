@@ -265,8 +265,7 @@ def orderable_product(
     once, so it is detached, complete, and never part of a request's session: callers only
     read it (ids, plans, prices, targets) and must not change or attach it.
     """
-    if session.new or session.dirty or session.deleted:
-        session.flush()  # so that _after_flush says whether this transaction changes the catalog
+    session.flush()  # if anything is pending, _after_flush says whether it changes the catalog
     if session.info.get(_FLAG):
         return find(session)  # its own, uncommitted catalog: neither from the cache nor into it
     key = (marketplace.id, marketplace.catalog_generation, ref)

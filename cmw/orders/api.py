@@ -239,7 +239,7 @@ class Orders(MethodView):
         digest = _request_hash({**data, "organisation_id": str(customer_id)})
         session = current_session()
         # A key is new far more often than not: the first attempt does not look for an earlier
-        # order, and the unique index on the key refuses a second one at the commit. Only then
+        # order, and the unique index on the key refuses a second one at the flush. Only then
         # (or when the order is refused) is the earlier one looked for and answered again.
         for attempt in range(2):
             try:
