@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from cmw.crypto import Sealer
 from cmw.db import utcnow
-from cmw.events.service import emit
+from cmw.events.service import emit, together
 from cmw.monitoring import metrics
 from deployer import clouds, service, ssh, support
 from deployer.clouds import PermanentError, TransientError
@@ -169,7 +169,10 @@ class Engine:
             )
             if deployment is None:
                 return None
-            self._advance(session, deployment, now, started)
+            # the step's events (a state change, a machine ready) and their audit entries:
+            # one INSERT each at the step's end, in its transaction
+            with together(session):
+                self._advance(session, deployment, now, started)
             session.commit()
             return deployment.id
 

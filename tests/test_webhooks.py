@@ -327,3 +327,44 @@ def test_outbound_urls_may_not_reach_inside_unless_allowed(url: str, reason: str
 def test_a_public_address_is_allowed() -> None:
     # an address literal: nothing is resolved or sent
     assert check_url(" https://93.184.216.34/hooks ", allow_private=False) == "https://93.184.216.34/hooks"
+
+
+def test_the_vendors_listening_are_read_once_per_transaction_and_again_after_an_endpoint_changes(
+    committed_db: Factory, app: Flask
+) -> None:
+    """The consumer fans out a batch of events in one transaction: which vendors have an
+    active endpoint is asked once for all of them, and asked again after an endpoint is
+    made or switched on in that transaction, so the events after it reach it."""
+    sealer = app.extensions["mercato.sealer"]
+    asked: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "DISTINCT webhook_endpoints.vendor_id" in statement:
+            asked.append(statement)
+
+    with committed_db() as session:
+        product = catalog_data.publish_product(session, "listened", [_plan(FLAT)])
+        payload = {"order_id": str(uuid.uuid4()), "product_id": str(product.id), "ssh_public_key": "k"}
+        session.commit()
+        sa.event.listen(session.connection(), "before_cursor_execute", count)
+
+        def fan_out(n: int) -> int:
+            return webhooks.fan_out(session, f"listened-{n}", "order.placed", payload)
+
+        assert [fan_out(0), fan_out(1)] == [0, 0]
+        assert len(asked) == 1
+        endpoint, _ = webhooks.create_endpoint(
+            session, sealer, product.vendor_id, url="https://127.0.0.1:9/hook", allow_private=True
+        )
+        assert [fan_out(2), fan_out(3)] == [1, 1]
+        assert len(asked) == 2
+        webhooks.update_endpoint(session, endpoint, {"active": False})
+        assert fan_out(4) == 0
+        webhooks.update_endpoint(session, endpoint, {"active": True})
+        assert fan_out(5) == 1
+        session.commit()
+        # a new transaction asks again
+        assert fan_out(6) == 1
+        assert len(asked) == 4
+        session.commit()
+    assert sorted(d.event_id for d in _deliveries(committed_db)) == [f"listened-{n}" for n in (2, 3, 5, 6)]

@@ -110,6 +110,10 @@ def _topics(topics: Iterable[str]) -> list[str]:
     return chosen
 
 
+#: session.info key: the vendors with an active endpoint, as read in the current transaction
+_LISTENING = "mercato.webhook_listeners"
+
+
 def create_endpoint(
     session: Session,
     sealer: Sealer,
@@ -140,6 +144,7 @@ def create_endpoint(
     )
     session.add(endpoint)
     session.flush()
+    session.info.pop(_LISTENING, None)  # this transaction's later events see it
     return endpoint, secret
 
 
@@ -154,6 +159,7 @@ def update_endpoint(
         endpoint.description = str(changes["description"]).strip()
     if "active" in changes:
         endpoint.active = bool(changes["active"])
+        session.info.pop(_LISTENING, None)
     session.flush()
     return endpoint
 
@@ -230,6 +236,24 @@ def recipients(session: Session, topic: str, payload: dict[str, Any]) -> dict[uu
     return {vendor: {**shared, "product_id": str(product_id), "vendor_id": str(vendor)}}
 
 
+def _listening(session: Session) -> frozenset[uuid.UUID]:
+    """The vendors with an active endpoint. Most vendors have none: one small query says
+    which do, before an event's vendors are looked up at all. Read once per transaction:
+    the consumer fans out a batch of events in one, and an endpoint made while the batch
+    is applied takes the events emitted after it, which are not in the batch."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_LISTENING)
+    if cached is not None and cached[0] is transaction:
+        return cached[1]
+    found = frozenset(
+        session.scalars(
+            sa.select(WebhookEndpoint.vendor_id).where(WebhookEndpoint.active.is_(True)).distinct()
+        )
+    )
+    session.info[_LISTENING] = (transaction, found)
+    return found
+
+
 def fan_out(
     session: Session,
     event_id: str,
@@ -241,13 +265,7 @@ def fan_out(
     """One delivery per endpoint the event is for; returns how many were made."""
     now = now or utcnow()
     made = 0
-    # Most vendors have no endpoint: one small query says which do, before the event's
-    # vendors are looked up at all.
-    listening = set(
-        session.scalars(
-            sa.select(WebhookEndpoint.vendor_id).where(WebhookEndpoint.active.is_(True)).distinct()
-        )
-    )
+    listening = _listening(session)
     if not listening:
         return 0
     for vendor, data in recipients(session, topic, payload).items():
