@@ -132,6 +132,21 @@ class Context:
         return str(self.deployment.id)
 
 
+def due(now: dt.datetime) -> sa.Select[Deployment]:
+    """The deployment due soonest, locked; one another worker holds is skipped.
+
+    ``active`` as it is, not ``active IS TRUE``: only the bare column matches the partial
+    index ``ix_deployments_due`` (``WHERE active``). With ``IS TRUE`` every step, and every
+    idle look, read every deployment ever made."""
+    return (
+        sa.select(Deployment)
+        .where(Deployment.active, Deployment.next_attempt_at <= now)
+        .order_by(Deployment.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
 class Engine:
     def __init__(
         self,
@@ -160,13 +175,7 @@ class Engine:
         now = self.clock()
         started = time.perf_counter()
         with self.session_factory() as session:
-            deployment = session.scalar(
-                sa.select(Deployment)
-                .where(Deployment.active.is_(True), Deployment.next_attempt_at <= now)
-                .order_by(Deployment.next_attempt_at)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
+            deployment = session.scalar(due(now))
             if deployment is None:
                 return None
             # the step's events (a state change, a machine ready) and their audit entries:

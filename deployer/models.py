@@ -177,10 +177,10 @@ class Deployment(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-def
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     #: why the last attempt failed, readable
     last_error: Mapped[str | None] = mapped_column(sa.Text)
-    #: what was made in the cloud
-    node_id: Mapped[str | None] = mapped_column(sa.String(255))
+    #: what was made in the cloud; a cloud's usage events name the machine or the disk
+    node_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
     size_id: Mapped[str | None] = mapped_column(sa.String(255))
-    volume_id: Mapped[str | None] = mapped_column(sa.String(255))
+    volume_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
     security_group: Mapped[str | None] = mapped_column(sa.String(255))
     address: Mapped[str | None] = mapped_column(sa.String(255))
     #: the VM's SSH host key, recorded at first contact and checked afterwards

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
+import sqlalchemy as sa
 from flask.testing import FlaskClient
 from kombu import Connection
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,3 +72,13 @@ def worker_running(factory: sessionmaker[Session], consumers: Sequence[EventCons
         with connect() as conn:
             for consumer in consumers:
                 consumer.queue()(conn.default_channel).delete()
+
+
+def index_plan(session: Session, statement: sa.Executable) -> str:
+    """PostgreSQL's plan for ``statement`` with sequential scans ruled out, in the session's
+    transaction: an index the query can use shows in it; without one, a Seq Scan still does."""
+    connection = session.connection()
+    compiled = statement.compile(dialect=connection.dialect)
+    session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+    rows = connection.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
+    return "\n".join(row[0] for row in rows)

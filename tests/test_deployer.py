@@ -47,14 +47,15 @@ from cmw.orders import service as orders
 from cmw.orders import subscriptions
 from cmw.orders.jobs import run_due
 from cmw.orders.models import Order, OrderStatus, Subscription
+from cmw.usage import cloud as cloud_usage
 from deployer import clouds, own, service, variables
 from deployer.consumer import DeploymentRequests
-from deployer.engine import Engine, password_digest
+from deployer.engine import Engine, due, password_digest
 from deployer.models import CloudAccount, Deployment, DeploymentEvent, DeploymentState
 from tests import catalog_data
 from tests.conftest import broker_url
 from tests.deployer_support import use_moto_driver
-from tests.helpers import tag, wait_until
+from tests.helpers import index_plan, tag, wait_until
 from tests.servers import MotoServer, SmtpServer, SshdServer
 from tests.test_pages_storefront import _csrf, _signed_in
 from tests.test_pricing import FLAT, _plan
@@ -1440,3 +1441,16 @@ def test_the_vendor_s_support_keys_reach_its_instances_and_leave_with_the_key(
         assert [i["InstanceId"] for i in live_instances(ec2)] == [deployment.node_id]
     finally:
         subprocess.run(["userdel", "-r", user], capture_output=True, timeout=30)
+
+
+def test_the_engine_finds_the_next_due_deployment_through_its_partial_index(db_session: Session) -> None:
+    """``active IS TRUE`` would not match ``ix_deployments_due`` (``WHERE active``): every step,
+    and every idle look, would read every deployment ever made."""
+    plan = index_plan(db_session, due(utcnow()))
+    assert "ix_deployments_due" in plan, plan
+
+
+def test_a_cloud_event_finds_its_deployment_through_an_index(db_session: Session) -> None:
+    """Every cloud event names a machine or a disk: without an index each read every deployment."""
+    plan = index_plan(db_session, cloud_usage.deployment_of("i-0123456789"))
+    assert "ix_deployments_node_id" in plan and "ix_deployments_volume_id" in plan, plan

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -27,6 +28,7 @@ from cmw.orders.models import Order, Subscription, SubscriptionChange
 from cmw.orders.service import OrderRequest, add_months, place_order
 from tests import catalog_data
 from tests.catalog_data import create, publish
+from tests.helpers import index_plan
 from tests.test_api_foundation import assert_problem
 from tests.test_pricing import FLAT, _plan
 
@@ -353,3 +355,11 @@ def test_vendors_see_their_customers(
     other_vendor = token_for(make_user(Role.VENDOR))
     assert client.get("/api/v1/vendor/customers", headers=other_vendor).get_json()["total"] == 0
     assert_problem(client.get("/api/v1/vendor/customers", headers=token_for(alice)), 403, "forbidden")
+
+
+def test_orders_are_found_by_their_subscription_through_an_index(db_session: Session) -> None:
+    """Who placed a subscription's order, and which order a finished deployment fulfils, are
+    asked once or twice for every order: without an index each read every order."""
+    lookup = sa.select(Order.placed_by_id).where(Order.subscription_id == uuid.uuid4())
+    plan = index_plan(db_session, lookup)
+    assert "ix_orders_subscription_id" in plan, plan

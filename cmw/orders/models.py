@@ -114,7 +114,7 @@ class Order(UUIDPrimaryKey, Timestamps, db.Model):  # type: ignore[name-defined,
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
     #: the subscription the order created
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("subscriptions.id", ondelete="SET NULL")
+        sa.ForeignKey("subscriptions.id", ondelete="SET NULL"), index=True
     )
     #: set on a new order with its new subscription, so that one flush inserts the
     #: subscription first (the unit of work orders inserts by relationships only); never loaded

@@ -187,14 +187,17 @@ def _by_hour(intervals: list[tuple[dt.datetime, dt.datetime]], factor: Decimal) 
     return {h: q.quantize(Decimal("0.00000001")) for h, q in hours.items() if q}
 
 
-def _resource(session: Session, resource_uuid: str) -> tuple[Any, str] | None:
+def deployment_of(resource_uuid: str) -> sa.Select[Any]:
+    """The deployment that made the machine or the disk (through their indexes)."""
     from deployer.models import Deployment
 
-    deployment = session.scalar(
-        sa.select(Deployment).where(
-            sa.or_(Deployment.node_id == resource_uuid, Deployment.volume_id == resource_uuid)
-        )
+    return sa.select(Deployment).where(
+        sa.or_(Deployment.node_id == resource_uuid, Deployment.volume_id == resource_uuid)
     )
+
+
+def _resource(session: Session, resource_uuid: str) -> tuple[Any, str] | None:
+    deployment = session.scalar(deployment_of(resource_uuid))
     if deployment is None:
         return None
     return deployment, ("vm" if deployment.node_id == resource_uuid else "volume")
